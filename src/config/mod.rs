@@ -1,0 +1,372 @@
+//! Configuration: zot's JSON file format read into `RawConfig`, then resolved into the typed,
+//! complete `Config` the rest of berth is built from. Resolution does no I/O.
+//!
+//! Errors name the file and the full key path. zot keys whose feature berth does not build
+//! yet are refused by name rather than ignored, so a zot config never silently means less.
+
+pub mod duration;
+pub mod raw;
+
+use raw::{RawConfig, RawPort};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The config used when `berth serve` gets no file: local storage, no services needed.
+pub const EMBEDDED_DEFAULT: &str = r#"{
+  "distSpecVersion": "1.1.1",
+  "storage": { "rootDirectory": "./berth-data" },
+  "http": { "address": "127.0.0.1", "port": "5000" },
+  "log": { "level": "info" }
+}"#;
+
+/// A config problem, naming the key (and the file, when there is one).
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {message}")]
+pub struct ConfigError {
+    source_name: String,
+    message: String,
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    /// The distribution spec version reported (informational, as in zot).
+    pub dist_spec_version: String,
+    /// Storage.
+    pub storage: StorageConfig,
+    /// HTTP listener.
+    pub http: HttpConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// Local storage settings.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageConfig {
+    /// The root directory holding one OCI layout per repository.
+    pub root_directory: PathBuf,
+    /// fsync data and directories before acknowledging writes.
+    pub commit: bool,
+}
+
+/// HTTP listener settings.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpConfig {
+    /// Host or IP address to bind.
+    pub address: String,
+    /// Port (0 picks a free one).
+    pub port: u16,
+    /// Longest a connection may stall while sending a request.
+    #[serde(serialize_with = "serialize_duration")]
+    pub read_timeout: Duration,
+    /// Longest a send to a stalled client may block.
+    #[serde(serialize_with = "serialize_duration")]
+    pub write_timeout: Duration,
+    /// Request worker threads.
+    pub workers: usize,
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogConfig {
+    /// trace, debug, info, warn or error.
+    pub level: String,
+    /// Append logs to this file instead of stderr.
+    pub output: Option<PathBuf>,
+}
+
+fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&duration::format(*d))
+}
+
+const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
+
+/// Default request workers: request threads block on sockets and disks, not CPUs, so there
+/// are several per core; slow clients are bounded by `readTimeout` instead.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 8
+}
+
+impl Config {
+    /// Reads and resolves a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            source_name: name.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &name)
+    }
+
+    /// The embedded default config.
+    pub fn embedded_default() -> Config {
+        Config::parse(EMBEDDED_DEFAULT, "embedded default").expect("the default config is valid")
+    }
+
+    /// Parses and resolves config text; `source_name` prefixes every error.
+    pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            source_name: source_name.to_string(),
+            message,
+        };
+        let de = &mut serde_json::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                err(e.into_inner().to_string())
+            } else {
+                err(format!("{path}: {}", e.into_inner()))
+            }
+        })?;
+        resolve(raw).map_err(err)
+    }
+}
+
+fn not_built(key: &str, what: &str) -> String {
+    format!("{key}: {what} is not supported by this berth version; remove the key")
+}
+
+/// Refuses `key` when it is present at all.
+fn refuse_present<T>(value: &Option<T>, key: &str, what: &str) -> Result<(), String> {
+    match value {
+        Some(_) => Err(not_built(key, what)),
+        None => Ok(()),
+    }
+}
+
+fn resolve(raw: RawConfig) -> Result<Config, String> {
+    let storage = raw.storage.unwrap_or_default();
+    let root_directory = storage
+        .root_directory
+        .filter(|r| !r.is_empty())
+        .ok_or("storage.rootDirectory: required")?;
+    if storage.dedupe == Some(true) {
+        return Err(not_built(
+            "storage.dedupe",
+            "deduplication (set it to false)",
+        ));
+    }
+    if storage.gc == Some(true) {
+        return Err(not_built(
+            "storage.gc",
+            "garbage collection (set it to false)",
+        ));
+    }
+    if storage.remote_cache == Some(true) {
+        return Err(not_built("storage.remoteCache", "a remote cache"));
+    }
+    refuse_present(&storage.gc_delay, "storage.gcDelay", "garbage collection")?;
+    refuse_present(
+        &storage.gc_interval,
+        "storage.gcInterval",
+        "garbage collection",
+    )?;
+    refuse_present(
+        &storage.gc_time_window,
+        "storage.gcTimeWindow",
+        "garbage collection",
+    )?;
+    refuse_present(&storage.retention, "storage.retention", "retention")?;
+    if storage.sub_paths.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(not_built("storage.subPaths", "routing to several stores"));
+    }
+    refuse_present(
+        &storage.storage_driver,
+        "storage.storageDriver",
+        "remote storage",
+    )?;
+    refuse_present(
+        &storage.cache_driver,
+        "storage.cacheDriver",
+        "a dedupe cache",
+    )?;
+    refuse_present(&storage.fast_restart, "storage.fastRestart", "zot's metaDB")?;
+    refuse_present(&storage.max_repos, "storage.maxRepos", "a repository limit")?;
+
+    let http = raw.http.unwrap_or_default();
+    let port = match http.port {
+        None => 5000,
+        Some(RawPort::Number(n)) => {
+            u16::try_from(n).map_err(|_| format!("http.port: {n} is not a port"))?
+        }
+        Some(RawPort::Text(t)) => t
+            .trim()
+            .parse::<u16>()
+            .map_err(|_| format!("http.port: {t:?} is not a port"))?,
+    };
+    let timeout = |value: Option<String>, key: &str| -> Result<Duration, String> {
+        match value {
+            None => Ok(Duration::from_secs(60)),
+            Some(v) => {
+                let d = duration::parse(&v).map_err(|e| format!("{key}: {e}"))?;
+                if d.is_zero() {
+                    return Err(format!("{key}: must be greater than 0"));
+                }
+                Ok(d)
+            }
+        }
+    };
+    if let Some(other) = http
+        .compat
+        .iter()
+        .flatten()
+        .find(|c| c.as_str() != "docker2s2")
+    {
+        return Err(format!(
+            "http.compat: unknown entry {other:?} (only docker2s2)"
+        ));
+    }
+    for (value, key, what) in [
+        (&http.external_url, "http.externalURL", "an external URL"),
+        (&http.allow_origin, "http.allowOrigin", "CORS"),
+        (&http.realm, "http.realm", "authentication"),
+        (&http.tls, "http.tls", "TLS"),
+        (&http.auth, "http.auth", "authentication"),
+        (&http.access_control, "http.accessControl", "access control"),
+        (&http.ratelimit, "http.ratelimit", "rate limiting"),
+    ] {
+        refuse_present(value, key, what)?;
+    }
+    let workers = match http.workers {
+        Some(0) => return Err("http.workers: must be at least 1".into()),
+        Some(n) => n,
+        None => default_workers(),
+    };
+
+    let log = raw.log.unwrap_or_default();
+    refuse_present(&log.audit, "log.audit", "an audit log")?;
+    let level = log.level.unwrap_or_else(|| "info".into()).to_lowercase();
+    if !LOG_LEVELS.contains(&level.as_str()) {
+        return Err(format!(
+            "log.level: {level:?} is not one of {}",
+            LOG_LEVELS.join(", ")
+        ));
+    }
+
+    if let Some(name) = raw.extensions.as_ref().and_then(|e| e.keys().next()) {
+        return Err(not_built(&format!("extensions.{name}"), "this extension"));
+    }
+    refuse_present(&raw.scheduler, "scheduler", "zot's task scheduler settings")?;
+    refuse_present(&raw.cluster, "cluster", "scale-out clustering")?;
+
+    Ok(Config {
+        dist_spec_version: raw.dist_spec_version.unwrap_or_else(|| "1.1.1".into()),
+        storage: StorageConfig {
+            root_directory: PathBuf::from(root_directory),
+            commit: storage.commit.unwrap_or(false),
+        },
+        http: HttpConfig {
+            address: http.address.unwrap_or_else(|| "127.0.0.1".into()),
+            port,
+            read_timeout: timeout(http.read_timeout, "http.readTimeout")?,
+            write_timeout: timeout(http.write_timeout, "http.writeTimeout")?,
+            workers,
+        },
+        log: LogConfig {
+            level,
+            output: log.output.filter(|o| !o.is_empty()).map(PathBuf::from),
+        },
+    })
+}
+
+/// The resolved config as pretty JSON, for `berth verify`.
+pub fn to_pretty_json(config: &Config) -> String {
+    serde_json::to_string_pretty(config).expect("config always serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, String> {
+        Config::parse(text, "test.json").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn embedded_default_resolves() {
+        let c = Config::embedded_default();
+        assert_eq!(c.http.port, 5000);
+        assert_eq!(c.storage.root_directory, PathBuf::from("./berth-data"));
+        assert!(!c.storage.commit);
+    }
+
+    #[test]
+    fn zot_style_config() {
+        let c = parse(
+            r#"{"distSpecVersion":"1.1.0","storage":{"rootDirectory":"/tmp/z","commit":true,"dedupe":false,"gc":false},
+                "http":{"address":"0.0.0.0","port":8080,"compat":["docker2s2"]},"log":{"level":"debug","output":"/tmp/z.log"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.http.port, 8080);
+        assert!(c.storage.commit);
+        assert_eq!(c.log.output, Some(PathBuf::from("/tmp/z.log")));
+        assert_eq!(
+            parse(r#"{"storage":{"rootdirectory":"/x"},"http":{"port":"1"}}"#)
+                .unwrap()
+                .http
+                .port,
+            1
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        for (text, key) in [
+            (
+                r#"{"storage":{"rootDirectory":"/x","bogus":1}}"#,
+                "storage.bogus",
+            ),
+            (r#"{"storage":{"rootDirectory":"/x"},"nope":{}}"#, "nope"),
+            (
+                r#"{"storage":{"rootDirectory":"/x"},"http":{"port":"http"}}"#,
+                "http.port",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x"},"http":{"port":70000}}"#,
+                "http.port",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x","dedupe":true}}"#,
+                "storage.dedupe",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x","gcDelay":"1h"}}"#,
+                "storage.gcDelay",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x","subPaths":{"/a":{}}}}"#,
+                "storage.subPaths",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x","storageDriver":{"name":"s3"}}}"#,
+                "storage.storageDriver",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x"},"extensions":{"scrub":{"enable":true}}}"#,
+                "extensions.scrub",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x"},"log":{"level":"loud"}}"#,
+                "log.level",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x"},"http":{"readTimeout":"soon"}}"#,
+                "http.readTimeout",
+            ),
+            (r#"{"storage":{}}"#, "storage.rootDirectory"),
+            (
+                r#"{"storage":{"rootDirectory":"/x","commit":"yes"}}"#,
+                "storage.commit",
+            ),
+        ] {
+            let e = parse(text).unwrap_err();
+            assert!(e.starts_with("test.json: "), "{e}");
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! `RawConfig`: a serde mirror of zot's JSON config file. Every field is optional and unknown
+//! fields are rejected, so a typo is an error naming its full path (via serde_path_to_error).
+//!
+//! zot's loader matches keys case-insensitively; the lower-case spellings that zot's own docs
+//! and examples use are accepted as aliases. Keys of zot features berth does not build yet are
+//! kept as raw JSON values so `resolve` can refuse them by name instead of ignoring them.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawConfig {
+    /// Informational in zot too.
+    #[serde(alias = "distspecversion")]
+    pub dist_spec_version: Option<String>,
+    /// Storage settings.
+    pub storage: Option<RawStorage>,
+    /// HTTP listener settings.
+    pub http: Option<RawHttp>,
+    /// Logging.
+    pub log: Option<RawLog>,
+    /// zot extensions (scrub, search, sync, ...).
+    pub extensions: Option<serde_json::Map<String, Value>>,
+    /// zot's scheduler section.
+    pub scheduler: Option<Value>,
+    /// zot's scale-out cluster section.
+    pub cluster: Option<Value>,
+}
+
+/// The `storage` section, as zot's storage documentation defines it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawStorage {
+    /// Where repositories live.
+    #[serde(alias = "rootdirectory")]
+    pub root_directory: Option<String>,
+    /// fsync every write before acknowledging it.
+    pub commit: Option<bool>,
+    /// Inline deduplication.
+    pub dedupe: Option<bool>,
+    /// Garbage collection.
+    pub gc: Option<bool>,
+    /// Garbage collection grace delay.
+    #[serde(alias = "gcdelay")]
+    pub gc_delay: Option<Value>,
+    /// Garbage collection interval.
+    #[serde(alias = "gcinterval")]
+    pub gc_interval: Option<Value>,
+    /// Garbage collection start window.
+    #[serde(alias = "gctimewindow")]
+    pub gc_time_window: Option<Value>,
+    /// Retention policies.
+    pub retention: Option<Value>,
+    /// Per-prefix stores.
+    #[serde(alias = "subpaths")]
+    pub sub_paths: Option<serde_json::Map<String, Value>>,
+    /// Remote (S3) storage.
+    #[serde(alias = "storagedriver")]
+    pub storage_driver: Option<Value>,
+    /// Dedupe cache backend.
+    #[serde(alias = "cachedriver")]
+    pub cache_driver: Option<Value>,
+    /// Use a shared (remote) cache.
+    #[serde(alias = "remotecache")]
+    pub remote_cache: Option<bool>,
+    /// zot's metaDB restart shortcut.
+    #[serde(alias = "fastrestart")]
+    pub fast_restart: Option<Value>,
+    /// zot's repository count limit.
+    #[serde(alias = "maxrepos")]
+    pub max_repos: Option<Value>,
+}
+
+/// zot's `http.port` is a string in its examples and a number in some configs.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawPort {
+    /// `"port": 5000`
+    Number(u64),
+    /// `"port": "5000"`
+    Text(String),
+}
+
+/// The `http` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawHttp {
+    /// Listen address.
+    pub address: Option<String>,
+    /// Listen port.
+    pub port: Option<RawPort>,
+    /// Longest a connection may stall while sending a request.
+    #[serde(alias = "readtimeout")]
+    pub read_timeout: Option<String>,
+    /// Longest a write to a stalled client may block.
+    #[serde(alias = "writetimeout")]
+    pub write_timeout: Option<String>,
+    /// berth only: number of request worker threads.
+    pub workers: Option<usize>,
+    /// zot's compatibility list; `docker2s2` is what berth always does.
+    pub compat: Option<Vec<String>>,
+    /// zot keys for features berth does not build yet.
+    #[serde(alias = "externalurl")]
+    pub external_url: Option<Value>,
+    /// See `external_url`.
+    #[serde(alias = "alloworigin")]
+    pub allow_origin: Option<Value>,
+    /// See `external_url`.
+    pub realm: Option<Value>,
+    /// See `external_url`.
+    pub tls: Option<Value>,
+    /// See `external_url`.
+    pub auth: Option<Value>,
+    /// See `external_url`.
+    #[serde(alias = "accesscontrol")]
+    pub access_control: Option<Value>,
+    /// See `external_url`.
+    pub ratelimit: Option<Value>,
+}
+
+/// The `log` section.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawLog {
+    /// debug, info, warn, error.
+    pub level: Option<String>,
+    /// A file to append to instead of stderr.
+    pub output: Option<String>,
+    /// zot's audit log: not built yet.
+    pub audit: Option<Value>,
+}

@@ -1,0 +1,21 @@
+//! berth: an OCI registry whose wire protocol is the OCI Distribution Spec and whose disk is
+//! the OCI Image Layout, configured with zot's config file.
+//!
+//! Module map:
+//! - `config`: zot's JSON config, read into raw sections and resolved into typed settings.
+//! - `digest`: `Digest` and the incremental `Hasher`.
+//! - `oci`: repository names, tags, references, manifests and descriptors.
+//! - `storage`: registry semantics over the `Driver` trait (`storage::driver`), with
+//!   `storage::layout` the only place that forms paths.
+//! - `http`: `Route::parse`, handlers returning `Reply` values, the error table, and the
+//!   tiny_http front end with its request workers.
+//! - `app`: wires a config into a running registry.
+
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod app;
+pub mod config;
+pub mod digest;
+pub mod http;
+pub mod oci;
+pub mod storage;

@@ -1,0 +1,121 @@
+//! The conformance suite every `Driver` runs: the contract of each trait method (atomicity,
+//! not-found behaviour, listing, appending, rename and copy) checked through the trait only.
+
+use super::{Driver, DriverError, StoragePath};
+use std::io::Read;
+
+fn path(s: &str) -> StoragePath {
+    StoragePath::from_components(s.split('/')).unwrap()
+}
+
+fn read_from(driver: &dyn Driver, p: &StoragePath, offset: u64) -> (Vec<u8>, u64) {
+    let mut r = driver.reader(p, offset).unwrap();
+    let mut buf = Vec::new();
+    r.reader.read_to_end(&mut buf).unwrap();
+    (buf, r.size)
+}
+
+/// Runs every check against `driver`, which must start empty.
+pub(crate) fn run(driver: &dyn Driver) {
+    missing_objects_are_not_found(driver);
+    put_get_replace(driver);
+    ranged_reads(driver);
+    listing(driver);
+    appending(driver);
+    rename_and_copy(driver);
+    delete_trees(driver);
+}
+
+fn missing_objects_are_not_found(d: &dyn Driver) {
+    let p = path("nope/x");
+    assert!(matches!(d.get(&p), Err(DriverError::NotFound { .. })));
+    assert!(matches!(d.reader(&p, 0), Err(DriverError::NotFound { .. })));
+    assert!(d.stat(&p).unwrap().is_none());
+    assert!(matches!(d.delete(&p), Err(DriverError::NotFound { .. })));
+    assert!(matches!(
+        d.rename(&p, &path("nope/y")),
+        Err(DriverError::NotFound { .. })
+    ));
+    assert!(matches!(
+        d.copy(&p, &path("nope/y")),
+        Err(DriverError::NotFound { .. })
+    ));
+    assert!(d.list(Some(&path("nope"))).unwrap().is_empty());
+}
+
+fn put_get_replace(d: &dyn Driver) {
+    let p = path("a/b/c.json");
+    d.put(&p, b"first").unwrap();
+    assert_eq!(d.get(&p).unwrap(), b"first");
+    d.put(&p, b"second, longer").unwrap();
+    assert_eq!(d.get(&p).unwrap(), b"second, longer");
+    let meta = d.stat(&p).unwrap().unwrap();
+    assert_eq!(meta.size, 14);
+    assert!(!meta.is_dir);
+    // No temporary file is left beside the object.
+    assert_eq!(
+        d.list(Some(&path("a/b"))).unwrap(),
+        vec!["c.json".to_string()]
+    );
+}
+
+fn ranged_reads(d: &dyn Driver) {
+    let p = path("r/blob");
+    d.put(&p, b"0123456789").unwrap();
+    assert_eq!(read_from(d, &p, 0), (b"0123456789".to_vec(), 10));
+    assert_eq!(read_from(d, &p, 7), (b"789".to_vec(), 10));
+    assert_eq!(read_from(d, &p, 10), (Vec::new(), 10));
+}
+
+fn listing(d: &dyn Driver) {
+    d.put(&path("l/one"), b"1").unwrap();
+    d.put(&path("l/two"), b"2").unwrap();
+    d.put(&path("l/sub/three"), b"3").unwrap();
+    let mut names = d.list(Some(&path("l"))).unwrap();
+    names.sort();
+    assert_eq!(names, ["one", "sub", "two"]);
+    assert!(d.stat(&path("l/sub")).unwrap().unwrap().is_dir);
+    assert!(d.list(None).unwrap().contains(&"l".to_string()));
+}
+
+fn appending(d: &dyn Driver) {
+    let p = path("u/.uploads/session");
+    let mut w = d.appender(&p).unwrap();
+    assert_eq!(w.size(), 0);
+    w.append(b"hello ").unwrap();
+    w.append(b"world").unwrap();
+    assert_eq!(w.size(), 11);
+    w.truncate(6).unwrap();
+    w.append(b"there").unwrap();
+    w.sync().unwrap();
+    drop(w);
+    assert_eq!(d.get(&p).unwrap(), b"hello there");
+    // Reopening continues at the end.
+    let mut w = d.appender(&p).unwrap();
+    assert_eq!(w.size(), 11);
+    w.append(b"!").unwrap();
+    drop(w);
+    assert_eq!(d.get(&p).unwrap(), b"hello there!");
+}
+
+fn rename_and_copy(d: &dyn Driver) {
+    let src = path("m/src");
+    d.put(&src, b"payload").unwrap();
+    d.copy(&src, &path("n/deep/copy")).unwrap();
+    assert_eq!(d.get(&path("n/deep/copy")).unwrap(), b"payload");
+    let dst = path("m/elsewhere/dst");
+    d.put(&dst, b"old").unwrap();
+    d.rename(&src, &dst).unwrap();
+    assert_eq!(d.get(&dst).unwrap(), b"payload");
+    assert!(d.stat(&src).unwrap().is_none());
+}
+
+fn delete_trees(d: &dyn Driver) {
+    d.put(&path("t/x/1"), b"1").unwrap();
+    d.put(&path("t/x/y/2"), b"2").unwrap();
+    d.delete(&path("t/x/1")).unwrap();
+    assert!(d.stat(&path("t/x/1")).unwrap().is_none());
+    d.delete(&path("t/x")).unwrap();
+    assert!(d.stat(&path("t/x/y/2")).unwrap().is_none());
+    assert!(d.list(Some(&path("t"))).unwrap().is_empty());
+}

@@ -1,0 +1,262 @@
+//! The local filesystem driver: objects are files under one root directory.
+//!
+//! Atomic writes go to a dot-prefixed temporary file in the target's directory and are renamed
+//! over the target. With `commit` on, file contents are fsynced before the rename and the
+//! directory after it, so an acknowledged write survives power loss, not only a crash.
+
+use super::{Appender, Driver, DriverError, ObjectMeta, ObjectReader, StoragePath};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+const NAME: &str = "local";
+
+/// Prefix of temporary files; listings of blobs and repositories skip dot-names.
+pub const TEMP_PREFIX: &str = ".tmp-";
+
+/// Files under one root directory.
+pub struct LocalDriver {
+    root: PathBuf,
+    commit: bool,
+}
+
+impl LocalDriver {
+    /// A driver rooted at `root` (created if missing). `commit` fsyncs every write.
+    pub fn new(root: impl Into<PathBuf>, commit: bool) -> Result<LocalDriver, DriverError> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(|e| io_err("create root", &root, e))?;
+        Ok(LocalDriver { root, commit })
+    }
+
+    fn full(&self, path: &StoragePath) -> PathBuf {
+        self.root.join(path.as_str())
+    }
+
+    fn sync_dir(&self, dir: &Path) -> Result<(), DriverError> {
+        if self.commit {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_err("fsync dir", dir, e))?;
+        }
+        Ok(())
+    }
+
+    fn ensure_parent(&self, target: &Path) -> Result<(), DriverError> {
+        let parent = target.parent().expect("storage paths have a parent");
+        fs::create_dir_all(parent).map_err(|e| io_err("create dir", parent, e))
+    }
+
+    /// Writes `fill`'s output to a temporary sibling of `target` and renames it into place.
+    fn write_atomically(
+        &self,
+        target: &Path,
+        fill: impl FnOnce(&mut File) -> io::Result<()>,
+    ) -> Result<(), DriverError> {
+        self.ensure_parent(target)?;
+        let parent = target.parent().expect("storage paths have a parent");
+        let temp = parent.join(format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
+        let guard = TempGuard(&temp);
+        let mut file = File::create(&temp).map_err(|e| io_err("create", &temp, e))?;
+        fill(&mut file).map_err(|e| io_err("write", &temp, e))?;
+        if self.commit {
+            file.sync_all().map_err(|e| io_err("fsync", &temp, e))?;
+        }
+        drop(file);
+        fs::rename(&temp, target).map_err(|e| io_err("rename", target, e))?;
+        std::mem::forget(guard);
+        self.sync_dir(parent)
+    }
+}
+
+/// Removes a temporary file unless disarmed with `mem::forget`.
+struct TempGuard<'a>(&'a Path);
+
+impl Drop for TempGuard<'_> {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(self.0);
+    }
+}
+
+fn io_err(op: &'static str, path: &Path, source: io::Error) -> DriverError {
+    if source.kind() == io::ErrorKind::NotFound {
+        DriverError::NotFound {
+            driver: NAME,
+            path: path.display().to_string(),
+        }
+    } else {
+        DriverError::Io {
+            driver: NAME,
+            op,
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+impl Driver for LocalDriver {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn get(&self, path: &StoragePath) -> Result<Vec<u8>, DriverError> {
+        let full = self.full(path);
+        fs::read(&full).map_err(|e| io_err("read", &full, e))
+    }
+
+    fn reader(&self, path: &StoragePath, offset: u64) -> Result<ObjectReader, DriverError> {
+        let full = self.full(path);
+        let mut file = File::open(&full).map_err(|e| io_err("open", &full, e))?;
+        let size = file.metadata().map_err(|e| io_err("stat", &full, e))?.len();
+        if offset > 0 {
+            file.seek(SeekFrom::Start(offset))
+                .map_err(|e| io_err("seek", &full, e))?;
+        }
+        Ok(ObjectReader {
+            reader: Box::new(file),
+            size,
+        })
+    }
+
+    fn stat(&self, path: &StoragePath) -> Result<Option<ObjectMeta>, DriverError> {
+        let full = self.full(path);
+        match fs::metadata(&full) {
+            Ok(m) => Ok(Some(ObjectMeta {
+                size: if m.is_dir() { 0 } else { m.len() },
+                modified: m.modified().map_err(|e| io_err("stat", &full, e))?,
+                is_dir: m.is_dir(),
+            })),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("stat", &full, e)),
+        }
+    }
+
+    fn put(&self, path: &StoragePath, bytes: &[u8]) -> Result<(), DriverError> {
+        self.write_atomically(&self.full(path), |f| f.write_all(bytes))
+    }
+
+    fn list(&self, dir: Option<&StoragePath>) -> Result<Vec<String>, DriverError> {
+        let full = dir.map_or_else(|| self.root.clone(), |d| self.full(d));
+        let entries = match fs::read_dir(&full) {
+            Ok(entries) => entries,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+                ) =>
+            {
+                return Ok(Vec::new());
+            }
+            Err(e) => return Err(io_err("list", &full, e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err("list", &full, e))?;
+            // Non-UTF-8 names cannot be repository names, tags or digests: skip them.
+            if let Ok(name) = entry.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    fn delete(&self, path: &StoragePath) -> Result<(), DriverError> {
+        let full = self.full(path);
+        let meta = fs::symlink_metadata(&full).map_err(|e| io_err("stat", &full, e))?;
+        let result = if meta.is_dir() {
+            fs::remove_dir_all(&full)
+        } else {
+            fs::remove_file(&full)
+        };
+        result.map_err(|e| io_err("delete", &full, e))?;
+        self.sync_dir(full.parent().expect("storage paths have a parent"))
+    }
+
+    fn appender(&self, path: &StoragePath) -> Result<Box<dyn Appender>, DriverError> {
+        let full = self.full(path);
+        self.ensure_parent(&full)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&full)
+            .map_err(|e| io_err("open", &full, e))?;
+        let size = file.metadata().map_err(|e| io_err("stat", &full, e))?.len();
+        Ok(Box::new(LocalAppender {
+            file,
+            path: full,
+            size,
+            commit: self.commit,
+        }))
+    }
+
+    fn rename(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError> {
+        let (src, dst) = (self.full(from), self.full(to));
+        self.ensure_parent(&dst)?;
+        fs::rename(&src, &dst).map_err(|e| io_err("rename", &src, e))?;
+        self.sync_dir(dst.parent().expect("storage paths have a parent"))
+    }
+
+    fn copy(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError> {
+        let src = self.full(from);
+        let mut source = File::open(&src).map_err(|e| io_err("open", &src, e))?;
+        self.write_atomically(&self.full(to), |f| io::copy(&mut source, f).map(drop))
+    }
+}
+
+struct LocalAppender {
+    file: File,
+    path: PathBuf,
+    size: u64,
+    commit: bool,
+}
+
+impl Appender for LocalAppender {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn append(&mut self, buf: &[u8]) -> Result<(), DriverError> {
+        self.file
+            .write_all(buf)
+            .map_err(|e| io_err("append", &self.path, e))?;
+        self.size += buf.len() as u64;
+        Ok(())
+    }
+
+    fn truncate(&mut self, len: u64) -> Result<(), DriverError> {
+        self.file
+            .set_len(len)
+            .map_err(|e| io_err("truncate", &self.path, e))?;
+        self.size = len;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), DriverError> {
+        if self.commit {
+            self.file
+                .sync_all()
+                .map_err(|e| io_err("fsync", &self.path, e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_driver_conformance() {
+        for commit in [false, true] {
+            let dir = tempdir();
+            let driver = LocalDriver::new(&dir, commit).unwrap();
+            super::super::conformance::run(&driver);
+            fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+
+    fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("berth-local-{}", uuid::Uuid::new_v4()));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}

@@ -1,0 +1,212 @@
+//! The storage `Driver` trait: the small, blocking object interface that registry semantics
+//! (`storage::Store`) are written over once, and the `StoragePath` every driver call takes.
+//!
+//! Drivers know nothing of repositories, digests or tags; `storage::layout` is the only code
+//! that turns those into paths. Every driver runs the shared suite in `conformance`.
+
+pub mod local;
+
+#[cfg(test)]
+pub(crate) mod conformance;
+
+use std::fmt;
+use std::io::Read;
+use std::time::SystemTime;
+
+/// A relative, `/`-separated path inside a driver's root. Every component is non-empty, not
+/// `.` or `..`, and free of `/` and NUL, so no `StoragePath` can name anything outside the root.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StoragePath(String);
+
+impl StoragePath {
+    /// Builds a path from components, checking each one.
+    pub fn from_components<'a>(
+        components: impl IntoIterator<Item = &'a str>,
+    ) -> Result<StoragePath, DriverError> {
+        let mut path = String::new();
+        for c in components {
+            check_component(c)?;
+            if !path.is_empty() {
+                path.push('/');
+            }
+            path.push_str(c);
+        }
+        if path.is_empty() {
+            return Err(DriverError::InvalidPath {
+                path: String::new(),
+                reason: "empty path",
+            });
+        }
+        Ok(StoragePath(path))
+    }
+
+    /// This path with one more component.
+    pub fn join(&self, component: &str) -> Result<StoragePath, DriverError> {
+        check_component(component)?;
+        Ok(StoragePath(format!("{}/{}", self.0, component)))
+    }
+
+    /// The path as a `/`-separated string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The last component.
+    pub fn file_name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+}
+
+fn check_component(c: &str) -> Result<(), DriverError> {
+    let reason = if c.is_empty() {
+        Some("empty component")
+    } else if c == "." || c == ".." {
+        Some("dot component")
+    } else if c.contains(['/', '\0', '\\']) {
+        Some("separator or NUL in component")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(DriverError::InvalidPath {
+            path: c.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+impl fmt::Display for StoragePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// What `stat` reports about an object or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Size in bytes (0 for directories).
+    pub size: u64,
+    /// Last modification time.
+    pub modified: SystemTime,
+    /// Whether this is a directory (local drivers) rather than an object.
+    pub is_dir: bool,
+}
+
+/// Errors every driver reports, with the driver's name and the path.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DriverError {
+    /// Nothing at that path.
+    #[error("{driver}: {path}: not found")]
+    NotFound {
+        /// Driver name.
+        driver: &'static str,
+        /// The path looked up.
+        path: String,
+    },
+    /// A path component was rejected before any I/O.
+    #[error("invalid storage path component {path:?}: {reason}")]
+    InvalidPath {
+        /// The offending component.
+        path: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The backend failed.
+    #[error("{driver}: {op} {path}: {source}")]
+    Io {
+        /// Driver name.
+        driver: &'static str,
+        /// The operation.
+        op: &'static str,
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// A streaming read of one object.
+pub struct ObjectReader {
+    /// The bytes from the requested offset to the end of the object.
+    pub reader: Box<dyn Read + Send>,
+    /// The object's total size (not the remaining length).
+    pub size: u64,
+}
+
+/// Append-only scratch object for an upload in progress.
+pub trait Appender: Send {
+    /// Bytes written so far.
+    fn size(&self) -> u64;
+    /// Appends `buf` in full.
+    fn append(&mut self, buf: &[u8]) -> Result<(), DriverError>;
+    /// Cuts the object back to `len` bytes (to undo a failed chunk).
+    fn truncate(&mut self, len: u64) -> Result<(), DriverError>;
+    /// Makes everything appended durable, if the driver was configured to commit; called
+    /// before the object is renamed into place.
+    fn sync(&mut self) -> Result<(), DriverError>;
+}
+
+/// The storage backend interface. All methods are blocking and safe to call concurrently.
+pub trait Driver: Send + Sync {
+    /// A short name for errors and logs (`local`, `s3`).
+    fn name(&self) -> &'static str;
+
+    /// Reads a whole (small) object. `NotFound` if absent.
+    fn get(&self, path: &StoragePath) -> Result<Vec<u8>, DriverError>;
+
+    /// Streams an object from `offset` (which must not exceed its size). `NotFound` if absent.
+    fn reader(&self, path: &StoragePath, offset: u64) -> Result<ObjectReader, DriverError>;
+
+    /// Metadata, or `None` if nothing is there.
+    fn stat(&self, path: &StoragePath) -> Result<Option<ObjectMeta>, DriverError>;
+
+    /// Writes a whole object atomically: readers see the old bytes or the new, never a part.
+    /// Missing parent directories are created.
+    fn put(&self, path: &StoragePath, bytes: &[u8]) -> Result<(), DriverError>;
+
+    /// Names of the immediate children of `dir`, in no particular order; empty when `dir`
+    /// does not exist. `None` lists the root.
+    fn list(&self, dir: Option<&StoragePath>) -> Result<Vec<String>, DriverError>;
+
+    /// Removes an object, or a directory and everything below it. `NotFound` if absent.
+    fn delete(&self, path: &StoragePath) -> Result<(), DriverError>;
+
+    /// Opens `path` for appending, creating it (and its parents) if absent.
+    fn appender(&self, path: &StoragePath) -> Result<Box<dyn Appender>, DriverError>;
+
+    /// Atomically moves `from` to `to`, replacing whatever `to` held. Missing parent
+    /// directories of `to` are created. `NotFound` if `from` is absent.
+    fn rename(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError>;
+
+    /// Makes `to` hold the same bytes as `from`, atomically. `NotFound` if `from` is absent.
+    fn copy(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_paths_cannot_escape() {
+        assert!(StoragePath::from_components(["a", "b"]).is_ok());
+        for bad in [
+            vec![".."],
+            vec!["a", ""],
+            vec!["a/b"],
+            vec!["."],
+            vec![],
+            vec!["x\0"],
+        ] {
+            assert!(
+                StoragePath::from_components(bad.clone()).is_err(),
+                "{bad:?}"
+            );
+        }
+        let p = StoragePath::from_components(["a"]).unwrap();
+        assert!(p.join("..").is_err());
+        assert_eq!(p.join("c").unwrap().as_str(), "a/c");
+        assert_eq!(p.join("c").unwrap().file_name(), "c");
+    }
+}

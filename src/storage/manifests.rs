@@ -1,0 +1,332 @@
+//! Manifests, tags and referrers, kept the OCI image layout way: manifest bytes are blobs, and
+//! `index.json` lists one descriptor per tag (annotation `org.opencontainers.image.ref.name`)
+//! plus untagged descriptors for manifests pushed by digest or whose tag moved on, so they stay
+//! pullable by digest until garbage collection.
+//!
+//! Every change to `index.json` is read-modify-write under the repository's stripe lock and
+//! lands with one atomic `put`; readers never lock.
+
+use super::{Store, StoreError, layout, not_found_as};
+use crate::digest::Digest;
+use crate::oci::{Descriptor, ImageIndex, Manifest, Reference, RepoName, Tag, media_type};
+use std::collections::BTreeMap;
+
+/// A manifest as served: its descriptor (media type, digest, size) and, for GET, its bytes.
+#[derive(Debug, Clone)]
+pub struct StoredManifest {
+    /// Media type, digest and size.
+    pub descriptor: Descriptor,
+    /// The exact bytes that were pushed.
+    pub bytes: Vec<u8>,
+}
+
+/// What a manifest PUT stored.
+#[derive(Debug, Clone)]
+pub struct ManifestPut {
+    /// The manifest's digest.
+    pub digest: Digest,
+    /// The digest of its `subject`, if it has one (for the `OCI-Subject` header).
+    pub subject: Option<Digest>,
+}
+
+/// How deep nested indexes are searched for a child manifest named by digest.
+const MAX_INDEX_DEPTH: usize = 4;
+
+impl Store {
+    /// The parsed `index.json` of `repo`, or `NameUnknown`.
+    fn read_index(&self, repo: &RepoName) -> Result<ImageIndex, StoreError> {
+        let path = layout::index_json(repo)?;
+        let bytes = self
+            .driver
+            .get(&path)
+            .map_err(|e| not_found_as(e, || StoreError::NameUnknown(repo.clone())))?;
+        serde_json::from_slice(&bytes).map_err(|e| StoreError::CorruptLayout {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Applies `change` to `repo`'s index and writes it back atomically if it returns true.
+    fn update_index<T>(
+        &self,
+        repo: &RepoName,
+        change: impl FnOnce(&mut ImageIndex) -> Result<(T, bool), StoreError>,
+    ) -> Result<T, StoreError> {
+        let _guard = self.repo_locks.lock(repo.as_str());
+        let mut index = self.read_index(repo)?;
+        let (value, changed) = change(&mut index)?;
+        if changed {
+            let bytes = serde_json::to_vec(&index).expect("an index always serializes");
+            self.driver.put(&layout::index_json(repo)?, &bytes)?;
+        }
+        Ok(value)
+    }
+
+    /// Validates and stores a manifest under `reference` and any `extra_tags`.
+    pub fn manifest_put(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: Option<&str>,
+        bytes: &[u8],
+        extra_tags: &[Tag],
+    ) -> Result<ManifestPut, StoreError> {
+        if bytes.len() > super::MAX_MANIFEST_SIZE {
+            return Err(StoreError::ManifestTooLarge {
+                limit: super::MAX_MANIFEST_SIZE,
+            });
+        }
+        let digest = match reference {
+            Reference::Digest(expected) => {
+                let actual = Digest::of(expected.algorithm(), bytes);
+                if &actual != expected {
+                    return Err(StoreError::DigestMismatch {
+                        expected: expected.clone(),
+                        actual,
+                    });
+                }
+                actual
+            }
+            Reference::Tag(_) => Digest::sha256_of(bytes),
+        };
+        let manifest = Manifest::parse(bytes, content_type)?;
+        for needed in manifest.required_content() {
+            if self.blob_size(repo, &needed.digest).is_err() {
+                return Err(StoreError::ManifestBlobUnknown(needed.digest.clone()));
+            }
+        }
+        self.ensure_repo(repo)?;
+        let blob = layout::blob(repo, &digest)?;
+        if self.driver.stat(&blob)?.map(|m| m.size) != Some(bytes.len() as u64) {
+            self.driver.put(&blob, bytes)?;
+        }
+        let mut tags: Vec<&Tag> = extra_tags.iter().collect();
+        if let Reference::Tag(t) = reference {
+            tags.insert(0, t);
+        }
+        let entry = Descriptor::new(&manifest.media_type, digest.clone(), bytes.len() as u64);
+        self.update_index(repo, |index| {
+            let mut changed = false;
+            for tag in &tags {
+                changed |= set_tag(index, tag, &entry);
+            }
+            if tags.is_empty() && !index.manifests.iter().any(|d| d.digest == digest) {
+                index.manifests.push(entry.clone());
+                changed = true;
+            }
+            Ok(((), changed))
+        })?;
+        Ok(ManifestPut {
+            digest,
+            subject: manifest.subject.map(|s| s.digest),
+        })
+    }
+
+    /// Finds the descriptor `reference` names: a tag, or a digest listed in `index.json` or in
+    /// an index it lists (layouts written by other tools list only the top-level index).
+    pub fn manifest_descriptor(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Descriptor, StoreError> {
+        let index = self.read_index(repo)?;
+        let unknown = || StoreError::ManifestUnknown(reference.to_string());
+        match reference {
+            Reference::Tag(tag) => index
+                .manifests
+                .into_iter()
+                .find(|d| d.tag() == Some(tag.as_str()))
+                .ok_or_else(unknown),
+            Reference::Digest(digest) => self
+                .find_by_digest(repo, index.manifests, digest, MAX_INDEX_DEPTH)?
+                .ok_or_else(unknown),
+        }
+    }
+
+    fn find_by_digest(
+        &self,
+        repo: &RepoName,
+        descriptors: Vec<Descriptor>,
+        digest: &Digest,
+        depth: usize,
+    ) -> Result<Option<Descriptor>, StoreError> {
+        if let Some(found) = descriptors.iter().find(|d| &d.digest == digest) {
+            return Ok(Some(found.clone()));
+        }
+        if depth == 0 {
+            return Ok(None);
+        }
+        for d in descriptors {
+            let is_index = matches!(
+                d.media_type.as_str(),
+                media_type::OCI_INDEX | media_type::DOCKER_MANIFEST_LIST
+            );
+            if !is_index {
+                continue;
+            }
+            // An unreadable child index is skipped: it cannot list the manifest we look for.
+            let Ok(bytes) = self.driver.get(&layout::blob(repo, &d.digest)?) else {
+                continue;
+            };
+            let Ok(child) = serde_json::from_slice::<ImageIndex>(&bytes) else {
+                continue;
+            };
+            if let Some(found) = self.find_by_digest(repo, child.manifests, digest, depth - 1)? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The manifest `reference` names, with its bytes.
+    pub fn manifest_get(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<StoredManifest, StoreError> {
+        let descriptor = self.manifest_descriptor(repo, reference)?;
+        let bytes = self
+            .driver
+            .get(&layout::blob(repo, &descriptor.digest)?)
+            .map_err(|e| not_found_as(e, || StoreError::ManifestUnknown(reference.to_string())))?;
+        Ok(StoredManifest { descriptor, bytes })
+    }
+
+    /// Deletes a tag (the manifest stays pullable by digest) or a manifest by digest (every
+    /// tag pointing at it goes too, and its bytes are removed).
+    pub fn manifest_delete(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<(), StoreError> {
+        let unknown = || StoreError::ManifestUnknown(reference.to_string());
+        match reference {
+            Reference::Tag(tag) => self.update_index(repo, |index| {
+                let Some(pos) = index
+                    .manifests
+                    .iter()
+                    .position(|d| d.tag() == Some(tag.as_str()))
+                else {
+                    return Err(unknown());
+                };
+                let removed = index.manifests.remove(pos);
+                keep_untagged(index, removed);
+                Ok(((), true))
+            }),
+            Reference::Digest(digest) => {
+                self.update_index(repo, |index| {
+                    let before = index.manifests.len();
+                    index.manifests.retain(|d| &d.digest != digest);
+                    if index.manifests.len() == before {
+                        return Err(unknown());
+                    }
+                    Ok(((), true))
+                })?;
+                match self.driver.delete(&layout::blob(repo, digest)?) {
+                    Ok(()) | Err(super::driver::DriverError::NotFound { .. }) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    /// The tags of `repo`, sorted and without duplicates.
+    pub fn tags(&self, repo: &RepoName) -> Result<Vec<String>, StoreError> {
+        let index = self.read_index(repo)?;
+        let mut tags: Vec<String> = index
+            .manifests
+            .iter()
+            .filter_map(|d| d.tag().map(str::to_string))
+            .collect();
+        tags.sort();
+        tags.dedup();
+        Ok(tags)
+    }
+
+    /// Descriptors of the manifests in `repo` whose `subject` is `subject`, optionally only
+    /// those of one artifact type. An unknown repository has no referrers (spec: never 404).
+    pub fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>, StoreError> {
+        let index = match self.read_index(repo) {
+            Ok(index) => index,
+            Err(StoreError::NameUnknown(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        let mut found = Vec::new();
+        for d in index.manifests {
+            if !seen.insert(d.digest.clone()) {
+                continue;
+            }
+            // Blobs that vanished or do not parse are not referrers of anything.
+            let Ok(bytes) = self.driver.get(&layout::blob(repo, &d.digest)?) else {
+                continue;
+            };
+            let Ok(manifest) = Manifest::parse(&bytes, Some(&d.media_type)) else {
+                continue;
+            };
+            if manifest.subject.as_ref().map(|s| &s.digest) != Some(subject) {
+                continue;
+            }
+            if artifact_type.is_some() && manifest.artifact_type.as_deref() != artifact_type {
+                continue;
+            }
+            found.push(Descriptor {
+                artifact_type: manifest.artifact_type,
+                annotations: manifest.annotations,
+                ..Descriptor::new(&manifest.media_type, d.digest, bytes.len() as u64)
+            });
+        }
+        Ok(found)
+    }
+}
+
+/// Points `tag` at `entry`. The manifest the tag left keeps an untagged descriptor if nothing
+/// else lists it. Returns whether the index changed.
+fn set_tag(index: &mut ImageIndex, tag: &Tag, entry: &Descriptor) -> bool {
+    if let Some(current) = index
+        .manifests
+        .iter()
+        .find(|d| d.tag() == Some(tag.as_str()))
+        && current.digest == entry.digest
+    {
+        return false;
+    }
+    if let Some(pos) = index
+        .manifests
+        .iter()
+        .position(|d| d.tag() == Some(tag.as_str()))
+    {
+        let old = index.manifests.remove(pos);
+        keep_untagged(index, old);
+    }
+    // The digest's untagged descriptor, if any, is replaced by the tagged one.
+    index
+        .manifests
+        .retain(|d| !(d.digest == entry.digest && d.tag().is_none()));
+    let mut tagged = entry.clone();
+    tagged.annotations = Some(BTreeMap::from([(
+        media_type::REF_NAME_ANNOTATION.to_string(),
+        tag.to_string(),
+    )]));
+    index.manifests.push(tagged);
+    true
+}
+
+/// Re-adds `removed` without its tag if no other descriptor lists its digest.
+fn keep_untagged(index: &mut ImageIndex, mut removed: Descriptor) {
+    if index.manifests.iter().any(|d| d.digest == removed.digest) {
+        return;
+    }
+    if let Some(annotations) = removed.annotations.as_mut() {
+        annotations.remove(media_type::REF_NAME_ANNOTATION);
+        if annotations.is_empty() {
+            removed.annotations = None;
+        }
+    }
+    index.manifests.push(removed);
+}

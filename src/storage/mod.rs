@@ -1,0 +1,202 @@
+//! Registry semantics over a `Driver`: blobs, uploads, manifests, tags, the catalog and
+//! referrers, written once for every backend.
+//!
+//! Invariants this module keeps:
+//! - A blob path holds only complete content that hashed to its name: uploads are written
+//!   under `.uploads/`, verified, then renamed into `blobs/` (see `uploads`).
+//! - `index.json` is replaced atomically and only under its repository's stripe lock
+//!   (see `manifests`); reads take no lock.
+//! - Nothing locks the whole store.
+
+pub mod driver;
+pub mod error;
+pub mod layout;
+mod locks;
+mod manifests;
+mod uploads;
+
+pub use error::StoreError;
+pub use manifests::{ManifestPut, StoredManifest};
+pub use uploads::BodyLength;
+
+use crate::digest::Digest;
+use crate::oci::RepoName;
+use driver::{Driver, DriverError, ObjectReader, StoragePath};
+use locks::Stripes;
+use std::sync::Arc;
+
+/// Largest manifest accepted, as zot and distribution do (4 MiB).
+pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
+
+/// One registry store: a driver plus the in-memory state of upload sessions.
+pub struct Store {
+    driver: Arc<dyn Driver>,
+    repo_locks: Stripes,
+    sessions: uploads::Sessions,
+}
+
+/// A byte range of a blob to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ByteRange {
+    /// First byte.
+    pub start: u64,
+    /// Last byte, inclusive.
+    pub end: u64,
+}
+
+/// A blob opened for reading: the stream positioned at the first byte to send.
+pub struct BlobRead {
+    /// Total size of the blob.
+    pub size: u64,
+    /// The stream, limited to the requested range.
+    pub reader: Box<dyn std::io::Read + Send>,
+}
+
+impl Store {
+    /// A store over `driver`.
+    pub fn new(driver: Arc<dyn Driver>) -> Store {
+        Store {
+            driver,
+            repo_locks: Stripes::default(),
+            sessions: uploads::Sessions::default(),
+        }
+    }
+
+    /// The driver, for callers that report on it.
+    pub fn driver_name(&self) -> &'static str {
+        self.driver.name()
+    }
+
+    /// Whether `repo` exists (has an `index.json`).
+    pub fn repo_exists(&self, repo: &RepoName) -> Result<bool, StoreError> {
+        Ok(self.driver.stat(&layout::index_json(repo)?)?.is_some())
+    }
+
+    /// The size of a blob held by `repo`.
+    pub fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64, StoreError> {
+        match self.driver.stat(&layout::blob(repo, digest)?)? {
+            Some(meta) if !meta.is_dir => Ok(meta.size),
+            _ => Err(StoreError::BlobUnknown(digest.clone())),
+        }
+    }
+
+    /// Opens a blob for reading, limited to `range` when given. A range whose start lies past
+    /// the end is `RangeNotSatisfiable`; an end past the end is clipped (RFC 9110 14.1.2).
+    pub fn blob_read(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<(BlobRead, Option<ByteRange>), StoreError> {
+        let path = layout::blob(repo, digest)?;
+        let size = self.blob_size(repo, digest)?;
+        let range = match range {
+            Some(r) if r.start >= size || r.start > r.end => {
+                return Err(StoreError::RangeNotSatisfiable { size });
+            }
+            Some(r) => Some(ByteRange {
+                start: r.start,
+                end: r.end.min(size - 1),
+            }),
+            None => None,
+        };
+        let ObjectReader { reader, size } = self
+            .driver
+            .reader(&path, range.map_or(0, |r| r.start))
+            .map_err(|e| not_found_as(e, || StoreError::BlobUnknown(digest.clone())))?;
+        let reader: Box<dyn std::io::Read + Send> = match range {
+            Some(r) => Box::new(std::io::Read::take(reader, r.end - r.start + 1)),
+            None => reader,
+        };
+        Ok((BlobRead { size, reader }, range))
+    }
+
+    /// Deletes a blob from one repository.
+    pub fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<(), StoreError> {
+        self.driver
+            .delete(&layout::blob(repo, digest)?)
+            .map_err(|e| not_found_as(e, || StoreError::BlobUnknown(digest.clone())))
+    }
+
+    /// Makes a blob held by `from` available in `repo` (cross-repository mount). Returns
+    /// false, changing nothing, when `from` does not hold it.
+    pub fn blob_mount(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        from: &RepoName,
+    ) -> Result<bool, StoreError> {
+        if self.blob_size(from, digest).is_err() {
+            return Ok(false);
+        }
+        self.ensure_repo(repo)?;
+        let target = layout::blob(repo, digest)?;
+        if self.driver.stat(&target)?.is_some() {
+            return Ok(true);
+        }
+        match self.driver.copy(&layout::blob(from, digest)?, &target) {
+            Ok(()) => Ok(true),
+            // Deleted from `from` between the check and the copy: nothing was mounted.
+            Err(DriverError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Every repository, sorted. A repository is a directory holding `index.json` and
+    /// `oci-layout`; repositories may nest, and layout directories are never descended.
+    pub fn catalog(&self) -> Result<Vec<String>, StoreError> {
+        let mut repos = Vec::new();
+        let mut pending: Vec<Option<StoragePath>> = vec![None];
+        while let Some(dir) = pending.pop() {
+            let entries = self.driver.list(dir.as_ref())?;
+            if let Some(dir) = &dir {
+                let is_repo = entries.iter().any(|e| e == layout::INDEX_JSON)
+                    && entries.iter().any(|e| e == layout::OCI_LAYOUT);
+                if is_repo && dir.as_str().parse::<RepoName>().is_ok() {
+                    repos.push(dir.as_str().to_string());
+                }
+            }
+            for name in entries {
+                if layout::is_layout_entry(&name) {
+                    continue;
+                }
+                let child = match &dir {
+                    Some(d) => d.join(&name),
+                    None => StoragePath::from_components([name.as_str()]),
+                };
+                // Names that cannot be path components cannot be repositories either.
+                let Ok(child) = child else { continue };
+                if self.driver.stat(&child)?.is_some_and(|m| m.is_dir) {
+                    pending.push(Some(child));
+                }
+            }
+        }
+        repos.sort();
+        Ok(repos)
+    }
+
+    /// Creates the layout files of `repo` if it does not exist yet.
+    fn ensure_repo(&self, repo: &RepoName) -> Result<(), StoreError> {
+        if self.repo_exists(repo)? {
+            return Ok(());
+        }
+        let _guard = self.repo_locks.lock(repo.as_str());
+        if self.repo_exists(repo)? {
+            return Ok(());
+        }
+        self.driver
+            .put(&layout::oci_layout(repo)?, layout::OCI_LAYOUT_CONTENT)?;
+        let empty = serde_json::to_vec(&crate::oci::ImageIndex::empty())
+            .expect("an index always serializes");
+        self.driver.put(&layout::index_json(repo)?, &empty)?;
+        Ok(())
+    }
+}
+
+/// Maps a driver's `NotFound` to the registry error the caller names.
+fn not_found_as(e: DriverError, missing: impl FnOnce() -> StoreError) -> StoreError {
+    match e {
+        DriverError::NotFound { .. } => missing(),
+        other => other.into(),
+    }
+}

@@ -1,0 +1,314 @@
+//! Blob uploads: sessions, chunk appends with the digest computed as bytes stream in, and the
+//! commit recipe (verify, sync, rename into `blobs/`).
+//!
+//! A session's running hash lives in memory with its id, so finishing an upload never re-reads
+//! the blob. After a restart (or for a digest algorithm other than the running one) the state
+//! is rebuilt by hashing the session file once. A failed chunk is rolled back: the file is cut
+//! back to its previous length and the hasher restored from a checkpoint.
+
+use super::driver::Appender;
+use super::layout::{self, UploadId};
+use super::{Store, StoreError};
+use crate::digest::{Algorithm, Digest, Hasher};
+use crate::oci::RepoName;
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read};
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Size of the buffers request bodies are read in.
+const BODY_BUFFER: usize = 1024 * 1024;
+
+/// The algorithm every session hashes with while bytes arrive; clients use sha256.
+const RUNNING_ALGORITHM: Algorithm = Algorithm::Sha256;
+
+/// How long a request body is, as far as its headers say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyLength {
+    /// Content-Length: exactly this many bytes must arrive.
+    Exact(u64),
+    /// Chunked transfer encoding: read to the end.
+    UntilEnd,
+}
+
+struct Session {
+    repo: RepoName,
+    hasher: Hasher,
+    size: u64,
+    /// Set once the session is committed or cancelled, so that requests already waiting on
+    /// its lock find it gone instead of writing to a file that no longer exists.
+    ended: bool,
+}
+
+type SessionSlot = Arc<Mutex<Option<Session>>>;
+
+/// In-memory state of open sessions. The map lock is held only to find or insert a slot; all
+/// I/O happens under the session's own lock, so sessions never wait on each other.
+#[derive(Default)]
+pub(super) struct Sessions {
+    slots: Mutex<HashMap<UploadId, SessionSlot>>,
+}
+
+impl Sessions {
+    fn slot(&self, id: UploadId) -> SessionSlot {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.entry(id).or_default().clone()
+    }
+
+    fn forget(&self, id: UploadId) {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.remove(&id);
+    }
+}
+
+/// Streams `body` into `out`, hashing as it goes. On any failure `out` and `hasher` are left
+/// as they were before the call.
+fn append_body(
+    body: &mut dyn Read,
+    length: BodyLength,
+    hasher: &mut Hasher,
+    out: &mut dyn Appender,
+) -> Result<u64, StoreError> {
+    let checkpoint = (hasher.clone(), out.size());
+    let result = copy_hashed(body, length, hasher, out);
+    if result.is_err() {
+        *hasher = checkpoint.0;
+        // If even the rollback fails, the session file is longer than its recorded size;
+        // the next append truncates nothing, so report the original error and let the
+        // session be rebuilt from disk.
+        let _ = out.truncate(checkpoint.1);
+    }
+    result
+}
+
+fn copy_hashed(
+    body: &mut dyn Read,
+    length: BodyLength,
+    hasher: &mut Hasher,
+    out: &mut dyn Appender,
+) -> Result<u64, StoreError> {
+    let mut buf = vec![0u8; BODY_BUFFER];
+    let mut total = 0u64;
+    loop {
+        let want = match length {
+            BodyLength::Exact(n) if total >= n => break,
+            BodyLength::Exact(n) => ((n - total) as usize).min(buf.len()),
+            BodyLength::UntilEnd => buf.len(),
+        };
+        let filled = fill(body, &mut buf[..want])?;
+        if filled == 0 {
+            if let BodyLength::Exact(n) = length {
+                return Err(StoreError::BodyInvalid(format!(
+                    "body ended after {total} of {n} declared bytes"
+                )));
+            }
+            break;
+        }
+        hasher.update(&buf[..filled]);
+        out.append(&buf[..filled])?;
+        total += filled as u64;
+    }
+    Ok(total)
+}
+
+/// Reads until `buf` is full or the body ends, so writes go out in large pieces.
+fn fill(body: &mut dyn Read, buf: &mut [u8]) -> Result<usize, StoreError> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match body.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(StoreError::BodyInvalid(format!("reading failed: {e}"))),
+        }
+    }
+    Ok(filled)
+}
+
+impl Store {
+    /// Opens a new upload session in `repo`, creating the repository if needed.
+    pub fn upload_start(&self, repo: &RepoName) -> Result<UploadId, StoreError> {
+        self.ensure_repo(repo)?;
+        let id = UploadId::new();
+        // Creating the file makes the session visible to status requests and to a restart.
+        self.driver.appender(&layout::upload(repo, &id)?)?;
+        *self
+            .sessions
+            .slot(id)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Session {
+            repo: repo.clone(),
+            hasher: Hasher::new(RUNNING_ALGORITHM),
+            size: 0,
+            ended: false,
+        });
+        Ok(id)
+    }
+
+    /// Runs `f` on the session `id` of `repo`, rebuilding its state from disk if it is not in
+    /// memory. `UploadUnknown` if there is no such session.
+    fn with_session<T>(
+        &self,
+        repo: &RepoName,
+        id: UploadId,
+        f: impl FnOnce(&mut Session) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let slot = self.sessions.slot(id);
+        let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        if guard.is_none() {
+            match self.rebuild_session(repo, id)? {
+                Some(session) => *guard = Some(session),
+                None => {
+                    drop(guard);
+                    self.sessions.forget(id);
+                    return Err(StoreError::UploadUnknown(id.to_string()));
+                }
+            }
+        }
+        let session = guard.as_mut().expect("filled above");
+        if &session.repo != repo {
+            return Err(StoreError::UploadUnknown(id.to_string()));
+        }
+        let result = f(session);
+        if session.ended {
+            *guard = None;
+            drop(guard);
+            self.sessions.forget(id);
+        }
+        result
+    }
+
+    fn rebuild_session(
+        &self,
+        repo: &RepoName,
+        id: UploadId,
+    ) -> Result<Option<Session>, StoreError> {
+        let path = layout::upload(repo, &id)?;
+        if self.driver.stat(&path)?.is_none() {
+            return Ok(None);
+        }
+        let (hasher, size) = self.hash_object(&path, RUNNING_ALGORITHM)?;
+        Ok(Some(Session {
+            repo: repo.clone(),
+            hasher,
+            size,
+            ended: false,
+        }))
+    }
+
+    fn hash_object(
+        &self,
+        path: &super::driver::StoragePath,
+        algorithm: Algorithm,
+    ) -> Result<(Hasher, u64), StoreError> {
+        let mut reader = self.driver.reader(path, 0)?.reader;
+        let mut hasher = Hasher::new(algorithm);
+        let mut buf = vec![0u8; BODY_BUFFER];
+        let mut size = 0u64;
+        loop {
+            let n = fill(&mut reader, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+        }
+        Ok((hasher, size))
+    }
+
+    /// The number of bytes an upload holds.
+    pub fn upload_size(&self, repo: &RepoName, id: UploadId) -> Result<u64, StoreError> {
+        self.with_session(repo, id, |s| Ok(s.size))
+    }
+
+    /// Appends a chunk. When `start` is given (from Content-Range) it must equal the bytes
+    /// already held. Returns the new size.
+    pub fn upload_append(
+        &self,
+        repo: &RepoName,
+        id: UploadId,
+        start: Option<u64>,
+        body: &mut dyn Read,
+        length: BodyLength,
+    ) -> Result<u64, StoreError> {
+        self.with_session(repo, id, |session| {
+            if let Some(start) = start
+                && start != session.size
+            {
+                return Err(StoreError::UploadOutOfOrder {
+                    expected: session.size,
+                    got: start,
+                });
+            }
+            let mut out = self.driver.appender(&layout::upload(repo, &id)?)?;
+            if out.size() != session.size {
+                // A rollback that failed earlier left extra bytes: cut them now.
+                out.truncate(session.size)?;
+            }
+            session.size += append_body(body, length, &mut session.hasher, out.as_mut())?;
+            Ok(session.size)
+        })
+    }
+
+    /// Appends a final chunk (possibly empty), verifies the whole upload against `digest`
+    /// and moves it into the repository's blobs. On a mismatch nothing becomes visible and
+    /// the session stays as it is.
+    pub fn upload_finish(
+        &self,
+        repo: &RepoName,
+        id: UploadId,
+        digest: &Digest,
+        body: &mut dyn Read,
+        length: BodyLength,
+    ) -> Result<(), StoreError> {
+        self.with_session(repo, id, |session| {
+            let path = layout::upload(repo, &id)?;
+            let mut out = self.driver.appender(&path)?;
+            if out.size() != session.size {
+                out.truncate(session.size)?;
+            }
+            session.size += append_body(body, length, &mut session.hasher, out.as_mut())?;
+            let actual = if digest.algorithm() == session.hasher.algorithm() {
+                session.hasher.clone().finish()
+            } else {
+                self.hash_object(&path, digest.algorithm())?.0.finish()
+            };
+            if &actual != digest {
+                return Err(StoreError::DigestMismatch {
+                    expected: digest.clone(),
+                    actual,
+                });
+            }
+            out.sync()?;
+            drop(out);
+            self.driver.rename(&path, &layout::blob(repo, digest)?)?;
+            session.ended = true;
+            Ok(())
+        })
+    }
+
+    /// Abandons an upload session and its bytes.
+    pub fn upload_cancel(&self, repo: &RepoName, id: UploadId) -> Result<(), StoreError> {
+        self.with_session(repo, id, |session| {
+            self.driver.delete(&layout::upload(repo, &id)?)?;
+            session.ended = true;
+            Ok(())
+        })
+    }
+
+    /// A whole blob in one request (POST `?digest=`): streamed into a private session that is
+    /// removed again if anything fails, so a failed monolithic upload leaves nothing behind.
+    pub fn blob_put(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: &mut dyn Read,
+        length: BodyLength,
+    ) -> Result<(), StoreError> {
+        let id = self.upload_start(repo)?;
+        let result = self.upload_finish(repo, id, digest, body, length);
+        if result.is_err() {
+            let _ = self.upload_cancel(repo, id);
+        }
+        result
+    }
+}
