@@ -8,3 +8,6 @@ pub mod request;
 pub mod response;
 pub mod route;
 pub mod server;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,357 @@
+//! In-process API tests: `handlers::handle` driven by in-memory requests over a store on a
+//! temporary directory, no socket. The black-box tests against a real process live in tests/.
+
+use super::handlers::handle;
+use super::request::HttpRequest;
+use super::response::{Body, Reply};
+use super::route::Method;
+use crate::digest::Digest;
+use crate::storage::Store;
+use crate::storage::driver::local::LocalDriver;
+use serde_json::{Value, json};
+use std::io::{Cursor, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+struct FakeRequest {
+    method: Method,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Cursor<Vec<u8>>,
+    content_length: Option<u64>,
+}
+
+impl HttpRequest for FakeRequest {
+    fn method(&self) -> Method {
+        self.method
+    }
+    fn url(&self) -> &str {
+        &self.url
+    }
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    fn content_length(&self) -> Option<u64> {
+        self.content_length
+    }
+    fn body(&mut self) -> &mut dyn Read {
+        &mut self.body
+    }
+}
+
+struct Harness {
+    store: Store,
+    root: PathBuf,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+struct Got {
+    status: u16,
+    reply: Reply,
+    body: Vec<u8>,
+}
+
+impl Got {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.reply.header_value(name)
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+    fn code(&self) -> String {
+        self.json()["errors"][0]["code"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let root = std::env::temp_dir().join(format!("berth-http-{}", uuid::Uuid::new_v4()));
+        let driver = LocalDriver::new(&root, false).unwrap();
+        Harness {
+            store: Store::new(Arc::new(driver)),
+            root,
+        }
+    }
+
+    fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Got {
+        let mut req = FakeRequest {
+            method,
+            url: url.to_string(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            body: Cursor::new(body.to_vec()),
+            content_length: Some(body.len() as u64),
+        };
+        let mut reply = handle(&self.store, &mut req);
+        let body = match std::mem::replace(&mut reply.body, Body::Empty) {
+            Body::Empty | Body::LengthOnly(_) => Vec::new(),
+            Body::Bytes(b) => b,
+            Body::Stream(mut r, len) => {
+                let mut buf = Vec::new();
+                r.read_to_end(&mut buf).unwrap();
+                assert_eq!(
+                    buf.len() as u64,
+                    len,
+                    "stream length matches Content-Length"
+                );
+                buf
+            }
+        };
+        Got {
+            status: reply.status,
+            reply,
+            body,
+        }
+    }
+
+    fn push_blob(&self, repo: &str, bytes: &[u8]) -> Digest {
+        let d = Digest::sha256_of(bytes);
+        let got = self.send(
+            Method::Post,
+            &format!("/v2/{repo}/blobs/uploads/?digest={d}"),
+            &[],
+            bytes,
+        );
+        assert_eq!(got.status, 201);
+        d
+    }
+
+    fn push_manifest(&self, repo: &str, reference: &str, manifest: &Value) -> Got {
+        self.send(
+            Method::Put,
+            &format!("/v2/{repo}/manifests/{reference}"),
+            &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+            &serde_json::to_vec(manifest).unwrap(),
+        )
+    }
+}
+
+fn image(config: &Digest, layer: &Digest, subject: Option<(&Digest, usize)>) -> Value {
+    let mut m = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config.to_string(), "size": 2},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer.to_string(), "size": 5}],
+    });
+    if let Some((d, size)) = subject {
+        m["subject"] = json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": d.to_string(), "size": size});
+        m["artifactType"] = json!("application/vnd.example.sig");
+    }
+    m
+}
+
+#[test]
+fn chunked_upload_then_pull_with_ranges() {
+    let h = Harness::new();
+    let start = h.send(Method::Post, "/v2/a/blobs/uploads/", &[], b"");
+    assert_eq!(start.status, 202);
+    assert_eq!(start.header("Range"), Some("0-0"));
+    let location = start.header("Location").unwrap().to_string();
+    let chunk = |range: &str, bytes: &[u8]| {
+        h.send(Method::Patch, &location, &[("Content-Range", range)], bytes)
+    };
+    assert_eq!(chunk("0-4", b"hello").status, 202);
+    let out_of_order = chunk("9-10", b"xx");
+    assert_eq!(out_of_order.status, 416);
+    assert_eq!(out_of_order.code(), "RANGE_INVALID");
+    let ok = chunk("5-10", b" world");
+    assert_eq!(ok.header("Range"), Some("0-10"));
+    let status = h.send(Method::Get, &location, &[], b"");
+    assert_eq!((status.status, status.header("Range")), (204, Some("0-10")));
+
+    let wrong = Digest::sha256_of(b"other");
+    let bad = h.send(Method::Put, &format!("{location}?digest={wrong}"), &[], b"");
+    assert_eq!((bad.status, bad.code().as_str()), (400, "DIGEST_INVALID"));
+    let blob_path = format!("/v2/a/blobs/{wrong}");
+    assert_eq!(h.send(Method::Head, &blob_path, &[], b"").status, 404);
+
+    let d = Digest::sha256_of(b"hello world!");
+    let done = h.send(Method::Put, &format!("{location}?digest={d}"), &[], b"!");
+    assert_eq!(done.status, 201);
+    assert_eq!(
+        done.header("Docker-Content-Digest"),
+        Some(d.to_string().as_str())
+    );
+    let url = format!("/v2/a/blobs/{d}");
+    assert_eq!(h.send(Method::Get, &url, &[], b"").body, b"hello world!");
+    let part = h.send(Method::Get, &url, &[("Range", "bytes=6-")], b"");
+    assert_eq!((part.status, part.body.as_slice()), (206, &b"world!"[..]));
+    assert_eq!(part.header("Content-Range"), Some("bytes 6-11/12"));
+    let tail = h.send(Method::Get, &url, &[("Range", "bytes=-3")], b"");
+    assert_eq!(tail.body, b"ld!");
+    let past = h.send(Method::Get, &url, &[("Range", "bytes=12-20")], b"");
+    assert_eq!(past.status, 416);
+    assert_eq!(past.header("Content-Range"), Some("bytes */12"));
+    // The finished session is gone.
+    assert_eq!(h.send(Method::Get, &location, &[], b"").status, 404);
+}
+
+#[test]
+fn manifests_tags_and_referrers() {
+    let h = Harness::new();
+    let config = h.push_blob("r", b"{}");
+    let layer = h.push_blob("r", b"layer");
+    let missing = Digest::sha256_of(b"absent");
+    let rejected = h.push_manifest("r", "v1", &image(&config, &missing, None));
+    assert_eq!(
+        (rejected.status, rejected.code().as_str()),
+        (400, "MANIFEST_BLOB_UNKNOWN")
+    );
+
+    let first = image(&config, &layer, None);
+    let put = h.push_manifest("r", "v1", &first);
+    assert_eq!(put.status, 201);
+    let first_digest = put.header("Docker-Content-Digest").unwrap().to_string();
+    let got = h.send(Method::Get, "/v2/r/manifests/v1", &[], b"");
+    assert_eq!(got.body, serde_json::to_vec(&first).unwrap());
+    assert_eq!(
+        got.header("Content-Type"),
+        Some("application/vnd.oci.image.manifest.v1+json")
+    );
+
+    // Moving the tag keeps the old manifest pullable by digest.
+    let mut second = first.clone();
+    second["annotations"] = json!({"v": "2"});
+    assert_eq!(h.push_manifest("r", "v1", &second).status, 201);
+    let old = h.send(
+        Method::Get,
+        &format!("/v2/r/manifests/{first_digest}"),
+        &[],
+        b"",
+    );
+    assert_eq!(old.status, 200);
+
+    for tag in ["b", "a", "c"] {
+        assert_eq!(h.push_manifest("r", tag, &first).status, 201);
+    }
+    let page = h.send(Method::Get, "/v2/r/tags/list?n=2", &[], b"");
+    assert_eq!(page.json()["tags"], json!(["a", "b"]));
+    assert_eq!(
+        page.header("Link"),
+        Some("</v2/r/tags/list?n=2&last=b>; rel=\"next\"")
+    );
+    let rest = h.send(Method::Get, "/v2/r/tags/list?n=2&last=b", &[], b"");
+    assert_eq!(rest.json()["tags"], json!(["c", "v1"]));
+    assert!(rest.header("Link").is_none());
+
+    // A referrer pushed by digest, found through the referrers API.
+    let subject: Digest = first_digest.parse().unwrap();
+    let sig = image(&config, &layer, Some((&subject, 10)));
+    let sig_bytes = serde_json::to_vec(&sig).unwrap();
+    let sig_digest = Digest::sha256_of(&sig_bytes);
+    let put = h.push_manifest("r", &sig_digest.to_string(), &sig);
+    assert_eq!(put.header("OCI-Subject"), Some(first_digest.as_str()));
+    let refs = h.send(Method::Get, &format!("/v2/r/referrers/{subject}"), &[], b"");
+    assert_eq!(
+        refs.json()["manifests"][0]["digest"],
+        sig_digest.to_string()
+    );
+    assert_eq!(
+        refs.json()["manifests"][0]["artifactType"],
+        "application/vnd.example.sig"
+    );
+    let filtered = h.send(
+        Method::Get,
+        &format!("/v2/r/referrers/{subject}?artifactType=other%2Ftype"),
+        &[],
+        b"",
+    );
+    assert_eq!(filtered.json()["manifests"], json!([]));
+    assert_eq!(filtered.header("OCI-Filters-Applied"), Some("artifactType"));
+
+    // Deleting a tag leaves the digest; deleting the digest removes every tag on it.
+    assert_eq!(
+        h.send(Method::Delete, "/v2/r/manifests/a", &[], b"").status,
+        202
+    );
+    assert_eq!(
+        h.send(Method::Get, "/v2/r/manifests/a", &[], b"").status,
+        404
+    );
+    let by_digest = format!("/v2/r/manifests/{first_digest}");
+    assert_eq!(h.send(Method::Delete, &by_digest, &[], b"").status, 202);
+    assert_eq!(h.send(Method::Get, &by_digest, &[], b"").status, 404);
+    let tags = h.send(Method::Get, "/v2/r/tags/list", &[], b"");
+    assert_eq!(tags.json()["tags"], json!(["v1"]));
+}
+
+#[test]
+fn mount_catalog_and_errors() {
+    let h = Harness::new();
+    let d = h.push_blob("src/x", b"shared");
+    let mount = h.send(
+        Method::Post,
+        &format!("/v2/dst/blobs/uploads/?mount={d}&from=src/x"),
+        &[],
+        b"",
+    );
+    assert_eq!(mount.status, 201);
+    assert_eq!(
+        h.send(Method::Get, &format!("/v2/dst/blobs/{d}"), &[], b"")
+            .body,
+        b"shared"
+    );
+    let fallback = h.send(
+        Method::Post,
+        &format!("/v2/other/blobs/uploads/?mount={d}&from=nowhere"),
+        &[],
+        b"",
+    );
+    assert_eq!(fallback.status, 202);
+    let catalog = h.send(Method::Get, "/v2/_catalog?n=2", &[], b"");
+    assert_eq!(catalog.json()["repositories"], json!(["dst", "other"]));
+    assert!(catalog.header("Link").is_some());
+
+    for (method, url, status, code) in [
+        (Method::Get, "/v2/UPPER/tags/list", 400, "NAME_INVALID"),
+        (Method::Get, "/v2/nope/tags/list", 404, "NAME_UNKNOWN"),
+        (
+            Method::Get,
+            "/v2/dst/manifests/latest",
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            Method::Get,
+            "/v2/dst/blobs/sha256:1234",
+            400,
+            "DIGEST_INVALID",
+        ),
+        (
+            Method::Patch,
+            "/v2/dst/blobs/uploads/3fa85f64-5717-4562-b3fc-2c963f66afa6",
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        ),
+        (
+            Method::Put,
+            "/v2/dst/manifests/latest",
+            400,
+            "MANIFEST_INVALID",
+        ),
+        (Method::Post, "/v2/dst/tags/list", 405, "UNSUPPORTED"),
+    ] {
+        let got = h.send(method, url, &[], b"{not json");
+        assert_eq!(
+            (got.status, got.code().as_str()),
+            (status, code),
+            "{method:?} {url}"
+        );
+    }
+    let big = vec![b' '; crate::storage::MAX_MANIFEST_SIZE + 1];
+    let too_big = h.send(Method::Put, "/v2/dst/manifests/big", &[], &big);
+    assert_eq!(too_big.status, 413);
+}
