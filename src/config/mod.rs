@@ -117,10 +117,13 @@ impl Config {
         let de = &mut serde_json::Deserializer::from_str(text);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            if path == "." {
-                err(e.into_inner().to_string())
+            let inner = e.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                err(format!("not valid JSON: {inner}"))
+            } else if path == "." {
+                err(inner.to_string())
             } else {
-                err(format!("{path}: {}", e.into_inner()))
+                err(format!("{path}: {inner}"))
             }
         })?;
         resolve(raw).map_err(err)

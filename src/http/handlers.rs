@@ -132,7 +132,7 @@ fn manifest_get(
     head: bool,
 ) -> Result<Reply, ApiError> {
     let (descriptor, body) = if head {
-        let d = store.manifest_descriptor(repo, reference)?;
+        let d = store.manifest_head(repo, reference)?;
         let size = d.size;
         (d, Body::LengthOnly(size))
     } else {

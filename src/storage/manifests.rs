@@ -124,7 +124,7 @@ impl Store {
 
     /// Finds the descriptor `reference` names: a tag, or a digest listed in `index.json` or in
     /// an index it lists (layouts written by other tools list only the top-level index).
-    pub fn manifest_descriptor(
+    fn manifest_descriptor(
         &self,
         repo: &RepoName,
         reference: &Reference,
@@ -178,17 +178,35 @@ impl Store {
         Ok(None)
     }
 
+    /// The descriptor of the manifest `reference` names, once its bytes are known to exist
+    /// (a HEAD must not promise what a GET cannot deliver).
+    pub fn manifest_head(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<Descriptor, StoreError> {
+        let descriptor = self.manifest_descriptor(repo, reference)?;
+        match self.driver.stat(&layout::blob(repo, &descriptor.digest)?)? {
+            Some(meta) if !meta.is_dir => Ok(Descriptor {
+                size: meta.size,
+                ..descriptor
+            }),
+            _ => Err(StoreError::ManifestUnknown(reference.to_string())),
+        }
+    }
+
     /// The manifest `reference` names, with its bytes.
     pub fn manifest_get(
         &self,
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<StoredManifest, StoreError> {
-        let descriptor = self.manifest_descriptor(repo, reference)?;
+        let mut descriptor = self.manifest_descriptor(repo, reference)?;
         let bytes = self
             .driver
             .get(&layout::blob(repo, &descriptor.digest)?)
             .map_err(|e| not_found_as(e, || StoreError::ManifestUnknown(reference.to_string())))?;
+        descriptor.size = bytes.len() as u64;
         Ok(StoredManifest { descriptor, bytes })
     }
 
