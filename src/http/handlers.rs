@@ -23,7 +23,7 @@ pub fn handle(store: &Store, req: &mut dyn HttpRequest) -> Reply {
 fn dispatch(store: &Store, req: &mut dyn HttpRequest) -> Result<Reply, ApiError> {
     let method = req.method();
     let head = method == Method::Head;
-    match (Route::parse(req.url())?, method) {
+    match (Route::parse(method, req.url())?, method) {
         (Route::Base, Method::Get | Method::Head) => Ok(Reply::new(200).json(b"{}".to_vec())),
         (Route::Catalog(page), Method::Get) => catalog(store, &page),
         (Route::Tags(repo, page), Method::Get) => tags(store, &repo, &page),

@@ -6,6 +6,7 @@
 
 use super::error::{ApiError, ErrorKind};
 use crate::digest::Digest;
+use crate::oci::name::NameError;
 use crate::oci::{Reference, RepoName, Tag};
 use crate::storage::layout::UploadId;
 
@@ -180,8 +181,10 @@ impl Query {
 
 impl Route {
     /// Parses a request URL (path and query, as sent) into a route. Errors are the API
-    /// errors to answer with: unknown endpoint, invalid name, digest or reference.
-    pub fn parse(url: &str) -> Result<Route, ApiError> {
+    /// errors to answer with: unknown endpoint, invalid name, digest or reference. The method
+    /// matters only for a malformed tag: a PUT of one is invalid (400), while reading or
+    /// deleting one asks for a manifest that cannot exist (404, as the conformance suite expects).
+    pub fn parse(method: Method, url: &str) -> Result<Route, ApiError> {
         let (path, query) = url.split_once('?').unwrap_or((url, ""));
         let query = Query::parse(query)?;
         let rest = path
@@ -231,7 +234,16 @@ impl Route {
                 .all("tag")
                 .map(str::parse::<Tag>)
                 .collect::<Result<Vec<_>, _>>()?;
-            return Ok(Route::Manifest(name(repo)?, last.parse()?, tags));
+            let reference = match last.parse::<Reference>() {
+                Err(NameError::Tag(tag)) if method != Method::Put => {
+                    return Err(ApiError::new(
+                        ErrorKind::ManifestUnknown,
+                        format!("no manifest can be tagged {tag:?}: not a valid tag"),
+                    ));
+                }
+                parsed => parsed?,
+            };
+            return Ok(Route::Manifest(name(repo)?, reference, tags));
         }
         if let Some(repo) = prefix.strip_suffix("/blobs") {
             return Ok(Route::Blob(name(repo)?, last.parse()?));
@@ -314,18 +326,18 @@ mod tests {
             ),
         ];
         for (url, want) in cases {
-            assert_eq!(Route::parse(&url).unwrap(), want, "{url}");
+            assert_eq!(Route::parse(Method::Get, &url).unwrap(), want, "{url}");
         }
         let id = UploadId::new();
         assert!(matches!(
-            Route::parse(&format!("/v2/x/blobs/uploads/{id}?digest={D}")),
+            Route::parse(Method::Put, &format!("/v2/x/blobs/uploads/{id}?digest={D}")),
             Ok(Route::Upload(_, got, Some(_))) if got == id
         ));
     }
 
     #[test]
     fn rejections() {
-        let kind = |url: &str| Route::parse(url).unwrap_err().kind;
+        let kind = |url: &str| Route::parse(Method::Get, url).unwrap_err().kind;
         assert_eq!(kind("/v3/"), ErrorKind::RouteUnknown);
         assert_eq!(kind("/v2/a/unknown/x"), ErrorKind::RouteUnknown);
         assert_eq!(kind("/v2/A/tags/list"), ErrorKind::NameInvalid);
@@ -342,6 +354,9 @@ mod tests {
         );
         assert_eq!(kind("/v2/a/manifests/bad:ref"), ErrorKind::DigestInvalid);
         assert_eq!(kind("/v2/a//b/tags/list"), ErrorKind::NameInvalid);
+        assert_eq!(kind("/v2/a/manifests/.bad"), ErrorKind::ManifestUnknown);
+        let put = Route::parse(Method::Put, "/v2/a/manifests/.bad").unwrap_err();
+        assert_eq!(put.kind, ErrorKind::ManifestInvalid);
     }
 
     #[test]
