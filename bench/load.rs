@@ -1,0 +1,571 @@
+//! `load`: a load generator that speaks the OCI distribution API to any registry URL (berth,
+//! the CNCF registry, zot), in the spirit of zot's `zb` but measuring more: for each workload
+//! ops/s, MiB/s, p50 and p99 latency, errors, and, when the server runs on this host and its
+//! pid is given, the server's CPU time per operation and its peak resident memory.
+//!
+//! Run: `cargo bench --bench load -- --url http://127.0.0.1:5000 --count 200 \
+//!        --workloads push-mono-1m:8,pull-1m:8,manifest-get:32`
+//! Output: one JSON line per workload on stdout, then a table on stderr. Every loop is bounded
+//! by `--count` operations per workload.
+
+mod http;
+
+use clap::Parser;
+use http::Connection;
+use sha2::{Digest as _, Sha256};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1 << 20;
+/// Distinct blobs pull workloads cycle through, so they are not one cached file.
+const PULL_SET: usize = 4;
+
+#[derive(Parser)]
+#[command(about = "OCI registry load generator")]
+struct Args {
+    /// Registry base URL (http only), e.g. http://127.0.0.1:5000.
+    #[arg(long)]
+    url: String,
+    /// Label for this target in the output (default: the URL).
+    #[arg(long)]
+    label: Option<String>,
+    /// Comma-separated workloads, each optionally `name:concurrency`.
+    #[arg(
+        long,
+        default_value = "push-mono-1m,push-chunked-1m,manifest-put,pull-1m,manifest-get,manifest-head,catalog,mixed"
+    )]
+    workloads: String,
+    /// Default concurrency.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Operations per workload (64 MiB workloads use a quarter, at least 8).
+    #[arg(long, default_value_t = 200)]
+    count: usize,
+    /// The server's pid, to report its CPU time per op and peak RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    PushMono(usize),
+    PushChunked(usize),
+    ManifestPut,
+    Pull(usize),
+    ManifestGet,
+    ManifestHead,
+    Catalog,
+    Mixed,
+}
+
+fn parse_kind(name: &str) -> Option<Kind> {
+    Some(match name {
+        "push-mono-1m" => Kind::PushMono(MIB),
+        "push-mono-64m" => Kind::PushMono(64 * MIB),
+        "push-chunked-1m" => Kind::PushChunked(MIB),
+        "push-chunked-64m" => Kind::PushChunked(64 * MIB),
+        "manifest-put" => Kind::ManifestPut,
+        "pull-1m" => Kind::Pull(MIB),
+        "pull-64m" => Kind::Pull(64 * MIB),
+        "manifest-get" => Kind::ManifestGet,
+        "manifest-head" => Kind::ManifestHead,
+        "catalog" => Kind::Catalog,
+        "mixed" => Kind::Mixed,
+        _ => return None,
+    })
+}
+
+/// Deterministic blob content: a random base shared by all blobs of one size, made unique by
+/// a 16-byte prefix, so blobs cost no client CPU to produce and no memory per blob.
+struct Blobs {
+    base: Vec<u8>,
+    run: u64,
+}
+
+impl Blobs {
+    fn new(size: usize, run: u64) -> Blobs {
+        let mut base = vec![0u8; size.max(16)];
+        let mut x = run | 1;
+        for chunk in base.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let bytes = x.to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        base.truncate(size);
+        Blobs { base, run }
+    }
+
+    fn prefix(&self, i: usize) -> [u8; 16] {
+        let mut p = [0u8; 16];
+        p[..8].copy_from_slice(&self.run.to_le_bytes());
+        p[8..].copy_from_slice(&(i as u64).to_le_bytes());
+        p
+    }
+
+    /// The blob as two slices: its unique prefix and the shared rest.
+    fn parts<'a>(&'a self, prefix: &'a [u8; 16]) -> [&'a [u8]; 2] {
+        let cut = self.base.len().min(16);
+        [&prefix[..cut], &self.base[cut..]]
+    }
+
+    fn digest(&self, i: usize) -> String {
+        let prefix = self.prefix(i);
+        let mut h = Sha256::new();
+        for part in self.parts(&prefix) {
+            h.update(part);
+        }
+        format!("sha256:{}", hex(&h.finalize()))
+    }
+
+    /// Digests of blobs `0..n`, computed before timing starts.
+    fn digests(&self, n: usize) -> Vec<String> {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut out = vec![String::new(); n];
+        std::thread::scope(|s| {
+            for (t, slot) in out.chunks_mut(n.div_ceil(threads).max(1)).enumerate() {
+                let first = t * n.div_ceil(threads).max(1);
+                s.spawn(move || {
+                    for (j, d) in slot.iter_mut().enumerate() {
+                        *d = self.digest(first + j);
+                    }
+                });
+            }
+        });
+        out
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+struct Target {
+    host: String,
+    run: u64,
+}
+
+impl Target {
+    fn repo(&self, workload: &str) -> String {
+        format!("bench{}/{workload}", self.run % 100_000)
+    }
+}
+
+fn expect(resp: std::io::Result<http::Response>, ok: &[u16]) -> Result<http::Response, String> {
+    match resp {
+        Ok(r) if ok.contains(&r.status) => Ok(r),
+        Ok(r) => Err(format!("status {}", r.status)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// POST a session, then PUT the whole blob (`chunks == 1`) or PATCH it in `chunks` pieces
+/// and close with an empty PUT.
+fn push_blob(
+    conn: &mut Connection,
+    repo: &str,
+    parts: [&[u8]; 2],
+    digest: &str,
+    chunks: usize,
+) -> Result<(), String> {
+    let start = expect(
+        conn.send(
+            "POST",
+            &format!("/v2/{repo}/blobs/uploads/"),
+            &[],
+            &[],
+            false,
+        ),
+        &[202],
+    )?;
+    let mut location = start.header("location").ok_or("no Location")?.to_string();
+    let sep = |l: &str| if l.contains('?') { '&' } else { '?' };
+    if chunks <= 1 {
+        let url = format!("{location}{}digest={digest}", sep(&location));
+        let ct = [("Content-Type", "application/octet-stream")];
+        expect(conn.send("PUT", &url, &ct, &parts, false), &[201])?;
+        return Ok(());
+    }
+    let whole: Vec<&[u8]> = parts.to_vec();
+    let total: usize = whole.iter().map(|p| p.len()).sum();
+    let chunk = total.div_ceil(chunks);
+    let mut offset = 0;
+    while offset < total {
+        let end = (offset + chunk).min(total);
+        let pieces = slice_range(&whole, offset, end);
+        let range = format!("{}-{}", offset, end - 1);
+        let headers = [
+            ("Content-Type", "application/octet-stream"),
+            ("Content-Range", range.as_str()),
+        ];
+        let r = expect(
+            conn.send("PATCH", &location, &headers, &pieces, false),
+            &[202],
+        )?;
+        location = r.header("location").ok_or("no Location")?.to_string();
+        offset = end;
+    }
+    let url = format!("{location}{}digest={digest}", sep(&location));
+    expect(conn.send("PUT", &url, &[], &[], false), &[201])?;
+    Ok(())
+}
+
+/// The bytes `start..end` of the concatenation of `parts`, as sub-slices.
+fn slice_range<'a>(parts: &[&'a [u8]], start: usize, end: usize) -> Vec<&'a [u8]> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    for p in parts {
+        let (a, b) = (pos, pos + p.len());
+        let (s, e) = (start.max(a), end.min(b));
+        if s < e {
+            out.push(&p[s - a..e - a]);
+        }
+        pos = b;
+    }
+    out
+}
+
+fn manifest_json(
+    config: &str,
+    config_size: usize,
+    layer: &str,
+    layer_size: usize,
+    note: usize,
+) -> String {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config}","size":{config_size}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{layer}","size":{layer_size}}}],"annotations":{{"bench.op":"{note}"}}}}"#
+    )
+}
+
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+
+/// What one workload needs prepared before its timed phase.
+struct Prepared {
+    blobs: Blobs,
+    digests: Vec<String>,
+    /// Config and layer digests for manifest workloads.
+    image: Option<(String, usize, String, usize)>,
+}
+
+fn prepare(target: &Target, kind: Kind, repo: &str, count: usize) -> Result<Prepared, String> {
+    let mut conn = Connection::new(&target.host);
+    let size = match kind {
+        Kind::PushMono(s) | Kind::PushChunked(s) | Kind::Pull(s) => s,
+        Kind::Mixed => MIB,
+        _ => 1024,
+    };
+    let blobs = Blobs::new(size, target.run ^ size as u64);
+    let digests = blobs.digests(count + PULL_SET);
+    let pulls = matches!(kind, Kind::Pull(_) | Kind::Mixed);
+    if pulls {
+        // Pull sets live after the push indices so a mixed run's pushes are all new.
+        for i in count..count + PULL_SET {
+            let prefix = blobs.prefix(i);
+            push_blob(&mut conn, repo, blobs.parts(&prefix), &digests[i], 1)?;
+        }
+    }
+    let image = if matches!(
+        kind,
+        Kind::ManifestPut | Kind::ManifestGet | Kind::ManifestHead
+    ) {
+        let config = format!("{{\"bench\":{}}}", target.run);
+        let config_digest = format!("sha256:{}", hex(&Sha256::digest(config.as_bytes())));
+        push_blob(&mut conn, repo, [config.as_bytes(), &[]], &config_digest, 1)?;
+        let prefix = blobs.prefix(count);
+        push_blob(&mut conn, repo, blobs.parts(&prefix), &digests[count], 1)?;
+        let image = (
+            config_digest,
+            config.len(),
+            digests[count].clone(),
+            blobs.base.len(),
+        );
+        if !matches!(kind, Kind::ManifestPut) {
+            let body = manifest_json(&image.0, image.1, &image.2, image.3, 0);
+            expect(
+                conn.send(
+                    "PUT",
+                    &format!("/v2/{repo}/manifests/latest"),
+                    &[("Content-Type", MANIFEST_TYPE)],
+                    &[body.as_bytes()],
+                    false,
+                ),
+                &[201],
+            )?;
+        }
+        Some(image)
+    } else {
+        None
+    };
+    Ok(Prepared {
+        blobs,
+        digests,
+        image,
+    })
+}
+
+/// One operation; returns the payload bytes moved.
+fn run_op(
+    conn: &mut Connection,
+    kind: Kind,
+    repo: &str,
+    i: usize,
+    count: usize,
+    p: &Prepared,
+) -> Result<u64, String> {
+    let pull = |conn: &mut Connection, j: usize| -> Result<u64, String> {
+        let d = &p.digests[count + j % PULL_SET];
+        let r = expect(
+            conn.send("GET", &format!("/v2/{repo}/blobs/{d}"), &[], &[], false),
+            &[200],
+        )?;
+        if r.body_len != p.blobs.base.len() as u64 {
+            return Err(format!("short body {}", r.body_len));
+        }
+        Ok(r.body_len)
+    };
+    let push = |conn: &mut Connection, chunks: usize| -> Result<u64, String> {
+        let prefix = p.blobs.prefix(i);
+        push_blob(conn, repo, p.blobs.parts(&prefix), &p.digests[i], chunks)?;
+        Ok(p.blobs.base.len() as u64)
+    };
+    match kind {
+        Kind::PushMono(_) => push(conn, 1),
+        Kind::PushChunked(_) => push(conn, 4),
+        Kind::Pull(_) => pull(conn, i),
+        Kind::Mixed if i % 5 == 0 => push(conn, 1),
+        Kind::Mixed => pull(conn, i),
+        Kind::ManifestPut => {
+            let (c, cs, l, ls) = p.image.as_ref().expect("prepared");
+            let body = manifest_json(c, *cs, l, *ls, i + 1);
+            expect(
+                conn.send(
+                    "PUT",
+                    &format!("/v2/{repo}/manifests/t{i}"),
+                    &[("Content-Type", MANIFEST_TYPE)],
+                    &[body.as_bytes()],
+                    false,
+                ),
+                &[201],
+            )?;
+            Ok(body.len() as u64)
+        }
+        Kind::ManifestGet | Kind::ManifestHead => {
+            let method = if matches!(kind, Kind::ManifestGet) {
+                "GET"
+            } else {
+                "HEAD"
+            };
+            let r = expect(
+                conn.send(
+                    method,
+                    &format!("/v2/{repo}/manifests/latest"),
+                    &[("Accept", MANIFEST_TYPE)],
+                    &[],
+                    false,
+                ),
+                &[200],
+            )?;
+            Ok(r.body_len)
+        }
+        Kind::Catalog => {
+            let r = expect(
+                conn.send("GET", "/v2/_catalog?n=100", &[], &[], false),
+                &[200],
+            )?;
+            Ok(r.body_len)
+        }
+    }
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the file, 12 and 13 after the comm; USER_HZ
+    // is 100 on every Linux architecture berth targets.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
+}
+
+/// Peak resident memory of a process in MiB (VmHWM).
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+struct Outcome {
+    workload: String,
+    concurrency: usize,
+    ops: usize,
+    errors: usize,
+    first_error: Option<String>,
+    seconds: f64,
+    bytes: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_ms_per_op: Option<f64>,
+    peak_rss_mib: Option<f64>,
+}
+
+fn run_workload(
+    args: &Args,
+    target: &Target,
+    name: &str,
+    kind: Kind,
+    concurrency: usize,
+) -> Result<Outcome, String> {
+    let count = match kind {
+        Kind::PushMono(s) | Kind::PushChunked(s) | Kind::Pull(s) if s >= 64 * MIB => {
+            (args.count / 4).max(8)
+        }
+        _ => args.count,
+    };
+    let repo = target.repo(name);
+    let prepared = prepare(target, kind, &repo, count)?;
+    let next = AtomicUsize::new(0);
+    let cpu_before = args.server_pid.and_then(cpu_seconds);
+    let started = Instant::now();
+    let results: Vec<(Vec<Duration>, u64, usize, Option<String>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..concurrency)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut conn = Connection::new(&target.host);
+                    let (mut lat, mut bytes, mut errors, mut first) =
+                        (Vec::new(), 0u64, 0usize, None);
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= count {
+                            break;
+                        }
+                        let t = Instant::now();
+                        match run_op(&mut conn, kind, &repo, i, count, &prepared) {
+                            Ok(b) => {
+                                bytes += b;
+                                lat.push(t.elapsed());
+                            }
+                            Err(e) => {
+                                errors += 1;
+                                first.get_or_insert(e);
+                            }
+                        }
+                    }
+                    (lat, bytes, errors, first)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("worker"))
+            .collect()
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu_after = args.server_pid.and_then(cpu_seconds);
+    let mut latencies: Vec<Duration> = results.iter().flat_map(|r| r.0.iter().copied()).collect();
+    latencies.sort();
+    let pct = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    Ok(Outcome {
+        workload: name.to_string(),
+        concurrency,
+        ops: count,
+        errors: results.iter().map(|r| r.2).sum(),
+        first_error: results.iter().find_map(|r| r.3.clone()),
+        seconds,
+        bytes: results.iter().map(|r| r.1).sum(),
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        cpu_ms_per_op: match (cpu_before, cpu_after) {
+            (Some(a), Some(b)) => Some((b - a) * 1000.0 / count as f64),
+            _ => None,
+        },
+        peak_rss_mib: args.server_pid.and_then(peak_rss_mib),
+    })
+}
+
+fn main() {
+    let args = Args::parse();
+    let host = args
+        .url
+        .trim_end_matches('/')
+        .strip_prefix("http://")
+        .unwrap_or_else(|| {
+            eprintln!("load: --url must start with http://");
+            std::process::exit(2)
+        })
+        .to_string();
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    let target = Target { host, run };
+    let label = args.label.clone().unwrap_or_else(|| args.url.clone());
+    let mut outcomes = Vec::new();
+    for spec in args.workloads.split(',').filter(|s| !s.is_empty()) {
+        let (name, c) = match spec.split_once(':') {
+            Some((n, c)) => (n, c.parse().unwrap_or(args.concurrency)),
+            None => (spec, args.concurrency),
+        };
+        let Some(kind) = parse_kind(name) else {
+            eprintln!("load: unknown workload {name:?}");
+            std::process::exit(2);
+        };
+        match run_workload(&args, &target, name, kind, c) {
+            Ok(o) => {
+                let mib_s = o.bytes as f64 / MIB as f64 / o.seconds;
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "target": label, "workload": o.workload, "concurrency": o.concurrency,
+                        "ops": o.ops, "errors": o.errors, "first_error": o.first_error,
+                        "seconds": o.seconds, "ops_per_s": o.ops as f64 / o.seconds, "mib_per_s": mib_s,
+                        "p50_ms": o.p50_ms, "p99_ms": o.p99_ms,
+                        "server_cpu_ms_per_op": o.cpu_ms_per_op, "server_peak_rss_mib": o.peak_rss_mib,
+                    })
+                );
+                outcomes.push(o);
+            }
+            Err(e) => {
+                eprintln!("load: {name}: setup failed: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    eprintln!(
+        "\n{label}\n{:<18} {:>4} {:>6} {:>6} {:>10} {:>9} {:>9} {:>9} {:>11} {:>9}",
+        "workload",
+        "C",
+        "ops",
+        "errors",
+        "ops/s",
+        "MiB/s",
+        "p50 ms",
+        "p99 ms",
+        "cpu ms/op",
+        "rss MiB"
+    );
+    for o in &outcomes {
+        let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.2}"));
+        eprintln!(
+            "{:<18} {:>4} {:>6} {:>6} {:>10.1} {:>9.1} {:>9.2} {:>9.2} {:>11} {:>9}",
+            o.workload,
+            o.concurrency,
+            o.ops,
+            o.errors,
+            o.ops as f64 / o.seconds,
+            o.bytes as f64 / MIB as f64 / o.seconds,
+            o.p50_ms,
+            o.p99_ms,
+            opt(o.cpu_ms_per_op),
+            opt(o.peak_rss_mib)
+        );
+    }
+}
