@@ -263,9 +263,9 @@ fn prepare(target: &Target, kind: Kind, repo: &str, count: usize) -> Result<Prep
     let pulls = matches!(kind, Kind::Pull(_) | Kind::Mixed);
     if pulls {
         // Pull sets live after the push indices so a mixed run's pushes are all new.
-        for i in count..count + PULL_SET {
+        for (i, digest) in digests.iter().enumerate().skip(count) {
             let prefix = blobs.prefix(i);
-            push_blob(&mut conn, repo, blobs.parts(&prefix), &digests[i], 1)?;
+            push_blob(&mut conn, repo, blobs.parts(&prefix), digest, 1)?;
         }
     }
     let image = if matches!(
@@ -336,7 +336,7 @@ fn run_op(
         Kind::PushMono(_) => push(conn, 1),
         Kind::PushChunked(_) => push(conn, 4),
         Kind::Pull(_) => pull(conn, i),
-        Kind::Mixed if i % 5 == 0 => push(conn, 1),
+        Kind::Mixed if i.is_multiple_of(5) => push(conn, 1),
         Kind::Mixed => pull(conn, i),
         Kind::ManifestPut => {
             let (c, cs, l, ls) = p.image.as_ref().expect("prepared");
