@@ -3,8 +3,9 @@
 //! ops/s, MiB/s, p50 and p99 latency, errors, and, when the server runs on this host and its
 //! pid is given, the server's CPU time per operation and its peak resident memory.
 //!
-//! Run: `cargo bench --bench load -- --url http://127.0.0.1:5000 --count 200 \
+//! Run: `cargo bench --bench load -- --target berth=http://127.0.0.1:5000@PID --count 200 \
 //!        --workloads push-mono-1m:8,pull-1m:8,manifest-get:32`
+//! With two `--target`s every workload runs against both in turn and a ratio table follows.
 //! Output: one JSON line per workload on stdout, then a table on stderr. Every loop is bounded
 //! by `--count` operations per workload.
 
@@ -23,12 +24,12 @@ const PULL_SET: usize = 4;
 #[derive(Parser)]
 #[command(about = "OCI registry load generator")]
 struct Args {
-    /// Registry base URL (http only), e.g. http://127.0.0.1:5000.
-    #[arg(long)]
-    url: String,
-    /// Label for this target in the output (default: the URL).
-    #[arg(long)]
-    label: Option<String>,
+    /// A registry to load: `LABEL=http://HOST:PORT` or `LABEL=http://HOST:PORT@PID` (the pid
+    /// of the server process, to report its CPU time per op and peak RSS). Repeat it to run
+    /// each workload against every target in turn, in one run; the last table then gives the
+    /// ratios of the first target to the second.
+    #[arg(long = "target", required = true)]
+    targets: Vec<String>,
     /// Comma-separated workloads, each optionally `name:concurrency`.
     #[arg(
         long,
@@ -41,9 +42,6 @@ struct Args {
     /// Operations per workload (64 MiB workloads use a quarter, at least 8).
     #[arg(long, default_value_t = 200)]
     count: usize,
-    /// The server's pid, to report its CPU time per op and peak RSS.
-    #[arg(long)]
-    server_pid: Option<u32>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -145,8 +143,35 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 struct Target {
+    label: String,
     host: String,
+    pid: Option<u32>,
     run: u64,
+}
+
+impl Target {
+    fn parse(spec: &str, run: u64) -> Result<Target, String> {
+        let (label, rest) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("--target {spec:?}: expected LABEL=URL[@PID]"))?;
+        let (url, pid) = match rest.rsplit_once('@') {
+            Some((u, p)) => (
+                u,
+                Some(p.parse().map_err(|_| format!("bad pid in {spec:?}"))?),
+            ),
+            None => (rest, None),
+        };
+        let host = url
+            .trim_end_matches('/')
+            .strip_prefix("http://")
+            .ok_or_else(|| format!("--target {spec:?}: the URL must start with http://"))?;
+        Ok(Target {
+            label: label.to_string(),
+            host: host.to_string(),
+            pid,
+            run,
+        })
+    }
 }
 
 impl Target {
@@ -400,6 +425,16 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+impl Outcome {
+    fn ops_per_s(&self) -> f64 {
+        self.ops as f64 / self.seconds
+    }
+
+    fn mib_per_s(&self) -> f64 {
+        self.bytes as f64 / MIB as f64 / self.seconds
+    }
+}
+
 struct Outcome {
     workload: String,
     concurrency: usize,
@@ -430,7 +465,7 @@ fn run_workload(
     let repo = target.repo(name);
     let prepared = prepare(target, kind, &repo, count)?;
     let next = AtomicUsize::new(0);
-    let cpu_before = args.server_pid.and_then(cpu_seconds);
+    let cpu_before = target.pid.and_then(cpu_seconds);
     let started = Instant::now();
     let results: Vec<(Vec<Duration>, u64, usize, Option<String>)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..concurrency)
@@ -466,7 +501,7 @@ fn run_workload(
             .collect()
     });
     let seconds = started.elapsed().as_secs_f64();
-    let cpu_after = args.server_pid.and_then(cpu_seconds);
+    let cpu_after = target.pid.and_then(cpu_seconds);
     let mut latencies: Vec<Duration> = results.iter().flat_map(|r| r.0.iter().copied()).collect();
     latencies.sort();
     let pct = |q: f64| {
@@ -488,27 +523,25 @@ fn run_workload(
             (Some(a), Some(b)) => Some((b - a) * 1000.0 / count as f64),
             _ => None,
         },
-        peak_rss_mib: args.server_pid.and_then(peak_rss_mib),
+        peak_rss_mib: target.pid.and_then(peak_rss_mib),
     })
 }
 
 fn main() {
     let args = Args::parse();
-    let host = args
-        .url
-        .trim_end_matches('/')
-        .strip_prefix("http://")
-        .unwrap_or_else(|| {
-            eprintln!("load: --url must start with http://");
-            std::process::exit(2)
-        })
-        .to_string();
     let run = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
-    let target = Target { host, run };
-    let label = args.label.clone().unwrap_or_else(|| args.url.clone());
-    let mut outcomes = Vec::new();
+    let targets: Vec<Target> = args
+        .targets
+        .iter()
+        .map(|t| Target::parse(t, run))
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| {
+            eprintln!("load: {e}");
+            std::process::exit(2)
+        });
+    let mut outcomes: Vec<Vec<Outcome>> = targets.iter().map(|_| Vec::new()).collect();
     for spec in args.workloads.split(',').filter(|s| !s.is_empty()) {
         let (name, c) = match spec.split_once(':') {
             Some((n, c)) => (n, c.parse().unwrap_or(args.concurrency)),
@@ -518,54 +551,73 @@ fn main() {
             eprintln!("load: unknown workload {name:?}");
             std::process::exit(2);
         };
-        match run_workload(&args, &target, name, kind, c) {
-            Ok(o) => {
-                let mib_s = o.bytes as f64 / MIB as f64 / o.seconds;
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "target": label, "workload": o.workload, "concurrency": o.concurrency,
-                        "ops": o.ops, "errors": o.errors, "first_error": o.first_error,
-                        "seconds": o.seconds, "ops_per_s": o.ops as f64 / o.seconds, "mib_per_s": mib_s,
-                        "p50_ms": o.p50_ms, "p99_ms": o.p99_ms,
-                        "server_cpu_ms_per_op": o.cpu_ms_per_op, "server_peak_rss_mib": o.peak_rss_mib,
-                    })
-                );
-                outcomes.push(o);
-            }
-            Err(e) => {
-                eprintln!("load: {name}: setup failed: {e}");
-                std::process::exit(1);
-            }
+        for (target, done) in targets.iter().zip(outcomes.iter_mut()) {
+            let o = run_workload(&args, target, name, kind, c).unwrap_or_else(|e| {
+                eprintln!("load: {}: {name}: setup failed: {e}", target.label);
+                std::process::exit(1)
+            });
+            println!(
+                "{}",
+                serde_json::json!({
+                    "target": target.label, "workload": o.workload, "concurrency": o.concurrency,
+                    "ops": o.ops, "errors": o.errors, "first_error": o.first_error,
+                    "seconds": o.seconds, "ops_per_s": o.ops_per_s(), "mib_per_s": o.mib_per_s(),
+                    "p50_ms": o.p50_ms, "p99_ms": o.p99_ms,
+                    "server_cpu_ms_per_op": o.cpu_ms_per_op, "server_peak_rss_mib": o.peak_rss_mib,
+                })
+            );
+            done.push(o);
         }
     }
-    eprintln!(
-        "\n{label}\n{:<18} {:>4} {:>6} {:>6} {:>10} {:>9} {:>9} {:>9} {:>11} {:>9}",
-        "workload",
-        "C",
-        "ops",
-        "errors",
-        "ops/s",
-        "MiB/s",
-        "p50 ms",
-        "p99 ms",
-        "cpu ms/op",
-        "rss MiB"
-    );
-    for o in &outcomes {
-        let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.2}"));
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.2}"));
+    for (target, done) in targets.iter().zip(&outcomes) {
         eprintln!(
-            "{:<18} {:>4} {:>6} {:>6} {:>10.1} {:>9.1} {:>9.2} {:>9.2} {:>11} {:>9}",
-            o.workload,
-            o.concurrency,
-            o.ops,
-            o.errors,
-            o.ops as f64 / o.seconds,
-            o.bytes as f64 / MIB as f64 / o.seconds,
-            o.p50_ms,
-            o.p99_ms,
-            opt(o.cpu_ms_per_op),
-            opt(o.peak_rss_mib)
+            "\n{}\n{:<18} {:>4} {:>6} {:>6} {:>10} {:>9} {:>9} {:>9} {:>11} {:>9}",
+            target.label,
+            "workload",
+            "C",
+            "ops",
+            "errors",
+            "ops/s",
+            "MiB/s",
+            "p50 ms",
+            "p99 ms",
+            "cpu ms/op",
+            "rss MiB"
         );
+        for o in done {
+            eprintln!(
+                "{:<18} {:>4} {:>6} {:>6} {:>10.1} {:>9.1} {:>9.2} {:>9.2} {:>11} {:>9}",
+                o.workload,
+                o.concurrency,
+                o.ops,
+                o.errors,
+                o.ops_per_s(),
+                o.mib_per_s(),
+                o.p50_ms,
+                o.p99_ms,
+                opt(o.cpu_ms_per_op),
+                opt(o.peak_rss_mib)
+            );
+        }
+    }
+    if let [first, second, ..] = &outcomes[..] {
+        eprintln!(
+            "\n{} / {}\n{:<18} {:>4} {:>12} {:>14}",
+            targets[0].label, targets[1].label, "workload", "C", "ops/s ratio", "cpu/op ratio"
+        );
+        for (a, b) in first.iter().zip(second) {
+            let cpu = match (a.cpu_ms_per_op, b.cpu_ms_per_op) {
+                (Some(x), Some(y)) if y > 0.0 => Some(x / y),
+                _ => None,
+            };
+            eprintln!(
+                "{:<18} {:>4} {:>11.2}x {:>14}",
+                a.workload,
+                a.concurrency,
+                a.ops_per_s() / b.ops_per_s(),
+                opt(cpu)
+            );
+        }
     }
 }
