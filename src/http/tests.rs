@@ -355,3 +355,35 @@ fn mount_catalog_and_errors() {
     let too_big = h.send(Method::Put, "/v2/dst/manifests/big", &[], &big);
     assert_eq!(too_big.status, 413);
 }
+
+#[test]
+fn layouts_changed_on_disk_are_served() {
+    let h = Harness::new();
+    let config = h.push_blob("ext", b"{}");
+    let layer = h.push_blob("ext", b"layer");
+    assert_eq!(
+        h.push_manifest("ext", "one", &image(&config, &layer, None))
+            .status,
+        201
+    );
+    let tags =
+        |h: &Harness| h.send(Method::Get, "/v2/ext/tags/list", &[], b"").json()["tags"].clone();
+    assert_eq!(tags(&h), json!(["one"]));
+    // Another tool rewrites index.json (same length, new tag name), as zot or skopeo might.
+    let path = h.root.join("ext/index.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"one\"", "\"two\"");
+    std::fs::write(&path, text).unwrap();
+    assert_eq!(tags(&h), json!(["two"]));
+    assert_eq!(
+        h.send(Method::Get, "/v2/ext/manifests/two", &[], b"")
+            .status,
+        200
+    );
+    assert_eq!(
+        h.send(Method::Get, "/v2/ext/manifests/one", &[], b"")
+            .status,
+        404
+    );
+}

@@ -10,6 +10,7 @@ use super::{Store, StoreError, layout, not_found_as};
 use crate::digest::Digest;
 use crate::oci::{Descriptor, ImageIndex, Manifest, Reference, RepoName, Tag, media_type};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// A manifest as served: its descriptor (media type, digest, size) and, for GET, its bytes.
 #[derive(Debug, Clone)]
@@ -33,17 +34,32 @@ pub struct ManifestPut {
 const MAX_INDEX_DEPTH: usize = 4;
 
 impl Store {
-    /// The parsed `index.json` of `repo`, or `NameUnknown`.
-    fn read_index(&self, repo: &RepoName) -> Result<ImageIndex, StoreError> {
+    /// The parsed `index.json` of `repo`, or `NameUnknown`. Served from the cache while the
+    /// file's fingerprint is unchanged.
+    fn read_index(&self, repo: &RepoName) -> Result<Arc<ImageIndex>, StoreError> {
         let path = layout::index_json(repo)?;
+        let meta = self
+            .driver
+            .stat(&path)?
+            .ok_or_else(|| StoreError::NameUnknown(repo.clone()))?;
+        if let Some(index) = self.indexes.get(repo, meta.fingerprint) {
+            return Ok(index);
+        }
         let bytes = self
             .driver
             .get(&path)
             .map_err(|e| not_found_as(e, || StoreError::NameUnknown(repo.clone())))?;
-        serde_json::from_slice(&bytes).map_err(|e| StoreError::CorruptLayout {
-            path: path.to_string(),
-            reason: e.to_string(),
-        })
+        let index: Arc<ImageIndex> =
+            Arc::new(
+                serde_json::from_slice(&bytes).map_err(|e| StoreError::CorruptLayout {
+                    path: path.to_string(),
+                    reason: e.to_string(),
+                })?,
+            );
+        // The file may have been replaced between the stat and the read; then the next
+        // lookup sees a new fingerprint and parses again, so caching here is always safe.
+        self.indexes.put(repo, meta.fingerprint, Arc::clone(&index));
+        Ok(index)
     }
 
     /// Applies `change` to `repo`'s index and writes it back atomically if it returns true.
@@ -53,11 +69,15 @@ impl Store {
         change: impl FnOnce(&mut ImageIndex) -> Result<(T, bool), StoreError>,
     ) -> Result<T, StoreError> {
         let _guard = self.repo_locks.lock(repo.as_str());
-        let mut index = self.read_index(repo)?;
+        let mut index = ImageIndex::clone(&*self.read_index(repo)?);
         let (value, changed) = change(&mut index)?;
         if changed {
+            let path = layout::index_json(repo)?;
             let bytes = serde_json::to_vec(&index).expect("an index always serializes");
-            self.driver.put(&layout::index_json(repo)?, &bytes)?;
+            self.driver.put(&path, &bytes)?;
+            if let Some(meta) = self.driver.stat(&path)? {
+                self.indexes.put(repo, meta.fingerprint, Arc::new(index));
+            }
         }
         Ok(value)
     }
@@ -134,11 +154,12 @@ impl Store {
         match reference {
             Reference::Tag(tag) => index
                 .manifests
-                .into_iter()
+                .iter()
                 .find(|d| d.tag() == Some(tag.as_str()))
+                .cloned()
                 .ok_or_else(unknown),
             Reference::Digest(digest) => self
-                .find_by_digest(repo, index.manifests, digest, MAX_INDEX_DEPTH)?
+                .find_by_digest(repo, &index.manifests, digest, MAX_INDEX_DEPTH)?
                 .ok_or_else(unknown),
         }
     }
@@ -146,7 +167,7 @@ impl Store {
     fn find_by_digest(
         &self,
         repo: &RepoName,
-        descriptors: Vec<Descriptor>,
+        descriptors: &[Descriptor],
         digest: &Digest,
         depth: usize,
     ) -> Result<Option<Descriptor>, StoreError> {
@@ -171,7 +192,7 @@ impl Store {
             let Ok(child) = serde_json::from_slice::<ImageIndex>(&bytes) else {
                 continue;
             };
-            if let Some(found) = self.find_by_digest(repo, child.manifests, digest, depth - 1)? {
+            if let Some(found) = self.find_by_digest(repo, &child.manifests, digest, depth - 1)? {
                 return Ok(Some(found));
             }
         }
@@ -276,7 +297,7 @@ impl Store {
         };
         let mut seen = std::collections::BTreeSet::new();
         let mut found = Vec::new();
-        for d in index.manifests {
+        for d in &index.manifests {
             if !seen.insert(d.digest.clone()) {
                 continue;
             }
@@ -296,7 +317,7 @@ impl Store {
             found.push(Descriptor {
                 artifact_type: manifest.artifact_type,
                 annotations: manifest.annotations,
-                ..Descriptor::new(&manifest.media_type, d.digest, bytes.len() as u64)
+                ..Descriptor::new(&manifest.media_type, d.digest.clone(), bytes.len() as u64)
             });
         }
         Ok(found)

@@ -10,6 +10,7 @@
 
 pub mod driver;
 pub mod error;
+mod index_cache;
 pub mod layout;
 mod locks;
 mod manifests;
@@ -33,6 +34,7 @@ pub struct Store {
     driver: Arc<dyn Driver>,
     repo_locks: Stripes,
     sessions: uploads::Sessions,
+    indexes: index_cache::IndexCache,
 }
 
 /// A byte range of a blob to send.
@@ -59,6 +61,7 @@ impl Store {
             driver,
             repo_locks: Stripes::default(),
             sessions: uploads::Sessions::default(),
+            indexes: index_cache::IndexCache::default(),
         }
     }
 

@@ -47,7 +47,9 @@ fn put_get_replace(d: &dyn Driver) {
     let p = path("a/b/c.json");
     d.put(&p, b"first").unwrap();
     assert_eq!(d.get(&p).unwrap(), b"first");
+    let first = d.stat(&p).unwrap().unwrap().fingerprint;
     d.put(&p, b"second, longer").unwrap();
+    assert_ne!(d.stat(&p).unwrap().unwrap().fingerprint, first);
     assert_eq!(d.get(&p).unwrap(), b"second, longer");
     let meta = d.stat(&p).unwrap().unwrap();
     assert_eq!(meta.size, 14);

@@ -77,6 +77,25 @@ impl Drop for TempGuard<'_> {
     }
 }
 
+/// Inode, size and both timestamps: a file replaced by rename gets a new inode, and one
+/// rewritten in place a new mtime and ctime.
+fn fingerprint(m: &fs::Metadata) -> u64 {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        m.ino(),
+        m.dev(),
+        m.size(),
+        m.mtime(),
+        m.mtime_nsec(),
+        m.ctime(),
+        m.ctime_nsec(),
+    )
+        .hash(&mut h);
+    h.finish()
+}
+
 fn io_err(op: &'static str, path: &Path, source: io::Error) -> DriverError {
     if source.kind() == io::ErrorKind::NotFound {
         DriverError::NotFound {
@@ -124,6 +143,7 @@ impl Driver for LocalDriver {
                 size: if m.is_dir() { 0 } else { m.len() },
                 modified: m.modified().map_err(|e| io_err("stat", &full, e))?,
                 is_dir: m.is_dir(),
+                fingerprint: fingerprint(&m),
             })),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("stat", &full, e)),

@@ -91,6 +91,9 @@ pub struct ObjectMeta {
     pub modified: SystemTime,
     /// Whether this is a directory (local drivers) rather than an object.
     pub is_dir: bool,
+    /// Changes whenever the object is rewritten or replaced (local: inode, size and
+    /// timestamps), so a cache of its parsed content can be revalidated with one `stat`.
+    pub fingerprint: u64,
 }
 
 /// Errors every driver reports, with the driver's name and the path.
