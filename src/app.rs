@@ -29,14 +29,16 @@ pub struct App {
 impl App {
     /// Opens storage and binds the listener.
     pub fn start(config: &Config) -> Result<App, StartError> {
-        let driver = LocalDriver::new(&config.storage.root_directory, config.storage.commit)?;
-        let store = Arc::new(Store::new(Arc::new(driver)));
+        let storage = &config.storage;
+        let driver = LocalDriver::new(&storage.root_directory, storage.commit, storage.writer)?;
         tracing::info!(
-            root = %config.storage.root_directory.display(),
-            driver = store.driver_name(),
-            commit = config.storage.commit,
-            "storage ready"
+            root = %storage.root_directory.display(),
+            commit = storage.commit,
+            requested = ?storage.writer,
+            "storage ready; upload writer: {}",
+            driver.writer_name()
         );
+        let store = Arc::new(Store::new(Arc::new(driver)));
         let server = Server::bind(&config.http)?;
         Ok(App { server, store })
     }

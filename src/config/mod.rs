@@ -7,6 +7,7 @@
 pub mod duration;
 pub mod raw;
 
+use crate::storage::driver::local::WriterChoice;
 use raw::{RawConfig, RawPort};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -50,6 +51,8 @@ pub struct StorageConfig {
     pub root_directory: PathBuf,
     /// fsync data and directories before acknowledging writes.
     pub commit: bool,
+    /// How upload bytes are written.
+    pub writer: WriterChoice,
 }
 
 /// HTTP listener settings.
@@ -262,6 +265,7 @@ fn resolve(raw: RawConfig) -> Result<Config, String> {
         storage: StorageConfig {
             root_directory: PathBuf::from(root_directory),
             commit: storage.commit.unwrap_or(false),
+            writer: storage.writer.unwrap_or(WriterChoice::Auto),
         },
         http: HttpConfig {
             address: http.address.unwrap_or_else(|| "127.0.0.1".into()),

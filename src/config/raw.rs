@@ -68,6 +68,8 @@ pub struct RawStorage {
     /// zot's metaDB restart shortcut.
     #[serde(alias = "fastrestart")]
     pub fast_restart: Option<Value>,
+    /// berth only: how upload bytes are written (`auto`, `io_uring`, `std`).
+    pub writer: Option<crate::storage::driver::local::WriterChoice>,
     /// zot's repository count limit.
     #[serde(alias = "maxrepos")]
     pub max_repos: Option<Value>,

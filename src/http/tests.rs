@@ -7,7 +7,7 @@ use super::response::{Body, Reply};
 use super::route::Method;
 use crate::digest::Digest;
 use crate::storage::Store;
-use crate::storage::driver::local::LocalDriver;
+use crate::storage::driver::local::{LocalDriver, WriterChoice};
 use serde_json::{Value, json};
 use std::io::{Cursor, Read};
 use std::path::PathBuf;
@@ -77,7 +77,7 @@ impl Got {
 impl Harness {
     fn new() -> Harness {
         let root = std::env::temp_dir().join(format!("berth-http-{}", uuid::Uuid::new_v4()));
-        let driver = LocalDriver::new(&root, false).unwrap();
+        let driver = LocalDriver::new(&root, false, WriterChoice::Auto).unwrap();
         Harness {
             store: Store::new(Arc::new(driver)),
             root,

@@ -65,11 +65,6 @@ impl Store {
         }
     }
 
-    /// The driver, for callers that report on it.
-    pub fn driver_name(&self) -> &'static str {
-        self.driver.name()
-    }
-
     /// Whether `repo` exists (has an `index.json`).
     pub fn repo_exists(&self, repo: &RepoName) -> Result<bool, StoreError> {
         Ok(self.driver.stat(&layout::index_json(repo)?)?.is_some())

@@ -104,9 +104,12 @@ fn copy_hashed(
             break;
         }
         hasher.update(&buf[..filled]);
-        out.append(&buf[..filled])?;
+        buf.truncate(filled);
+        buf = out.append(buf)?;
+        buf.resize(BODY_BUFFER, 0);
         total += filled as u64;
     }
+    out.flush()?;
     Ok(total)
 }
 

@@ -22,6 +22,7 @@ pub(crate) fn run(driver: &dyn Driver) {
     ranged_reads(driver);
     listing(driver);
     appending(driver);
+    appending_many(driver);
     rename_and_copy(driver);
     delete_trees(driver);
 }
@@ -84,20 +85,38 @@ fn appending(d: &dyn Driver) {
     let p = path("u/.uploads/session");
     let mut w = d.appender(&p).unwrap();
     assert_eq!(w.size(), 0);
-    w.append(b"hello ").unwrap();
-    w.append(b"world").unwrap();
+    w.append(b"hello ".to_vec()).unwrap();
+    w.append(b"world".to_vec()).unwrap();
     assert_eq!(w.size(), 11);
     w.truncate(6).unwrap();
-    w.append(b"there").unwrap();
+    w.append(b"there".to_vec()).unwrap();
     w.sync().unwrap();
     drop(w);
     assert_eq!(d.get(&p).unwrap(), b"hello there");
     // Reopening continues at the end.
     let mut w = d.appender(&p).unwrap();
     assert_eq!(w.size(), 11);
-    w.append(b"!").unwrap();
+    w.append(b"!".to_vec()).unwrap();
     drop(w);
     assert_eq!(d.get(&p).unwrap(), b"hello there!");
+}
+
+/// Many appends of recycled buffers in flight at once land in order.
+fn appending_many(d: &dyn Driver) {
+    let p = path("u/.uploads/many");
+    let mut w = d.appender(&p).unwrap();
+    let mut expected = Vec::new();
+    let mut buf = Vec::new();
+    for i in 0..64u8 {
+        buf.clear();
+        buf.resize(4096 + i as usize, i);
+        expected.extend_from_slice(&buf);
+        buf = w.append(buf).unwrap();
+    }
+    w.sync().unwrap();
+    assert_eq!(w.size(), expected.len() as u64);
+    drop(w);
+    assert_eq!(d.get(&p).unwrap(), expected);
 }
 
 fn rename_and_copy(d: &dyn Driver) {

@@ -5,6 +5,7 @@
 //! that turns those into paths. Every driver runs the shared suite in `conformance`.
 
 pub mod local;
+mod uring;
 
 #[cfg(test)]
 pub(crate) mod conformance;
@@ -142,12 +143,18 @@ pub struct ObjectReader {
 pub trait Appender: Send {
     /// Bytes written so far.
     fn size(&self) -> u64;
-    /// Appends `buf` in full.
-    fn append(&mut self, buf: &[u8]) -> Result<(), DriverError>;
-    /// Cuts the object back to `len` bytes (to undo a failed chunk).
+    /// Appends all of `buf` and returns a buffer for the caller's next chunk: the same one, or
+    /// (when writes are asynchronous) one whose earlier write has completed, so the caller can
+    /// read and hash the next chunk while this one is written. A write error may be reported
+    /// by a later call; nothing is durable or complete until `sync` returns.
+    fn append(&mut self, buf: Vec<u8>) -> Result<Vec<u8>, DriverError>;
+    /// Cuts the object back to `len` bytes (to undo a failed chunk), once every write
+    /// still in flight has finished.
     fn truncate(&mut self, len: u64) -> Result<(), DriverError>;
-    /// Makes everything appended durable, if the driver was configured to commit; called
-    /// before the object is renamed into place.
+    /// Waits for every write in flight and reports the first error.
+    fn flush(&mut self) -> Result<(), DriverError>;
+    /// `flush`, then, with `commit` on, makes everything appended durable. Called before the
+    /// object is renamed into place.
     fn sync(&mut self) -> Result<(), DriverError>;
 }
 
