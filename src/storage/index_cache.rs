@@ -11,9 +11,12 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 const STRIPES: usize = 64;
 
+/// One stripe: repository -> (fingerprint of the file, the index parsed from it).
+type Stripe = RwLock<HashMap<RepoName, (u64, Arc<ImageIndex>)>>;
+
 /// Parsed indexes keyed by repository, each with the fingerprint of the file it came from.
 pub(super) struct IndexCache {
-    stripes: Vec<RwLock<HashMap<RepoName, (u64, Arc<ImageIndex>)>>>,
+    stripes: Vec<Stripe>,
 }
 
 impl Default for IndexCache {
@@ -25,7 +28,7 @@ impl Default for IndexCache {
 }
 
 impl IndexCache {
-    fn stripe(&self, repo: &RepoName) -> &RwLock<HashMap<RepoName, (u64, Arc<ImageIndex>)>> {
+    fn stripe(&self, repo: &RepoName) -> &Stripe {
         let mut h = DefaultHasher::new();
         repo.hash(&mut h);
         &self.stripes[(h.finish() as usize) % STRIPES]
