@@ -1,5 +1,6 @@
 use ascii::AsciiString;
 
+use std::sync::{Arc, Mutex};
 use std::io::Error as IoError;
 use std::io::Result as IoResult;
 use std::io::{BufReader, BufWriter, ErrorKind, Read};
@@ -11,6 +12,11 @@ use crate::common::{HTTPVersion, Method};
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
+
+/// berth patch: longest request line or header line accepted.
+const MAX_LINE: usize = 16 * 1024;
+/// berth patch: most header lines accepted in one request.
+const MAX_HEADERS: usize = 256;
 
 /// A ClientConnection is an object that will store a socket to a client
 /// and return Request objects.
@@ -34,6 +40,9 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // berth patch: shuts the reading side when a request body fails to arrive
+    read_closer: Arc<Mutex<crate::util::refined_tcp_stream::Stream>>,
 }
 
 /// Error that can happen when reading a request.
@@ -54,6 +63,7 @@ impl ClientConnection {
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
+        let read_closer = read_socket.read_closer();
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
@@ -65,6 +75,7 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            read_closer,
         }
     }
 
@@ -95,6 +106,14 @@ impl ClientConnection {
                     .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
             }
 
+            // berth patch: refuse at once what cannot be an HTTP/1.x head (a TLS
+            // ClientHello starts with 0x16) and bound a line's length, instead of buffering
+            // until a CR LF that may never come.
+            let allowed = byte == b'\r' || byte == b'\t' || (0x20..0x7f).contains(&byte);
+            if !allowed || buf.len() >= MAX_LINE {
+                return Err(IoError::new(ErrorKind::InvalidInput, "not an HTTP/1.x request head"));
+            }
+
             prev_byte_was_cr = byte == b'\r';
 
             buf.push(byte);
@@ -107,7 +126,11 @@ impl ClientConnection {
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self.read_next_line().map_err(|e| match e.kind() {
+                    // berth patch: garbage gets a 400, not silence.
+                    ErrorKind::InvalidInput => ReadError::WrongRequestLine,
+                    _ => ReadError::ReadIoError(e),
+                })?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -123,6 +146,10 @@ impl ClientConnection {
                     if line.is_empty() {
                         break;
                     };
+                    // berth patch: bound the number of header lines too.
+                    if headers.len() >= MAX_HEADERS {
+                        return Err(ReadError::WrongHeader(version));
+                    }
                     headers.push(match FromStr::from_str(line.as_str().trim()) {
                         // TODO: remove this conversion
                         Ok(h) => h,
@@ -142,6 +169,10 @@ impl ClientConnection {
         // follow-up for next potential request
         let mut data_source = self.source.next().unwrap();
         std::mem::swap(&mut self.next_header_source, &mut data_source);
+        let data_source = crate::util::refined_tcp_stream::ShutReadOnError {
+            inner: data_source,
+            closer: Arc::clone(&self.read_closer),
+        };
 
         // building the next reader
         let request = crate::request::new_request(

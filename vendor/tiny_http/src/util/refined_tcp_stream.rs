@@ -1,6 +1,7 @@
 use std::io::Result as IoResult;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::{Arc, Mutex};
 
 use crate::connection::Connection;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
@@ -120,6 +121,35 @@ impl RefinedTcpStream {
 
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
+    }
+
+    /// berth patch: a second handle on the socket, used to shut its reading side when a
+    /// request body fails to arrive (see `ShutReadOnError`).
+    pub(crate) fn read_closer(&self) -> Arc<Mutex<Stream>> {
+        Arc::new(Mutex::new(self.stream.clone()))
+    }
+}
+
+/// berth patch: a body reader that shuts the socket's reading side when a read fails (a
+/// timeout on a stalled client, a reset). The unread rest of the body then reads as EOF, so
+/// neither the drain of the body nor the wait for the next request head blocks again; the
+/// response can still be written, and the connection closes after it.
+pub(crate) struct ShutReadOnError<R> {
+    pub(crate) inner: R,
+    pub(crate) closer: Arc<Mutex<Stream>>,
+}
+
+impl<R: Read> Read for ShutReadOnError<R> {
+    fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
+        let result = self.inner.read(buf);
+        if let Err(e) = &result {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                if let Ok(mut stream) = self.closer.lock() {
+                    stream.shutdown(Shutdown::Read).ok();
+                }
+            }
+        }
+        result
     }
 }
 

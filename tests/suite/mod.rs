@@ -1,0 +1,12 @@
+//! The tests, one module per concern of issue 2's "How it is shown": API flows (`api`),
+//! bad input (`bad_input`, `connections`, `concurrency`), crash safety (`crash`), real
+//! clients (`skopeo`, `oras`), and the command line (`cli`).
+
+mod api;
+mod bad_input;
+mod cli;
+mod concurrency;
+mod connections;
+mod crash;
+mod oras;
+mod skopeo;

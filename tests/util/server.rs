@@ -1,0 +1,190 @@
+//! Runs the real `berth` binary: writes a zot-format config for a root directory, starts
+//! `berth serve` on port 0, learns the ephemeral address from the `listening on ADDR` log
+//! line, keeps draining stderr (so the pipe never fills and blocks the server) into a buffer
+//! that failing tests can print, and kills the process on drop.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tempfile::TempDir;
+
+use super::http::Client;
+
+/// The binary cargo built for this test run.
+pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+/// A debug build starts in well under a second; the margin is for a loaded CI machine.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The knobs of the config file the tests vary.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// `http.readTimeout`, a zot duration.
+    pub read_timeout: &'static str,
+    /// `storage.commit`: fsync before acknowledging.
+    pub commit: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            read_timeout: "5s",
+            commit: false,
+        }
+    }
+}
+
+/// A running berth process.
+pub struct Berth {
+    child: Child,
+    addr: SocketAddr,
+    root: PathBuf,
+    log: Arc<Mutex<String>>,
+    /// Set by `kill9`, so drop knows an exited process was the test's doing.
+    killed: bool,
+    /// Temporary directories removed when the server is dropped (after it is killed).
+    _owned: Vec<TempDir>,
+}
+
+/// A fresh temporary directory; a helper so every test names its scratch space the same way.
+pub fn temp_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("berth-it-")
+        .tempdir()
+        .expect("create temporary directory")
+}
+
+impl Berth {
+    /// Starts berth on a fresh, empty root with default settings.
+    pub fn start() -> Berth {
+        Berth::start_with(Settings::default())
+    }
+
+    /// Starts berth on a fresh, empty root that is removed when the server is dropped.
+    pub fn start_with(settings: Settings) -> Berth {
+        let dir = temp_dir();
+        let root = dir.path().join("root");
+        let mut berth = Berth::launch(&root, &settings, dir.path());
+        berth._owned.push(dir);
+        berth
+    }
+
+    /// Starts berth on a root the caller owns (it outlives the process: restarts, imports).
+    pub fn start_on(root: &Path, settings: Settings) -> Berth {
+        let config_dir = temp_dir();
+        let mut berth = Berth::launch(root, &settings, config_dir.path());
+        berth._owned.push(config_dir);
+        berth
+    }
+
+    fn launch(root: &Path, settings: &Settings, config_dir: &Path) -> Berth {
+        let config = json!({
+            "distSpecVersion": "1.1.1",
+            "storage": { "rootDirectory": root, "commit": settings.commit },
+            "http": { "address": "127.0.0.1", "port": "0", "readTimeout": settings.read_timeout },
+            "log": { "level": "info" }
+        });
+        let config_path = config_dir.join("config.json");
+        std::fs::write(&config_path, config.to_string()).expect("write config");
+        let mut child = Command::new(BERTH)
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn berth");
+
+        let log = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = listening_addr(&line) {
+                    // Only the first send matters; later ones fail once the receiver is gone.
+                    let _ = addr_tx.send(addr);
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+
+        match addr_rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => Berth {
+                child,
+                addr,
+                root: root.to_path_buf(),
+                log,
+                killed: false,
+                _owned: Vec::new(),
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                panic!(
+                    "berth did not log `listening on ADDR` ({status:?}); stderr:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Everything berth wrote to stderr so far.
+    pub fn logs(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Whether the process is still running (a crash would show here).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL (std's `Child::kill` is SIGKILL on Unix): no destructor, no flush, no cleanup.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill -9 berth");
+        self.child.wait().expect("reap berth");
+        self.killed = true;
+    }
+}
+
+impl Drop for Berth {
+    /// Stops the server. A server that exited by itself (a crash the test's requests may not
+    /// have noticed) fails the test; a failing test gets the server's log to explain it.
+    fn drop(&mut self) {
+        let exited_by_itself = !self.killed && !self.is_running();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("berth stderr:\n{}", self.logs());
+        } else if exited_by_itself {
+            panic!("berth exited on its own; stderr:\n{}", self.logs());
+        }
+    }
+}
+
+/// The address in a `... listening on 127.0.0.1:PORT ...` log line.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let (_, after) = line.split_once("listening on ")?;
+    after.split_whitespace().next()?.parse().ok()
+}
