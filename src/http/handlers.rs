@@ -11,12 +11,23 @@ use crate::storage::layout::UploadId;
 use crate::storage::{BodyLength, ByteRange, MAX_MANIFEST_SIZE, Store, StoreError};
 use serde_json::json;
 use std::io::Read;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 
-/// Answers one request.
+/// Answers one request. A panic in a handler is caught and answered with a 500 (the store's
+/// data is only ever replaced atomically, so an unwound handler leaves nothing half-written).
 pub fn handle(store: &Store, req: &mut dyn HttpRequest) -> Reply {
-    match dispatch(store, req) {
-        Ok(reply) => reply,
-        Err(e) => e.into(),
+    match catch_unwind(AssertUnwindSafe(|| dispatch(store, req))) {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => e.into(),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(url = req.url(), panic = %what, "handler panicked");
+            ApiError::new(ErrorKind::Internal, "internal error").into()
+        }
     }
 }
 

@@ -1,17 +1,15 @@
 //! The front end: a tiny_http server and a fixed pool of request workers looping on `recv()`.
-//! Each request is answered by `handlers::handle` under `catch_unwind`, so a panic becomes a
-//! 500 and the worker keeps serving. Every response gets the API version header and an exact
+//! Each request is answered by `handlers::handle`, which turns a panic into a 500, so the
+//! worker keeps serving. Every response gets the API version header and an exact
 //! Content-Length (tiny_http would switch to chunked encoding above 32 KiB). A body a handler
 //! left unread is discarded by tiny_http after the response is sent (see vendor/tiny_http).
 
-use super::error::{ApiError, ErrorKind};
 use super::handlers;
 use super::response::{Body, Reply};
 use crate::config::HttpConfig;
 use crate::storage::Store;
 use std::io::{self, Cursor, Read};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::Instant;
 use tiny_http::{Header, Response, StatusCode};
@@ -102,18 +100,7 @@ fn worker(http: &tiny_http::Server, store: &Store) {
         let started = Instant::now();
         let method = request.method().to_string();
         let url = request.url().to_string();
-        let reply = match catch_unwind(AssertUnwindSafe(|| handlers::handle(store, &mut request))) {
-            Ok(reply) => reply,
-            Err(panic) => {
-                let what = panic
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_default();
-                tracing::error!(%method, %url, panic = %what, "handler panicked");
-                ApiError::new(ErrorKind::Internal, "internal error").into()
-            }
-        };
+        let reply = handlers::handle(store, &mut request);
         let status = reply.status;
         if status >= 500 {
             tracing::error!(%method, %url, status, "request failed");

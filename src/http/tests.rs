@@ -85,7 +85,7 @@ impl Harness {
     }
 
     fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Got {
-        let mut req = FakeRequest {
+        let req = FakeRequest {
             method,
             url: url.to_string(),
             headers: headers
@@ -385,5 +385,56 @@ fn layouts_changed_on_disk_are_served() {
         h.send(Method::Get, "/v2/ext/manifests/one", &[], b"")
             .status,
         404
+    );
+}
+
+/// A body that panics when read, standing in for any bug below a handler.
+struct PanickingBody;
+
+impl Read for PanickingBody {
+    fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+        panic!("simulated handler bug");
+    }
+}
+
+#[test]
+fn a_panicking_handler_is_a_500_and_the_store_keeps_serving() {
+    let h = Harness::new();
+    let d = h.push_blob("p", b"kept");
+    let start = h.send(Method::Post, "/v2/p/blobs/uploads/", &[], b"");
+    let location = start.header("Location").unwrap().to_string();
+    let req = FakeRequest {
+        method: Method::Patch,
+        url: location.clone(),
+        headers: Vec::new(),
+        body: Cursor::new(Vec::new()),
+        content_length: Some(10),
+    };
+    struct Panicking(FakeRequest, PanickingBody);
+    impl HttpRequest for Panicking {
+        fn method(&self) -> Method {
+            self.0.method()
+        }
+        fn url(&self) -> &str {
+            self.0.url()
+        }
+        fn header(&self, name: &str) -> Option<&str> {
+            self.0.header(name)
+        }
+        fn content_length(&self) -> Option<u64> {
+            self.0.content_length()
+        }
+        fn body(&mut self) -> &mut dyn Read {
+            &mut self.1
+        }
+    }
+    let reply = handle(&h.store, &mut Panicking(req, PanickingBody));
+    assert_eq!(reply.status, 500);
+    // The same session and everything stored before still work.
+    assert_eq!(h.send(Method::Get, &location, &[], b"").status, 204);
+    assert_eq!(
+        h.send(Method::Get, &format!("/v2/p/blobs/{d}"), &[], b"")
+            .body,
+        b"kept"
     );
 }
