@@ -85,7 +85,7 @@ impl Harness {
     }
 
     fn send(&self, method: Method, url: &str, headers: &[(&str, &str)], body: &[u8]) -> Got {
-        let req = FakeRequest {
+        let mut req = FakeRequest {
             method,
             url: url.to_string(),
             headers: headers
