@@ -30,8 +30,11 @@ fn run(writer: WriterChoice, commit: bool) -> f64 {
 }
 
 fn main() {
-    let auto = LocalDriver::new(std::env::temp_dir(), false, WriterChoice::Auto).expect("driver");
-    println!("auto picks: {}", auto.writer_name());
+    for commit in [false, true] {
+        let auto =
+            LocalDriver::new(std::env::temp_dir(), commit, WriterChoice::Auto).expect("driver");
+        println!("auto picks with commit={commit}: {}", auto.writer_name());
+    }
     for commit in [false, true] {
         for writer in [WriterChoice::Std, WriterChoice::IoUring] {
             let best = (0..3).map(|_| run(writer, commit)).fold(0.0, f64::max);

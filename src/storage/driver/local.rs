@@ -25,7 +25,11 @@ pub const TEMP_PREFIX: &str = ".tmp-";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WriterChoice {
-    /// io_uring when the kernel allows it, else std.
+    /// io_uring when `commit` is on and the kernel allows it, else std. Measured here
+    /// (bench/writer.rs, bench/load.rs): without fsync, buffered io_uring writes are punted to
+    /// one kernel worker that copies every upload's pages, while std writes copy on the
+    /// request workers in parallel (io_uring 0.72-0.83x std on pushes); with fsync, io_uring
+    /// overlaps the flush with the next upload's bytes (2x std in bench/writer.rs).
     Auto,
     /// io_uring, failing to start without it.
     IoUring,
@@ -56,7 +60,8 @@ impl LocalDriver {
         fs::create_dir_all(&root).map_err(|e| io_err("create root", &root, e))?;
         let uring = match writer {
             WriterChoice::Std => None,
-            WriterChoice::Auto => UringWriter::start().ok(),
+            WriterChoice::Auto if commit => UringWriter::start().ok(),
+            WriterChoice::Auto => None,
             WriterChoice::IoUring => {
                 Some(UringWriter::start().map_err(|e| io_err("start io_uring", &root, e))?)
             }
