@@ -6,7 +6,7 @@
 //! Every change to `index.json` is read-modify-write under the repository's stripe lock and
 //! lands with one atomic `put`; readers never lock.
 
-use super::{Store, StoreError, layout, not_found_as};
+use super::{Store, StoreError, index_writes, layout, not_found_as};
 use crate::digest::Digest;
 use crate::oci::{Descriptor, ImageIndex, Manifest, Reference, RepoName, Tag, media_type};
 use std::collections::BTreeMap;
@@ -62,24 +62,74 @@ impl Store {
         Ok(index)
     }
 
-    /// Applies `change` to `repo`'s index and writes it back atomically if it returns true.
-    fn update_index<T>(
+    /// Applies `change` to `repo`'s index and writes the index back atomically if it changed
+    /// anything. Changes queued concurrently for the same repository are applied together
+    /// and written once (see `index_writes`).
+    fn update_index(
         &self,
         repo: &RepoName,
-        change: impl FnOnce(&mut ImageIndex) -> Result<(T, bool), StoreError>,
-    ) -> Result<T, StoreError> {
-        let _guard = self.repo_locks.lock(repo.as_str());
-        let mut index = ImageIndex::clone(&*self.read_index(repo)?);
-        let (value, changed) = change(&mut index)?;
-        if changed {
-            let path = layout::index_json(repo)?;
-            let bytes = serde_json::to_vec(&index).expect("an index always serializes");
-            self.driver.put(&path, &bytes)?;
-            if let Some(meta) = self.driver.stat(&path)? {
-                self.indexes.put(repo, meta.fingerprint, Arc::new(index));
+        change: impl FnOnce(&mut ImageIndex) -> Result<bool, StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let outcome = self.pending.push(repo, Box::new(change));
+        let guard = self.repo_locks.lock(repo.as_str());
+        // A previous holder of the lock may have applied our change with its own.
+        if let Ok(result) = outcome.try_recv() {
+            return result;
+        }
+        self.apply_pending(repo);
+        drop(guard);
+        outcome
+            .recv()
+            .expect("a queued change is answered by whoever applies it")
+    }
+
+    /// Applies every queued change of `repo` and answers each; called under the repo lock.
+    fn apply_pending(&self, repo: &RepoName) {
+        let batch = self.pending.take(repo);
+        let mut index = match self.read_index(repo) {
+            Ok(index) => ImageIndex::clone(&index),
+            Err(e) => {
+                for p in batch {
+                    let _ = p.done.send(Err(index_writes::shared_failure(&e)));
+                }
+                return;
+            }
+        };
+        let mut applied = Vec::with_capacity(batch.len());
+        let mut changed = false;
+        for p in batch {
+            match (p.change)(&mut index) {
+                Ok(c) => {
+                    changed |= c;
+                    applied.push(p.done);
+                }
+                Err(e) => {
+                    let _ = p.done.send(Err(e));
+                }
             }
         }
-        Ok(value)
+        let written = if changed {
+            self.write_index(repo, index)
+        } else {
+            Ok(())
+        };
+        for done in applied {
+            let result = match &written {
+                Ok(()) => Ok(()),
+                Err(e) => Err(index_writes::shared_failure(e)),
+            };
+            let _ = done.send(result);
+        }
+    }
+
+    fn write_index(&self, repo: &RepoName, index: ImageIndex) -> Result<(), StoreError> {
+        let path = layout::index_json(repo)?;
+        let bytes = serde_json::to_vec(&index).expect("an index always serializes");
+        self.driver.put(&path, &bytes)?;
+        if let Some(meta) = self.driver.stat(&path)? {
+            self.indexes.put(repo, meta.fingerprint, Arc::new(index));
+        }
+        Ok(())
     }
 
     /// Validates and stores a manifest under `reference` and any `extra_tags`.
@@ -120,21 +170,21 @@ impl Store {
         if self.driver.stat(&blob)?.map(|m| m.size) != Some(bytes.len() as u64) {
             self.driver.put(&blob, bytes)?;
         }
-        let mut tags: Vec<&Tag> = extra_tags.iter().collect();
+        let mut tags: Vec<Tag> = extra_tags.to_vec();
         if let Reference::Tag(t) = reference {
-            tags.insert(0, t);
+            tags.insert(0, t.clone());
         }
         let entry = Descriptor::new(&manifest.media_type, digest.clone(), bytes.len() as u64);
-        self.update_index(repo, |index| {
+        self.update_index(repo, move |index| {
             let mut changed = false;
             for tag in &tags {
                 changed |= set_tag(index, tag, &entry);
             }
-            if tags.is_empty() && !index.manifests.iter().any(|d| d.digest == digest) {
-                index.manifests.push(entry.clone());
+            if tags.is_empty() && !index.manifests.iter().any(|d| d.digest == entry.digest) {
+                index.manifests.push(entry);
                 changed = true;
             }
-            Ok(((), changed))
+            Ok(changed)
         })?;
         Ok(ManifestPut {
             digest,
@@ -238,28 +288,33 @@ impl Store {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<(), StoreError> {
-        let unknown = || StoreError::ManifestUnknown(reference.to_string());
+        let name = reference.to_string();
         match reference {
-            Reference::Tag(tag) => self.update_index(repo, |index| {
-                let Some(pos) = index
-                    .manifests
-                    .iter()
-                    .position(|d| d.tag() == Some(tag.as_str()))
-                else {
-                    return Err(unknown());
-                };
-                let removed = index.manifests.remove(pos);
-                keep_untagged(index, removed);
-                Ok(((), true))
-            }),
+            Reference::Tag(tag) => {
+                let tag = tag.clone();
+                self.update_index(repo, move |index| {
+                    let Some(pos) = index
+                        .manifests
+                        .iter()
+                        .position(|d| d.tag() == Some(tag.as_str()))
+                    else {
+                        return Err(StoreError::ManifestUnknown(name));
+                    };
+                    let removed = index.manifests.remove(pos);
+                    keep_untagged(index, removed);
+                    Ok(true)
+                })
+            }
             Reference::Digest(digest) => {
-                self.update_index(repo, |index| {
-                    let before = index.manifests.len();
-                    index.manifests.retain(|d| &d.digest != digest);
-                    if index.manifests.len() == before {
-                        return Err(unknown());
+                let target = digest.clone();
+                self.update_index(repo, move |index| {
+                    // Checked before changing anything: a failing change must leave the index
+                    // as it found it (others' changes share this copy).
+                    if !index.manifests.iter().any(|d| d.digest == target) {
+                        return Err(StoreError::ManifestUnknown(name));
                     }
-                    Ok(((), true))
+                    index.manifests.retain(|d| d.digest != target);
+                    Ok(true)
                 })?;
                 match self.driver.delete(&layout::blob(repo, digest)?) {
                     Ok(()) | Err(super::driver::DriverError::NotFound { .. }) => Ok(()),

@@ -11,6 +11,7 @@
 pub mod driver;
 pub mod error;
 mod index_cache;
+mod index_writes;
 pub mod layout;
 mod locks;
 mod manifests;
@@ -35,6 +36,7 @@ pub struct Store {
     repo_locks: Stripes,
     sessions: uploads::Sessions,
     indexes: index_cache::IndexCache,
+    pending: index_writes::PendingChanges,
 }
 
 /// A byte range of a blob to send.
@@ -62,6 +64,7 @@ impl Store {
             repo_locks: Stripes::default(),
             sessions: uploads::Sessions::default(),
             indexes: index_cache::IndexCache::default(),
+            pending: index_writes::PendingChanges::default(),
         }
     }
 

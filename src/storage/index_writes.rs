@@ -1,0 +1,87 @@
+//! Group commit of `index.json` changes. Every change to a repository's index is queued, then
+//! whoever holds the repository's lock applies all queued changes to one copy of the index and
+//! writes it once. Concurrent tag pushes to one repository thus share a single rewrite of
+//! `index.json` instead of each rewriting the whole file in turn (an O(tags) cost per push).
+
+use super::StoreError;
+use super::driver::DriverError;
+use crate::oci::{ImageIndex, RepoName};
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::{Mutex, PoisonError};
+
+const STRIPES: usize = 64;
+
+/// A change to an index: returns whether it changed anything. A change that returns an error
+/// must leave the index as it found it, since others' changes are applied to the same copy.
+pub(super) type IndexChange = Box<dyn FnOnce(&mut ImageIndex) -> Result<bool, StoreError> + Send>;
+
+/// A queued change and where to report its outcome.
+pub(super) struct Pending {
+    pub(super) change: IndexChange,
+    pub(super) done: Sender<Result<(), StoreError>>,
+}
+
+type Stripe = Mutex<HashMap<RepoName, Vec<Pending>>>;
+
+/// Queued changes per repository (striped; each stripe lock is held only to push or take).
+pub(super) struct PendingChanges {
+    stripes: Vec<Stripe>,
+}
+
+impl Default for PendingChanges {
+    fn default() -> Self {
+        PendingChanges {
+            stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
+        }
+    }
+}
+
+impl PendingChanges {
+    fn stripe(&self, repo: &RepoName) -> &Stripe {
+        let mut h = DefaultHasher::new();
+        repo.hash(&mut h);
+        &self.stripes[(h.finish() as usize) % STRIPES]
+    }
+
+    /// Queues `change`; its outcome arrives on the returned receiver.
+    pub(super) fn push(
+        &self,
+        repo: &RepoName,
+        change: IndexChange,
+    ) -> Receiver<Result<(), StoreError>> {
+        let (done, outcome) = channel();
+        let mut map = self
+            .stripe(repo)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.entry(repo.clone())
+            .or_default()
+            .push(Pending { change, done });
+        outcome
+    }
+
+    /// Takes every change queued for `repo`, oldest first.
+    pub(super) fn take(&self, repo: &RepoName) -> Vec<Pending> {
+        let mut map = self
+            .stripe(repo)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.remove(repo).unwrap_or_default()
+    }
+}
+
+/// The same failure for every change of a batch whose write failed.
+pub(super) fn shared_failure(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::NameUnknown(repo) => StoreError::NameUnknown(repo.clone()),
+        other => StoreError::Driver(DriverError::Io {
+            driver: "index",
+            op: "write index.json",
+            path: String::new(),
+            source: std::io::Error::other(other.to_string()),
+        }),
+    }
+}
