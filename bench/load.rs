@@ -30,7 +30,7 @@ struct Args {
     /// ratios of the first target to the second.
     #[arg(long = "target", required = true)]
     targets: Vec<String>,
-    /// Comma-separated workloads, each optionally `name:concurrency`.
+    /// Comma-separated workloads, each `name[:concurrency[:count]]`.
     #[arg(
         long,
         default_value = "push-mono-1m,push-chunked-1m,manifest-put,pull-1m,manifest-get,manifest-head,catalog,mixed"
@@ -39,7 +39,7 @@ struct Args {
     /// Default concurrency.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
-    /// Operations per workload (64 MiB workloads use a quarter, at least 8).
+    /// Default operations per workload.
     #[arg(long, default_value_t = 200)]
     count: usize,
     /// Passed by `cargo bench`; ignored.
@@ -450,18 +450,12 @@ struct Outcome {
 }
 
 fn run_workload(
-    args: &Args,
     target: &Target,
     name: &str,
     kind: Kind,
     concurrency: usize,
+    count: usize,
 ) -> Result<Outcome, String> {
-    let count = match kind {
-        Kind::PushMono(s) | Kind::PushChunked(s) | Kind::Pull(s) if s >= 64 * MIB => {
-            (args.count / 4).max(8)
-        }
-        _ => args.count,
-    };
     let repo = target.repo(name);
     let prepared = prepare(target, kind, &repo, count)?;
     let next = AtomicUsize::new(0);
@@ -543,16 +537,25 @@ fn main() {
         });
     let mut outcomes: Vec<Vec<Outcome>> = targets.iter().map(|_| Vec::new()).collect();
     for spec in args.workloads.split(',').filter(|s| !s.is_empty()) {
-        let (name, c) = match spec.split_once(':') {
-            Some((n, c)) => (n, c.parse().unwrap_or(args.concurrency)),
-            None => (spec, args.concurrency),
+        let mut fields = spec.split(':');
+        let name = fields.next().unwrap_or_default();
+        let mut number = |default: usize| -> usize {
+            match fields.next() {
+                None => default,
+                Some(v) => v.parse().unwrap_or_else(|_| {
+                    eprintln!("load: {spec:?}: {v:?} is not a number");
+                    std::process::exit(2)
+                }),
+            }
         };
+        let c = number(args.concurrency);
+        let count = number(args.count);
         let Some(kind) = parse_kind(name) else {
             eprintln!("load: unknown workload {name:?}");
             std::process::exit(2);
         };
         for (target, done) in targets.iter().zip(outcomes.iter_mut()) {
-            let o = run_workload(&args, target, name, kind, c).unwrap_or_else(|e| {
+            let o = run_workload(target, name, kind, c, count).unwrap_or_else(|e| {
                 eprintln!("load: {}: {name}: setup failed: {e}", target.label);
                 std::process::exit(1)
             });

@@ -2,11 +2,12 @@
 # Side-by-side benchmark: starts Debian's docker-registry (CNCF distribution 2.8) and berth on
 # free loopback ports with fresh storage, runs the same workloads against both in one run
 # (bench/load.rs, each workload on both servers in turn), and prints berth/distribution ratios.
-# Run by hand, never by CI: scripts/bench-vs-distribution.sh [COUNT] [WORKLOADS]
+# Run by hand, never by CI: scripts/bench-vs-distribution.sh [WORKLOADS]
+# WORKLOADS: comma-separated name:concurrency:count (see bench/load.rs); counts are sized so
+# each workload runs for about a second or more on the slower server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-count="${1:-200}"
-workloads="${2:-push-mono-1m:8,push-chunked-1m:8,push-mono-64m:8,push-chunked-64m:8,manifest-put:8,pull-1m:8,pull-64m:8,manifest-get:32,manifest-head:32,catalog:8,mixed:8}"
+workloads="${1:-push-mono-1m:8:400,push-chunked-1m:8:200,push-mono-64m:8:24,push-chunked-64m:8:24,manifest-put:8:2000,pull-1m:8:2000,pull-64m:8:48,manifest-get:32:10000,manifest-head:32:10000,catalog:8:5000,mixed:8:1000}"
 
 if ! command -v docker-registry >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-registry
@@ -47,6 +48,6 @@ pids+=($!); bpid=$!
 
 wait_http "$dport"; wait_http "$bport"
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(date -u +%Y-%m-%d); berth $(git rev-parse --short HEAD)"
-cargo bench --quiet --bench load -- --count "$count" --workloads "$workloads" \
+cargo bench --quiet --bench load -- --workloads "$workloads" \
   --target "berth=http://127.0.0.1:$bport@$bpid" \
   --target "distribution=http://127.0.0.1:$dport@$dpid"
