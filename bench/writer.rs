@@ -1,4 +1,4 @@
-//! `writer`: upload write throughput of the local driver's two appenders (io_uring and std),
+//! `writer`: upload write throughput of the local driver's appenders (buffered, direct, io_uring),
 //! with `commit` off and on, writing 64 MiB uploads in the 1 MiB buffers request workers use.
 //! Also prints which writer `auto` picks here. Run: `cargo bench --bench writer`.
 
@@ -30,13 +30,14 @@ fn run(writer: WriterChoice, commit: bool) -> f64 {
 }
 
 fn main() {
+    let auto = LocalDriver::new(std::env::temp_dir(), false, WriterChoice::Auto).expect("driver");
+    println!("auto picks: {}", auto.writer_name());
     for commit in [false, true] {
-        let auto =
-            LocalDriver::new(std::env::temp_dir(), commit, WriterChoice::Auto).expect("driver");
-        println!("auto picks with commit={commit}: {}", auto.writer_name());
-    }
-    for commit in [false, true] {
-        for writer in [WriterChoice::Std, WriterChoice::IoUring] {
+        for writer in [
+            WriterChoice::Buffered,
+            WriterChoice::Direct,
+            WriterChoice::IoUring,
+        ] {
             let best = (0..3).map(|_| run(writer, commit)).fold(0.0, f64::max);
             println!(
                 "{:<9} commit={:<5} {best:>8.0} MB/s (best of 3, {UPLOADS} x {} MiB)",

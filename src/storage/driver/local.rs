@@ -7,6 +7,7 @@
 //! Upload appends go through the io_uring writer (`super::uring`) when the kernel allows it,
 //! with two writes in flight per upload, or through positioned `std::fs` writes otherwise.
 
+use super::direct::DirectWriter;
 use super::uring::{Completion, UringWriter};
 use super::{Appender, Driver, DriverError, ObjectMeta, ObjectReader, StoragePath};
 use crossbeam_channel::{Receiver, Sender};
@@ -25,16 +26,18 @@ pub const TEMP_PREFIX: &str = ".tmp-";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WriterChoice {
-    /// io_uring when `commit` is on and the kernel allows it, else std. Measured here
-    /// (bench/writer.rs, bench/load.rs): without fsync, buffered io_uring writes are punted to
-    /// one kernel worker that copies every upload's pages, while std writes copy on the
-    /// request workers in parallel (io_uring 0.72-0.83x std on pushes); with fsync, io_uring
-    /// overlaps the flush with the next upload's bytes (2x std in bench/writer.rs).
+    /// `direct` where the filesystem supports O_DIRECT, else `buffered`. Measured here
+    /// (bench/writer.rs, bench/load.rs, flamegraphs/index.md): buffered writes into new
+    /// page-cache pages dominate push CPU; the io_uring writer punts the same buffered copy
+    /// to one kernel worker and measured 0.72-0.83x of buffered on pushes.
     Auto,
-    /// io_uring, failing to start without it.
+    /// Whole blocks with O_DIRECT from an aligned staging buffer, the tail buffered
+    /// (falls back to `buffered` where O_DIRECT is unsupported).
+    Direct,
+    /// Positioned buffered writes with std::fs.
+    Buffered,
+    /// Buffered writes submitted to an io_uring ring, two in flight per upload.
     IoUring,
-    /// Positioned writes with std::fs.
-    Std,
 }
 
 /// Upload writes per upload kept in flight on the ring: one being written while the
@@ -46,6 +49,26 @@ pub struct LocalDriver {
     root: PathBuf,
     commit: bool,
     uring: Option<UringWriter>,
+    /// Upload files are written with O_DIRECT (see `direct`).
+    direct: bool,
+}
+
+/// Whether files under `root` can be opened with O_DIRECT.
+fn direct_io_supported(root: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = root.join(format!(
+        "{TEMP_PREFIX}direct-probe-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let supported = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe)
+        .is_ok();
+    let _ = fs::remove_file(&probe);
+    supported
 }
 
 impl LocalDriver {
@@ -59,26 +82,27 @@ impl LocalDriver {
         let root = root.into();
         fs::create_dir_all(&root).map_err(|e| io_err("create root", &root, e))?;
         let uring = match writer {
-            WriterChoice::Std => None,
-            WriterChoice::Auto if commit => UringWriter::start().ok(),
-            WriterChoice::Auto => None,
             WriterChoice::IoUring => {
                 Some(UringWriter::start().map_err(|e| io_err("start io_uring", &root, e))?)
             }
+            _ => None,
         };
+        let direct = matches!(writer, WriterChoice::Auto | WriterChoice::Direct)
+            && direct_io_supported(&root);
         Ok(LocalDriver {
             root,
             commit,
             uring,
+            direct,
         })
     }
 
-    /// The writer in use: `io_uring` or `std`.
+    /// The writer in use: `io_uring`, `direct` or `buffered`.
     pub fn writer_name(&self) -> &'static str {
-        if self.uring.is_some() {
-            "io_uring"
-        } else {
-            "std"
+        match (&self.uring, self.direct) {
+            (Some(_), _) => "io_uring",
+            (None, true) => "direct",
+            (None, false) => "buffered",
         }
     }
 
@@ -253,10 +277,16 @@ impl Driver for LocalDriver {
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
+            .read(true)
             .write(true)
             .open(&full)
             .map_err(|e| io_err("open", &full, e))?;
         let size = file.metadata().map_err(|e| io_err("stat", &full, e))?.len();
+        let direct = if self.direct {
+            DirectWriter::open(&full, &file, size).map_err(|e| io_err("open direct", &full, e))?
+        } else {
+            None
+        };
         let ring = self.uring.clone().map(|writer| {
             let (tx, rx) = crossbeam_channel::bounded(WRITES_IN_FLIGHT + 1);
             RingState {
@@ -272,6 +302,7 @@ impl Driver for LocalDriver {
             size,
             commit: self.commit,
             ring,
+            direct,
         }))
     }
 
@@ -303,6 +334,7 @@ struct LocalAppender {
     size: u64,
     commit: bool,
     ring: Option<RingState>,
+    direct: Option<DirectWriter>,
 }
 
 impl LocalAppender {
@@ -331,6 +363,12 @@ impl Appender for LocalAppender {
     fn append(&mut self, buf: Vec<u8>) -> Result<Vec<u8>, DriverError> {
         let offset = self.size;
         self.size += buf.len() as u64;
+        if let Some(direct) = self.direct.as_mut() {
+            direct
+                .append(&buf)
+                .map_err(|e| io_err("write", &self.path, e))?;
+            return Ok(buf);
+        }
         let fd = self.file.as_raw_fd();
         let Some(ring) = self.ring.as_mut() else {
             self.file
@@ -354,10 +392,20 @@ impl Appender for LocalAppender {
             .set_len(len)
             .map_err(|e| io_err("truncate", &self.path, e))?;
         self.size = len;
+        if let Some(direct) = self.direct.as_mut() {
+            direct
+                .reposition(len, &self.file)
+                .map_err(|e| io_err("truncate", &self.path, e))?;
+        }
         Ok(())
     }
 
     fn flush(&mut self) -> Result<(), DriverError> {
+        if let Some(direct) = self.direct.as_mut() {
+            return direct
+                .flush(&self.file)
+                .map_err(|e| io_err("write", &self.path, e));
+        }
         let mut first_error = None;
         while self.ring.as_ref().is_some_and(|r| r.in_flight > 0) {
             if let Err(e) = self.wait_one() {
@@ -399,7 +447,11 @@ mod tests {
 
     #[test]
     fn local_driver_conformance() {
-        for writer in [WriterChoice::Std, WriterChoice::IoUring] {
+        for writer in [
+            WriterChoice::Buffered,
+            WriterChoice::Direct,
+            WriterChoice::IoUring,
+        ] {
             for commit in [false, true] {
                 let dir = tempdir();
                 let driver = LocalDriver::new(&dir, commit, writer).unwrap();

@@ -4,6 +4,7 @@
 //! Drivers know nothing of repositories, digests or tags; `storage::layout` is the only code
 //! that turns those into paths. Every driver runs the shared suite in `conformance`.
 
+mod direct;
 pub mod local;
 mod uring;
 

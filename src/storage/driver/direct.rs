@@ -1,0 +1,128 @@
+//! Direct I/O for uploads: whole 4 KiB blocks go to the disk with O_DIRECT from an aligned
+//! staging buffer, bypassing the page cache. On this project's machines a buffered write into
+//! new page-cache pages runs at ~390 MB/s (every page is first-touched memory of the VM) while
+//! O_DIRECT runs at ~1.7 GB/s (dd, 2 GiB); the profile of pushes showed 69% of berth's samples
+//! in that page-cache copy (flamegraphs/index.md).
+//!
+//! The tail of an upload that does not fill a block is written through the ordinary
+//! (buffered) descriptor when the appender flushes, and kept staged: the next direct write
+//! rewrites that block whole. Reopening an unaligned upload reads its tail back into staging.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+/// Alignment of direct writes: offsets, lengths and buffer addresses.
+const BLOCK: usize = 4096;
+/// Staging size: direct writes go out in pieces of this size.
+const STAGING: usize = 1024 * 1024;
+
+/// A heap buffer whose usable part starts on a `BLOCK` boundary.
+struct AlignedBuf {
+    storage: Vec<u8>,
+    start: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> AlignedBuf {
+        let storage = vec![0u8; len + BLOCK];
+        let start = storage.as_ptr().align_offset(BLOCK);
+        AlignedBuf { storage, start }
+    }
+
+    fn slice(&self, len: usize) -> &[u8] {
+        &self.storage[self.start..self.start + len]
+    }
+
+    fn slice_mut(&mut self) -> &mut [u8] {
+        let end = self.storage.len() - BLOCK + self.start;
+        &mut self.storage[self.start..end]
+    }
+}
+
+/// The direct-I/O side of one upload file.
+pub(super) struct DirectWriter {
+    direct: File,
+    staging: AlignedBuf,
+    /// Bytes staged, starting at file offset `written`.
+    staged: usize,
+    /// File offset up to which whole blocks have been written directly (block aligned).
+    written: u64,
+}
+
+impl DirectWriter {
+    /// Opens `path` for direct writes continuing at `size`; `None` when the filesystem does
+    /// not support O_DIRECT (tmpfs, some overlay setups), so the caller writes buffered.
+    pub(super) fn open(
+        path: &Path,
+        buffered: &File,
+        size: u64,
+    ) -> io::Result<Option<DirectWriter>> {
+        let direct = match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+        {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut writer = DirectWriter {
+            direct,
+            staging: AlignedBuf::new(STAGING),
+            staged: 0,
+            written: 0,
+        };
+        writer.reposition(size, buffered)?;
+        Ok(Some(writer))
+    }
+
+    /// Continues at `size`: the partial block before it, if any, is read back into staging.
+    pub(super) fn reposition(&mut self, size: u64, buffered: &File) -> io::Result<()> {
+        self.written = size - size % BLOCK as u64;
+        self.staged = (size - self.written) as usize;
+        let staged = self.staged;
+        buffered.read_exact_at(&mut self.staging.slice_mut()[..staged], self.written)
+    }
+
+    /// Stages `bytes`, writing every full staging buffer directly.
+    pub(super) fn append(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let room = STAGING - self.staged;
+            let take = room.min(bytes.len());
+            self.staging.slice_mut()[self.staged..self.staged + take]
+                .copy_from_slice(&bytes[..take]);
+            self.staged += take;
+            bytes = &bytes[take..];
+            if self.staged == STAGING {
+                self.write_whole_blocks()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the staged whole blocks directly and moves the partial block to the front.
+    fn write_whole_blocks(&mut self) -> io::Result<()> {
+        let whole = self.staged - self.staged % BLOCK;
+        if whole == 0 {
+            return Ok(());
+        }
+        self.direct
+            .write_all_at(self.staging.slice(whole), self.written)?;
+        self.written += whole as u64;
+        let rest = self.staged - whole;
+        self.staging.slice_mut().copy_within(whole..whole + rest, 0);
+        self.staged = rest;
+        Ok(())
+    }
+
+    /// Puts everything staged into the file: whole blocks directly, the tail buffered.
+    pub(super) fn flush(&mut self, buffered: &File) -> io::Result<()> {
+        self.write_whole_blocks()?;
+        if self.staged > 0 {
+            buffered.write_all_at(self.staging.slice(self.staged), self.written)?;
+        }
+        Ok(())
+    }
+}
