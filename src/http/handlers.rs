@@ -8,7 +8,7 @@ use super::route::{Method, Page, Route, UploadStart, percent_encode};
 use crate::digest::Digest;
 use crate::oci::{ImageIndex, Reference, RepoName, Tag, media_type};
 use crate::storage::layout::UploadId;
-use crate::storage::{BodyLength, ByteRange, MAX_MANIFEST_SIZE, Store, StoreError};
+use crate::storage::{BlobBody, BodyLength, ByteRange, MAX_MANIFEST_SIZE, Store, StoreError};
 use serde_json::json;
 use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -290,10 +290,10 @@ fn blob_get(
             format!("bytes {}-{}/{}", r.start, r.end, read.size),
         );
     }
-    let body = if head {
-        Body::LengthOnly(len)
-    } else {
-        Body::Stream(read.reader, len)
+    let body = match read.body {
+        _ if head => Body::LengthOnly(len),
+        BlobBody::File { file, offset, len } => Body::File(file, offset, len),
+        BlobBody::Stream(reader, len) => Body::Stream(reader, len),
     };
     Ok(reply.body(body))
 }

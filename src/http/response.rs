@@ -12,6 +12,8 @@ pub enum Body {
     Bytes(Vec<u8>),
     /// A streamed body of known length (blobs).
     Stream(Box<dyn Read + Send>, u64),
+    /// `len` bytes of a file from `offset`, sent with sendfile(2) (blobs on local storage).
+    File(std::fs::File, u64, u64),
     /// No body, but a Content-Length announcing what a GET would send (HEAD).
     LengthOnly(u64),
 }

@@ -107,32 +107,38 @@ fn worker(http: &tiny_http::Server, store: &Store) {
         } else {
             tracing::debug!(%method, %url, status, elapsed_us = started.elapsed().as_micros() as u64, "request");
         }
-        if let Err(e) = request.respond(to_response(reply)) {
+        if let Err(e) = respond(request, reply) {
             tracing::debug!(%method, %url, error = %e, "sending the response failed");
         }
     }
 }
 
-fn to_response(reply: Reply) -> Response<Box<dyn Read + Send>> {
+/// Sends `reply` with an exact Content-Length; file bodies go out with sendfile(2).
+fn respond(request: tiny_http::Request, reply: Reply) -> io::Result<()> {
     let mut headers = vec![header("Docker-Distribution-API-Version", "registry/2.0")];
     headers.extend(reply.headers.iter().map(|(k, v)| header(k, v)));
-    let (reader, len): (Box<dyn Read + Send>, u64) = match reply.body {
-        Body::Empty => (Box::new(io::empty()), 0),
+    let response = |reader: Box<dyn Read + Send>, len: u64| {
+        Response::new(
+            StatusCode(reply.status),
+            headers,
+            reader,
+            Some(len as usize),
+            None,
+        )
+        .with_chunked_threshold(usize::MAX)
+    };
+    match reply.body {
+        Body::Empty => request.respond(response(Box::new(io::empty()), 0)),
         Body::Bytes(bytes) => {
             let len = bytes.len() as u64;
-            (Box::new(Cursor::new(bytes)), len)
+            request.respond(response(Box::new(Cursor::new(bytes)), len))
         }
-        Body::Stream(reader, len) => (reader, len),
-        Body::LengthOnly(len) => (Box::new(io::empty()), len),
-    };
-    Response::new(
-        StatusCode(reply.status),
-        headers,
-        reader,
-        Some(len as usize),
-        None,
-    )
-    .with_chunked_threshold(usize::MAX)
+        Body::Stream(reader, len) => request.respond(response(reader, len)),
+        Body::LengthOnly(len) => request.respond(response(Box::new(io::empty()), len)),
+        Body::File(file, offset, len) => {
+            request.respond_with_file(response(Box::new(io::empty()), len), &file, offset, len)
+        }
+    }
 }
 
 fn header(name: &str, value: &str) -> Header {

@@ -99,6 +99,11 @@ impl Harness {
         let body = match std::mem::replace(&mut reply.body, Body::Empty) {
             Body::Empty | Body::LengthOnly(_) => Vec::new(),
             Body::Bytes(b) => b,
+            Body::File(file, offset, len) => {
+                let mut buf = vec![0; len as usize];
+                std::os::unix::fs::FileExt::read_exact_at(&file, &mut buf, offset).unwrap();
+                buf
+            }
             Body::Stream(mut r, len) => {
                 let mut buf = Vec::new();
                 r.read_to_end(&mut buf).unwrap();

@@ -168,7 +168,7 @@ impl Store {
         self.ensure_repo(repo)?;
         let blob = layout::blob(repo, &digest)?;
         if self.driver.stat(&blob)?.map(|m| m.size) != Some(bytes.len() as u64) {
-            self.driver.put(&blob, bytes)?;
+            self.blob_write(repo, &digest, bytes)?;
         }
         let mut tags: Vec<Tag> = extra_tags.to_vec();
         if let Reference::Tag(t) = reference {

@@ -48,12 +48,27 @@ pub struct ByteRange {
     pub end: u64,
 }
 
-/// A blob opened for reading: the stream positioned at the first byte to send.
+/// The bytes of a blob to send.
+pub enum BlobBody {
+    /// `len` bytes of a local file from `offset`, for sendfile(2).
+    File {
+        /// The open blob file.
+        file: std::fs::File,
+        /// First byte to send.
+        offset: u64,
+        /// Bytes to send.
+        len: u64,
+    },
+    /// A stream of exactly `len` bytes.
+    Stream(Box<dyn std::io::Read + Send>, u64),
+}
+
+/// A blob opened for reading.
 pub struct BlobRead {
     /// Total size of the blob.
     pub size: u64,
-    /// The stream, limited to the requested range.
-    pub reader: Box<dyn std::io::Read + Send>,
+    /// The bytes of the requested range (or of the whole blob).
+    pub body: BlobBody,
 }
 
 impl Store {
@@ -101,15 +116,23 @@ impl Store {
             }),
             None => None,
         };
-        let ObjectReader { reader, size } = self
+        let offset = range.map_or(0, |r| r.start);
+        let len = range.map_or(size, |r| r.end - r.start + 1);
+        let missing = || StoreError::BlobUnknown(digest.clone());
+        if let Some(file) = self
             .driver
-            .reader(&path, range.map_or(0, |r| r.start))
-            .map_err(|e| not_found_as(e, || StoreError::BlobUnknown(digest.clone())))?;
-        let reader: Box<dyn std::io::Read + Send> = match range {
-            Some(r) => Box::new(std::io::Read::take(reader, r.end - r.start + 1)),
-            None => reader,
-        };
-        Ok((BlobRead { size, reader }, range))
+            .file(&path)
+            .map_err(|e| not_found_as(e, missing))?
+        {
+            let body = BlobBody::File { file, offset, len };
+            return Ok((BlobRead { size, body }, range));
+        }
+        let ObjectReader { reader, .. } = self
+            .driver
+            .reader(&path, offset)
+            .map_err(|e| not_found_as(e, missing))?;
+        let body = BlobBody::Stream(Box::new(std::io::Read::take(reader, len)), len);
+        Ok((BlobRead { size, body }, range))
     }
 
     /// Deletes a blob from one repository.
@@ -135,11 +158,20 @@ impl Store {
         if self.driver.stat(&target)?.is_some() {
             return Ok(true);
         }
-        match self.driver.copy(&layout::blob(from, digest)?, &target) {
+        // Staged in `.uploads/` like every blob write, so no partial copy has a blob's place.
+        let staging = layout::upload(repo, &layout::UploadId::new())?;
+        let copied = self
+            .driver
+            .copy(&layout::blob(from, digest)?, &staging)
+            .and_then(|()| self.driver.rename(&staging, &target));
+        match copied {
             Ok(()) => Ok(true),
             // Deleted from `from` between the check and the copy: nothing was mounted.
             Err(DriverError::NotFound { .. }) => Ok(false),
-            Err(e) => Err(e.into()),
+            Err(e) => {
+                let _ = self.driver.delete(&staging);
+                Err(e.into())
+            }
         }
     }
 

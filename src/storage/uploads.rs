@@ -298,6 +298,29 @@ impl Store {
         })
     }
 
+    /// Stores `bytes`, already verified to hash to `digest`, as a blob of `repo`: staged in
+    /// `.uploads/` and renamed into `blobs/`, so no partial file ever has a blob's place, even
+    /// across a crash (layout readers and scrub see only complete blobs there).
+    pub(super) fn blob_write(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let staging = layout::upload(repo, &UploadId::new())?;
+        let result = (|| {
+            let mut out = self.driver.appender(&staging)?;
+            out.append(bytes.to_vec())?;
+            out.sync()?;
+            drop(out);
+            self.driver.rename(&staging, &layout::blob(repo, digest)?)
+        })();
+        if result.is_err() {
+            let _ = self.driver.delete(&staging);
+        }
+        Ok(result?)
+    }
+
     /// A whole blob in one request (POST `?digest=`): streamed into a private session that is
     /// removed again if anything fails, so a failed monolithic upload leaves nothing behind.
     pub fn blob_put(

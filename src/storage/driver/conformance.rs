@@ -68,6 +68,16 @@ fn ranged_reads(d: &dyn Driver) {
     assert_eq!(read_from(d, &p, 0), (b"0123456789".to_vec(), 10));
     assert_eq!(read_from(d, &p, 7), (b"789".to_vec(), 10));
     assert_eq!(read_from(d, &p, 10), (Vec::new(), 10));
+    // A driver that offers local files offers the same bytes.
+    if let Some(file) = d.file(&p).unwrap() {
+        let mut buf = Vec::new();
+        std::io::Read::read_to_end(&mut &file, &mut buf).unwrap();
+        assert_eq!(buf, b"0123456789");
+    }
+    assert!(matches!(
+        d.file(&path("r/none")),
+        Err(DriverError::NotFound { .. }) | Ok(None)
+    ));
 }
 
 fn listing(d: &dyn Driver) {

@@ -11,7 +11,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Alignment of direct writes: offsets, lengths and buffer addresses.
 const BLOCK: usize = 4096;
@@ -39,11 +39,30 @@ impl AlignedBuf {
         let end = self.storage.len() - BLOCK + self.start;
         &mut self.storage[self.start..end]
     }
+
+    fn len(&self) -> usize {
+        self.storage.len() - BLOCK
+    }
+
+    /// Grows to at least `len` usable bytes (in whole blocks, at most `STAGING`), keeping the
+    /// first `keep` bytes.
+    fn grow(&mut self, len: usize, keep: usize) {
+        let len = len.next_multiple_of(BLOCK).min(STAGING);
+        if len <= self.len() {
+            return;
+        }
+        let mut bigger = AlignedBuf::new(len);
+        bigger.slice_mut()[..keep].copy_from_slice(&self.slice_mut()[..keep]);
+        *self = bigger;
+    }
 }
 
 /// The direct-I/O side of one upload file.
 pub(super) struct DirectWriter {
-    direct: File,
+    path: PathBuf,
+    /// Opened with O_DIRECT at the first whole block, so small writes (manifests) cost no
+    /// second open.
+    direct: Option<File>,
     staging: AlignedBuf,
     /// Bytes staged, starting at file offset `written`.
     staged: usize,
@@ -52,30 +71,19 @@ pub(super) struct DirectWriter {
 }
 
 impl DirectWriter {
-    /// Opens `path` for direct writes continuing at `size`; `None` when the filesystem does
-    /// not support O_DIRECT (tmpfs, some overlay setups), so the caller writes buffered.
-    pub(super) fn open(
-        path: &Path,
-        buffered: &File,
-        size: u64,
-    ) -> io::Result<Option<DirectWriter>> {
-        let direct = match OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-        {
-            Ok(f) => f,
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(None),
-            Err(e) => return Err(e),
-        };
+    /// Prepares direct writes to `path` continuing at `size` (the caller has checked that
+    /// the filesystem supports O_DIRECT).
+    pub(super) fn open(path: &Path, buffered: &File, size: u64) -> io::Result<DirectWriter> {
         let mut writer = DirectWriter {
-            direct,
-            staging: AlignedBuf::new(STAGING),
+            path: path.to_path_buf(),
+            direct: None,
+            // Sized on demand: a manifest needs one block, an upload a full staging buffer.
+            staging: AlignedBuf::new(0),
             staged: 0,
             written: 0,
         };
         writer.reposition(size, buffered)?;
-        Ok(Some(writer))
+        Ok(writer)
     }
 
     /// Continues at `size`: the partial block before it, if any, is read back into staging.
@@ -83,19 +91,21 @@ impl DirectWriter {
         self.written = size - size % BLOCK as u64;
         self.staged = (size - self.written) as usize;
         let staged = self.staged;
+        self.staging.grow(staged, 0);
         buffered.read_exact_at(&mut self.staging.slice_mut()[..staged], self.written)
     }
 
     /// Stages `bytes`, writing every full staging buffer directly.
     pub(super) fn append(&mut self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
-            let room = STAGING - self.staged;
+            self.staging.grow(self.staged + bytes.len(), self.staged);
+            let room = self.staging.len() - self.staged;
             let take = room.min(bytes.len());
             self.staging.slice_mut()[self.staged..self.staged + take]
                 .copy_from_slice(&bytes[..take]);
             self.staged += take;
             bytes = &bytes[take..];
-            if self.staged == STAGING {
+            if self.staged == self.staging.len() {
                 self.write_whole_blocks()?;
             }
         }
@@ -108,8 +118,16 @@ impl DirectWriter {
         if whole == 0 {
             return Ok(());
         }
-        self.direct
-            .write_all_at(self.staging.slice(whole), self.written)?;
+        if self.direct.is_none() {
+            self.direct = Some(
+                OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(&self.path)?,
+            );
+        }
+        let direct = self.direct.as_ref().expect("opened above");
+        direct.write_all_at(self.staging.slice(whole), self.written)?;
         self.written += whole as u64;
         let rest = self.staged - whole;
         self.staging.slice_mut().copy_within(whole..whole + rest, 0);

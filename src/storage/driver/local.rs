@@ -283,7 +283,7 @@ impl Driver for LocalDriver {
             .map_err(|e| io_err("open", &full, e))?;
         let size = file.metadata().map_err(|e| io_err("stat", &full, e))?.len();
         let direct = if self.direct {
-            DirectWriter::open(&full, &file, size).map_err(|e| io_err("open direct", &full, e))?
+            Some(DirectWriter::open(&full, &file, size).map_err(|e| io_err("open", &full, e))?)
         } else {
             None
         };
@@ -311,6 +311,13 @@ impl Driver for LocalDriver {
         self.ensure_parent(&dst)?;
         fs::rename(&src, &dst).map_err(|e| io_err("rename", &src, e))?;
         self.sync_dir(dst.parent().expect("storage paths have a parent"))
+    }
+
+    fn file(&self, path: &StoragePath) -> Result<Option<File>, DriverError> {
+        let full = self.full(path);
+        File::open(&full)
+            .map(Some)
+            .map_err(|e| io_err("open", &full, e))
     }
 
     fn copy(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError> {

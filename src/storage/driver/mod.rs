@@ -193,6 +193,14 @@ pub trait Driver: Send + Sync {
 
     /// Makes `to` hold the same bytes as `from`, atomically. `NotFound` if `from` is absent.
     fn copy(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError>;
+
+    /// The object as an open local file, so the front end can send it with sendfile(2)
+    /// instead of copying it through user space. `Ok(None)` for drivers without local files
+    /// (the caller then uses `reader`); `NotFound` if absent.
+    fn file(&self, path: &StoragePath) -> Result<Option<std::fs::File>, DriverError> {
+        let _ = path;
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

@@ -175,7 +175,7 @@ impl ClientConnection {
         };
 
         // building the next reader
-        let request = crate::request::new_request(
+        let mut request = crate::request::new_request(
             self.secure,
             method,
             path,
@@ -194,6 +194,8 @@ impl ClientConnection {
                 }
             }
         })?;
+        // berth patch: the request's own handle on the socket, for file responses.
+        request.set_socket(self.read_closer.lock().ok().and_then(|s| s.try_clone_tcp()));
 
         // return the request
         Ok(request)

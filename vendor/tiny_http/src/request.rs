@@ -74,6 +74,9 @@ pub struct Request {
 
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
+
+    // berth patch: an owned handle on the TCP socket, for sendfile(2) responses
+    socket: Option<std::net::TcpStream>,
 }
 
 struct NotifyOnDrop<R> {
@@ -238,6 +241,7 @@ where
         body_length: content_length,
         must_send_continue: expects_continue,
         notify_when_responded: None,
+        socket: None,
     })
 }
 
@@ -427,6 +431,62 @@ impl Request {
         reader.unwrap()
     }
 
+    /// berth patch: sets the socket handle used by `respond_with_file`.
+    pub(crate) fn set_socket(&mut self, socket: Option<std::net::TcpStream>) {
+        self.socket = socket;
+    }
+
+    /// berth patch: sends `response`'s status and headers (its `data_length` must be `len`),
+    /// then `len` bytes of `file` from `offset` with sendfile(2), so the body goes from the
+    /// page cache to the socket without a copy through user space. Falls back to reading the
+    /// file when the connection has no TCP socket handle (TLS, Unix sockets).
+    #[allow(unsafe_code)]
+    pub fn respond_with_file<R: Read>(
+        mut self,
+        response: Response<R>,
+        file: &std::fs::File,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), IoError> {
+        use std::os::fd::AsRawFd;
+        let Some(socket) = self.socket.take() else {
+            let reader = FileRange { file, offset, end: offset + len };
+            return self.respond(response.with_data(reader, Some(len as usize)));
+        };
+        let mut writer = self.extract_writer_impl();
+        let head_only = self.method == Method::Head;
+        let result = (|| {
+            response.raw_print(writer.by_ref(), self.http_version.clone(), &self.headers, true, None)?;
+            writer.flush()?;
+            if head_only {
+                return Ok(());
+            }
+            let mut off = offset as libc::off_t;
+            let end = offset + len;
+            while (off as u64) < end {
+                let want = (end - off as u64).min(1 << 30) as usize;
+                // SAFETY: both descriptors are open for the whole call (owned by `socket`
+                // and borrowed `file`), and `off` is a valid off_t the kernel updates.
+                let sent = unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut off, want) };
+                if sent < 0 {
+                    let e = IoError::last_os_error();
+                    if e.kind() == ErrorKind::Interrupted {
+                        continue;
+                    }
+                    return Err(e);
+                }
+                if sent == 0 {
+                    return Err(IoError::new(ErrorKind::UnexpectedEof, "file shorter than its length"));
+                }
+            }
+            Ok(())
+        })();
+        if let Some(sender) = self.notify_when_responded.take() {
+            sender.send(()).unwrap();
+        }
+        Self::ignore_client_closing_errors(result)
+    }
+
     /// Sends a response to this request.
     #[inline]
     pub fn respond<R>(mut self, response: Response<R>) -> Result<(), IoError>
@@ -514,5 +574,25 @@ mod tests {
         fn bar(rq: &Request) {
             f(rq);
         }
+    }
+}
+
+/// berth patch: `len` bytes of a file from `offset`, read with positioned reads.
+struct FileRange<'a> {
+    file: &'a std::fs::File,
+    offset: u64,
+    end: u64,
+}
+
+impl Read for FileRange<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let want = ((self.end - self.offset) as usize).min(buf.len());
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.offset)?;
+        self.offset += n as u64;
+        Ok(n)
     }
 }

@@ -46,6 +46,14 @@ impl Stream {
         }
     }
 
+    /// berth patch: an owned handle on a TCP socket, for sendfile(2) (None for TLS and Unix).
+    pub(crate) fn try_clone_tcp(&self) -> Option<std::net::TcpStream> {
+        match self {
+            Stream::Http(Connection::Tcp(s)) => s.try_clone().ok(),
+            _ => None,
+        }
+    }
+
     fn shutdown(&mut self, how: Shutdown) -> IoResult<()> {
         match self {
             Stream::Http(tcp_stream) => tcp_stream.shutdown(how),
