@@ -4,8 +4,9 @@
 //! over the target. With `commit` on, file contents are fsynced before the rename and the
 //! directory after it, so an acknowledged write survives power loss, not only a crash.
 //!
-//! Upload appends go through the io_uring writer (`super::uring`) when the kernel allows it,
-//! with two writes in flight per upload, or through positioned `std::fs` writes otherwise.
+//! Upload appends are written one of three ways (`WriterChoice`): whole blocks with O_DIRECT
+//! (`super::direct`, the default where supported), positioned buffered `std::fs` writes, or
+//! buffered writes through the io_uring writer (`super::uring`, two in flight per upload).
 
 use super::direct::DirectWriter;
 use super::uring::{Completion, UringWriter};
