@@ -5,14 +5,11 @@
 
 use super::StoreError;
 use super::driver::DriverError;
+use super::locks::Striped;
 use crate::oci::{ImageIndex, RepoName};
 use std::collections::HashMap;
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Mutex, PoisonError};
-
-const STRIPES: usize = 64;
 
 /// A change to an index: returns whether it changed anything. A change that returns an error
 /// must leave the index as it found it, since others' changes are applied to the same copy.
@@ -24,28 +21,13 @@ pub(super) struct Pending {
     pub(super) done: Sender<Result<(), StoreError>>,
 }
 
-type Stripe = Mutex<HashMap<RepoName, Vec<Pending>>>;
-
 /// Queued changes per repository (striped; each stripe lock is held only to push or take).
+#[derive(Default)]
 pub(super) struct PendingChanges {
-    stripes: Vec<Stripe>,
-}
-
-impl Default for PendingChanges {
-    fn default() -> Self {
-        PendingChanges {
-            stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
-        }
-    }
+    stripes: Striped<Mutex<HashMap<RepoName, Vec<Pending>>>>,
 }
 
 impl PendingChanges {
-    fn stripe(&self, repo: &RepoName) -> &Stripe {
-        let mut h = DefaultHasher::new();
-        repo.hash(&mut h);
-        &self.stripes[(h.finish() as usize) % STRIPES]
-    }
-
     /// Queues `change`; its outcome arrives on the returned receiver.
     pub(super) fn push(
         &self,
@@ -54,7 +36,8 @@ impl PendingChanges {
     ) -> Receiver<Result<(), StoreError>> {
         let (done, outcome) = channel();
         let mut map = self
-            .stripe(repo)
+            .stripes
+            .get(repo)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         map.entry(repo.clone())
@@ -66,7 +49,8 @@ impl PendingChanges {
     /// Takes every change queued for `repo`, oldest first.
     pub(super) fn take(&self, repo: &RepoName) -> Vec<Pending> {
         let mut map = self
-            .stripe(repo)
+            .stripes
+            .get(repo)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         map.remove(repo).unwrap_or_default()

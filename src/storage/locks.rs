@@ -1,32 +1,39 @@
-//! Striped locks: a fixed array of mutexes picked by hashing a key (a repository name, an
-//! upload id), so that unrelated keys rarely contend and no lock ever covers the whole store.
+//! Striping: a fixed array of values (locks, maps) picked by hashing a key such as a
+//! repository name, so that unrelated keys rarely contend and no lock ever covers the whole
+//! store. Repository locks, the index cache and the queue of index changes all stripe this way.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 const STRIPES: usize = 64;
 
-/// Mutexes striped by key.
-pub(super) struct Stripes {
-    locks: Vec<Mutex<()>>,
+/// `STRIPES` values of `T`, one per hash bucket of the key.
+pub(super) struct Striped<T> {
+    stripes: Vec<T>,
 }
 
-impl Default for Stripes {
+impl<T: Default> Default for Striped<T> {
     fn default() -> Self {
-        Stripes {
-            locks: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        Striped {
+            stripes: (0..STRIPES).map(|_| T::default()).collect(),
         }
     }
 }
 
-impl Stripes {
-    /// Locks the stripe of `key`. Poisoning is ignored: the guarded data lives on disk and is
-    /// only ever replaced atomically, so a panicking holder cannot leave it half-written.
-    pub(super) fn lock(&self, key: &str) -> MutexGuard<'_, ()> {
+impl<T> Striped<T> {
+    /// The stripe of `key`.
+    pub(super) fn get(&self, key: &(impl Hash + ?Sized)) -> &T {
         let mut h = DefaultHasher::new();
         key.hash(&mut h);
-        let lock = &self.locks[(h.finish() as usize) % STRIPES];
-        lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        &self.stripes[(h.finish() as usize) % STRIPES]
+    }
+}
+
+impl Striped<Mutex<()>> {
+    /// Locks the stripe of `key`. Poisoning is ignored: the guarded data lives on disk and is
+    /// only ever replaced atomically, so a panicking holder cannot leave it half-written.
+    pub(super) fn lock(&self, key: &(impl Hash + ?Sized)) -> MutexGuard<'_, ()> {
+        self.get(key).lock().unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -71,7 +71,7 @@ impl Store {
         change: impl FnOnce(&mut ImageIndex) -> Result<bool, StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
         let outcome = self.pending.push(repo, Box::new(change));
-        let guard = self.repo_locks.lock(repo.as_str());
+        let guard = self.repo_locks.lock(repo);
         // A previous holder of the lock may have applied our change with its own.
         if let Ok(result) = outcome.try_recv() {
             return result;

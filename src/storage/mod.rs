@@ -24,7 +24,7 @@ pub use uploads::BodyLength;
 use crate::digest::Digest;
 use crate::oci::RepoName;
 use driver::{Driver, DriverError, ObjectReader, StoragePath};
-use locks::Stripes;
+use locks::Striped;
 use std::sync::Arc;
 
 /// Largest manifest accepted, as zot and distribution do (4 MiB).
@@ -33,7 +33,7 @@ pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
 /// One registry store: a driver plus the in-memory state of upload sessions.
 pub struct Store {
     driver: Arc<dyn Driver>,
-    repo_locks: Stripes,
+    repo_locks: Striped<std::sync::Mutex<()>>,
     sessions: uploads::Sessions,
     indexes: index_cache::IndexCache,
     pending: index_writes::PendingChanges,
@@ -76,7 +76,7 @@ impl Store {
     pub fn new(driver: Arc<dyn Driver>) -> Store {
         Store {
             driver,
-            repo_locks: Stripes::default(),
+            repo_locks: Striped::default(),
             sessions: uploads::Sessions::default(),
             indexes: index_cache::IndexCache::default(),
             pending: index_writes::PendingChanges::default(),
@@ -213,7 +213,7 @@ impl Store {
         if self.repo_exists(repo)? {
             return Ok(());
         }
-        let _guard = self.repo_locks.lock(repo.as_str());
+        let _guard = self.repo_locks.lock(repo);
         if self.repo_exists(repo)? {
             return Ok(());
         }
