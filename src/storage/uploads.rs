@@ -86,15 +86,32 @@ fn copy_hashed(
     hasher: &mut Hasher,
     out: &mut dyn Appender,
 ) -> Result<u64, StoreError> {
-    let mut buf = vec![0u8; BODY_BUFFER];
+    // Only appenders without a buffer of their own (see `Appender::spare`) need this one.
+    let mut buf: Vec<u8> = Vec::new();
     let mut total = 0u64;
     loop {
         let want = match length {
             BodyLength::Exact(n) if total >= n => break,
-            BodyLength::Exact(n) => ((n - total) as usize).min(buf.len()),
-            BodyLength::UntilEnd => buf.len(),
+            BodyLength::Exact(n) => ((n - total) as usize).min(BODY_BUFFER),
+            BodyLength::UntilEnd => BODY_BUFFER,
         };
-        let filled = fill(body, &mut buf[..want])?;
+        let filled = if let Some(spare) = out.spare()? {
+            // Read straight into the appender's buffer: no copy between socket and disk.
+            let want = want.min(spare.len());
+            let filled = fill(body, &mut spare[..want])?;
+            hasher.update(&spare[..filled]);
+            out.commit_spare(filled)?;
+            filled
+        } else {
+            buf.resize(want, 0);
+            let filled = fill(body, &mut buf[..want])?;
+            hasher.update(&buf[..filled]);
+            if filled > 0 {
+                buf.truncate(filled);
+                buf = out.append(std::mem::take(&mut buf))?;
+            }
+            filled
+        };
         if filled == 0 {
             if let BodyLength::Exact(n) = length {
                 return Err(StoreError::BodyInvalid(format!(
@@ -103,10 +120,6 @@ fn copy_hashed(
             }
             break;
         }
-        hasher.update(&buf[..filled]);
-        buf.truncate(filled);
-        buf = out.append(buf)?;
-        buf.resize(BODY_BUFFER, 0);
         total += filled as u64;
     }
     out.flush()?;

@@ -23,6 +23,7 @@ pub(crate) fn run(driver: &dyn Driver) {
     listing(driver);
     appending(driver);
     appending_many(driver);
+    appending_in_place(driver);
     rename_and_copy(driver);
     delete_trees(driver);
 }
@@ -122,6 +123,33 @@ fn appending_many(d: &dyn Driver) {
         buf.resize(4096 + i as usize, i);
         expected.extend_from_slice(&buf);
         buf = w.append(buf).unwrap();
+    }
+    w.sync().unwrap();
+    assert_eq!(w.size(), expected.len() as u64);
+    drop(w);
+    assert_eq!(d.get(&p).unwrap(), expected);
+}
+
+/// Bytes written in place through `spare` land in order with appended ones.
+fn appending_in_place(d: &dyn Driver) {
+    let p = path("u/.uploads/in-place");
+    let mut w = d.appender(&p).unwrap();
+    let mut expected = Vec::new();
+    for i in 0..40u8 {
+        let len = 3000 + 977 * i as usize;
+        let chunk: Vec<u8> = (0..len).map(|j| (j as u8) ^ i).collect();
+        expected.extend_from_slice(&chunk);
+        match w.spare().unwrap() {
+            Some(spare) if i % 3 != 0 => {
+                let n = spare.len().min(chunk.len());
+                spare[..n].copy_from_slice(&chunk[..n]);
+                w.commit_spare(n).unwrap();
+                w.append(chunk[n..].to_vec()).unwrap();
+            }
+            _ => {
+                w.append(chunk).unwrap();
+            }
+        }
     }
     w.sync().unwrap();
     assert_eq!(w.size(), expected.len() as u64);

@@ -112,6 +112,26 @@ impl DirectWriter {
         Ok(())
     }
 
+    /// The free part of the staging buffer (flushing it first if full), for the caller to
+    /// fill in place; `commit_spare` then takes the bytes it wrote.
+    pub(super) fn spare(&mut self) -> io::Result<&mut [u8]> {
+        self.staging.grow(STAGING, self.staged);
+        if self.staged == self.staging.len() {
+            self.write_whole_blocks()?;
+        }
+        let staged = self.staged;
+        Ok(&mut self.staging.slice_mut()[staged..])
+    }
+
+    /// Stages the first `n` bytes the caller wrote into `spare`.
+    pub(super) fn commit_spare(&mut self, n: usize) -> io::Result<()> {
+        self.staged += n;
+        if self.staged == self.staging.len() {
+            self.write_whole_blocks()?;
+        }
+        Ok(())
+    }
+
     /// Writes the staged whole blocks directly and moves the partial block to the front.
     fn write_whole_blocks(&mut self) -> io::Result<()> {
         let whole = self.staged - self.staged % BLOCK;

@@ -369,6 +369,10 @@ impl Appender for LocalAppender {
     }
 
     fn append(&mut self, buf: Vec<u8>) -> Result<Vec<u8>, DriverError> {
+        if buf.is_empty() {
+            // Nothing to write (and a zero-length write on the ring reads as WriteZero).
+            return Ok(buf);
+        }
         let offset = self.size;
         self.size += buf.len() as u64;
         if let Some(direct) = self.direct.as_mut() {
@@ -391,6 +395,26 @@ impl Appender for LocalAppender {
             return Ok(Vec::with_capacity(capacity));
         }
         self.wait_one()
+    }
+
+    fn spare(&mut self) -> Result<Option<&mut [u8]>, DriverError> {
+        match self.direct.as_mut() {
+            Some(direct) => match direct.spare() {
+                Ok(buf) => Ok(Some(buf)),
+                Err(e) => Err(io_err("write", &self.path, e)),
+            },
+            None => Ok(None),
+        }
+    }
+
+    fn commit_spare(&mut self, n: usize) -> Result<(), DriverError> {
+        self.size += n as u64;
+        match self.direct.as_mut() {
+            Some(direct) => direct
+                .commit_spare(n)
+                .map_err(|e| io_err("write", &self.path, e)),
+            None => Ok(()),
+        }
     }
 
     fn truncate(&mut self, len: u64) -> Result<(), DriverError> {

@@ -149,6 +149,20 @@ pub trait Appender: Send {
     /// read and hash the next chunk while this one is written. A write error may be reported
     /// by a later call; nothing is durable or complete until `sync` returns.
     fn append(&mut self, buf: Vec<u8>) -> Result<Vec<u8>, DriverError>;
+    /// The appender's own free buffer space, if it keeps one, so the caller can read the next
+    /// bytes straight into it rather than into a buffer that `append` would copy from. The
+    /// bytes become part of the object with `commit_spare`. `Ok(None)`: use `append`.
+    fn spare(&mut self) -> Result<Option<&mut [u8]>, DriverError> {
+        Ok(None)
+    }
+
+    /// Adds the first `n` bytes of the buffer the last `spare` returned to the object. Only
+    /// called after `spare` returned a buffer, so appenders without one have nothing to do.
+    fn commit_spare(&mut self, n: usize) -> Result<(), DriverError> {
+        let _ = n;
+        Ok(())
+    }
+
     /// Cuts the object back to `len` bytes (to undo a failed chunk), once every write
     /// still in flight has finished.
     fn truncate(&mut self, len: u64) -> Result<(), DriverError>;
