@@ -8,6 +8,7 @@
 //! (buffered) descriptor when the appender flushes, and kept staged: the next direct write
 //! rewrites that block whole. Reopening an unaligned upload reads its tail back into staging.
 
+use crossbeam_channel::{Receiver, Sender};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -45,20 +46,55 @@ impl AlignedBuf {
     }
 
     /// Grows to at least `len` usable bytes (in whole blocks, at most `STAGING`), keeping the
-    /// first `keep` bytes.
-    fn grow(&mut self, len: usize, keep: usize) {
+    /// first `keep` bytes. Full-size buffers come from `pool`.
+    fn grow(&mut self, len: usize, keep: usize, pool: &StagingPool) {
         let len = len.next_multiple_of(BLOCK).min(STAGING);
         if len <= self.len() {
             return;
         }
-        let mut bigger = AlignedBuf::new(len);
+        let mut bigger = if len == STAGING {
+            pool.take()
+        } else {
+            AlignedBuf::new(len)
+        };
         bigger.slice_mut()[..keep].copy_from_slice(&self.slice_mut()[..keep]);
         *self = bigger;
     }
 }
 
+/// Full-size staging buffers kept between uploads. A fresh 1 MiB allocation is mapped anew
+/// and page-faulted in on every upload otherwise, which on this project's VM costs more than
+/// the copy it stages.
+#[derive(Clone)]
+pub(super) struct StagingPool {
+    free: Sender<AlignedBuf>,
+    taken: Receiver<AlignedBuf>,
+}
+
+impl StagingPool {
+    /// A pool keeping at most `keep` idle buffers.
+    pub(super) fn new(keep: usize) -> StagingPool {
+        let (free, taken) = crossbeam_channel::bounded(keep);
+        StagingPool { free, taken }
+    }
+
+    fn take(&self) -> AlignedBuf {
+        self.taken
+            .try_recv()
+            .unwrap_or_else(|_| AlignedBuf::new(STAGING))
+    }
+
+    fn give_back(&self, buf: AlignedBuf) {
+        if buf.len() == STAGING {
+            // A full pool drops the buffer: idle memory stays bounded.
+            let _ = self.free.try_send(buf);
+        }
+    }
+}
+
 /// The direct-I/O side of one upload file.
 pub(super) struct DirectWriter {
+    pool: StagingPool,
     path: PathBuf,
     /// Opened with O_DIRECT at the first whole block, so small writes (manifests) cost no
     /// second open.
@@ -73,8 +109,14 @@ pub(super) struct DirectWriter {
 impl DirectWriter {
     /// Prepares direct writes to `path` continuing at `size` (the caller has checked that
     /// the filesystem supports O_DIRECT).
-    pub(super) fn open(path: &Path, buffered: &File, size: u64) -> io::Result<DirectWriter> {
+    pub(super) fn open(
+        path: &Path,
+        buffered: &File,
+        size: u64,
+        pool: &StagingPool,
+    ) -> io::Result<DirectWriter> {
         let mut writer = DirectWriter {
+            pool: pool.clone(),
             path: path.to_path_buf(),
             direct: None,
             // Sized on demand: a manifest needs one block, an upload a full staging buffer.
@@ -91,14 +133,15 @@ impl DirectWriter {
         self.written = size - size % BLOCK as u64;
         self.staged = (size - self.written) as usize;
         let staged = self.staged;
-        self.staging.grow(staged, 0);
+        self.staging.grow(staged, 0, &self.pool);
         buffered.read_exact_at(&mut self.staging.slice_mut()[..staged], self.written)
     }
 
     /// Stages `bytes`, writing every full staging buffer directly.
     pub(super) fn append(&mut self, mut bytes: &[u8]) -> io::Result<()> {
         while !bytes.is_empty() {
-            self.staging.grow(self.staged + bytes.len(), self.staged);
+            self.staging
+                .grow(self.staged + bytes.len(), self.staged, &self.pool);
             let room = self.staging.len() - self.staged;
             let take = room.min(bytes.len());
             self.staging.slice_mut()[self.staged..self.staged + take]
@@ -115,7 +158,7 @@ impl DirectWriter {
     /// The free part of the staging buffer (flushing it first if full), for the caller to
     /// fill in place; `commit_spare` then takes the bytes it wrote.
     pub(super) fn spare(&mut self) -> io::Result<&mut [u8]> {
-        self.staging.grow(STAGING, self.staged);
+        self.staging.grow(STAGING, self.staged, &self.pool);
         if self.staged == self.staging.len() {
             self.write_whole_blocks()?;
         }
@@ -162,5 +205,12 @@ impl DirectWriter {
             buffered.write_all_at(self.staging.slice(self.staged), self.written)?;
         }
         Ok(())
+    }
+}
+
+impl Drop for DirectWriter {
+    fn drop(&mut self) {
+        let staging = std::mem::replace(&mut self.staging, AlignedBuf::new(0));
+        self.pool.give_back(staging);
     }
 }

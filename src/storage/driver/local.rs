@@ -8,7 +8,7 @@
 //! (`super::direct`, the default where supported), positioned buffered `std::fs` writes, or
 //! buffered writes through the io_uring writer (`super::uring`, two in flight per upload).
 
-use super::direct::DirectWriter;
+use super::direct::{DirectWriter, StagingPool};
 use super::uring::{Completion, UringWriter};
 use super::{Appender, Driver, DriverError, ObjectMeta, ObjectReader, StoragePath};
 use crossbeam_channel::{Receiver, Sender};
@@ -45,6 +45,10 @@ pub enum WriterChoice {
 /// request worker fills the next.
 const WRITES_IN_FLIGHT: usize = 2;
 
+/// Idle 1 MiB staging buffers kept for the next uploads: enough for every request worker
+/// to be uploading at once on a large machine.
+const STAGING_BUFFERS_KEPT: usize = 64;
+
 /// Files under one root directory.
 pub struct LocalDriver {
     root: PathBuf,
@@ -52,6 +56,7 @@ pub struct LocalDriver {
     uring: Option<UringWriter>,
     /// Upload files are written with O_DIRECT (see `direct`).
     direct: bool,
+    staging: StagingPool,
 }
 
 /// Whether files under `root` can be opened with O_DIRECT.
@@ -95,6 +100,7 @@ impl LocalDriver {
             commit,
             uring,
             direct,
+            staging: StagingPool::new(STAGING_BUFFERS_KEPT),
         })
     }
 
@@ -284,7 +290,10 @@ impl Driver for LocalDriver {
             .map_err(|e| io_err("open", &full, e))?;
         let size = file.metadata().map_err(|e| io_err("stat", &full, e))?.len();
         let direct = if self.direct {
-            Some(DirectWriter::open(&full, &file, size).map_err(|e| io_err("open", &full, e))?)
+            Some(
+                DirectWriter::open(&full, &file, size, &self.staging)
+                    .map_err(|e| io_err("open", &full, e))?,
+            )
         } else {
             None
         };
