@@ -61,17 +61,7 @@ fn names_outside_the_grammar_are_name_invalid() {
         assert!(got.status >= 400, "GET tags of {name:?}: {got}");
         got.error_codes();
     }
-    // Only the baseline repository exists on disk.
-    let top: Vec<_> = std::fs::read_dir(berth.root())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert_eq!(
-        top,
-        vec![std::ffi::OsString::from("base")],
-        "root holds only the baseline"
-    );
+    assert_only_the_baseline_repository(berth.root());
     baseline.assert_intact(&c);
     layout::assert_sound(berth.root());
 }
@@ -172,7 +162,14 @@ fn path_tricks_never_reach_outside_the_root() {
         .filter(|p| !p.starts_with("root"))
         .collect();
     assert!(outside.is_empty(), "created outside the root: {outside:?}");
-    let top: Vec<_> = std::fs::read_dir(&root)
+    assert_only_the_baseline_repository(&root);
+    baseline.assert_intact(&c);
+    layout::assert_sound(&root);
+}
+
+/// Nothing but the baseline repository exists under `root`: refused requests created nothing.
+fn assert_only_the_baseline_repository(root: &std::path::Path) {
+    let top: Vec<_> = std::fs::read_dir(root)
         .unwrap()
         .flatten()
         .map(|e| e.file_name())
@@ -182,8 +179,6 @@ fn path_tricks_never_reach_outside_the_root() {
         vec![std::ffi::OsString::from("base")],
         "only the baseline repository"
     );
-    baseline.assert_intact(&c);
-    layout::assert_sound(&root);
 }
 
 /// The baseline's manifest bytes (its blobs exist, so only the name can make a PUT fail).
