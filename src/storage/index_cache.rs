@@ -40,4 +40,15 @@ impl IndexCache {
             .unwrap_or_else(PoisonError::into_inner);
         map.insert(repo.clone(), (fingerprint, index));
     }
+
+    /// Drops the cached index of `repo`, so that a writer holding the only other reference
+    /// can change it in place instead of copying it.
+    pub(super) fn forget(&self, repo: &RepoName) {
+        let mut map = self
+            .stripes
+            .get(repo)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        map.remove(repo);
+    }
 }
