@@ -39,6 +39,10 @@ struct Args {
     /// Default concurrency.
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
+    /// Rounds per workload; with several targets, each round alternates their order and the
+    /// figures add up all rounds.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Default operations per workload.
     #[arg(long, default_value_t = 200)]
     count: usize,
@@ -150,6 +154,17 @@ struct Target {
 }
 
 impl Target {
+    /// The same target with fresh data and repositories for `round`, so no round re-pushes
+    /// what an earlier one stored.
+    fn for_round(&self, round: usize) -> Target {
+        Target {
+            label: self.label.clone(),
+            host: self.host.clone(),
+            pid: self.pid,
+            run: self.run.wrapping_add(round as u64 * 7919),
+        }
+    }
+
     fn parse(spec: &str, run: u64) -> Result<Target, String> {
         let (label, rest) = spec
             .split_once('=')
@@ -443,10 +458,41 @@ struct Outcome {
     first_error: Option<String>,
     seconds: f64,
     bytes: u64,
-    p50_ms: f64,
-    p99_ms: f64,
-    cpu_ms_per_op: Option<f64>,
+    /// Latency of every successful operation, sorted.
+    latencies: Vec<Duration>,
+    /// Server CPU seconds used during the timed phase.
+    cpu_seconds: Option<f64>,
     peak_rss_mib: Option<f64>,
+}
+
+impl Outcome {
+    fn percentile_ms(&self, q: f64) -> f64 {
+        let i = ((self.latencies.len() as f64 * q) as usize)
+            .min(self.latencies.len().saturating_sub(1));
+        self.latencies
+            .get(i)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    }
+
+    fn cpu_ms_per_op(&self) -> Option<f64> {
+        self.cpu_seconds.map(|c| c * 1000.0 / self.ops as f64)
+    }
+
+    /// Adds another round of the same workload on the same target.
+    fn merge(&mut self, other: Outcome) {
+        self.ops += other.ops;
+        self.errors += other.errors;
+        self.first_error = self.first_error.take().or(other.first_error);
+        self.seconds += other.seconds;
+        self.bytes += other.bytes;
+        self.latencies.extend(other.latencies);
+        self.latencies.sort();
+        self.cpu_seconds = self.cpu_seconds.zip(other.cpu_seconds).map(|(a, b)| a + b);
+        self.peak_rss_mib = match (self.peak_rss_mib, other.peak_rss_mib) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
 }
 
 fn run_workload(
@@ -498,11 +544,6 @@ fn run_workload(
     let cpu_after = target.pid.and_then(cpu_seconds);
     let mut latencies: Vec<Duration> = results.iter().flat_map(|r| r.0.iter().copied()).collect();
     latencies.sort();
-    let pct = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-    };
     Ok(Outcome {
         workload: name.to_string(),
         concurrency,
@@ -511,12 +552,8 @@ fn run_workload(
         first_error: results.iter().find_map(|r| r.3.clone()),
         seconds,
         bytes: results.iter().map(|r| r.1).sum(),
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        cpu_ms_per_op: match (cpu_before, cpu_after) {
-            (Some(a), Some(b)) => Some((b - a) * 1000.0 / count as f64),
-            _ => None,
-        },
+        latencies,
+        cpu_seconds: cpu_before.zip(cpu_after).map(|(a, b)| b - a),
         peak_rss_mib: target.pid.and_then(peak_rss_mib),
     })
 }
@@ -554,22 +591,39 @@ fn main() {
             eprintln!("load: unknown workload {name:?}");
             std::process::exit(2);
         };
-        for (target, done) in targets.iter().zip(outcomes.iter_mut()) {
-            let o = run_workload(target, name, kind, c, count).unwrap_or_else(|e| {
-                eprintln!("load: {}: {name}: setup failed: {e}", target.label);
-                std::process::exit(1)
-            });
-            println!(
-                "{}",
-                serde_json::json!({
-                    "target": target.label, "workload": o.workload, "concurrency": o.concurrency,
-                    "ops": o.ops, "errors": o.errors, "first_error": o.first_error,
-                    "seconds": o.seconds, "ops_per_s": o.ops_per_s(), "mib_per_s": o.mib_per_s(),
-                    "p50_ms": o.p50_ms, "p99_ms": o.p99_ms,
-                    "server_cpu_ms_per_op": o.cpu_ms_per_op, "server_peak_rss_mib": o.peak_rss_mib,
-                })
-            );
-            done.push(o);
+        let mut merged: Vec<Option<Outcome>> = targets.iter().map(|_| None).collect();
+        for round in 0..args.rounds {
+            // Alternate the order: the target measured first in a pair runs slower here.
+            let mut order: Vec<usize> = (0..targets.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for t in order {
+                let target = targets[t].for_round(round);
+                let o = run_workload(&target, name, kind, c, count).unwrap_or_else(|e| {
+                    eprintln!("load: {}: {name}: setup failed: {e}", target.label);
+                    std::process::exit(1)
+                });
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "target": target.label, "round": round, "workload": o.workload,
+                        "concurrency": o.concurrency, "ops": o.ops, "errors": o.errors,
+                        "first_error": o.first_error, "seconds": o.seconds,
+                        "ops_per_s": o.ops_per_s(), "mib_per_s": o.mib_per_s(),
+                        "p50_ms": o.percentile_ms(0.5), "p99_ms": o.percentile_ms(0.99),
+                        "server_cpu_ms_per_op": o.cpu_ms_per_op(),
+                        "server_peak_rss_mib": o.peak_rss_mib,
+                    })
+                );
+                match &mut merged[t] {
+                    Some(m) => m.merge(o),
+                    slot @ None => *slot = Some(o),
+                }
+            }
+        }
+        for (done, o) in outcomes.iter_mut().zip(merged) {
+            done.push(o.expect("at least one round"));
         }
     }
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.2}"));
@@ -597,9 +651,9 @@ fn main() {
                 o.errors,
                 o.ops_per_s(),
                 o.mib_per_s(),
-                o.p50_ms,
-                o.p99_ms,
-                opt(o.cpu_ms_per_op),
+                o.percentile_ms(0.5),
+                o.percentile_ms(0.99),
+                opt(o.cpu_ms_per_op()),
                 opt(o.peak_rss_mib)
             );
         }
@@ -610,7 +664,7 @@ fn main() {
             targets[0].label, targets[1].label, "workload", "C", "ops/s ratio", "cpu/op ratio"
         );
         for (a, b) in first.iter().zip(second) {
-            let cpu = match (a.cpu_ms_per_op, b.cpu_ms_per_op) {
+            let cpu = match (a.cpu_ms_per_op(), b.cpu_ms_per_op()) {
                 (Some(x), Some(y)) if y > 0.0 => Some(x / y),
                 _ => None,
             };

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: starts Debian's docker-registry (CNCF distribution 2.8) and berth on
 # free loopback ports with fresh storage, runs the same workloads against both in one run
-# (bench/load.rs, each workload on both servers in turn), and prints berth/distribution ratios.
+# (bench/load.rs: each workload on both servers in turn, twice, in alternating order, since the
+# first of a pair runs slower on this machine), and prints berth/distribution ratios.
 # Run by hand, never by CI: scripts/bench-vs-distribution.sh [WORKLOADS]
 # WORKLOADS: comma-separated name:concurrency:count (see bench/load.rs); counts are sized so
 # each workload runs for about a second or more on the slower server.
@@ -33,6 +34,6 @@ bport=$(free_port)
 start_berth "$bport"
 wait_http "$dport"
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(date -u +%Y-%m-%d); berth $(git rev-parse --short HEAD)"
-cargo bench --quiet --bench load -- --workloads "$workloads" \
+cargo bench --quiet --bench load -- --rounds 2 --workloads "$workloads" \
   --target "berth=http://127.0.0.1:$bport@$bpid" \
   --target "distribution=http://127.0.0.1:$dport@$dpid"
