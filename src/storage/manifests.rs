@@ -131,7 +131,7 @@ impl Store {
     fn write_index(&self, repo: &RepoName, index: Arc<ImageIndex>) -> Result<(), StoreError> {
         let path = layout::index_json(repo)?;
         let bytes = serde_json::to_vec(&*index).expect("an index always serializes");
-        self.driver.put(&path, &bytes)?;
+        self.driver.replace(&path, &bytes)?;
         if let Some(meta) = self.driver.stat(&path)? {
             self.indexes.put(repo, meta.fingerprint, index);
         }

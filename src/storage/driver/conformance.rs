@@ -1,5 +1,6 @@
 //! The conformance suite every `Driver` runs: the contract of each trait method (atomicity,
-//! not-found behaviour, listing, appending, rename and copy) checked through the trait only.
+//! not-found behaviour, replacing documents under concurrent readers, listing, appending, rename
+//! and copy) checked through the trait only.
 
 use super::{Driver, DriverError, StoragePath};
 use std::io::Read;
@@ -19,6 +20,7 @@ fn read_from(driver: &dyn Driver, p: &StoragePath, offset: u64) -> (Vec<u8>, u64
 pub(crate) fn run(driver: &dyn Driver) {
     missing_objects_are_not_found(driver);
     put_get_replace(driver);
+    replacing_documents(driver);
     ranged_reads(driver);
     listing(driver);
     appending(driver);
@@ -61,6 +63,72 @@ fn put_get_replace(d: &dyn Driver) {
         d.list(Some(&path("a/b"))).unwrap(),
         vec!["c.json".to_string()]
     );
+}
+
+/// Version `n` of the document `replacing_documents` writes: its length varies with `n`, so a
+/// read that mixed two versions would not parse back.
+fn document(n: usize) -> Vec<u8> {
+    let mut doc = format!("{n}:").into_bytes();
+    doc.resize(
+        doc.len() + 1000 + (n * 7919) % 30_000,
+        b'a' + (n % 26) as u8,
+    );
+    doc
+}
+
+/// The version a whole `document` is, or a panic naming what was torn.
+fn version_of(doc: &[u8]) -> usize {
+    let text = std::str::from_utf8(doc).expect("a document is ASCII");
+    let (n, _) = text
+        .split_once(':')
+        .expect("a document starts with its version");
+    let n: usize = n.parse().expect("a document's version is a number");
+    assert!(doc == document(n), "a read returned a torn version {n}");
+    n
+}
+
+fn replacing_documents(d: &dyn Driver) {
+    let p = path("docs/repo/index.json");
+    d.replace(&p, &document(0)).unwrap();
+    assert_eq!(version_of(&d.get(&p).unwrap()), 0);
+    const VERSIONS: usize = 300;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        for _ in 0..2 {
+            s.spawn(|| {
+                // Each reader sees whole versions, never older than one it saw before.
+                let mut seen = 0;
+                while !done.load(std::sync::atomic::Ordering::Acquire) {
+                    let n = version_of(&d.get(&p).unwrap());
+                    assert!(n >= seen, "version {n} read after version {seen}");
+                    seen = n;
+                }
+            });
+        }
+        for n in 1..=VERSIONS {
+            d.replace(&p, &document(n)).unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+    });
+    assert_eq!(version_of(&d.get(&p).unwrap()), VERSIONS);
+    // Two writers at once: every read is still whole, and the last write of each is kept by
+    // one of them.
+    std::thread::scope(|s| {
+        for writer in 0..2 {
+            let p = &p;
+            s.spawn(move || {
+                for n in 0..100 {
+                    d.replace(p, &document(1000 + writer * 100 + n)).unwrap();
+                    version_of(&d.get(p).unwrap());
+                }
+            });
+        }
+    });
+    assert!([1099, 1199].contains(&version_of(&d.get(&p).unwrap())));
+    // A path that did not exist is created.
+    let fresh = path("docs/other/index.json");
+    d.replace(&fresh, &document(7)).unwrap();
+    assert_eq!(version_of(&d.get(&fresh).unwrap()), 7);
 }
 
 fn ranged_reads(d: &dyn Driver) {

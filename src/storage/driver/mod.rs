@@ -191,6 +191,15 @@ pub trait Driver: Send + Sync {
     /// Missing parent directories are created.
     fn put(&self, path: &StoragePath, bytes: &[u8]) -> Result<(), DriverError>;
 
+    /// Rewrites a small mutable document (a repository's `index.json`) atomically, like
+    /// `put`. A driver may recycle the replaced object's storage for the next `replace` of the
+    /// same path (local: the old file becomes the scratch file the next version is written
+    /// into, so no inode is freed and allocated per write), so documents written this way are
+    /// read with `get` only, which sees the old bytes or the new, never a part.
+    fn replace(&self, path: &StoragePath, bytes: &[u8]) -> Result<(), DriverError> {
+        self.put(path, bytes)
+    }
+
     /// Names of the immediate children of `dir`, in no particular order; empty when `dir`
     /// does not exist. `None` lists the root.
     fn list(&self, dir: Option<&StoragePath>) -> Result<Vec<String>, DriverError>;
