@@ -1,50 +1,174 @@
-//! The composition root: turns a resolved `Config` into a driver, a store and a bound server.
+//! The composition root: turns a resolved `Config` into drivers, caches and stores routed by a
+//! `Registry`, the background start-up dedupe pass, and a bound server.
 
-use crate::config::Config;
+use crate::cache::Cache;
+use crate::cache::lmdb::LmdbCache;
+use crate::config::{Config, StoreConfig};
 use crate::http::server::{BindError, Server};
-use crate::storage::Store;
 use crate::storage::driver::DriverError;
 use crate::storage::driver::local::LocalDriver;
+use crate::storage::{Registry, Store, dedupe_pass};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// Where a store keeps berth's own files: a dot-name, which no repository name can take.
+pub const BERTH_DIR: &str = ".berth";
 
 /// Why berth could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    /// The storage root could not be opened.
-    #[error("storage.rootDirectory: {0}")]
-    Storage(#[from] DriverError),
+    /// A storage root could not be opened.
+    #[error("{key}: {source}")]
+    Storage {
+        /// The config key of the root.
+        key: String,
+        /// The cause.
+        source: DriverError,
+    },
+    /// Two stores would share files.
+    #[error("{0}")]
+    Roots(String),
+    /// A dedupe cache could not be opened, even afresh.
+    #[error("{key}: the dedupe cache in {dir}: {message}")]
+    Cache {
+        /// The config key of the store's root.
+        key: String,
+        /// The cache directory.
+        dir: PathBuf,
+        /// The cause.
+        message: String,
+    },
     /// The listener could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
 }
 
-/// A store and a bound server, ready to run.
+/// Stores and a bound server, ready to run.
 pub struct App {
     /// The bound front end.
     pub server: Server,
-    /// The store it serves.
-    pub store: Arc<Store>,
+    /// The stores it serves.
+    pub registry: Arc<Registry>,
 }
 
 impl App {
-    /// Opens storage and binds the listener.
+    /// Opens every store, starts their background dedupe passes, and binds the listener.
     pub fn start(config: &Config) -> Result<App, StartError> {
         let storage = &config.storage;
-        let driver = LocalDriver::new(&storage.root_directory, storage.commit, storage.writer)?;
-        tracing::info!(
-            root = %storage.root_directory.display(),
-            commit = storage.commit,
-            requested = ?storage.writer,
-            "storage ready; upload writer: {}",
-            driver.writer_name()
-        );
-        let store = Arc::new(Store::new(Arc::new(driver)));
+        let mut stores = vec![("storage".to_string(), &storage.default)];
+        for (route, store) in &storage.sub_paths {
+            stores.push((format!("storage.subPaths.{}", route.key), store));
+        }
+        check_roots(&stores)?;
+        let opened = stores
+            .iter()
+            .map(|(key, settings)| open_store(key, settings))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut opened = opened.into_iter();
+        let default = opened.next().expect("the default store is first");
+        let routes = storage
+            .sub_paths
+            .iter()
+            .map(|(route, _)| route.segments.clone())
+            .zip(opened)
+            .collect();
+        let registry = Arc::new(Registry::new(default, routes));
+        for store in registry.stores() {
+            dedupe_pass::spawn(Arc::clone(store));
+        }
         let server = Server::bind(&config.http)?;
-        Ok(App { server, store })
+        Ok(App { server, registry })
     }
 
     /// Serves until the process ends.
     pub fn run(self) {
-        self.server.run(self.store);
+        self.server.run(self.registry);
     }
+}
+
+fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartError> {
+    let root = &settings.root_directory;
+    let driver = LocalDriver::new(root, settings.commit, settings.writer).map_err(|source| {
+        StartError::Storage {
+            key: format!("{key}.rootDirectory"),
+            source,
+        }
+    })?;
+    let cache = if settings.dedupe {
+        Some(open_cache(key, root, settings.commit)?)
+    } else {
+        None
+    };
+    tracing::info!(
+        store = key,
+        root = %root.display(),
+        commit = settings.commit,
+        dedupe = settings.dedupe,
+        requested = ?settings.writer,
+        "storage ready; upload writer: {}",
+        driver.writer_name()
+    );
+    Ok(Arc::new(Store::new(Arc::new(driver), cache)))
+}
+
+/// Opens a store's LMDB cache; one that cannot be opened (damaged by a power loss without
+/// `commit`, say) is moved aside and started afresh, since the start-up pass rebuilds it.
+fn open_cache(key: &str, root: &Path, durable: bool) -> Result<Arc<dyn Cache>, StartError> {
+    let dir = root.join(BERTH_DIR).join("cache");
+    match LmdbCache::open(&dir, durable) {
+        Ok(cache) => return Ok(Arc::new(cache)),
+        Err(e) => tracing::warn!(dir = %dir.display(), "dedupe cache unusable, rebuilding it: {e}"),
+    }
+    let aside = dir.with_file_name(format!("cache.damaged-{}", uuid::Uuid::new_v4().simple()));
+    let reopened = std::fs::rename(&dir, &aside)
+        .map_err(|e| e.to_string())
+        .and_then(|()| LmdbCache::open(&dir, durable).map_err(|e| e.to_string()));
+    match reopened {
+        Ok(cache) => Ok(Arc::new(cache)),
+        Err(message) => Err(StartError::Cache {
+            key: format!("{key}.rootDirectory"),
+            dir,
+            message,
+        }),
+    }
+}
+
+/// Creates the stores' roots and refuses roots that are the same directory or nested in one
+/// another: each store would see the other's repositories and blobs as its own.
+fn check_roots(stores: &[(String, &StoreConfig)]) -> Result<(), StartError> {
+    let mut canonical: Vec<PathBuf> = Vec::new();
+    for (key, settings) in stores {
+        let root = &settings.root_directory;
+        let resolved = std::fs::create_dir_all(root)
+            .and_then(|()| std::fs::canonicalize(root))
+            .map_err(|e| StartError::Storage {
+                key: format!("{key}.rootDirectory"),
+                source: DriverError::Io {
+                    driver: "local",
+                    op: "create root",
+                    path: root.display().to_string(),
+                    source: e,
+                },
+            })?;
+        canonical.push(resolved);
+    }
+    for (i, a) in canonical.iter().enumerate() {
+        for (j, b) in canonical.iter().enumerate().skip(i + 1) {
+            let relation = if a == b {
+                "is the same directory as"
+            } else if b.starts_with(a) || a.starts_with(b) {
+                "is nested with"
+            } else {
+                continue;
+            };
+            return Err(StartError::Roots(format!(
+                "{}.rootDirectory ({}) {relation} {}.rootDirectory ({}); every store needs a root of its own",
+                stores[j].0,
+                b.display(),
+                stores[i].0,
+                a.display()
+            )));
+        }
+    }
+    Ok(())
 }

@@ -6,14 +6,19 @@
 //! - `digest`: `Digest` and the incremental `Hasher`.
 //! - `oci`: repository names, tags, references, manifests and descriptors.
 //! - `storage`: registry semantics over the `Driver` trait (`storage::driver`), with
-//!   `storage::layout` the only place that forms paths.
+//!   `storage::layout` the only place that forms paths; inline dedupe and the start-up dedupe
+//!   pass; `storage::Registry` routes repositories to stores (`subPaths`).
 //! - `http`: `Route::parse`, handlers returning `Reply` values, the error table, and the
 //!   tiny_http front end with its request workers.
-//! - `app`: wires a config into a running registry.
+//! - `cache`: the dedupe `Cache` trait (digest → paths) and its embedded LMDB implementation.
+//! - `background`: the one bounded rayon pool for background fan-out.
+//! - `app`: wires a config into stores, caches and a running registry.
 
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod app;
+pub mod background;
+pub mod cache;
 pub mod config;
 pub mod digest;
 pub mod http;

@@ -43,16 +43,75 @@ pub struct Config {
     pub log: LogConfig,
 }
 
-/// Local storage settings.
+/// Storage: the default store and the stores routed by repository prefix.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageConfig {
+    /// The store of every repository no sub-path route matches.
+    #[serde(flatten)]
+    pub default: StoreConfig,
+    /// zot's `subPaths`: a route (`/a` or `/a/b`) and its store.
+    #[serde(serialize_with = "serialize_routes")]
+    pub sub_paths: Vec<(Route, StoreConfig)>,
+}
+
+/// The settings of one store (one root directory).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoreConfig {
     /// The root directory holding one OCI layout per repository.
     pub root_directory: PathBuf,
     /// fsync data and directories before acknowledging writes.
     pub commit: bool,
+    /// Keep one copy of each blob in the store: hard links plus the embedded cache.
+    pub dedupe: bool,
     /// How upload bytes are written.
     pub writer: WriterChoice,
+}
+
+/// A sub-path route: the leading repository-name segments it matches (`/a/b` → `a`, `b`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The route as written in the config file, for messages.
+    pub key: String,
+    /// Its segments.
+    pub segments: Vec<String>,
+}
+
+fn serialize_routes<S: serde::Serializer>(
+    routes: &[(Route, StoreConfig)],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(routes.iter().map(|(r, c)| (&r.key, c)))
+}
+
+impl Route {
+    fn parse(key: &str) -> Result<Route, String> {
+        let bad = |why: &str| format!("storage.subPaths.{key}: {why}");
+        let Some(rest) = key.strip_prefix('/') else {
+            return Err(bad("a route starts with '/', as in \"/a\""));
+        };
+        let segments: Vec<String> = rest
+            .trim_end_matches('/')
+            .split('/')
+            .map(str::to_string)
+            .collect();
+        if segments.iter().any(|s| s.is_empty()) {
+            return Err(bad("a route needs at least one non-empty segment"));
+        }
+        if let Some(s) = segments
+            .iter()
+            .find(|s| s.parse::<crate::oci::RepoName>().is_err())
+        {
+            return Err(bad(&format!(
+                "{s:?} cannot begin a repository name (lower-case letters, digits and separators)"
+            )));
+        }
+        Ok(Route {
+            key: key.to_string(),
+            segments,
+        })
+    }
 }
 
 /// HTTP listener settings.
@@ -145,54 +204,82 @@ fn refuse_present<T>(value: &Option<T>, key: &str, what: &str) -> Result<(), Str
     }
 }
 
-fn resolve(raw: RawConfig) -> Result<Config, String> {
-    let storage = raw.storage.unwrap_or_default();
+/// Resolves the settings of one store; `prefix` is its key path (`storage` or
+/// `storage.subPaths./a`).
+fn resolve_store(storage: &raw::RawStorage, prefix: &str) -> Result<StoreConfig, String> {
+    let key = |name: &str| format!("{prefix}.{name}");
     let root_directory = storage
         .root_directory
+        .as_ref()
         .filter(|r| !r.is_empty())
-        .ok_or("storage.rootDirectory: required")?;
-    if storage.dedupe == Some(true) {
-        return Err(not_built(
-            "storage.dedupe",
-            "deduplication (set it to false)",
-        ));
-    }
+        .ok_or_else(|| format!("{}: required", key("rootDirectory")))?;
     if storage.gc == Some(true) {
         return Err(not_built(
-            "storage.gc",
+            &key("gc"),
             "garbage collection (set it to false)",
         ));
     }
     if storage.remote_cache == Some(true) {
-        return Err(not_built("storage.remoteCache", "a remote cache"));
+        return Err(not_built(&key("remoteCache"), "a remote cache"));
     }
-    refuse_present(&storage.gc_delay, "storage.gcDelay", "garbage collection")?;
-    refuse_present(
-        &storage.gc_interval,
-        "storage.gcInterval",
-        "garbage collection",
-    )?;
-    refuse_present(
-        &storage.gc_time_window,
-        "storage.gcTimeWindow",
-        "garbage collection",
-    )?;
-    refuse_present(&storage.retention, "storage.retention", "retention")?;
-    if storage.sub_paths.as_ref().is_some_and(|s| !s.is_empty()) {
-        return Err(not_built("storage.subPaths", "routing to several stores"));
+    for (value, name, what) in [
+        (&storage.gc_delay, "gcDelay", "garbage collection"),
+        (&storage.gc_interval, "gcInterval", "garbage collection"),
+        (
+            &storage.gc_time_window,
+            "gcTimeWindow",
+            "garbage collection",
+        ),
+        (&storage.retention, "retention", "retention"),
+        (&storage.storage_driver, "storageDriver", "remote storage"),
+        (
+            &storage.cache_driver,
+            "cacheDriver",
+            "a remote dedupe cache",
+        ),
+    ] {
+        refuse_present(value, &key(name), what)?;
     }
-    refuse_present(
-        &storage.storage_driver,
-        "storage.storageDriver",
-        "remote storage",
-    )?;
-    refuse_present(
-        &storage.cache_driver,
-        "storage.cacheDriver",
-        "a dedupe cache",
-    )?;
+    Ok(StoreConfig {
+        root_directory: PathBuf::from(root_directory),
+        commit: storage.commit.unwrap_or(false),
+        dedupe: storage.dedupe.unwrap_or(true),
+        writer: storage.writer.unwrap_or(WriterChoice::Auto),
+    })
+}
+
+fn resolve_storage(storage: raw::RawStorage) -> Result<StorageConfig, String> {
+    let default = resolve_store(&storage, "storage")?;
     refuse_present(&storage.fast_restart, "storage.fastRestart", "zot's metaDB")?;
     refuse_present(&storage.max_repos, "storage.maxRepos", "a repository limit")?;
+    let mut sub_paths: Vec<(Route, StoreConfig)> = Vec::new();
+    for (key, sub) in storage.sub_paths.iter().flatten() {
+        let route = Route::parse(key)?;
+        let prefix = format!("storage.subPaths.{key}");
+        for (present, name) in [
+            (sub.sub_paths.is_some(), "subPaths"),
+            (sub.fast_restart.is_some(), "fastRestart"),
+            (sub.max_repos.is_some(), "maxRepos"),
+        ] {
+            if present {
+                return Err(format!(
+                    "{prefix}.{name}: only allowed at the top of `storage`"
+                ));
+            }
+        }
+        if let Some((other, _)) = sub_paths.iter().find(|(r, _)| r.segments == route.segments) {
+            return Err(format!(
+                "{prefix}: the same route as storage.subPaths.{}",
+                other.key
+            ));
+        }
+        sub_paths.push((route, resolve_store(sub, &prefix)?));
+    }
+    Ok(StorageConfig { default, sub_paths })
+}
+
+fn resolve(raw: RawConfig) -> Result<Config, String> {
+    let storage = resolve_storage(raw.storage.unwrap_or_default())?;
 
     let http = raw.http.unwrap_or_default();
     let port = match http.port {
@@ -262,11 +349,7 @@ fn resolve(raw: RawConfig) -> Result<Config, String> {
 
     Ok(Config {
         dist_spec_version: raw.dist_spec_version.unwrap_or_else(|| "1.1.1".into()),
-        storage: StorageConfig {
-            root_directory: PathBuf::from(root_directory),
-            commit: storage.commit.unwrap_or(false),
-            writer: storage.writer.unwrap_or(WriterChoice::Auto),
-        },
+        storage,
         http: HttpConfig {
             address: http.address.unwrap_or_else(|| "127.0.0.1".into()),
             port,
@@ -298,8 +381,12 @@ mod tests {
     fn embedded_default_resolves() {
         let c = Config::embedded_default();
         assert_eq!(c.http.port, 5000);
-        assert_eq!(c.storage.root_directory, PathBuf::from("./berth-data"));
-        assert!(!c.storage.commit);
+        assert_eq!(
+            c.storage.default.root_directory,
+            PathBuf::from("./berth-data")
+        );
+        assert!(!c.storage.default.commit);
+        assert!(c.storage.default.dedupe);
     }
 
     #[test]
@@ -310,7 +397,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.http.port, 8080);
-        assert!(c.storage.commit);
+        assert!(c.storage.default.commit);
+        assert!(!c.storage.default.dedupe);
         assert_eq!(c.log.output, Some(PathBuf::from("/tmp/z.log")));
         assert_eq!(
             parse(r#"{"storage":{"rootdirectory":"/x"},"http":{"port":"1"}}"#)
@@ -319,6 +407,31 @@ mod tests {
                 .port,
             1
         );
+    }
+
+    #[test]
+    fn sub_paths_resolve_with_their_own_settings() {
+        let c = parse(
+            r#"{"storage":{"rootDirectory":"/x","subPaths":{
+                "/a":{"rootDirectory":"/y","dedupe":false,"commit":true},
+                "/b/c/":{"rootDirectory":"/z"}}}}"#,
+        )
+        .unwrap();
+        let routes: Vec<_> = c
+            .storage
+            .sub_paths
+            .iter()
+            .map(|(r, s)| (r.segments.clone(), s.dedupe, s.commit))
+            .collect();
+        assert_eq!(
+            routes,
+            [
+                (vec!["a".to_string()], false, true),
+                (vec!["b".to_string(), "c".to_string()], true, false)
+            ]
+        );
+        let shown = to_pretty_json(&c);
+        assert!(shown.contains(r#""/b/c/""#), "{shown}");
     }
 
     #[test]
@@ -338,7 +451,7 @@ mod tests {
                 "http.port",
             ),
             (
-                r#"{"storage":{"rootDirectory":"/x","dedupe":true}}"#,
+                r#"{"storage":{"rootDirectory":"/x","dedupe":"on"}}"#,
                 "storage.dedupe",
             ),
             (
@@ -347,7 +460,31 @@ mod tests {
             ),
             (
                 r#"{"storage":{"rootDirectory":"/x","subPaths":{"/a":{}}}}"#,
-                "storage.subPaths",
+                "storage.subPaths./a.rootDirectory",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x","subPaths":{"a":{"rootDirectory":"/y"}}}}"#,
+                "storage.subPaths.a",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x","subPaths":{"/A":{"rootDirectory":"/y"}}}}"#,
+                "storage.subPaths./A",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x","subPaths":{"/a":{"rootDirectory":"/y","bogus":1}}}}"#,
+                "storage.subPaths./a.bogus",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x","subPaths":{"/a":{"rootDirectory":"/y","gcDelay":"1h"}}}}"#,
+                "storage.subPaths./a.gcDelay",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x","subPaths":{"/a":{"rootDirectory":"/y","maxRepos":1}}}}"#,
+                "storage.subPaths./a.maxRepos",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x","subPaths":{"/a":{"rootDirectory":"/y"},"/a/":{"rootDirectory":"/z"}}}}"#,
+                "the same route",
             ),
             (
                 r#"{"storage":{"rootDirectory":"/x","storageDriver":{"name":"s3"}}}"#,

@@ -55,7 +55,7 @@ pub struct RawStorage {
     pub retention: Option<Value>,
     /// Per-prefix stores.
     #[serde(alias = "subpaths")]
-    pub sub_paths: Option<serde_json::Map<String, Value>>,
+    pub sub_paths: Option<std::collections::BTreeMap<String, RawStorage>>,
     /// Remote (S3) storage.
     #[serde(alias = "storagedriver")]
     pub storage_driver: Option<Value>,

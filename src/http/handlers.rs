@@ -8,15 +8,17 @@ use super::route::{Method, Page, Route, UploadStart, percent_encode};
 use crate::digest::Digest;
 use crate::oci::{ImageIndex, Reference, RepoName, Tag, media_type};
 use crate::storage::layout::UploadId;
-use crate::storage::{BlobBody, BodyLength, ByteRange, MAX_MANIFEST_SIZE, Store, StoreError};
+use crate::storage::{
+    BlobBody, BodyLength, ByteRange, MAX_MANIFEST_SIZE, Registry, Store, StoreError,
+};
 use serde_json::json;
 use std::io::Read;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// Answers one request. A panic in a handler is caught and answered with a 500 (the store's
 /// data is only ever replaced atomically, so an unwound handler leaves nothing half-written).
-pub fn handle(store: &Store, req: &mut dyn HttpRequest) -> Reply {
-    match catch_unwind(AssertUnwindSafe(|| dispatch(store, req))) {
+pub fn handle(registry: &Registry, req: &mut dyn HttpRequest) -> Reply {
+    match catch_unwind(AssertUnwindSafe(|| dispatch(registry, req))) {
         Ok(Ok(reply)) => reply,
         Ok(Err(e)) => e.into(),
         Err(panic) => {
@@ -31,12 +33,19 @@ pub fn handle(store: &Store, req: &mut dyn HttpRequest) -> Reply {
     }
 }
 
-fn dispatch(store: &Store, req: &mut dyn HttpRequest) -> Result<Reply, ApiError> {
+fn dispatch(registry: &Registry, req: &mut dyn HttpRequest) -> Result<Reply, ApiError> {
     let method = req.method();
     let head = method == Method::Head;
-    match (Route::parse(method, req.url())?, method) {
-        (Route::Base, Method::Get | Method::Head) => Ok(Reply::new(200).json(b"{}".to_vec())),
-        (Route::Catalog(page), Method::Get) => catalog(store, &page),
+    let route = Route::parse(method, req.url())?;
+    let Some(repo) = route.repo() else {
+        return match (route, method) {
+            (Route::Base, Method::Get | Method::Head) => Ok(Reply::new(200).json(b"{}".to_vec())),
+            (Route::Catalog(page), Method::Get) => catalog(registry, &page),
+            (route, method) => Err(not_allowed(&route, method)),
+        };
+    };
+    let store = registry.route(repo);
+    match (route, method) {
         (Route::Tags(repo, page), Method::Get) => tags(store, &repo, &page),
         (Route::Manifest(repo, reference, _), Method::Get | Method::Head) => {
             manifest_get(store, &repo, &reference, head)
@@ -55,7 +64,16 @@ fn dispatch(store: &Store, req: &mut dyn HttpRequest) -> Result<Reply, ApiError>
             store.blob_delete(&repo, &digest)?;
             Ok(Reply::new(202))
         }
-        (Route::UploadStart(repo, start), Method::Post) => upload_start(store, req, &repo, start),
+        (Route::UploadStart(repo, start), Method::Post) => {
+            // Dedupe and mounts stay within one store.
+            let start = match start {
+                UploadStart::Mount {
+                    from: Some(from), ..
+                } if !std::ptr::eq(registry.route(&from), store) => UploadStart::Session,
+                start => start,
+            };
+            upload_start(store, req, &repo, start)
+        }
         (Route::Upload(repo, id, _), Method::Get) => {
             let size = store.upload_size(&repo, id)?;
             Ok(upload_progress(204, &repo, id, size))
@@ -83,11 +101,15 @@ fn dispatch(store: &Store, req: &mut dyn HttpRequest) -> Result<Reply, ApiError>
         (Route::Referrers(repo, digest, artifact_type), Method::Get) => {
             referrers(store, &repo, &digest, artifact_type)
         }
-        (route, method) => Err(ApiError::new(
-            ErrorKind::MethodNotAllowed,
-            format!("{method:?} is not allowed on {route:?}"),
-        )),
+        (route, method) => Err(not_allowed(&route, method)),
     }
+}
+
+fn not_allowed(route: &Route, method: Method) -> ApiError {
+    ApiError::new(
+        ErrorKind::MethodNotAllowed,
+        format!("{method:?} is not allowed on {route:?}"),
+    )
 }
 
 fn body_length(req: &dyn HttpRequest) -> BodyLength {
@@ -116,8 +138,8 @@ fn next_link(base: &str, page: &[String], n: Option<usize>) -> String {
     format!("<{base}?n={n}&last={}>; rel=\"next\"", percent_encode(last))
 }
 
-fn catalog(store: &Store, page: &Page) -> Result<Reply, ApiError> {
-    let (repos, more) = paginate(store.catalog()?, page);
+fn catalog(registry: &Registry, page: &Page) -> Result<Reply, ApiError> {
+    let (repos, more) = paginate(registry.catalog()?, page);
     let mut reply = Reply::new(200);
     if more {
         reply = reply.header("Link", next_link("/v2/_catalog", &repos, page.n));
@@ -324,10 +346,11 @@ fn upload_start(
             store.blob_put(repo, &digest, req.body(), length)?;
             Ok(blob_created(repo, &digest))
         }
-        UploadStart::Mount {
-            digest,
-            from: Some(from),
-        } if store.blob_mount(repo, &digest, &from)? => Ok(blob_created(repo, &digest)),
+        UploadStart::Mount { digest, from }
+            if store.blob_mount(repo, &digest, from.as_ref())? =>
+        {
+            Ok(blob_created(repo, &digest))
+        }
         UploadStart::Session | UploadStart::Mount { .. } => {
             let id = store.upload_start(repo)?;
             Ok(upload_progress(202, repo, id, 0))

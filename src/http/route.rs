@@ -90,6 +90,21 @@ pub enum Route {
     Referrers(RepoName, Digest, Option<String>),
 }
 
+impl Route {
+    /// The repository the route addresses, if any.
+    pub fn repo(&self) -> Option<&RepoName> {
+        match self {
+            Route::Base | Route::Catalog(_) => None,
+            Route::Tags(repo, _)
+            | Route::Manifest(repo, ..)
+            | Route::Blob(repo, _)
+            | Route::UploadStart(repo, _)
+            | Route::Upload(repo, ..)
+            | Route::Referrers(repo, ..) => Some(repo),
+        }
+    }
+}
+
 fn route_unknown(path: &str) -> ApiError {
     ApiError::new(ErrorKind::RouteUnknown, format!("no endpoint at {path}"))
 }

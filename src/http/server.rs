@@ -7,7 +7,7 @@
 use super::handlers;
 use super::response::{Body, Reply};
 use crate::config::HttpConfig;
-use crate::storage::Store;
+use crate::storage::Registry;
 use std::io::{self, Cursor, Read};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::Arc;
@@ -70,15 +70,15 @@ impl Server {
     }
 
     /// Serves forever on `workers` threads.
-    pub fn run(self, store: Arc<Store>) {
+    pub fn run(self, registry: Arc<Registry>) {
         tracing::info!(addr = %self.addr, workers = self.workers, "listening on {}", self.addr);
         let threads: Vec<_> = (0..self.workers)
             .map(|i| {
                 let http = Arc::clone(&self.http);
-                let store = Arc::clone(&store);
+                let registry = Arc::clone(&registry);
                 std::thread::Builder::new()
                     .name(format!("berth-http-{i}"))
-                    .spawn(move || worker(&http, &store))
+                    .spawn(move || worker(&http, &registry))
                     .expect("spawning a request worker")
             })
             .collect();
@@ -88,7 +88,7 @@ impl Server {
     }
 }
 
-fn worker(http: &tiny_http::Server, store: &Store) {
+fn worker(http: &tiny_http::Server, registry: &Registry) {
     loop {
         let mut request = match http.recv() {
             Ok(r) => r,
@@ -100,7 +100,7 @@ fn worker(http: &tiny_http::Server, store: &Store) {
         let started = Instant::now();
         let method = request.method().to_string();
         let url = request.url().to_string();
-        let reply = handlers::handle(store, &mut request);
+        let reply = handlers::handle(registry, &mut request);
         let status = reply.status;
         if status >= 500 {
             tracing::error!(%method, %url, status, "request failed");

@@ -6,8 +6,8 @@ use super::request::HttpRequest;
 use super::response::{Body, Reply};
 use super::route::Method;
 use crate::digest::Digest;
-use crate::storage::Store;
 use crate::storage::driver::local::{LocalDriver, WriterChoice};
+use crate::storage::{Registry, Store};
 use serde_json::{Value, json};
 use std::io::{Cursor, Read};
 use std::path::PathBuf;
@@ -43,7 +43,7 @@ impl HttpRequest for FakeRequest {
 }
 
 struct Harness {
-    store: Store,
+    registry: Registry,
     root: PathBuf,
 }
 
@@ -79,7 +79,7 @@ impl Harness {
         let root = std::env::temp_dir().join(format!("berth-http-{}", uuid::Uuid::new_v4()));
         let driver = LocalDriver::new(&root, false, WriterChoice::Auto).unwrap();
         Harness {
-            store: Store::new(Arc::new(driver)),
+            registry: Registry::single(Arc::new(Store::new(Arc::new(driver), None))),
             root,
         }
     }
@@ -95,7 +95,7 @@ impl Harness {
             body: Cursor::new(body.to_vec()),
             content_length: Some(body.len() as u64),
         };
-        let mut reply = handle(&self.store, &mut req);
+        let mut reply = handle(&self.registry, &mut req);
         let body = match std::mem::replace(&mut reply.body, Body::Empty) {
             Body::Empty | Body::LengthOnly(_) => Vec::new(),
             Body::Bytes(b) => b,
@@ -433,7 +433,7 @@ fn a_panicking_handler_is_a_500_and_the_store_keeps_serving() {
             &mut self.1
         }
     }
-    let reply = handle(&h.store, &mut Panicking(req, PanickingBody));
+    let reply = handle(&h.registry, &mut Panicking(req, PanickingBody));
     assert_eq!(reply.status, 500);
     // The same session and everything stored before still work.
     assert_eq!(h.send(Method::Get, &location, &[], b"").status, 204);

@@ -322,9 +322,9 @@ impl Store {
                     index.manifests.retain(|d| d.digest != target);
                     Ok(true)
                 })?;
-                match self.driver.delete(&layout::blob(repo, digest)?) {
-                    Ok(()) | Err(super::driver::DriverError::NotFound { .. }) => Ok(()),
-                    Err(e) => Err(e.into()),
+                match self.blob_delete(repo, digest) {
+                    Ok(()) | Err(StoreError::BlobUnknown(_)) => Ok(()),
+                    Err(e) => Err(e),
                 }
             }
         }

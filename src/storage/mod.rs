@@ -8,6 +8,8 @@
 //!   (see `manifests`); reads take no lock.
 //! - Nothing locks the whole store.
 
+mod dedupe;
+pub mod dedupe_pass;
 pub mod driver;
 pub mod error;
 mod index_cache;
@@ -15,12 +17,15 @@ mod index_writes;
 pub mod layout;
 mod locks;
 mod manifests;
+mod registry;
 mod uploads;
 
 pub use error::StoreError;
 pub use manifests::{ManifestPut, StoredManifest};
+pub use registry::Registry;
 pub use uploads::BodyLength;
 
+use crate::cache::Cache;
 use crate::digest::Digest;
 use crate::oci::RepoName;
 use driver::{Driver, DriverError, ObjectReader, StoragePath};
@@ -37,6 +42,7 @@ pub struct Store {
     sessions: uploads::Sessions,
     indexes: index_cache::IndexCache,
     pending: index_writes::PendingChanges,
+    dedupe: Option<dedupe::Dedupe>,
 }
 
 /// A byte range of a blob to send.
@@ -72,14 +78,53 @@ pub struct BlobRead {
 }
 
 impl Store {
-    /// A store over `driver`.
-    pub fn new(driver: Arc<dyn Driver>) -> Store {
+    /// A store over `driver`, deduplicating blobs through `cache` when one is given and the
+    /// driver can link (otherwise dedupe is off, with a warning).
+    pub fn new(driver: Arc<dyn Driver>, cache: Option<Arc<dyn Cache>>) -> Store {
+        let dedupe = match cache {
+            Some(_) if !driver.can_link() => {
+                tracing::warn!(
+                    driver = driver.name(),
+                    "dedupe is off: the storage cannot hard-link files"
+                );
+                None
+            }
+            cache => cache.map(dedupe::Dedupe::new),
+        };
         Store {
             driver,
             repo_locks: Striped::default(),
             sessions: uploads::Sessions::default(),
             indexes: index_cache::IndexCache::default(),
             pending: index_writes::PendingChanges::default(),
+            dedupe,
+        }
+    }
+
+    /// Whether blobs are deduplicated.
+    pub fn dedupes(&self) -> bool {
+        self.dedupe.is_some()
+    }
+
+    /// Moves a verified upload staged at `staged` into `repo`'s blobs, as a link to the
+    /// store's copy when dedupe knows one.
+    fn place_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        size: u64,
+        staged: &StoragePath,
+    ) -> Result<(), StoreError> {
+        let target = layout::blob(repo, digest)?;
+        match &self.dedupe {
+            Some(d) => d.place(
+                &*self.driver,
+                digest,
+                size,
+                dedupe::Source::Staged(staged),
+                &target,
+            ),
+            None => Ok(self.driver.rename(staged, &target)?),
         }
     }
 
@@ -135,26 +180,59 @@ impl Store {
         Ok((BlobRead { size, body }, range))
     }
 
-    /// Deletes a blob from one repository.
+    /// Deletes a blob from one repository; other repositories' links to it are untouched.
     pub fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<(), StoreError> {
+        let path = layout::blob(repo, digest)?;
+        let _guard = self.dedupe.as_ref().map(|d| d.lock(digest));
         self.driver
-            .delete(&layout::blob(repo, digest)?)
-            .map_err(|e| not_found_as(e, || StoreError::BlobUnknown(digest.clone())))
+            .delete(&path)
+            .map_err(|e| not_found_as(e, || StoreError::BlobUnknown(digest.clone())))?;
+        if let Some(d) = &self.dedupe {
+            d.forget(digest, &path);
+        }
+        Ok(())
     }
 
-    /// Makes a blob held by `from` available in `repo` (cross-repository mount). Returns
-    /// false, changing nothing, when `from` does not hold it.
+    /// Makes a blob available in `repo` without uploading it (cross-repository mount): from
+    /// `from`, or, without `from`, from any repository of the store when dedupe knows one.
+    /// Returns false, changing nothing, when no such copy exists.
     pub fn blob_mount(
         &self,
         repo: &RepoName,
         digest: &Digest,
-        from: &RepoName,
+        from: Option<&RepoName>,
     ) -> Result<bool, StoreError> {
-        if self.blob_size(from, digest).is_err() {
-            return Ok(false);
-        }
+        let source = match (from, &self.dedupe) {
+            (Some(from), _) => layout::blob(from, digest)?,
+            (None, Some(d)) => match d.cache().original(digest) {
+                Ok(Some(path)) => match StoragePath::from_components(path.split('/')) {
+                    Ok(path) => path,
+                    Err(_) => return Ok(false),
+                },
+                _ => return Ok(false),
+            },
+            (None, None) => return Ok(false),
+        };
+        let size = match self.driver.stat(&source)? {
+            Some(meta) if !meta.is_dir => meta.size,
+            _ => return Ok(false),
+        };
         self.ensure_repo(repo)?;
         let target = layout::blob(repo, digest)?;
+        if let Some(d) = &self.dedupe {
+            let placed = d.place(
+                &*self.driver,
+                digest,
+                size,
+                dedupe::Source::Existing(&source),
+                &target,
+            );
+            return match placed {
+                Ok(()) => Ok(true),
+                Err(StoreError::Driver(DriverError::NotFound { .. })) => Ok(false),
+                Err(e) => Err(e),
+            };
+        }
         if self.driver.stat(&target)?.is_some() {
             return Ok(true);
         }
@@ -162,7 +240,7 @@ impl Store {
         let staging = layout::upload(repo, &layout::UploadId::new())?;
         let copied = self
             .driver
-            .copy(&layout::blob(from, digest)?, &staging)
+            .copy(&source, &staging)
             .and_then(|()| self.driver.rename(&staging, &target));
         match copied {
             Ok(()) => Ok(true),

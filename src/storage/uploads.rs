@@ -211,7 +211,7 @@ impl Store {
         }))
     }
 
-    fn hash_object(
+    pub(super) fn hash_object(
         &self,
         path: &super::driver::StoragePath,
         algorithm: Algorithm,
@@ -296,7 +296,7 @@ impl Store {
             }
             out.sync()?;
             drop(out);
-            self.driver.rename(&path, &layout::blob(repo, digest)?)?;
+            self.place_blob(repo, digest, session.size, &path)?;
             session.ended = true;
             Ok(())
         })
@@ -326,12 +326,12 @@ impl Store {
             out.append(bytes.to_vec())?;
             out.sync()?;
             drop(out);
-            self.driver.rename(&staging, &layout::blob(repo, digest)?)
+            self.place_blob(repo, digest, bytes.len() as u64, &staging)
         })();
         if result.is_err() {
             let _ = self.driver.delete(&staging);
         }
-        Ok(result?)
+        result
     }
 
     /// A whole blob in one request (POST `?digest=`): streamed into a private session that is

@@ -167,12 +167,14 @@ fn path_tricks_never_reach_outside_the_root() {
     layout::assert_sound(&root);
 }
 
-/// Nothing but the baseline repository exists under `root`: refused requests created nothing.
+/// Nothing but the baseline repository (and berth's own `.berth` directory) exists under
+/// `root`: refused requests created nothing.
 fn assert_only_the_baseline_repository(root: &std::path::Path) {
     let top: Vec<_> = std::fs::read_dir(root)
         .unwrap()
         .flatten()
         .map(|e| e.file_name())
+        .filter(|name| name != ".berth")
         .collect();
     assert_eq!(
         top,

@@ -103,11 +103,15 @@ fn verify_names_unknown_and_unbuilt_keys() {
         (json!({ "storage": { "bogus": 1 } }), "storage.bogus"),
         (json!({ "http": { "nonsense": true } }), "http.nonsense"),
         (json!({ "topLevelTypo": 1 }), "topLevelTypo"),
-        (json!({ "storage": { "dedupe": true } }), "dedupe"),
+        (json!({ "storage": { "dedupe": "yes" } }), "storage.dedupe"),
         (json!({ "storage": { "gc": true } }), "gc"),
         (
-            json!({ "storage": { "subPaths": { "/a": { "rootDirectory": "/tmp/a" } } } }),
-            "subPaths",
+            json!({ "storage": { "subPaths": { "/a": { "rootDirectory": "/tmp/a", "gcDelay": "1h" } } } }),
+            "storage.subPaths./a.gcDelay",
+        ),
+        (
+            json!({ "storage": { "subPaths": { "a": { "rootDirectory": "/tmp/a" } } } }),
+            "storage.subPaths.a",
         ),
         (
             json!({ "storage": { "storageDriver": { "name": "s3" } } }),

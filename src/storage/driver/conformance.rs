@@ -1,6 +1,6 @@
 //! The conformance suite every `Driver` runs: the contract of each trait method (atomicity,
-//! not-found behaviour, replacing documents under concurrent readers, listing, appending, rename
-//! and copy) checked through the trait only.
+//! not-found behaviour, replacing documents under concurrent readers, listing, appending, rename,
+//! copy and link) checked through the trait only.
 
 use super::{Driver, DriverError, StoragePath};
 use std::io::Read;
@@ -27,6 +27,7 @@ pub(crate) fn run(driver: &dyn Driver) {
     appending_many(driver);
     appending_in_place(driver);
     rename_and_copy(driver);
+    linking(driver);
     delete_trees(driver);
 }
 
@@ -235,6 +236,37 @@ fn rename_and_copy(d: &dyn Driver) {
     d.rename(&src, &dst).unwrap();
     assert_eq!(d.get(&dst).unwrap(), b"payload");
     assert!(d.stat(&src).unwrap().is_none());
+}
+
+fn linking(d: &dyn Driver) {
+    let original = path("k/a/blobs/x");
+    d.put(&original, b"shared bytes").unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
+    // A new name, an existing different object, and a name already linked.
+    let fresh = path("k/b/blobs/x");
+    let other = path("k/c/blobs/x");
+    d.put(&other, b"a separate copy").unwrap();
+    for to in [&fresh, &other, &fresh] {
+        d.link(&original, to).unwrap();
+        assert_eq!(d.get(to).unwrap(), b"shared bytes");
+        let meta = d.stat(to).unwrap().unwrap();
+        assert!(
+            meta.modified > old,
+            "a linked name looks new to the collector"
+        );
+        if d.can_link() {
+            assert_eq!(meta.identity, d.stat(&original).unwrap().unwrap().identity);
+        }
+    }
+    assert_eq!(d.list(Some(&path("k/c/blobs"))).unwrap(), ["x"]);
+    assert!(matches!(
+        d.link(&path("k/none"), &path("k/d/blobs/x")),
+        Err(DriverError::NotFound { .. })
+    ));
+    // Deleting one name leaves the others whole.
+    d.delete(&original).unwrap();
+    assert_eq!(d.get(&fresh).unwrap(), b"shared bytes");
+    assert_eq!(d.get(&other).unwrap(), b"shared bytes");
 }
 
 fn delete_trees(d: &dyn Driver) {

@@ -62,6 +62,8 @@ pub struct LocalDriver {
     uring: Option<UringWriter>,
     /// Upload files are written with O_DIRECT (see `direct`).
     direct: bool,
+    /// The root's filesystem supports hard links (probed at start-up).
+    hard_links: bool,
     staging: StagingPool,
 }
 
@@ -83,6 +85,19 @@ fn direct_io_supported(root: &Path) -> bool {
     supported
 }
 
+/// Whether a file under `root` can be given a second name with link(2).
+fn hard_links_supported(root: &Path) -> bool {
+    let probe = root.join(format!(
+        "{TEMP_PREFIX}link-probe-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    let second = probe.with_extension("second");
+    let supported = File::create(&probe).is_ok() && fs::hard_link(&probe, &second).is_ok();
+    let _ = fs::remove_file(&probe);
+    let _ = fs::remove_file(&second);
+    supported
+}
+
 impl LocalDriver {
     /// A driver rooted at `root` (created if missing). `commit` fsyncs every write; `writer`
     /// picks how upload bytes are written.
@@ -101,7 +116,9 @@ impl LocalDriver {
         };
         let direct = matches!(writer, WriterChoice::Auto | WriterChoice::Direct)
             && direct_io_supported(&root);
+        let hard_links = hard_links_supported(&root);
         Ok(LocalDriver {
+            hard_links,
             root,
             commit,
             uring,
@@ -239,6 +256,15 @@ fn fingerprint(m: &fs::Metadata) -> u64 {
     h.finish()
 }
 
+/// Device and inode: what hard links share.
+fn identity(m: &fs::Metadata) -> u64 {
+    use std::hash::{Hash, Hasher};
+    use std::os::unix::fs::MetadataExt;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (m.dev(), m.ino()).hash(&mut h);
+    h.finish()
+}
+
 fn io_err(op: &'static str, path: &Path, source: io::Error) -> DriverError {
     if source.kind() == io::ErrorKind::NotFound {
         DriverError::NotFound {
@@ -294,6 +320,7 @@ impl Driver for LocalDriver {
                 modified: m.modified().map_err(|e| io_err("stat", &full, e))?,
                 is_dir: m.is_dir(),
                 fingerprint: fingerprint(&m),
+                identity: Some(identity(&m)),
             })),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("stat", &full, e)),
@@ -407,6 +434,40 @@ impl Driver for LocalDriver {
         self.ensure_parent(&dst)?;
         fs::rename(&src, &dst).map_err(|e| io_err("rename", &src, e))?;
         self.sync_dir(dst.parent().expect("storage paths have a parent"))
+    }
+
+    fn link(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError> {
+        if !self.hard_links {
+            return self.copy(from, to);
+        }
+        let (src, dst) = (self.full(from), self.full(to));
+        let source = fs::metadata(&src).map_err(|e| io_err("stat", &src, e))?;
+        self.ensure_parent(&dst)?;
+        let already_linked = fs::metadata(&dst).is_ok_and(|m| identity(&m) == identity(&source));
+        if !already_linked {
+            match fs::hard_link(&src, &dst) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    // Another file holds the name: link beside it and rename over it.
+                    let parent = dst.parent().expect("storage paths have a parent");
+                    let temp =
+                        parent.join(format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
+                    fs::hard_link(&src, &temp).map_err(|e| io_err("link", &src, e))?;
+                    let guard = TempGuard(&temp);
+                    fs::rename(&temp, &dst).map_err(|e| io_err("rename", &dst, e))?;
+                    std::mem::forget(guard);
+                }
+                Err(e) => return Err(io_err("link", &src, e)),
+            }
+        }
+        File::open(&dst)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+            .map_err(|e| io_err("touch", &dst, e))?;
+        self.sync_dir(dst.parent().expect("storage paths have a parent"))
+    }
+
+    fn can_link(&self) -> bool {
+        self.hard_links
     }
 
     fn file(&self, path: &StoragePath) -> Result<Option<File>, DriverError> {

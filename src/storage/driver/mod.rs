@@ -96,6 +96,9 @@ pub struct ObjectMeta {
     /// Changes whenever the object is rewritten or replaced (local: inode, size and
     /// timestamps), so a cache of its parsed content can be revalidated with one `stat`.
     pub fingerprint: u64,
+    /// Equal for two paths that name the same stored bytes (local: device and inode), so the
+    /// dedupe pass can tell linked copies from separate ones; `None` where that is unknowable.
+    pub identity: Option<u64>,
 }
 
 /// Errors every driver reports, with the driver's name and the path.
@@ -190,6 +193,19 @@ pub trait Driver: Send + Sync {
     /// Writes a whole object atomically: readers see the old bytes or the new, never a part.
     /// Missing parent directories are created.
     fn put(&self, path: &StoragePath, bytes: &[u8]) -> Result<(), DriverError>;
+
+    /// Makes `to` hold the same bytes as `from`, replacing whatever `to` held atomically, and
+    /// marks `to` as just written (its modification time is now, so an age-based collector
+    /// treats it as new). Drivers that `can_link` share the bytes (local: a hard link);
+    /// others copy them. `NotFound` if `from` is absent.
+    fn link(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError> {
+        self.copy(from, to)
+    }
+
+    /// Whether `link` shares bytes rather than copying them, which is what dedupe needs.
+    fn can_link(&self) -> bool {
+        false
+    }
 
     /// Rewrites a small mutable document (a repository's `index.json`) atomically, like
     /// `put`. A driver may recycle the replaced object's storage for the next `replace` of the

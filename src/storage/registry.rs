@@ -1,0 +1,64 @@
+//! `Registry`: the stores of one berth and the routing of repositories to them (zot's
+//! `subPaths`). A repository belongs to the store whose route matches the most leading
+//! segments of its name (`/a/b` before `/a`), else to the default store; it keeps its full
+//! name inside that store's root. zot matches only the first segment, which this includes.
+
+use super::{Store, StoreError};
+use crate::oci::RepoName;
+use std::sync::Arc;
+
+/// The default store and the routed ones.
+pub struct Registry {
+    default: Arc<Store>,
+    /// Route segments and their store, longest routes first.
+    routes: Vec<(Vec<String>, Arc<Store>)>,
+}
+
+impl Registry {
+    /// A registry of `default` plus `routes` (route segments → store).
+    pub fn new(default: Arc<Store>, mut routes: Vec<(Vec<String>, Arc<Store>)>) -> Registry {
+        routes.sort_by_key(|(segments, _)| std::cmp::Reverse(segments.len()));
+        Registry { default, routes }
+    }
+
+    /// A registry of one store.
+    pub fn single(store: Arc<Store>) -> Registry {
+        Registry::new(store, Vec::new())
+    }
+
+    /// The store that holds `repo`.
+    pub fn route(&self, repo: &RepoName) -> &Store {
+        let name: Vec<&str> = repo.as_str().split('/').collect();
+        self.routes
+            .iter()
+            .find(|(route, _)| {
+                route.len() <= name.len() && route.iter().zip(&name).all(|(r, n)| r == n)
+            })
+            .map_or(&*self.default, |(_, store)| &**store)
+    }
+
+    /// Every store: the default first, then the routed ones.
+    pub fn stores(&self) -> impl Iterator<Item = &Arc<Store>> {
+        std::iter::once(&self.default).chain(self.routes.iter().map(|(_, s)| s))
+    }
+
+    /// Every repository of every store, sorted. A repository found in a store that its name
+    /// does not route to (a directory under the default root shadowed by a route) cannot be
+    /// reached, so it is not listed.
+    pub fn catalog(&self) -> Result<Vec<String>, StoreError> {
+        let mut all = Vec::new();
+        for store in self.stores() {
+            for name in store.catalog()? {
+                let routed_here = name
+                    .parse::<RepoName>()
+                    .is_ok_and(|repo| std::ptr::eq(self.route(&repo), &**store));
+                if routed_here {
+                    all.push(name);
+                }
+            }
+        }
+        all.sort();
+        all.dedup();
+        Ok(all)
+    }
+}
