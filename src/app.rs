@@ -64,6 +64,9 @@ impl App {
             .iter()
             .map(|(key, settings)| open_store(key, settings))
             .collect::<Result<Vec<_>, _>>()?;
+        for ((key, _), store) in stores.iter().zip(&opened) {
+            dedupe_pass::spawn(Arc::clone(store), key);
+        }
         let mut opened = opened.into_iter();
         let default = opened.next().expect("the default store is first");
         let routes = storage
@@ -73,9 +76,6 @@ impl App {
             .zip(opened)
             .collect();
         let registry = Arc::new(Registry::new(default, routes));
-        for store in registry.stores() {
-            dedupe_pass::spawn(Arc::clone(store));
-        }
         let server = Server::bind(&config.http)?;
         Ok(App { server, registry })
     }

@@ -37,14 +37,17 @@ pub struct PassReport {
     pub reclaimed: u64,
 }
 
-/// Runs the pass for `store` on a background thread, if the store dedupes.
-pub fn spawn(store: Arc<Store>) {
+/// Runs the pass for `store` on a background thread, if the store dedupes; its log lines
+/// carry the store's config key (`storage`, `storage.subPaths./a`).
+pub fn spawn(store: Arc<Store>, key: &str) {
     if !store.dedupes() {
         return;
     }
+    let span = tracing::info_span!("dedupe", store = key);
     std::thread::Builder::new()
         .name("berth-dedupe-pass".into())
         .spawn(move || {
+            let _entered = span.enter();
             if let Err(e) = run(&store) {
                 tracing::error!("dedupe pass failed, will be retried at the next start: {e}");
             }
@@ -94,8 +97,11 @@ pub fn run(store: &Store) -> Result<PassReport, StoreError> {
     let by_digest = crate::background::pool().install(|| walk(store, &changed));
     report.digests = by_digest.len();
     let progress = Progress::new(by_digest.len());
+    // The pool's threads log in the caller's span, which names the store.
+    let span = tracing::Span::current();
     crate::background::pool().install(|| {
         by_digest.par_iter().for_each(|(digest, paths)| {
+            let _entered = span.enter();
             let (linked, reclaimed) = dedupe_digest(store, digest, paths);
             progress.add(linked, reclaimed);
         })

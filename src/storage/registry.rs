@@ -1,7 +1,8 @@
 //! `Registry`: the stores of one berth and the routing of repositories to them (zot's
 //! `subPaths`). A repository belongs to the store whose route matches the most leading
 //! segments of its name (`/a/b` before `/a`), else to the default store; it keeps its full
-//! name inside that store's root. zot matches only the first segment, which this includes.
+//! name inside that store's root. A route is a directory of repositories: the repository
+//! named exactly `a` is not under `/a`, as in zot, whose routes are one segment long.
 
 use super::{Store, StoreError};
 use crate::oci::RepoName;
@@ -32,7 +33,7 @@ impl Registry {
         self.routes
             .iter()
             .find(|(route, _)| {
-                route.len() <= name.len() && route.iter().zip(&name).all(|(r, n)| r == n)
+                route.len() < name.len() && route.iter().zip(&name).all(|(r, n)| r == n)
             })
             .map_or(&*self.default, |(_, store)| &**store)
     }
@@ -60,5 +61,52 @@ impl Registry {
         all.sort();
         all.dedup();
         Ok(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::driver::local::{LocalDriver, WriterChoice};
+
+    fn store(dir: &std::path::Path, name: &str) -> Arc<Store> {
+        let driver = LocalDriver::new(dir.join(name), false, WriterChoice::Buffered).unwrap();
+        Arc::new(Store::new(Arc::new(driver), None))
+    }
+
+    #[test]
+    fn a_repository_goes_to_its_longest_route_by_whole_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = store(dir.path(), "default");
+        let a = store(dir.path(), "a");
+        let b = store(dir.path(), "b");
+        let bc = store(dir.path(), "bc");
+        let segments = |route: &str| route.split('/').map(String::from).collect::<Vec<_>>();
+        let registry = Registry::new(
+            Arc::clone(&default),
+            vec![
+                (segments("b"), Arc::clone(&b)),
+                (segments("a"), Arc::clone(&a)),
+                (segments("b/c"), Arc::clone(&bc)),
+            ],
+        );
+        let cases = [
+            ("a/x", &a),
+            ("a/x/y", &a),
+            ("b/c/x", &bc),
+            ("b/c", &b),
+            ("b/x", &b),
+            // zot: a one-segment name is in the default store, and segments match whole.
+            ("a", &default),
+            ("ab/x", &default),
+            ("x/a/y", &default),
+        ];
+        for (name, want) in cases {
+            let repo: RepoName = name.parse().unwrap();
+            assert!(
+                std::ptr::eq(registry.route(&repo), &**want),
+                "{name} routed to the wrong store"
+            );
+        }
     }
 }

@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::util::http::with_query;
+use crate::util::http::{paginate, with_query};
 use crate::util::layout::{self, blob_path, read_index, tags_of};
 use crate::util::oci::*;
 use crate::util::server::{Berth, Settings, temp_dir};
@@ -218,29 +218,6 @@ fn range_reads_return_206_with_content_range() {
         );
         assert_eq!(got.body, &blob[start..=end], "{range}");
     }
-}
-
-/// Follows `Link: <...>; rel="next"` from `first` and returns every page's `field` in order.
-fn paginate(c: &crate::util::http::Client, first: &str, field: &str) -> (Vec<String>, usize) {
-    let mut collected = Vec::new();
-    let mut target = first.to_string();
-    let mut pages = 0;
-    loop {
-        pages += 1;
-        assert!(pages < 100, "pagination does not end");
-        let page = c.get(&target).expect(200);
-        let items = page.json()[field].as_array().cloned().unwrap_or_default();
-        collected.extend(items.iter().map(|t| t.as_str().unwrap().to_string()));
-        let Some(link) = page.header("Link") else {
-            break;
-        };
-        assert!(link.ends_with("rel=\"next\""), "Link header {link:?}");
-        let start = link.find('<').unwrap() + 1;
-        let end = link.find('>').unwrap();
-        target = link[start..end].to_string();
-        assert!(target.starts_with("/v2/"), "Link target {target:?}");
-    }
-    (collected, pages)
 }
 
 #[test]

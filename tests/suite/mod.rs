@@ -1,6 +1,7 @@
 //! The tests, one module per concern of issue 2's "How it is shown": API flows (`api`),
 //! bad input (`bad_input`, `connections`, `concurrency`), crash safety (`crash`), real
-//! clients (`skopeo`, `oras`), and the command line (`cli`).
+//! clients (`skopeo`, `oras`), and the command line (`cli`); issue 4's deduplication
+//! (`dedupe`) and `subPaths` stores (`subpaths`).
 
 mod api;
 mod bad_input;
@@ -8,5 +9,7 @@ mod cli;
 mod concurrency;
 mod connections;
 mod crash;
+mod dedupe;
 mod oras;
 mod skopeo;
+mod subpaths;

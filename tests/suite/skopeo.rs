@@ -1,9 +1,11 @@
 //! The real `skopeo` against a real berth (issue 2, point 2), as a new user would drive it:
 //! push an image built here, pull it back byte-identical, list tags, inspect, delete; and
-//! serve layouts that skopeo itself wrote into berth's root before berth started.
+//! serve layouts that skopeo itself wrote into berth's root before berth started; and push
+//! and pull through every `subPaths` store (issue 4, point 4).
 
 use serde_json::Value;
 
+use super::subpaths::Stores;
 use crate::util::archive::{docker_archive, tar_image};
 use crate::util::layout::{self, blob_path, read_index, tags_of, write_layout};
 use crate::util::oci::*;
@@ -218,4 +220,55 @@ fn layouts_written_by_skopeo_into_the_root_are_served() {
         layer
     );
     layout::assert_sound(&root);
+}
+
+#[test]
+fn skopeo_pushes_and_pulls_through_every_sub_path_store() {
+    if !require("skopeo", &["skopeo", "--version"]) {
+        return;
+    }
+    let stores = Stores::new();
+    let berth = Berth::start_on(&stores.default, stores.settings(settings()));
+    let work = temp_dir();
+    let image = tar_image(4);
+    let src = work.path().join("src");
+    write_layout(&src, "v1", &image);
+    let repos = ["a/skopeo", "b/c/skopeo", "skopeo/app"];
+    for (i, repo) in repos.into_iter().enumerate() {
+        let remote = format!("docker://{}/{repo}:v1", berth.addr());
+        skopeo(&[
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--preserve-digests",
+            &format!("oci:{}:v1", arg(&src)),
+            &remote,
+        ]);
+        let home = stores.root_of(repo).join(repo);
+        assert_eq!(
+            tags_of(&read_index(&home)),
+            vec![("v1".to_string(), image.digest())],
+            "{repo} is not in its store"
+        );
+        let back = work.path().join(format!("back-{i}"));
+        skopeo(&[
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            &remote,
+            &format!("oci:{}:pulled", arg(&back)),
+        ]);
+        for blob in image.blobs().into_iter().chain([image.manifest.as_slice()]) {
+            assert_eq!(
+                std::fs::read(blob_path(&back, &sha256(blob))).unwrap(),
+                blob,
+                "{repo}: pulled bytes differ"
+            );
+        }
+    }
+    let catalog = berth.client().get("/v2/_catalog").expect(200).json();
+    assert_eq!(catalog["repositories"], serde_json::json!(repos));
+    for root in stores.roots() {
+        layout::assert_sound(root);
+    }
 }

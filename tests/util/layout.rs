@@ -144,3 +144,55 @@ pub fn tree(dir: &Path) -> BTreeSet<PathBuf> {
     }
     found
 }
+
+/// What the files of a root occupy, berth's own `.berth/` directory left out.
+#[derive(Debug, Default)]
+pub struct DiskUsage {
+    /// Names of files under a `blobs/<alg>/` directory.
+    pub blob_files: usize,
+    /// Distinct inodes among them: the copies a blob really has.
+    pub blob_inodes: usize,
+    /// Allocated bytes (`st_blocks`) of every file, each inode counted once.
+    pub allocated: u64,
+}
+
+/// Measures a root: hard links share an inode and its blocks, so linked copies count once.
+pub fn disk_usage(root: &Path) -> DiskUsage {
+    use std::os::unix::fs::MetadataExt;
+    let mut usage = DiskUsage::default();
+    let mut seen = BTreeSet::new();
+    let mut blob_inodes = BTreeSet::new();
+    for path in tree(root) {
+        if path.starts_with(".berth") {
+            continue;
+        }
+        let full = root.join(&path);
+        let meta = std::fs::symlink_metadata(&full).unwrap();
+        if !meta.is_file() {
+            continue;
+        }
+        let inode = (meta.dev(), meta.ino());
+        if path
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::file_name)
+            == Some("blobs".as_ref())
+        {
+            usage.blob_files += 1;
+            blob_inodes.insert(inode);
+        }
+        if seen.insert(inode) {
+            usage.allocated += meta.blocks() * 512;
+        }
+    }
+    usage.blob_inodes = blob_inodes.len();
+    usage
+}
+
+/// The inode of a file, to tell hard links (same inode) from copies.
+pub fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .ino()
+}

@@ -29,6 +29,8 @@ pub struct Settings {
     pub read_timeout: &'static str,
     /// `storage.commit`: fsync before acknowledging.
     pub commit: bool,
+    /// More `storage` keys (`dedupe`, `subPaths`, ...), merged over the ones above.
+    pub storage: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for Settings {
@@ -36,6 +38,7 @@ impl Default for Settings {
         Settings {
             read_timeout: "5s",
             commit: false,
+            storage: serde_json::Map::new(),
         }
     }
 }
@@ -84,9 +87,14 @@ impl Berth {
     }
 
     fn launch(root: &Path, settings: &Settings, config_dir: &Path) -> Berth {
+        let mut storage = json!({ "rootDirectory": root, "commit": settings.commit });
+        storage
+            .as_object_mut()
+            .expect("storage is an object")
+            .extend(settings.storage.clone());
         let config = json!({
             "distSpecVersion": "1.1.1",
-            "storage": { "rootDirectory": root, "commit": settings.commit },
+            "storage": storage,
             "http": { "address": "127.0.0.1", "port": "0", "readTimeout": settings.read_timeout },
             "log": { "level": "info" }
         });
@@ -153,6 +161,20 @@ impl Berth {
     /// Everything berth wrote to stderr so far.
     pub fn logs(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log holds `needle`; false when `timeout` passes first.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Whether the process is still running (a crash would show here).

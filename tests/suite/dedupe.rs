@@ -1,0 +1,350 @@
+//! Inline deduplication and the start-up pass (issue 4, points 1 to 3), measured on disk:
+//! copies are counted as distinct inodes and space as allocated blocks, never as file sizes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+
+use crate::util::http::Client;
+use crate::util::layout::{blob_path, disk_usage, inode};
+use crate::util::oci::*;
+use crate::util::server::{Berth, Settings, temp_dir};
+
+/// A debug build walks and links a few thousand files in about a second; the margin is for CI.
+const PASS_TIMEOUT: Duration = Duration::from_secs(120);
+
+const PASS_DONE: &str = "dedupe pass: done";
+
+fn with_dedupe(dedupe: bool) -> Settings {
+    let mut settings = Settings::default();
+    settings.storage.insert("dedupe".into(), json!(dedupe));
+    settings
+}
+
+/// The file of `digest` in `repo` under `root`.
+fn blob_file(root: &Path, repo: &str, digest: &str) -> std::path::PathBuf {
+    blob_path(&root.join(repo), digest)
+}
+
+/// Starts a mount of `digest` into `repo`, from `from` when given.
+fn mount(
+    client: &Client,
+    repo: &str,
+    digest: &str,
+    from: Option<&str>,
+) -> crate::util::http::Response {
+    let query = match from {
+        Some(from) => format!("mount={digest}&from={from}"),
+        None => format!("mount={digest}"),
+    };
+    client
+        .request("POST", &format!("/v2/{repo}/blobs/uploads/?{query}"))
+        .send()
+}
+
+#[test]
+fn the_same_blobs_in_twenty_repositories_occupy_the_disk_once() {
+    const REPOS: usize = 20;
+    const BLOBS: usize = 100;
+    let berth = Berth::start();
+    let client = berth.client();
+    let blobs: Vec<Vec<u8>> = (0..BLOBS)
+        .map(|i| random_bytes(4000 + i as u64, 4096 + i * 613))
+        .collect();
+    let digests: Vec<String> = blobs.iter().map(|b| sha256(b)).collect();
+    let repos: Vec<String> = (0..REPOS).map(|r| format!("dedupe/r{r:02}")).collect();
+
+    // Four clients at once, each walking its own repositories in the same blob order, so one
+    // digest races into several repositories.
+    std::thread::scope(|s| {
+        for share in repos.chunks(REPOS / 4) {
+            let (client, blobs) = (&client, &blobs);
+            s.spawn(move || {
+                for repo in share {
+                    for blob in blobs {
+                        push_blob(client, repo, blob);
+                    }
+                }
+            });
+        }
+    });
+
+    let one_copy: u64 = blobs.iter().map(|b| b.len() as u64).sum();
+    let usage = disk_usage(berth.root());
+    assert_eq!(usage.blob_files, REPOS * BLOBS, "{usage:?}");
+    assert_eq!(usage.blob_inodes, BLOBS, "one inode per blob: {usage:?}");
+    // Twenty copies would allocate twenty times one copy; the slack is block rounding and
+    // each repository's `index.json` and `oci-layout`.
+    assert!(
+        usage.allocated < 2 * one_copy,
+        "allocated {} bytes for {one_copy} bytes of distinct blobs: {usage:?}",
+        usage.allocated
+    );
+    for repo in &repos {
+        for (blob, digest) in blobs.iter().zip(&digests) {
+            assert_eq!(&get_blob(&client, repo, digest), blob, "{repo}@{digest}");
+        }
+    }
+
+    let (deleted, kept) = repos.split_at(REPOS - 1);
+    let kept = &kept[0];
+    for repo in deleted {
+        for digest in &digests {
+            client
+                .delete(&format!("/v2/{repo}/blobs/{digest}"))
+                .expect(202);
+        }
+    }
+    for repo in deleted {
+        for digest in &digests {
+            // Twice: a HEAD must not bring a deleted link back from the cache (zot #1733).
+            for _ in 0..2 {
+                client
+                    .head(&format!("/v2/{repo}/blobs/{digest}"))
+                    .expect(404);
+            }
+            client
+                .get(&format!("/v2/{repo}/blobs/{digest}"))
+                .expect_error(404, "BLOB_UNKNOWN");
+        }
+    }
+    for (blob, digest) in blobs.iter().zip(&digests) {
+        assert_eq!(&get_blob(&client, kept, digest), blob, "{kept}@{digest}");
+        let meta = std::fs::metadata(blob_file(berth.root(), kept, digest)).unwrap();
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::nlink(&meta),
+            1,
+            "{kept}@{digest}: the deleted repositories' links are gone"
+        );
+    }
+    let usage = disk_usage(berth.root());
+    assert_eq!((usage.blob_files, usage.blob_inodes), (BLOBS, BLOBS));
+
+    // The cache followed the deletes: a new push and both kinds of mount link to the copy
+    // that is left.
+    let survivor = |digest: &str| inode(&blob_file(berth.root(), kept, digest));
+    // Linking refreshes the shared mtime, so garbage collection's grace delay protects a
+    // link that no manifest references yet.
+    let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+    for digest in &digests[..2] {
+        std::fs::File::options()
+            .write(true)
+            .open(blob_file(berth.root(), kept, digest))
+            .and_then(|f| f.set_modified(two_hours_ago))
+            .unwrap();
+    }
+    let refreshed = |digest: &str| {
+        let meta = std::fs::metadata(blob_file(berth.root(), kept, digest)).unwrap();
+        meta.modified().unwrap() > SystemTime::now() - Duration::from_secs(600)
+    };
+    push_blob(&client, &repos[0], &blobs[0]);
+    assert!(
+        refreshed(&digests[0]),
+        "a push that links refreshes the mtime"
+    );
+    assert_eq!(
+        inode(&blob_file(berth.root(), &repos[0], &digests[0])),
+        survivor(&digests[0]),
+        "a new push links to the surviving copy"
+    );
+    let mounted = mount(&client, &repos[1], &digests[1], Some(kept)).expect(201);
+    assert_eq!(
+        mounted.header("Location"),
+        Some(format!("/v2/{}/blobs/{}", repos[1], digests[1]).as_str()),
+        "{mounted}"
+    );
+    assert_eq!(
+        inode(&blob_file(berth.root(), &repos[1], &digests[1])),
+        survivor(&digests[1]),
+        "a mount from a repository links"
+    );
+    assert!(
+        refreshed(&digests[1]),
+        "a mount that links refreshes the mtime"
+    );
+    mount(&client, &repos[2], &digests[2], None).expect(201);
+    assert_eq!(
+        inode(&blob_file(berth.root(), &repos[2], &digests[2])),
+        survivor(&digests[2]),
+        "a mount without `from` links to the store's copy"
+    );
+    // `from` no longer holds the blob: the spec's fallback is an upload session, not a mount.
+    let fallback = mount(&client, &repos[3], &digests[3], Some(&repos[4])).expect(202);
+    assert!(fallback.header("Location").is_some(), "{fallback}");
+    client
+        .head(&format!("/v2/{}/blobs/{}", repos[3], digests[3]))
+        .expect(404);
+    for (repo, i) in [(&repos[0], 0), (&repos[1], 1), (&repos[2], 2)] {
+        assert_eq!(get_blob(&client, repo, &digests[i]), blobs[i]);
+    }
+}
+
+/// The blob digests and sizes of images, with how many repositories hold each.
+fn copies(images: &[&Image]) -> BTreeMap<String, (u64, u64)> {
+    let mut copies = BTreeMap::new();
+    for image in images {
+        for blob in image.blobs().into_iter().chain([image.manifest.as_slice()]) {
+            copies
+                .entry(sha256(blob))
+                .or_insert((blob.len() as u64, 0))
+                .1 += 1;
+        }
+    }
+    copies
+}
+
+#[test]
+fn a_store_written_without_dedupe_is_linked_at_start_while_pulls_go_on() {
+    const REPOS: usize = 10;
+    let dir = temp_dir();
+    let root = dir.path().join("root");
+    // Many small layers: the pass has thousands of files to walk, so it is still running
+    // when the first pulls arrive.
+    let sizes: Vec<usize> = (0..200).map(|i| 1024 + i * 37).collect();
+    let shared = Image::oci(41, &sizes);
+    let own: Vec<Image> = (0..REPOS)
+        .map(|r| Image::oci(500 + r as u64, &[9000]))
+        .collect();
+    let repos: Vec<String> = (0..REPOS).map(|r| format!("mirror/r{r}")).collect();
+    {
+        let berth = Berth::start_on(&root, with_dedupe(false));
+        let client = berth.client();
+        std::thread::scope(|s| {
+            for (repo, own) in repos.iter().zip(&own) {
+                let (client, shared) = (&client, &shared);
+                s.spawn(move || {
+                    push_image(client, repo, "shared", shared);
+                    push_image(client, repo, "own", own);
+                });
+            }
+        });
+    }
+    let mut all: Vec<&Image> = own.iter().collect();
+    all.extend(std::iter::repeat_n(&shared, REPOS));
+    let copies = copies(&all);
+    let files: u64 = copies.values().map(|(_, n)| n).sum();
+    let before = disk_usage(&root);
+    assert_eq!(
+        before.blob_inodes as u64, files,
+        "dedupe off keeps every copy"
+    );
+
+    let berth = Berth::start_on(&root, with_dedupe(true));
+    let pass_running = AtomicBool::new(true);
+    let (pulls_during_pass, pulls) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    std::thread::scope(|s| {
+        for worker in 0..2 {
+            let (berth, repos, shared, own) = (&berth, &repos, &shared, &own);
+            let (pass_running, pulls_during_pass, pulls) =
+                (&pass_running, &pulls_during_pass, &pulls);
+            s.spawn(move || {
+                let client = berth.client();
+                let mut round = worker;
+                // Every repository at least once, and on until the pass is over.
+                while round < worker + REPOS || pass_running.load(Ordering::SeqCst) {
+                    let during = !berth.logs().contains(PASS_DONE);
+                    let r = round % REPOS;
+                    assert_image(&client, &repos[r], "shared", shared);
+                    assert_image(&client, &repos[r], "own", &own[r]);
+                    pulls.fetch_add(1, Ordering::SeqCst);
+                    if during {
+                        pulls_during_pass.fetch_add(1, Ordering::SeqCst);
+                    }
+                    round += 1;
+                }
+            });
+        }
+        let finished = berth.wait_for_log(PASS_DONE, PASS_TIMEOUT);
+        pass_running.store(false, Ordering::SeqCst);
+        assert!(finished, "the dedupe pass did not finish");
+    });
+    assert!(
+        pulls_during_pass.load(Ordering::SeqCst) > 0,
+        "no pull was served while the pass ran ({} pulls in all)",
+        pulls.load(Ordering::SeqCst)
+    );
+
+    let after = disk_usage(&root);
+    assert_eq!(after.blob_files as u64, files, "no file lost");
+    assert_eq!(after.blob_inodes, copies.len(), "one inode per digest");
+    assert!(
+        after.allocated < before.allocated,
+        "{before:?} -> {after:?}"
+    );
+    let reclaimed: u64 = copies.values().map(|(size, n)| size * (n - 1)).sum();
+    let logs = berth.logs();
+    let total = copies.len();
+    assert!(
+        logs.contains(&format!("dedupe pass: {total}/{total} digests")),
+        "no final progress line:\n{logs}"
+    );
+    assert!(
+        logs.contains(&format!("reclaimed_bytes={reclaimed}")),
+        "want {reclaimed} bytes reclaimed in the log:\n{logs}"
+    );
+    drop(berth);
+
+    // An unchanged store is not walked again.
+    let berth = Berth::start_on(&root, with_dedupe(true));
+    assert!(
+        berth.wait_for_log("nothing to walk", PASS_TIMEOUT),
+        "the marker did not stop a second walk:\n{}",
+        berth.logs()
+    );
+    assert!(!berth.logs().contains("dedupe pass: started"));
+    assert_image(&berth.client(), &repos[0], "shared", &shared);
+}
+
+#[test]
+fn deleting_the_cache_while_stopped_loses_nothing() {
+    let dir = temp_dir();
+    let root = dir.path().join("root");
+    let image = Image::oci(77, &[50_000, 120_000]);
+    let repos = ["keep/a", "keep/b", "keep/c"];
+    {
+        let berth = Berth::start_on(&root, Settings::default());
+        for repo in repos {
+            push_image(&berth.client(), repo, "v1", &image);
+        }
+    }
+    let cache = root.join(".berth").join("cache");
+    assert!(
+        cache.is_dir(),
+        "the LMDB cache lives in {}",
+        cache.display()
+    );
+    std::fs::remove_dir_all(&cache).unwrap();
+
+    let berth = Berth::start_on(&root, Settings::default());
+    let client = berth.client();
+    for repo in repos {
+        assert_image(&client, repo, "v1", &image);
+    }
+    assert!(
+        berth.wait_for_log(PASS_DONE, PASS_TIMEOUT),
+        "the pass did not rebuild the cache:\n{}",
+        berth.logs()
+    );
+    assert!(cache.is_dir(), "the cache was not recreated");
+
+    // Pushes after the rebuild still deduplicate, against the old copies and among new ones.
+    push_image(&client, "keep/d", "v1", &image);
+    let fresh = random_bytes(78, 64_000);
+    let fresh_digest = push_blob(&client, "keep/a", &fresh);
+    push_blob(&client, "keep/b", &fresh);
+    for digest in image.blobs().iter().map(|b| sha256(b)) {
+        assert_eq!(
+            inode(&blob_file(&root, "keep/d", &digest)),
+            inode(&blob_file(&root, "keep/a", &digest)),
+            "{digest} pushed again after the rebuild is a link"
+        );
+    }
+    assert_eq!(
+        inode(&blob_file(&root, "keep/a", &fresh_digest)),
+        inode(&blob_file(&root, "keep/b", &fresh_digest))
+    );
+    assert_image(&client, "keep/d", "v1", &image);
+}
