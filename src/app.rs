@@ -7,9 +7,12 @@ use crate::config::{Config, StoreConfig};
 use crate::http::server::{BindError, Server};
 use crate::storage::driver::DriverError;
 use crate::storage::driver::local::LocalDriver;
-use crate::storage::{Registry, Store, dedupe_pass};
+use crate::storage::{Registry, Store, collector, dedupe_pass};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// How often noted push and pull times are written to the cache.
+const USAGE_FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Where a store keeps berth's own files: a dot-name, which no repository name can take.
 pub const BERTH_DIR: &str = ".berth";
@@ -51,29 +54,54 @@ pub struct App {
     pub registry: Arc<Registry>,
 }
 
+/// One opened store with its config key (`storage`, `storage.subPaths./a`) and settings.
+pub struct OpenedStore {
+    /// The config key.
+    pub key: String,
+    /// Its settings.
+    pub settings: StoreConfig,
+    /// The store.
+    pub store: Arc<Store>,
+}
+
+/// Opens every store of `config` (the default one first), after refusing roots that are
+/// the same directory or nested; starts no background work.
+pub fn open_stores(config: &Config) -> Result<Vec<OpenedStore>, StartError> {
+    let storage = &config.storage;
+    let mut stores = vec![("storage".to_string(), &storage.default)];
+    for (route, store) in &storage.sub_paths {
+        stores.push((format!("storage.subPaths.{}", route.key), store));
+    }
+    check_roots(&stores)?;
+    stores
+        .into_iter()
+        .map(|(key, settings)| {
+            Ok(OpenedStore {
+                store: open_store(&key, settings)?,
+                settings: settings.clone(),
+                key,
+            })
+        })
+        .collect()
+}
+
 impl App {
-    /// Opens every store, starts their background dedupe passes, and binds the listener.
+    /// Opens every store, starts their background dedupe passes and collectors, and binds
+    /// the listener.
     pub fn start(config: &Config) -> Result<App, StartError> {
-        let storage = &config.storage;
-        let mut stores = vec![("storage".to_string(), &storage.default)];
-        for (route, store) in &storage.sub_paths {
-            stores.push((format!("storage.subPaths.{}", route.key), store));
+        let opened = open_stores(config)?;
+        for o in &opened {
+            dedupe_pass::spawn(Arc::clone(&o.store), &o.key);
+            collector::spawn(Arc::clone(&o.store), &o.key, o.settings.gc.clone());
         }
-        check_roots(&stores)?;
-        let opened = stores
-            .iter()
-            .map(|(key, settings)| open_store(key, settings))
-            .collect::<Result<Vec<_>, _>>()?;
-        for ((key, _), store) in stores.iter().zip(&opened) {
-            dedupe_pass::spawn(Arc::clone(store), key);
-        }
-        let mut opened = opened.into_iter();
-        let default = opened.next().expect("the default store is first");
-        let routes = storage
+        let mut stores = opened.into_iter().map(|o| o.store);
+        let default = stores.next().expect("the default store is first");
+        let routes = config
+            .storage
             .sub_paths
             .iter()
             .map(|(route, _)| route.segments.clone())
-            .zip(opened)
+            .zip(stores)
             .collect();
         let registry = Arc::new(Registry::new(default, routes));
         let server = Server::bind(&config.http)?;
@@ -86,6 +114,8 @@ impl App {
     }
 }
 
+/// Opens one store: its driver, its cache when dedupe or retention's usage times need one,
+/// and a thread that flushes usage times.
 fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartError> {
     let root = &settings.root_directory;
     let driver = LocalDriver::new(root, settings.commit, settings.writer).map_err(|source| {
@@ -94,7 +124,11 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
             source,
         }
     })?;
-    let cache = if settings.dedupe {
+    let retention = &settings.gc.retention;
+    let record_pushes =
+        settings.gc.enabled && retention.policies.iter().any(|p| !p.keep_tags.is_empty());
+    let record_pulls = settings.gc.enabled && retention.uses_pull_times();
+    let cache = if settings.dedupe || record_pushes || record_pulls {
         Some(open_cache(key, root, settings.commit)?)
     } else {
         None
@@ -104,11 +138,31 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
         root = %root.display(),
         commit = settings.commit,
         dedupe = settings.dedupe,
+        gc = settings.gc.enabled,
         requested = ?settings.writer,
         "storage ready; upload writer: {}",
         driver.writer_name()
     );
-    Ok(Arc::new(Store::new(Arc::new(driver), cache)))
+    let dedupe_cache = cache.clone().filter(|_| settings.dedupe);
+    let mut store = Store::new(Arc::new(driver), dedupe_cache);
+    if let Some(cache) = cache {
+        store = store.with_usage(cache, record_pushes, record_pulls);
+    }
+    let store = Arc::new(store);
+    if record_pushes || record_pulls {
+        let flushed = Arc::downgrade(&store);
+        std::thread::Builder::new()
+            .name("berth-usage".into())
+            .spawn(move || {
+                while let Some(store) = flushed.upgrade() {
+                    store.flush_usage();
+                    drop(store);
+                    std::thread::sleep(USAGE_FLUSH_INTERVAL);
+                }
+            })
+            .expect("spawning the usage flusher");
+    }
+    Ok(store)
 }
 
 /// Opens a store's LMDB cache; one that cannot be opened (damaged by a power loss without

@@ -1,4 +1,5 @@
-//! The `berth` command line: `serve [CONFIG]`, `verify CONFIG`, `--version`.
+//! The `berth` command line: `serve [CONFIG]`, `verify CONFIG`, `gc CONFIG [--dry-run]`,
+//! `--version`.
 //! Errors become one line on stderr and a non-zero exit code.
 
 use anyhow::Context;
@@ -31,6 +32,16 @@ enum Command {
         /// A zot-format JSON config file.
         config: PathBuf,
     },
+    /// Collect garbage once, as the config's gc and retention settings say, and print what
+    /// was removed per repository. Refuses while a registry answers on the config's address,
+    /// unless --dry-run.
+    Gc {
+        /// A zot-format JSON config file.
+        config: PathBuf,
+        /// Print what would be removed, and remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,8 +59,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Verify { config } => {
             let config = Config::load(&config)?;
+            for warning in &config.warnings {
+                eprintln!("berth: warning: {warning}");
+            }
             println!("{}", config::to_pretty_json(&config));
             Ok(())
+        }
+        Command::Gc { config, dry_run } => {
+            let config = Config::load(&config)?;
+            if !dry_run {
+                refuse_if_serving(&config)?;
+            }
+            collect_once(&config, dry_run)
         }
         Command::Serve { config } => {
             let config = match config {
@@ -57,6 +78,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 None => Config::embedded_default(),
             };
             init_logging(&config)?;
+            for warning in &config.warnings {
+                tracing::warn!("{warning}");
+            }
             let app = App::start(&config)?;
             app.run();
             Ok(())
@@ -83,6 +107,89 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_writer(std::io::stderr)
             .init(),
+    }
+    Ok(())
+}
+
+/// Fails when something answers on the config's listen address: its collector and this one
+/// would each take only their own locks.
+fn refuse_if_serving(config: &Config) -> anyhow::Result<()> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let address = format!("{}:{}", config.http.address, config.http.port);
+    if config.http.port == 0 {
+        return Ok(());
+    }
+    let answering = address
+        .to_socket_addrs()
+        .into_iter()
+        .flatten()
+        .any(|a| TcpStream::connect_timeout(&a, std::time::Duration::from_secs(1)).is_ok());
+    if answering {
+        anyhow::bail!(
+            "a registry answers on {address}; stop it first (its own collector runs online), or use --dry-run"
+        );
+    }
+    Ok(())
+}
+
+/// `berth gc`: one sweep of every store, printed as a table.
+fn collect_once(config: &Config, dry_run: bool) -> anyhow::Result<()> {
+    let stores = berth::app::open_stores(config)?;
+    let mut failed = Vec::new();
+    println!(
+        "{:<32} {:<8} {:<80} {:>12}  WHY",
+        "REPOSITORY", "WHAT", "NAME", "BYTES"
+    );
+    for opened in &stores {
+        let sweep = berth::storage::collector::sweep(
+            &opened.store,
+            &opened.key,
+            &opened.settings.gc,
+            dry_run,
+        )?;
+        for c in &sweep.collected {
+            let repo = c.repository.as_str();
+            for (tag, digest) in &c.tags {
+                println!(
+                    "{repo:<32} {:<8} {:<80} {:>12}  retention: tag of {digest}",
+                    "tag", tag, ""
+                );
+            }
+            for (digest, why) in &c.manifests {
+                println!(
+                    "{repo:<32} {:<8} {:<80} {:>12}  {why}",
+                    "manifest",
+                    digest.to_string(),
+                    ""
+                );
+            }
+            for (digest, size) in &c.blobs {
+                println!(
+                    "{repo:<32} {:<8} {:<80} {size:>12}  unreferenced",
+                    "blob",
+                    digest.to_string()
+                );
+            }
+            for (id, size) in &c.uploads {
+                println!("{repo:<32} {:<8} {:<80} {size:>12}  idle", "upload", id);
+            }
+            if c.repository_removed {
+                println!("{repo:<32} {:<8} {:<80} {:>12}  empty", "repo", repo, "");
+            }
+        }
+        failed.extend(sweep.failed);
+    }
+    let verb = if dry_run {
+        "would be removed; nothing was"
+    } else {
+        "removed"
+    };
+    println!("({verb})");
+    for (repo, reason) in &failed {
+        eprintln!("berth: gc: {repo}: {reason}");
+    }
+    if !failed.is_empty() {
+        anyhow::bail!("{} repositories could not be collected", failed.len());
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! The conformance suite every `Cache` runs: originals and their promotion, duplicates,
-//! idempotent records, batch records, markers, and concurrent writers of one digest.
+//! idempotent records, batch records, markers, concurrent writers of one digest, and usage
+//! times.
 
-use super::Cache;
+use super::{Cache, TimeKind};
 use crate::digest::Digest;
 
 fn digest(n: u32) -> Digest {
@@ -16,6 +17,7 @@ pub(crate) fn run(cache: &dyn Cache) {
     batch_records(cache);
     markers(cache);
     concurrent_records_of_one_digest(cache);
+    usage_times(cache);
 }
 
 fn unknown_digests_have_no_paths(c: &dyn Cache) {
@@ -96,4 +98,36 @@ fn concurrent_records_of_one_digest(c: &dyn Cache) {
     paths.sort();
     paths.dedup();
     assert_eq!(paths.len(), 200);
+}
+
+fn usage_times(c: &dyn Cache) {
+    assert!(c.times(TimeKind::Pushed, "app\n").unwrap().is_empty());
+    c.record_times(
+        TimeKind::Pushed,
+        &[
+            ("app\nv1".into(), 100),
+            ("app\nv2".into(), 200),
+            ("app2\nv1".into(), 300),
+        ],
+    )
+    .unwrap();
+    // A key keeps the later time; the kinds are separate.
+    c.record_times(
+        TimeKind::Pushed,
+        &[("app\nv1".into(), 150), ("app\nv2".into(), 50)],
+    )
+    .unwrap();
+    c.record_times(TimeKind::Pulled, &[("app\nsha256:00".into(), 7)])
+        .unwrap();
+    c.record_times(TimeKind::Pulled, &[]).unwrap();
+    let mut pushed = c.times(TimeKind::Pushed, "app\n").unwrap();
+    pushed.sort();
+    assert_eq!(
+        pushed,
+        [("app\nv1".to_string(), 150), ("app\nv2".to_string(), 200)]
+    );
+    assert_eq!(
+        c.times(TimeKind::Pulled, "app\n").unwrap(),
+        [("app\nsha256:00".to_string(), 7)]
+    );
 }

@@ -1,8 +1,9 @@
-//! The embedded dedupe cache: LMDB through `heed`, in a directory of the store's root. One
-//! database maps a digest to its paths (newline-separated, the original first), another holds
-//! the markers. Writes are short LMDB write transactions, which LMDB serialises.
+//! The embedded cache: LMDB through `heed`, in a directory of the store's root. One database
+//! maps a digest to its paths (newline-separated, the original first), one holds the markers,
+//! two hold push and pull times (decimal milliseconds). Writes are short LMDB write
+//! transactions, which LMDB serialises.
 
-use super::{Cache, CacheError};
+use super::{Cache, CacheError, TimeKind};
 use crate::digest::Digest;
 use heed::types::Str;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions};
@@ -19,6 +20,8 @@ pub struct LmdbCache {
     env: Env,
     blobs: Database<Str, Str>,
     markers: Database<Str, Str>,
+    pushed: Database<Str, Str>,
+    pulled: Database<Str, Str>,
 }
 
 fn err(op: &'static str) -> impl FnOnce(heed::Error) -> CacheError {
@@ -40,7 +43,7 @@ impl LmdbCache {
             message: format!("{}: {e}", dir.display()),
         })?;
         let mut options = EnvOpenOptions::new();
-        options.map_size(MAP_SIZE).max_dbs(2);
+        options.map_size(MAP_SIZE).max_dbs(4);
         if !durable {
             // SAFETY: NO_SYNC trades durability only; the cache is rebuildable by design.
             unsafe { options.flags(EnvFlags::NO_SYNC) };
@@ -55,12 +58,27 @@ impl LmdbCache {
         let markers = env
             .create_database(&mut txn, Some("markers"))
             .map_err(err("open markers"))?;
+        let pushed = env
+            .create_database(&mut txn, Some("pushed"))
+            .map_err(err("open pushed"))?;
+        let pulled = env
+            .create_database(&mut txn, Some("pulled"))
+            .map_err(err("open pulled"))?;
         txn.commit().map_err(err("commit"))?;
         Ok(LmdbCache {
             env,
             blobs,
             markers,
+            pushed,
+            pulled,
         })
+    }
+
+    fn times_db(&self, kind: TimeKind) -> Database<Str, Str> {
+        match kind {
+            TimeKind::Pushed => self.pushed,
+            TimeKind::Pulled => self.pulled,
+        }
     }
 
     /// Adds `path` to the record of `digest` within an open write transaction.
@@ -142,6 +160,41 @@ impl Cache for LmdbCache {
             .put(&mut txn, name, value)
             .map_err(err("set marker"))?;
         txn.commit().map_err(err("commit"))
+    }
+
+    fn record_times(&self, kind: TimeKind, times: &[(String, u64)]) -> Result<(), CacheError> {
+        if times.is_empty() {
+            return Ok(());
+        }
+        let db = self.times_db(kind);
+        let mut txn = self.env.write_txn().map_err(err("begin"))?;
+        for (key, millis) in times {
+            let current = db
+                .get(&txn, key)
+                .map_err(err("get time"))?
+                .and_then(|v| v.parse::<u64>().ok());
+            if current.is_none_or(|c| c < *millis) {
+                db.put(&mut txn, key, &millis.to_string())
+                    .map_err(err("put time"))?;
+            }
+        }
+        txn.commit().map_err(err("commit"))
+    }
+
+    fn times(&self, kind: TimeKind, prefix: &str) -> Result<Vec<(String, u64)>, CacheError> {
+        let txn = self.env.read_txn().map_err(err("begin"))?;
+        let mut found = Vec::new();
+        for entry in self
+            .times_db(kind)
+            .prefix_iter(&txn, prefix)
+            .map_err(err("list times"))?
+        {
+            let (key, value) = entry.map_err(err("list times"))?;
+            if let Ok(millis) = value.parse() {
+                found.push((key.to_string(), millis));
+            }
+        }
+        Ok(found)
     }
 }
 

@@ -1,5 +1,6 @@
-//! The dedupe `Cache` trait: which paths of a store hold the bytes of a digest, one of them the
-//! "original" that new copies link to, plus a few named markers (the start-up pass's stamp).
+//! The `Cache` trait: which paths of a store hold the bytes of a digest, one of them the
+//! "original" that new copies link to (dedupe); a few named markers (the start-up pass's
+//! stamp); and when tags were pushed and manifests pulled (retention's `keepTags` rules).
 //!
 //! The cache only accelerates: the layouts on disk are the truth, every record may be stale
 //! (callers check the path still holds the blob and forget it when not), and a lost cache is
@@ -24,7 +25,16 @@ pub struct CacheError {
     pub message: String,
 }
 
-/// Digest → paths records of one store. Paths are the store's `StoragePath` strings. All
+/// Which time a usage record holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimeKind {
+    /// When a tag was last pushed; keys are `<repository>\n<tag>`.
+    Pushed,
+    /// When a manifest was last pulled; keys are `<repository>\n<digest>`.
+    Pulled,
+}
+
+/// Digest → paths records of one store, and its usage times. Paths are the store's `StoragePath` strings. All
 /// methods are blocking and safe to call concurrently.
 pub trait Cache: Send + Sync {
     /// A short name for logs and errors.
@@ -57,4 +67,11 @@ pub trait Cache: Send + Sync {
 
     /// Sets a named marker.
     fn set_marker(&self, name: &str, value: &str) -> Result<(), CacheError>;
+
+    /// Records times (milliseconds since the Unix epoch) of `kind` under their keys, in one
+    /// transaction where the backend has them; a key keeps the later of its old and new time.
+    fn record_times(&self, kind: TimeKind, times: &[(String, u64)]) -> Result<(), CacheError>;
+
+    /// Every recorded time of `kind` whose key starts with `prefix`.
+    fn times(&self, kind: TimeKind, prefix: &str) -> Result<Vec<(String, u64)>, CacheError>;
 }

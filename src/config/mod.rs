@@ -5,6 +5,7 @@
 //! yet are refused by name rather than ignored, so a zot config never silently means less.
 
 pub mod duration;
+pub mod gc;
 pub mod raw;
 
 use crate::storage::driver::local::WriterChoice;
@@ -41,6 +42,18 @@ pub struct Config {
     pub http: HttpConfig,
     /// Logging.
     pub log: LogConfig,
+    /// zot extensions berth builds.
+    pub extensions: Extensions,
+    /// Settings that are valid but have no effect, to be logged at start-up.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+}
+
+/// The `extensions` section.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Extensions {
+    /// Background scrub.
+    pub scrub: gc::ScrubConfig,
 }
 
 /// Storage: the default store and the stores routed by repository prefix.
@@ -67,6 +80,8 @@ pub struct StoreConfig {
     pub dedupe: bool,
     /// How upload bytes are written.
     pub writer: WriterChoice,
+    /// Garbage collection and retention.
+    pub gc: gc::GcConfig,
 }
 
 /// A sub-path route: the leading repository-name segments it matches (`/a/b` → `a`, `b`).
@@ -142,7 +157,10 @@ pub struct LogConfig {
     pub output: Option<PathBuf>,
 }
 
-fn serialize_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize_duration<S: serde::Serializer>(
+    d: &Duration,
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.serialize_str(&duration::format(*d))
 }
 
@@ -205,51 +223,46 @@ fn refuse_present<T>(value: &Option<T>, key: &str, what: &str) -> Result<(), Str
 }
 
 /// Resolves the settings of one store; `prefix` is its key path (`storage` or
-/// `storage.subPaths./a`).
-fn resolve_store(storage: &raw::RawStorage, prefix: &str) -> Result<StoreConfig, String> {
+/// `storage.subPaths./a`), `top` whether it is the default store.
+fn resolve_store(
+    storage: &raw::RawStorage,
+    prefix: &str,
+    top: bool,
+    warnings: &mut Vec<String>,
+) -> Result<StoreConfig, String> {
     let key = |name: &str| format!("{prefix}.{name}");
     let root_directory = storage
         .root_directory
         .as_ref()
         .filter(|r| !r.is_empty())
         .ok_or_else(|| format!("{}: required", key("rootDirectory")))?;
-    if storage.gc == Some(true) {
-        return Err(not_built(
-            &key("gc"),
-            "garbage collection (set it to false)",
-        ));
-    }
     if storage.remote_cache == Some(true) {
         return Err(not_built(&key("remoteCache"), "a remote cache"));
     }
-    for (value, name, what) in [
-        (&storage.gc_delay, "gcDelay", "garbage collection"),
-        (&storage.gc_interval, "gcInterval", "garbage collection"),
-        (
-            &storage.gc_time_window,
-            "gcTimeWindow",
-            "garbage collection",
-        ),
-        (&storage.retention, "retention", "retention"),
-        (&storage.storage_driver, "storageDriver", "remote storage"),
-        (
-            &storage.cache_driver,
-            "cacheDriver",
-            "a remote dedupe cache",
-        ),
-    ] {
-        refuse_present(value, &key(name), what)?;
-    }
+    refuse_present(
+        &storage.storage_driver,
+        &key("storageDriver"),
+        "remote storage",
+    )?;
+    refuse_present(
+        &storage.cache_driver,
+        &key("cacheDriver"),
+        "a remote dedupe cache",
+    )?;
     Ok(StoreConfig {
         root_directory: PathBuf::from(root_directory),
         commit: storage.commit.unwrap_or(false),
         dedupe: storage.dedupe.unwrap_or(true),
         writer: storage.writer.unwrap_or(WriterChoice::Auto),
+        gc: gc::resolve(storage, prefix, top, warnings)?,
     })
 }
 
-fn resolve_storage(storage: raw::RawStorage) -> Result<StorageConfig, String> {
-    let default = resolve_store(&storage, "storage")?;
+fn resolve_storage(
+    storage: raw::RawStorage,
+    warnings: &mut Vec<String>,
+) -> Result<StorageConfig, String> {
+    let default = resolve_store(&storage, "storage", true, warnings)?;
     refuse_present(&storage.fast_restart, "storage.fastRestart", "zot's metaDB")?;
     refuse_present(&storage.max_repos, "storage.maxRepos", "a repository limit")?;
     let mut sub_paths: Vec<(Route, StoreConfig)> = Vec::new();
@@ -273,13 +286,14 @@ fn resolve_storage(storage: raw::RawStorage) -> Result<StorageConfig, String> {
                 other.key
             ));
         }
-        sub_paths.push((route, resolve_store(sub, &prefix)?));
+        sub_paths.push((route, resolve_store(sub, &prefix, false, warnings)?));
     }
     Ok(StorageConfig { default, sub_paths })
 }
 
 fn resolve(raw: RawConfig) -> Result<Config, String> {
-    let storage = resolve_storage(raw.storage.unwrap_or_default())?;
+    let mut warnings = Vec::new();
+    let storage = resolve_storage(raw.storage.unwrap_or_default(), &mut warnings)?;
 
     let http = raw.http.unwrap_or_default();
     let port = match http.port {
@@ -341,8 +355,20 @@ fn resolve(raw: RawConfig) -> Result<Config, String> {
         ));
     }
 
-    if let Some(name) = raw.extensions.as_ref().and_then(|e| e.keys().next()) {
-        return Err(not_built(&format!("extensions.{name}"), "this extension"));
+    let mut extensions = Extensions::default();
+    for (name, value) in raw.extensions.iter().flatten() {
+        match name.as_str() {
+            "scrub" => {
+                let raw: raw::RawScrub = serde_path_to_error::deserialize(value).map_err(|e| {
+                    match e.path().to_string() {
+                        path if path == "." => format!("extensions.scrub: {}", e.inner()),
+                        path => format!("extensions.scrub.{path}: {}", e.inner()),
+                    }
+                })?;
+                extensions.scrub = gc::resolve_scrub(&raw)?;
+            }
+            other => return Err(not_built(&format!("extensions.{other}"), "this extension")),
+        }
     }
     refuse_present(&raw.scheduler, "scheduler", "zot's task scheduler settings")?;
     refuse_present(&raw.cluster, "cluster", "scale-out clustering")?;
@@ -361,6 +387,8 @@ fn resolve(raw: RawConfig) -> Result<Config, String> {
             level,
             output: log.output.filter(|o| !o.is_empty()).map(PathBuf::from),
         },
+        extensions,
+        warnings,
     })
 }
 
@@ -435,6 +463,70 @@ mod tests {
     }
 
     #[test]
+    fn gc_follows_zots_table() {
+        let hour = Some(Duration::from_secs(3600));
+        let store = |storage: &str| {
+            let c = parse(&format!(
+                r#"{{"storage":{{"rootDirectory":"/x"{storage},"subPaths":{{"/a":{{"rootDirectory":"/y"}}}}}}}}"#
+            ))
+            .unwrap();
+            (
+                c.storage.default.gc.clone(),
+                c.storage.sub_paths[0].1.gc.clone(),
+                c.warnings,
+            )
+        };
+        let (gc, sub, warnings) = store("");
+        assert!(gc.enabled && gc.interval == hour && gc.delay == Duration::from_secs(3600));
+        assert!(
+            !sub.enabled,
+            "a sub-path collects only when its own gc says so"
+        );
+        assert!(warnings.is_empty());
+        let (gc, _, warnings) = store(r#","gc":false,"gcDelay":"5m""#);
+        assert!(!gc.enabled);
+        assert!(warnings[0].contains("gcDelay"), "{warnings:?}");
+        let (gc, ..) = store(r#","gc":true"#);
+        assert_eq!((gc.enabled, gc.interval), (true, hour));
+        let (gc, ..) = store(r#","gc":true,"gcInterval":"0""#);
+        assert_eq!((gc.enabled, gc.interval), (true, None));
+        let (gc, ..) = store(r#","gc":true,"gcInterval":"10m","gcDelay":"2m""#);
+        assert_eq!(gc.interval, Some(Duration::from_secs(600)));
+        assert_eq!(
+            gc.retention.delay,
+            Duration::from_secs(120),
+            "retention.delay defaults to gcDelay"
+        );
+        let (gc, ..) = store(
+            r#","gcTimeWindow":"22:30-02:00","retention":{"delay":"1m","dryRun":true,"policies":[
+            {"repositories":["infra/*","**/prod"],"deleteReferrers":true,"keepTags":[{"patterns":["^v"],"mostRecentlyPushedCount":2}]}]}"#,
+        );
+        let window = gc.time_window.unwrap();
+        assert!(window.contains(23 * 60) && window.contains(60) && !window.contains(12 * 60));
+        assert_eq!(window.wait_from(22 * 60), Duration::from_secs(30 * 60));
+        assert!(gc.retention.dry_run);
+        let policy = gc.retention.policy_for("infra/app").unwrap();
+        assert!(policy.delete_referrers && policy.delete_untagged);
+        assert!(gc.retention.policy_for("a/b/prod").is_some());
+        assert!(
+            gc.retention.policy_for("infra/app/sub").is_none(),
+            "* stays in a segment"
+        );
+        assert!(policy.keep_tags[0].selects("v1.0") && !policy.keep_tags[0].selects("latest"));
+    }
+
+    #[test]
+    fn scrub_is_on_when_its_section_is_present() {
+        let c = parse(r#"{"storage":{"rootDirectory":"/x"}}"#).unwrap();
+        assert!(!c.extensions.scrub.enabled);
+        let c =
+            parse(r#"{"storage":{"rootDirectory":"/x"},"extensions":{"scrub":{"interval":"3h"}}}"#)
+                .unwrap();
+        assert!(c.extensions.scrub.enabled);
+        assert_eq!(c.extensions.scrub.interval, Duration::from_secs(3 * 3600));
+    }
+
+    #[test]
     fn errors_name_the_key() {
         for (text, key) in [
             (
@@ -455,8 +547,28 @@ mod tests {
                 "storage.dedupe",
             ),
             (
-                r#"{"storage":{"rootDirectory":"/x","gcDelay":"1h"}}"#,
+                r#"{"storage":{"rootDirectory":"/x","gcDelay":"soon"}}"#,
                 "storage.gcDelay",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x","gcTimeWindow":"25:00-01:00"}}"#,
+                "storage.gcTimeWindow",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x","retention":{"policies":[{"repositories":["a/["]}]}}}"#,
+                "storage.retention.policies[0].repositories",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x","retention":{"policies":[{"repositories":["**"],"keepTags":[{"patterns":["("]}]}]}}}"#,
+                "storage.retention.policies[0].keepTags[0].patterns",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x","retention":{"policies":[{"repositories":["**"],"keepTags":[{"newest":1}]}]}}}"#,
+                "storage.retention.policies[0].keepTags[0].newest",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x","retention":{"policies":[{"deleteUntagged":true}]}}}"#,
+                "storage.retention.policies[0].repositories",
             ),
             (
                 r#"{"storage":{"rootDirectory":"/x","subPaths":{"/a":{}}}}"#,
@@ -475,7 +587,7 @@ mod tests {
                 "storage.subPaths./a.bogus",
             ),
             (
-                r#"{"storage":{"rootDirectory":"/x","subPaths":{"/a":{"rootDirectory":"/y","gcDelay":"1h"}}}}"#,
+                r#"{"storage":{"rootDirectory":"/x","subPaths":{"/a":{"rootDirectory":"/y","gcDelay":"1 hour"}}}}"#,
                 "storage.subPaths./a.gcDelay",
             ),
             (
@@ -491,8 +603,16 @@ mod tests {
                 "storage.storageDriver",
             ),
             (
-                r#"{"storage":{"rootDirectory":"/x"},"extensions":{"scrub":{"enable":true}}}"#,
-                "extensions.scrub",
+                r#"{"storage":{"rootDirectory":"/x"},"extensions":{"scrub":{"enable":"yes"}}}"#,
+                "extensions.scrub.enable",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x"},"extensions":{"scrub":{"interval":"0"}}}"#,
+                "extensions.scrub.interval",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x"},"extensions":{"search":{"enable":true}}}"#,
+                "extensions.search",
             ),
             (
                 r#"{"storage":{"rootDirectory":"/x"},"log":{"level":"loud"}}"#,

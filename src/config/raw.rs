@@ -44,15 +44,15 @@ pub struct RawStorage {
     pub gc: Option<bool>,
     /// Garbage collection grace delay.
     #[serde(alias = "gcdelay")]
-    pub gc_delay: Option<Value>,
+    pub gc_delay: Option<String>,
     /// Garbage collection interval.
     #[serde(alias = "gcinterval")]
-    pub gc_interval: Option<Value>,
+    pub gc_interval: Option<String>,
     /// Garbage collection start window.
     #[serde(alias = "gctimewindow")]
-    pub gc_time_window: Option<Value>,
+    pub gc_time_window: Option<String>,
     /// Retention policies.
-    pub retention: Option<Value>,
+    pub retention: Option<RawRetention>,
     /// Per-prefix stores.
     #[serde(alias = "subpaths")]
     pub sub_paths: Option<std::collections::BTreeMap<String, RawStorage>>,
@@ -73,6 +73,66 @@ pub struct RawStorage {
     /// zot's repository count limit.
     #[serde(alias = "maxrepos")]
     pub max_repos: Option<Value>,
+}
+
+/// `storage.retention`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawRetention {
+    /// Log what would be removed; remove nothing.
+    #[serde(alias = "dryrun")]
+    pub dry_run: Option<bool>,
+    /// Minimum age of untagged manifests and referrers before removal.
+    pub delay: Option<String>,
+    /// The policies, the first matching one applies.
+    pub policies: Option<Vec<RawPolicy>>,
+}
+
+/// One `storage.retention.policies` entry.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawPolicy {
+    /// Repository globs.
+    pub repositories: Option<Vec<String>>,
+    /// Remove referrers whose subject is gone.
+    #[serde(alias = "deletereferrers")]
+    pub delete_referrers: Option<bool>,
+    /// Remove untagged manifests.
+    #[serde(alias = "deleteuntagged")]
+    pub delete_untagged: Option<bool>,
+    /// Which tags to keep.
+    #[serde(alias = "keeptags")]
+    pub keep_tags: Option<Vec<RawKeepTags>>,
+}
+
+/// One `keepTags` rule.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawKeepTags {
+    /// Tag regular expressions.
+    pub patterns: Option<Vec<String>>,
+    /// Keep the N most recently pushed.
+    #[serde(alias = "mostrecentlypushedcount")]
+    pub most_recently_pushed_count: Option<usize>,
+    /// Keep the N most recently pulled.
+    #[serde(alias = "mostrecentlypulledcount")]
+    pub most_recently_pulled_count: Option<usize>,
+    /// Keep tags pushed within this long.
+    #[serde(alias = "pushedwithin")]
+    pub pushed_within: Option<String>,
+    /// Keep tags pulled within this long.
+    #[serde(alias = "pulledwithin")]
+    pub pulled_within: Option<String>,
+}
+
+/// `extensions.scrub`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScrub {
+    /// On when the section is present, unless false.
+    pub enable: Option<bool>,
+    /// Pause between scrubs.
+    pub interval: Option<String>,
 }
 
 /// zot's `http.port` is a string in its examples and a number in some configs.

@@ -28,6 +28,11 @@ impl<T> Striped<T> {
         key.hash(&mut h);
         &self.stripes[(h.finish() as usize) % STRIPES]
     }
+
+    /// Every stripe.
+    pub(super) fn all(&self) -> impl Iterator<Item = &T> {
+        self.stripes.iter()
+    }
 }
 
 impl Striped<Mutex<()>> {

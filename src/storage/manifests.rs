@@ -36,7 +36,7 @@ const MAX_INDEX_DEPTH: usize = 4;
 impl Store {
     /// The parsed `index.json` of `repo`, or `NameUnknown`. Served from the cache while the
     /// file's fingerprint is unchanged.
-    fn read_index(&self, repo: &RepoName) -> Result<Arc<ImageIndex>, StoreError> {
+    pub(super) fn read_index(&self, repo: &RepoName) -> Result<Arc<ImageIndex>, StoreError> {
         let path = layout::index_json(repo)?;
         let meta = self
             .driver
@@ -65,7 +65,7 @@ impl Store {
     /// Applies `change` to `repo`'s index and writes the index back atomically if it changed
     /// anything. Changes queued concurrently for the same repository are applied together
     /// and written once (see `index_writes`).
-    fn update_index(
+    pub(super) fn update_index(
         &self,
         repo: &RepoName,
         change: impl FnOnce(&mut ImageIndex) -> Result<bool, StoreError> + Send + 'static,
@@ -181,7 +181,24 @@ impl Store {
             tags.insert(0, t.clone());
         }
         let entry = Descriptor::new(&manifest.media_type, digest.clone(), bytes.len() as u64);
+        let required = manifest
+            .required_content()
+            .map(|d| Ok((d.digest.clone(), layout::blob(repo, &d.digest)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let driver = Arc::clone(&self.driver);
+        let pushed_tags: Vec<Tag> = match self.usage {
+            Some(_) => tags.clone(),
+            None => Vec::new(),
+        };
         self.update_index(repo, move |index| {
+            // Checked again under the repository lock, which garbage collection holds while it
+            // deletes blobs: a blob collected since the check above fails this PUT instead of
+            // leaving the manifest without it.
+            for (needed, path) in &required {
+                if driver.stat(path)?.is_none_or(|m| m.is_dir) {
+                    return Err(StoreError::ManifestBlobUnknown(needed.clone()));
+                }
+            }
             let mut changed = false;
             for tag in &tags {
                 changed |= set_tag(index, tag, &entry);
@@ -192,6 +209,11 @@ impl Store {
             }
             Ok(changed)
         })?;
+        if let Some(usage) = &self.usage {
+            for tag in &pushed_tags {
+                usage.pushed(repo, tag.as_str());
+            }
+        }
         Ok(ManifestPut {
             digest,
             subject: manifest.subject.map(|s| s.digest),
@@ -284,6 +306,9 @@ impl Store {
             .get(&layout::blob(repo, &descriptor.digest)?)
             .map_err(|e| not_found_as(e, || StoreError::ManifestUnknown(reference.to_string())))?;
         descriptor.size = bytes.len() as u64;
+        if let Some(usage) = &self.usage {
+            usage.pulled(repo, &descriptor.digest);
+        }
         Ok(StoredManifest { descriptor, bytes })
     }
 

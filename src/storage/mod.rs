@@ -8,10 +8,12 @@
 //!   (see `manifests`); reads take no lock.
 //! - Nothing locks the whole store.
 
+pub mod collector;
 mod dedupe;
 pub mod dedupe_pass;
 pub mod driver;
 pub mod error;
+pub mod gc;
 mod index_cache;
 mod index_writes;
 pub mod layout;
@@ -19,8 +21,10 @@ mod locks;
 mod manifests;
 mod registry;
 mod uploads;
+mod usage;
 
 pub use error::StoreError;
+pub use gc::{Collected, TagTimes};
 pub use manifests::{ManifestPut, StoredManifest};
 pub use registry::Registry;
 pub use uploads::BodyLength;
@@ -43,6 +47,7 @@ pub struct Store {
     indexes: index_cache::IndexCache,
     pending: index_writes::PendingChanges,
     dedupe: Option<dedupe::Dedupe>,
+    usage: Option<usage::Usage>,
 }
 
 /// A byte range of a blob to send.
@@ -98,7 +103,30 @@ impl Store {
             indexes: index_cache::IndexCache::default(),
             pending: index_writes::PendingChanges::default(),
             dedupe,
+            usage: None,
         }
+    }
+
+    /// Records tag push times and/or manifest pull times in `cache`, for retention rules.
+    pub fn with_usage(mut self, cache: Arc<dyn Cache>, pushes: bool, pulls: bool) -> Store {
+        if pushes || pulls {
+            self.usage = Some(usage::Usage::new(cache, pushes, pulls));
+        }
+        self
+    }
+
+    /// Writes noted push and pull times to the cache.
+    pub fn flush_usage(&self) {
+        if let Some(usage) = &self.usage {
+            usage.flush();
+        }
+    }
+
+    /// Recorded push and pull times of `repo`, for retention (empty when not recorded).
+    pub fn tag_times(&self, repo: &RepoName) -> TagTimes {
+        self.usage
+            .as_ref()
+            .map_or_else(TagTimes::default, |u| u.times(repo))
     }
 
     /// Whether blobs are deduplicated.

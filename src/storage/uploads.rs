@@ -14,6 +14,7 @@ use crate::oci::RepoName;
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 /// Size of the buffers request bodies are read in.
 const BODY_BUFFER: usize = 1024 * 1024;
@@ -229,6 +230,62 @@ impl Store {
             size += n as u64;
         }
         Ok((hasher, size))
+    }
+
+    /// Upload sessions of `repo` untouched for at least `delay`: id and size.
+    pub(super) fn idle_uploads(
+        &self,
+        repo: &RepoName,
+        delay: Duration,
+        now: SystemTime,
+    ) -> Result<Vec<(UploadId, u64)>, StoreError> {
+        let dir = layout::repo_dir(repo)?.join(layout::UPLOADS)?;
+        let mut idle = Vec::new();
+        for name in self.driver.list(Some(&dir))? {
+            let Ok(id) = name.parse::<UploadId>() else {
+                continue;
+            };
+            if let Some(meta) = self.driver.stat(&layout::upload(repo, &id)?)?
+                && now
+                    .duration_since(meta.modified)
+                    .is_ok_and(|age| age >= delay)
+            {
+                idle.push((id, meta.size));
+            }
+        }
+        Ok(idle)
+    }
+
+    /// Ends the session `id` of `repo` and deletes its file if it is still idle for `delay`
+    /// once its lock is held (a chunk being written holds it, and refreshes the file's
+    /// time). Returns whether it was deleted.
+    pub(super) fn end_idle_upload(
+        &self,
+        repo: &RepoName,
+        id: UploadId,
+        delay: Duration,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
+        let slot = self.sessions.slot(id);
+        let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let path = layout::upload(repo, &id)?;
+        let idle = self
+            .driver
+            .stat(&path)?
+            .is_some_and(|m| now.duration_since(m.modified).is_ok_and(|age| age >= delay));
+        if idle {
+            self.driver.delete(&path)?;
+        }
+        if idle || guard.is_none() {
+            // Requests already waiting on this lock find the session gone.
+            if let Some(session) = guard.as_mut() {
+                session.ended = true;
+            }
+            *guard = None;
+            drop(guard);
+            self.sessions.forget(id);
+        }
+        Ok(idle)
     }
 
     /// The number of bytes an upload holds.

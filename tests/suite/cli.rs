@@ -81,6 +81,12 @@ fn verify_accepts_zot_configs_and_prints_them_resolved() {
         json!({ "http": { "port": "0", "readTimeout": "5s" } }),
         json!({ "storage": { "dedupe": false, "gc": false, "commit": true } }),
         json!({ "storage": { "commit": false }, "log": { "level": "debug" } }),
+        json!({ "storage": { "gc": true, "gcDelay": "2h", "gcInterval": "0", "gcTimeWindow": "01:00-05:00" } }),
+        json!({ "storage": { "retention": { "dryRun": true, "delay": "24h", "policies": [
+            { "repositories": ["infra/*", "**/prod"], "deleteReferrers": true, "deleteUntagged": false,
+              "keepTags": [{ "patterns": ["^v[0-9]+"], "mostRecentlyPushedCount": 5, "pulledWithin": "720h" }] }
+        ] } } }),
+        json!({ "extensions": { "scrub": { "enable": true, "interval": "24h" } } }),
     ];
     for patch in accepted {
         let text = config(&root, patch.clone()).to_string();
@@ -104,14 +110,25 @@ fn verify_names_unknown_and_unbuilt_keys() {
         (json!({ "http": { "nonsense": true } }), "http.nonsense"),
         (json!({ "topLevelTypo": 1 }), "topLevelTypo"),
         (json!({ "storage": { "dedupe": "yes" } }), "storage.dedupe"),
-        (json!({ "storage": { "gc": true } }), "gc"),
         (
-            json!({ "storage": { "subPaths": { "/a": { "rootDirectory": "/tmp/a", "gcDelay": "1h" } } } }),
-            "storage.subPaths./a.gcDelay",
+            json!({ "storage": { "gc": true, "gcDelay": "an hour" } }),
+            "storage.gcDelay",
+        ),
+        (
+            json!({ "storage": { "subPaths": { "/a": { "rootDirectory": "/tmp/a", "gcInterval": "often" } } } }),
+            "storage.subPaths./a.gcInterval",
         ),
         (
             json!({ "storage": { "subPaths": { "a": { "rootDirectory": "/tmp/a" } } } }),
             "storage.subPaths.a",
+        ),
+        (
+            json!({ "storage": { "retention": { "policies": [{ "repositories": ["**"], "keepTags": [{ "patterns": ["(unclosed"] }] }] } } }),
+            "storage.retention.policies[0].keepTags[0].patterns",
+        ),
+        (
+            json!({ "storage": { "retention": { "dryrun": true, "sometimes": 1 } } }),
+            "storage.retention.sometimes",
         ),
         (
             json!({ "storage": { "storageDriver": { "name": "s3" } } }),
@@ -123,13 +140,10 @@ fn verify_names_unknown_and_unbuilt_keys() {
         ),
         (json!({ "storage": { "remoteCache": true } }), "remoteCache"),
         (
-            json!({ "storage": { "retention": { "dryRun": true } } }),
-            "retention",
+            json!({ "extensions": { "scrub": { "interval": 5 } } }),
+            "extensions.scrub.interval",
         ),
-        (
-            json!({ "extensions": { "scrub": { "enable": true } } }),
-            "scrub",
-        ),
+        (json!({ "extensions": { "sync": {} } }), "extensions.sync"),
     ];
     for (patch, key) in refused {
         assert_refused(&verify(&config(&root, patch).to_string()), key);

@@ -1,7 +1,8 @@
 //! The tests, one module per concern of issue 2's "How it is shown": API flows (`api`),
 //! bad input (`bad_input`, `connections`, `concurrency`), crash safety (`crash`), real
 //! clients (`skopeo`, `oras`), and the command line (`cli`); issue 4's deduplication
-//! (`dedupe`) and `subPaths` stores (`subpaths`).
+//! (`dedupe`) and `subPaths` stores (`subpaths`); issue 5's garbage collection and retention
+//! (`gc`).
 
 mod api;
 mod bad_input;
@@ -10,6 +11,7 @@ mod concurrency;
 mod connections;
 mod crash;
 mod dedupe;
+mod gc;
 mod oras;
 mod skopeo;
 mod subpaths;

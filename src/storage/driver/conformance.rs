@@ -29,6 +29,7 @@ pub(crate) fn run(driver: &dyn Driver) {
     rename_and_copy(driver);
     linking(driver);
     delete_trees(driver);
+    deleting_empty_directories(driver);
 }
 
 fn missing_objects_are_not_found(d: &dyn Driver) {
@@ -277,4 +278,17 @@ fn delete_trees(d: &dyn Driver) {
     d.delete(&path("t/x")).unwrap();
     assert!(d.stat(&path("t/x/y/2")).unwrap().is_none());
     assert!(d.list(Some(&path("t"))).unwrap().is_empty());
+}
+
+fn deleting_empty_directories(d: &dyn Driver) {
+    d.put(&path("e/full/1"), b"1").unwrap();
+    assert!(
+        d.delete_dir(&path("e/full")).is_err(),
+        "a directory with a file in it is not removed"
+    );
+    assert_eq!(d.get(&path("e/full/1")).unwrap(), b"1");
+    d.delete(&path("e/full/1")).unwrap();
+    d.delete_dir(&path("e/full")).unwrap();
+    assert!(d.list(Some(&path("e"))).unwrap().is_empty());
+    d.delete_dir(&path("e/never")).unwrap();
 }

@@ -199,6 +199,36 @@ impl LocalDriver {
     }
 }
 
+/// A write lease on a file (fcntl F_SETLEASE), which the kernel grants only when no one else
+/// (no other descriptor, in any process) has the file open: proof that rewriting it in place
+/// cannot tear anybody's read. Released on drop.
+struct SoleOpener<'f>(&'f File);
+
+impl<'f> SoleOpener<'f> {
+    fn try_take(file: &'f File) -> Option<SoleOpener<'f>> {
+        use std::os::fd::AsRawFd;
+        // Someone opening the file while the lease is held waits for its release, and the
+        // kernel signals the holder with SIGIO, whose default action ends the process;
+        // berth has no use for SIGIO.
+        static IGNORE_SIGIO: std::sync::Once = std::sync::Once::new();
+        // SAFETY: setting a signal's disposition to SIG_IGN has no handler to run.
+        IGNORE_SIGIO.call_once(|| unsafe {
+            libc::signal(libc::SIGIO, libc::SIG_IGN);
+        });
+        // SAFETY: fcntl on a descriptor `file` keeps open; no memory is passed.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_WRLCK) };
+        (rc == 0).then_some(SoleOpener(file))
+    }
+}
+
+impl Drop for SoleOpener<'_> {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as in `try_take`. A failure leaves the lease to end with the descriptor.
+        unsafe { libc::fcntl(self.0.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+    }
+}
+
 /// Swaps two directory entries in one step. `Ok(false)`: the filesystem cannot, or `b` is
 /// missing, so the caller falls back to a plain rename.
 fn exchange(a: &Path, b: &Path) -> io::Result<bool> {
@@ -336,6 +366,11 @@ impl Driver for LocalDriver {
         self.ensure_parent(&target)?;
         let spare = target.with_file_name(format!("{SPARE_PREFIX}{}", path.file_name()));
         let file = self.lock_spare(&spare)?;
+        let Some(lease) = SoleOpener::try_take(&file) else {
+            // A reader (perhaps another program reading the layout without berth's locks)
+            // still has the swapped-out version open: leave it be and write a new file.
+            return self.write_atomically(&target, |f| f.write_all(bytes));
+        };
         let fill = || {
             file.write_all_at(bytes, 0)?;
             file.set_len(bytes.len() as u64)?;
@@ -345,6 +380,8 @@ impl Driver for LocalDriver {
             Ok(())
         };
         fill().map_err(|e| io_err("write", &spare, e))?;
+        // Released before the swap: once the file has the name, readers must open it freely.
+        drop(lease);
         if !exchange(&spare, &target).map_err(|e| io_err("exchange", &target, e))? {
             fs::rename(&spare, &target).map_err(|e| io_err("rename", &target, e))?;
         }
@@ -387,6 +424,15 @@ impl Driver for LocalDriver {
         };
         result.map_err(|e| io_err("delete", &full, e))?;
         self.sync_dir(full.parent().expect("storage paths have a parent"))
+    }
+
+    fn delete_dir(&self, dir: &StoragePath) -> Result<(), DriverError> {
+        let full = self.full(dir);
+        match fs::remove_dir(&full) {
+            Ok(()) => self.sync_dir(full.parent().expect("storage paths have a parent")),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err("remove directory", &full, e)),
+        }
     }
 
     fn appender(&self, path: &StoragePath) -> Result<Box<dyn Appender>, DriverError> {
@@ -647,6 +693,36 @@ mod tests {
                 fs::remove_dir_all(&dir).unwrap();
             }
         }
+    }
+
+    /// `replace` recycles the swapped-out file only when nobody has it open: a reader that
+    /// opened an old version keeps reading exactly those bytes.
+    #[test]
+    fn replace_recycles_only_files_nobody_reads() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempdir();
+        let driver = LocalDriver::new(&dir, false, WriterChoice::Buffered).unwrap();
+        let doc = StoragePath::from_components(["r", "index.json"]).unwrap();
+        let inode = || fs::metadata(dir.join("r/index.json")).unwrap().ino();
+        driver.replace(&doc, b"version 1").unwrap();
+        driver.replace(&doc, b"version 2").unwrap();
+        let (first, second) = (inode(), {
+            driver.replace(&doc, b"version 3").unwrap();
+            inode()
+        });
+        driver.replace(&doc, b"version 4").unwrap();
+        assert_eq!(inode(), first, "with no reader, two files take turns");
+        // A reader holds version 4 open; versions 5 and 6 must leave its bytes alone.
+        let mut reader = File::open(dir.join("r/index.json")).unwrap();
+        driver.replace(&doc, b"version 5").unwrap();
+        assert_eq!(inode(), second);
+        driver.replace(&doc, b"version 6 is longer").unwrap();
+        assert_ne!(inode(), first, "the file being read was not rewritten");
+        let mut held = String::new();
+        reader.read_to_string(&mut held).unwrap();
+        assert_eq!(held, "version 4");
+        assert_eq!(driver.get(&doc).unwrap(), b"version 6 is longer");
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     fn tempdir() -> PathBuf {

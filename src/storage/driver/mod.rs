@@ -223,6 +223,11 @@ pub trait Driver: Send + Sync {
     /// Removes an object, or a directory and everything below it. `NotFound` if absent.
     fn delete(&self, path: &StoragePath) -> Result<(), DriverError>;
 
+    /// Removes `dir` only if it is empty, so a file created in it meanwhile survives; an
+    /// absent `dir` is fine, a non-empty one an error. Drivers without directories (object
+    /// stores, where a prefix exists only while objects do) have nothing to remove.
+    fn delete_dir(&self, dir: &StoragePath) -> Result<(), DriverError>;
+
     /// Opens `path` for appending, creating it (and its parents) if absent.
     fn appender(&self, path: &StoragePath) -> Result<Box<dyn Appender>, DriverError>;
 

@@ -1,0 +1,377 @@
+//! Online garbage collection and retention (issue 5, points 1 and 2): what goes after
+//! `gcDelay` and not before, pushes racing the collector, each retention key, and
+//! `berth gc --dry-run`. Short real delays show the collector runs online and by time; the
+//! offline command is shown on files whose times are set back instead of waited for.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+
+use crate::util::http::Client;
+use crate::util::layout::{self, tree};
+use crate::util::oci::*;
+use crate::util::server::{BERTH, Berth, Settings, temp_dir};
+
+/// Long enough that two sweeps (one a second) run well inside it on a loaded machine.
+const DELAY: &str = "6s";
+
+const SWEEP_DONE: &str = "gc: sweep done";
+
+fn gc_settings(delay: &str, retention: Value) -> Settings {
+    let mut settings = Settings::default();
+    let storage = &mut settings.storage;
+    storage.insert("gc".into(), json!(true));
+    storage.insert("gcDelay".into(), json!(delay));
+    storage.insert("gcInterval".into(), json!("1s"));
+    if !retention.is_null() {
+        storage.insert("retention".into(), retention);
+    }
+    settings
+}
+
+/// Waits until `n` more sweeps have finished than when called.
+fn wait_sweeps(berth: &Berth, n: usize) {
+    let start = berth.logs().matches(SWEEP_DONE).count();
+    assert!(
+        wait_until(Duration::from_secs(60), || berth
+            .logs()
+            .matches(SWEEP_DONE)
+            .count()
+            >= start + n),
+        "the collector did not sweep:\n{}",
+        berth.logs()
+    );
+}
+
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
+}
+
+fn blob_status(c: &Client, repo: &str, digest: &str) -> u16 {
+    c.head(&format!("/v2/{repo}/blobs/{digest}")).status
+}
+
+fn manifest_status(c: &Client, repo: &str, reference: &str) -> u16 {
+    c.get_manifest(repo, reference, OCI_MANIFEST).status
+}
+
+#[test]
+fn collection_waits_for_the_delay_and_keeps_what_is_tagged() {
+    let berth = Berth::start_with(gc_settings(DELAY, Value::Null));
+    let c = berth.client();
+    let repo = "gc/app";
+    // v1 moves from `old` to `new`: `old` is left untagged.
+    let old = Image::oci(1, &[3000, 4000]);
+    let new = Image::oci(2, &[5000]);
+    let kept = Image::oci(3, &[6000]);
+    let deleted = Image::oci(4, &[7000]);
+    push_image(&c, repo, "v1", &old);
+    push_image(&c, repo, "v1", &new);
+    push_image(&c, repo, "keep", &kept);
+    push_image(&c, repo, "gone", &deleted);
+    c.delete(&format!("/v2/{repo}/manifests/{}", deleted.digest()))
+        .expect(202);
+    let upload = c
+        .request("POST", &format!("/v2/{repo}/blobs/uploads/"))
+        .send()
+        .expect(202)
+        .location();
+    c.request("PATCH", &upload)
+        .header("Content-Type", "application/octet-stream")
+        .body(vec![7u8; 1000])
+        .send()
+        .expect(202);
+    // A repository whose only image is deleted goes entirely once its blobs have.
+    let lonely = Image::oci(5, &[800]);
+    push_image(&c, "gc/lonely", "v1", &lonely);
+    c.delete(&format!("/v2/gc/lonely/manifests/{}", lonely.digest()))
+        .expect(202);
+
+    // Sweeps inside the delay remove nothing.
+    wait_sweeps(&berth, 2);
+    assert_eq!(manifest_status(&c, repo, &old.digest()), 200);
+    for blob in old.blobs().into_iter().chain(deleted.blobs()) {
+        assert_eq!(blob_status(&c, repo, &sha256(blob)), 200);
+    }
+    c.get(&upload).expect(204);
+    assert!(berth.root().join("gc/lonely/index.json").exists());
+
+    assert!(
+        wait_until(Duration::from_secs(60), || manifest_status(
+            &c,
+            repo,
+            &old.digest()
+        ) == 404),
+        "the untagged manifest was not collected:\n{}",
+        berth.logs()
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || !berth
+            .root()
+            .join("gc/lonely")
+            .exists()),
+        "the empty repository was not removed:\n{}",
+        berth.logs()
+    );
+    wait_sweeps(&berth, 1);
+    for blob in old.blobs().into_iter().chain(deleted.blobs()) {
+        assert_eq!(blob_status(&c, repo, &sha256(blob)), 404);
+    }
+    c.get(&upload).expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+    assert_image(&c, repo, "v1", &new);
+    assert_image(&c, repo, "keep", &kept);
+    let catalog = c.get("/v2/_catalog").expect(200).json();
+    assert_eq!(catalog["repositories"], json!([repo]));
+    assert!(berth.logs().contains("gc: removed"), "{}", berth.logs());
+    layout::assert_sound(berth.root());
+}
+
+#[test]
+fn a_push_racing_the_collector_loses_nothing() {
+    let berth = Berth::start_with(gc_settings(DELAY, Value::Null));
+    let c = berth.client();
+    let image = Image::oci(10, &[20_000, 30_000]);
+    // Blobs first, then sweeps, then the manifest: what a slow client does.
+    for blob in image.blobs() {
+        push_blob(&c, "race/app", blob);
+    }
+    wait_sweeps(&berth, 2);
+    put_manifest(&c, "race/app", "v1", OCI_MANIFEST, &image.manifest);
+    // Later sweeps see the blobs referenced and keep them past the delay.
+    std::thread::sleep(Duration::from_secs(7));
+    wait_sweeps(&berth, 1);
+    assert_image(&c, "race/app", "v1", &image);
+}
+
+/// One retention policy per repository; the first matching policy wins, so the catch-all
+/// comes last.
+fn retention() -> Value {
+    json!({
+        "delay": "2s",
+        "policies": [
+            { "repositories": ["ret/untagged-kept"], "deleteUntagged": false },
+            { "repositories": ["ret/pattern"], "keepTags": [{ "patterns": ["^v"] }] },
+            { "repositories": ["ret/pushed-count"], "keepTags": [{ "mostRecentlyPushedCount": 2 }] },
+            { "repositories": ["ret/pushed-within"], "keepTags": [{ "pushedWithin": "6s" }] },
+            { "repositories": ["ret/pulled-count"], "keepTags": [{ "mostRecentlyPulledCount": 1 }] },
+            { "repositories": ["ret/pulled-within"], "keepTags": [{ "pulledWithin": "1h" }] },
+            { "repositories": ["ret/referrers-on"], "deleteReferrers": true },
+            { "repositories": ["**"], "deleteUntagged": true }
+        ]
+    })
+}
+
+fn tags(c: &Client, repo: &str) -> Vec<String> {
+    let listed = c.get(&format!("/v2/{repo}/tags/list")).expect(200).json();
+    let mut tags: Vec<String> = serde_json::from_value(listed["tags"].clone()).unwrap();
+    tags.sort();
+    tags
+}
+
+#[test]
+fn retention_policies_keep_and_remove_what_they_say() {
+    let berth = Berth::start_with(gc_settings("2s", retention()));
+    let c = berth.client();
+    let image = |seed| Image::oci(seed, &[100 + seed as usize]);
+
+    // deleteUntagged false keeps an untagged manifest; the catch-all removes one.
+    for repo in ["ret/untagged-kept", "ret/untagged-gone"] {
+        push_image(&c, repo, "v1", &image(20));
+        push_image(&c, repo, "v1", &image(21));
+    }
+    // patterns: only tags matching ^v are kept.
+    for tag in ["v1", "v2", "latest", "dev-1"] {
+        push_image(&c, "ret/pattern", tag, &image(30));
+    }
+    // mostRecentlyPushedCount: the last two pushed stay.
+    for (i, tag) in ["t1", "t2", "t3", "t4"].iter().enumerate() {
+        push_image(&c, "ret/pushed-count", tag, &image(40 + i as u64));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // pushedWithin: a tag pushed longer ago than that goes.
+    push_image(&c, "ret/pushed-within", "old", &image(50));
+    // mostRecentlyPulledCount and pulledWithin: pulls decide, never pulled goes.
+    for (i, tag) in ["p1", "p2", "p3"].iter().enumerate() {
+        push_image(&c, "ret/pulled-count", tag, &image(60 + i as u64));
+        push_image(&c, "ret/pulled-within", tag, &image(60 + i as u64));
+    }
+    c.get_manifest("ret/pulled-count", "p2", OCI_MANIFEST)
+        .expect(200);
+    c.get_manifest("ret/pulled-within", "p1", OCI_MANIFEST)
+        .expect(200);
+    c.get_manifest("ret/pulled-within", &image(62).digest(), OCI_MANIFEST)
+        .expect(200);
+    // deleteReferrers: a referrer whose subject was deleted goes; without the rule it stays.
+    let subject = image(70);
+    let referrer = Image::oci_with(
+        71,
+        &[10],
+        json!({ "artifactType": "application/vnd.example.sig", "subject": subject.descriptor() }),
+    );
+    for repo in ["ret/referrers-on", "ret/referrers-off"] {
+        push_image(&c, repo, "s", &subject);
+        push_image(&c, repo, &referrer.digest(), &referrer);
+        c.delete(&format!("/v2/{repo}/manifests/{}", subject.digest()))
+            .expect(202);
+    }
+    std::thread::sleep(Duration::from_secs(7));
+    push_image(&c, "ret/pushed-within", "new", &image(51));
+    // `new` stays for 6 s: long enough to see `old` go first.
+    assert!(
+        wait_until(Duration::from_secs(5), || tags(&c, "ret/pushed-within")
+            == ["new"]),
+        "pushedWithin: {:?}\n{}",
+        tags(&c, "ret/pushed-within"),
+        berth.logs()
+    );
+
+    let settled = wait_until(Duration::from_secs(60), || {
+        manifest_status(&c, "ret/untagged-gone", &image(20).digest()) == 404
+            && manifest_status(&c, "ret/referrers-on", &referrer.digest()) == 404
+    });
+    assert!(settled, "retention did not act:\n{}", berth.logs());
+    wait_sweeps(&berth, 1);
+    assert_eq!(
+        manifest_status(&c, "ret/untagged-kept", &image(20).digest()),
+        200
+    );
+    assert_eq!(tags(&c, "ret/pattern"), ["v1", "v2"]);
+    assert_eq!(tags(&c, "ret/pushed-count"), ["t3", "t4"]);
+    assert_eq!(tags(&c, "ret/pulled-count"), ["p2"]);
+    assert_eq!(tags(&c, "ret/pulled-within"), ["p1", "p3"]);
+    assert_eq!(
+        manifest_status(&c, "ret/referrers-off", &referrer.digest()),
+        200
+    );
+    assert_image(&c, "ret/pattern", "v2", &image(30));
+    assert_image(&c, "ret/pushed-count", "t4", &image(43));
+}
+
+#[test]
+fn retention_dry_run_removes_nothing() {
+    let mut retention = retention();
+    retention["dryRun"] = json!(true);
+    let berth = Berth::start_with(gc_settings("2s", retention));
+    let c = berth.client();
+    let (a, b) = (Image::oci(80, &[100]), Image::oci(81, &[100]));
+    push_image(&c, "ret/pattern", "latest", &a);
+    push_image(&c, "dry/app", "v1", &a);
+    push_image(&c, "dry/app", "v1", &b);
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        wait_until(Duration::from_secs(30), || berth
+            .logs()
+            .contains("gc: would remove")),
+        "{}",
+        berth.logs()
+    );
+    wait_sweeps(&berth, 1);
+    assert_eq!(tags(&c, "ret/pattern"), ["latest"]);
+    assert_image(&c, "dry/app", &a.digest(), &a);
+    assert!(!berth.logs().contains("gc: removed"), "{}", berth.logs());
+}
+
+/// Sets the modification time of every file under `root` back by `age`.
+fn age_files(root: &Path, age: Duration) {
+    let then = SystemTime::now() - age;
+    for path in tree(root) {
+        let full = root.join(&path);
+        if full.is_file() {
+            std::fs::File::options()
+                .write(true)
+                .open(&full)
+                .and_then(|f| f.set_modified(then))
+                .unwrap_or_else(|e| panic!("{}: {e}", full.display()));
+        }
+    }
+}
+
+/// The tree under `root` with every file's size and modification time; berth's own cache
+/// (whose lock file any open touches) left out.
+fn snapshot(root: &Path) -> Vec<(std::path::PathBuf, u64, SystemTime)> {
+    tree(root)
+        .into_iter()
+        .filter(|p| !p.starts_with(".berth"))
+        .filter_map(|p| {
+            let meta = std::fs::metadata(root.join(&p)).ok()?;
+            meta.is_file()
+                .then(|| (p, meta.len(), meta.modified().unwrap()))
+        })
+        .collect()
+}
+
+#[test]
+fn berth_gc_dry_run_prints_and_changes_nothing_then_collects() {
+    let dir = temp_dir();
+    let root = dir.path().join("root");
+    let (old, new) = (Image::oci(90, &[12_345]), Image::oci(91, &[2000]));
+    {
+        let mut settings = Settings::default();
+        settings.storage.insert("gc".into(), json!(false));
+        let berth = Berth::start_on(&root, settings);
+        push_image(&berth.client(), "cli/app", "v1", &old);
+        push_image(&berth.client(), "cli/app", "v1", &new);
+    }
+    age_files(&root, Duration::from_secs(2 * 3600));
+    let config = dir.path().join("gc.json");
+    std::fs::write(
+        &config,
+        json!({
+            "storage": { "rootDirectory": root, "gc": true, "gcDelay": "1h" },
+            "http": { "address": "127.0.0.1", "port": "0" }
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let before = snapshot(&root);
+    let dry = Command::new(BERTH)
+        .args(["gc", config.to_str().unwrap(), "--dry-run"])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        dry.status.success(),
+        "{printed}{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    assert_eq!(snapshot(&root), before, "--dry-run changed the store");
+    let old_layer = sha256(&old.layers[0]);
+    for expected in [
+        old.digest(),
+        old_layer.clone(),
+        "12345".to_string(),
+        "cli/app".to_string(),
+    ] {
+        assert!(printed.contains(&expected), "{expected} not in:\n{printed}");
+    }
+    assert!(
+        !printed.contains(&new.digest()),
+        "the tagged image is not garbage:\n{printed}"
+    );
+
+    let real = Command::new(BERTH)
+        .args(["gc", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        real.status.success(),
+        "{}",
+        String::from_utf8_lossy(&real.stderr)
+    );
+    assert!(!layout::blob_path(&root.join("cli/app"), &old_layer).exists());
+    let berth = Berth::start_on(&root, Settings::default());
+    assert_image(&berth.client(), "cli/app", "v1", &new);
+    assert_eq!(
+        manifest_status(&berth.client(), "cli/app", &old.digest()),
+        404
+    );
+}
