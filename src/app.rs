@@ -94,6 +94,9 @@ impl App {
             dedupe_pass::spawn(Arc::clone(&o.store), &o.key);
             collector::spawn(Arc::clone(&o.store), &o.key, o.settings.gc.clone());
         }
+        if config.extensions.scrub.enabled {
+            spawn_scrub(&opened, config.extensions.scrub.interval);
+        }
         let mut stores = opened.into_iter().map(|o| o.store);
         let default = stores.next().expect("the default store is first");
         let routes = config
@@ -112,6 +115,27 @@ impl App {
     pub fn run(self) {
         self.server.run(self.registry);
     }
+}
+
+/// Scrubs every store at start-up and then every `interval`, one store after another.
+fn spawn_scrub(opened: &[OpenedStore], interval: std::time::Duration) {
+    let stores: Vec<(String, Arc<Store>, std::time::Duration)> = opened
+        .iter()
+        .map(|o| (o.key.clone(), Arc::clone(&o.store), o.settings.gc.delay))
+        .collect();
+    std::thread::Builder::new()
+        .name("berth-scrub".into())
+        .spawn(move || {
+            loop {
+                for (key, store, stale_after) in &stores {
+                    if let Err(e) = store.scrub(key, *stale_after) {
+                        tracing::error!(store = %key, "scrub failed: {e}");
+                    }
+                }
+                std::thread::sleep(interval);
+            }
+        })
+        .expect("spawning scrub");
 }
 
 /// Opens one store: its driver, its cache when dedupe or retention's usage times need one,

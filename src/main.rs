@@ -1,5 +1,5 @@
 //! The `berth` command line: `serve [CONFIG]`, `verify CONFIG`, `gc CONFIG [--dry-run]`,
-//! `--version`.
+//! `scrub CONFIG`, `--version`.
 //! Errors become one line on stderr and a non-zero exit code.
 
 use anyhow::Context;
@@ -42,12 +42,20 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Re-hash every blob the repositories reference and print a table of what is affected;
+    /// exits with 1 when anything is. Refuses while a registry answers on the config's
+    /// address (its own scrub runs online). Repairs and deletes nothing.
+    Scrub {
+        /// A zot-format JSON config file.
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Outcome::Clean) => ExitCode::SUCCESS,
+        Ok(Outcome::Affected) => ExitCode::from(1),
         Err(e) => {
             eprintln!("berth: {e:#}");
             ExitCode::from(2)
@@ -55,7 +63,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// How a command that finished ended.
+enum Outcome {
+    /// Nothing to report.
+    Clean,
+    /// `scrub` found affected blobs.
+    Affected,
+}
+
+fn run(cli: Cli) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Verify { config } => {
             let config = Config::load(&config)?;
@@ -63,14 +79,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("berth: warning: {warning}");
             }
             println!("{}", config::to_pretty_json(&config));
-            Ok(())
+            Ok(Outcome::Clean)
         }
         Command::Gc { config, dry_run } => {
             let config = Config::load(&config)?;
             if !dry_run {
                 refuse_if_serving(&config)?;
             }
-            collect_once(&config, dry_run)
+            collect_once(&config, dry_run)?;
+            Ok(Outcome::Clean)
+        }
+        Command::Scrub { config } => {
+            let config = Config::load(&config)?;
+            refuse_if_serving(&config)?;
+            scrub_once(&config)
         }
         Command::Serve { config } => {
             let config = match config {
@@ -83,7 +105,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             let app = App::start(&config)?;
             app.run();
-            Ok(())
+            Ok(Outcome::Clean)
         }
     }
 }
@@ -126,7 +148,7 @@ fn refuse_if_serving(config: &Config) -> anyhow::Result<()> {
         .any(|a| TcpStream::connect_timeout(&a, std::time::Duration::from_secs(1)).is_ok());
     if answering {
         anyhow::bail!(
-            "a registry answers on {address}; stop it first (its own collector runs online), or use --dry-run"
+            "a registry answers on {address}; stop it first (it collects and scrubs online itself)"
         );
     }
     Ok(())
@@ -192,4 +214,46 @@ fn collect_once(config: &Config, dry_run: bool) -> anyhow::Result<()> {
         anyhow::bail!("{} repositories could not be collected", failed.len());
     }
     Ok(())
+}
+
+/// `berth scrub`: every store, printed as zot's table.
+fn scrub_once(config: &Config) -> anyhow::Result<Outcome> {
+    let stores = berth::app::open_stores(config)?;
+    println!(
+        "{:<32} {:<24} {:<9} {:<72} ERROR",
+        "REPOSITORY", "TAG", "STATUS", "AFFECTED BLOB"
+    );
+    let mut affected = false;
+    for opened in &stores {
+        let report = opened.store.scrub(&opened.key, opened.settings.gc.delay)?;
+        affected |= report.affected();
+        for repo in &report.repositories {
+            let name = repo.repository.as_str();
+            if let Some(error) = &repo.error {
+                println!("{name:<32} {:<24} {:<9} {:<72} {error}", "", "affected", "");
+            }
+            for image in &repo.images {
+                let tag = image
+                    .tag
+                    .clone()
+                    .unwrap_or_else(|| image.digest.to_string());
+                if image.affected.is_empty() {
+                    println!("{name:<32} {tag:<24} {:<9}", "ok");
+                }
+                for blob in &image.affected {
+                    println!(
+                        "{name:<32} {tag:<24} {:<9} {:<72} {}",
+                        "affected",
+                        blob.digest.to_string(),
+                        blob.error
+                    );
+                }
+            }
+        }
+    }
+    Ok(if affected {
+        Outcome::Affected
+    } else {
+        Outcome::Clean
+    })
 }

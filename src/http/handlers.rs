@@ -8,6 +8,7 @@ use super::route::{Method, Page, Route, UploadStart, percent_encode};
 use crate::digest::Digest;
 use crate::oci::{ImageIndex, Reference, RepoName, Tag, media_type};
 use crate::storage::layout::UploadId;
+use crate::storage::scrub::ScrubReport;
 use crate::storage::{
     BlobBody, BodyLength, ByteRange, MAX_MANIFEST_SIZE, Registry, Store, StoreError,
 };
@@ -41,6 +42,7 @@ fn dispatch(registry: &Registry, req: &mut dyn HttpRequest) -> Result<Reply, Api
         return match (route, method) {
             (Route::Base, Method::Get | Method::Head) => Ok(Reply::new(200).json(b"{}".to_vec())),
             (Route::Catalog(page), Method::Get) => catalog(registry, &page),
+            (Route::Scrub, Method::Get) => Ok(scrub_report(registry)),
             (route, method) => Err(not_allowed(&route, method)),
         };
     };
@@ -145,6 +147,15 @@ fn catalog(registry: &Registry, page: &Page) -> Result<Reply, ApiError> {
         reply = reply.header("Link", next_link("/v2/_catalog", &repos, page.n));
     }
     Ok(reply.json(serde_json::to_vec(&json!({ "repositories": repos })).expect("json")))
+}
+
+/// The last scrub of every store that has one, and whether anything is affected.
+fn scrub_report(registry: &Registry) -> Reply {
+    let reports: Vec<_> = registry.stores().filter_map(|s| s.last_scrub()).collect();
+    let affected = reports.iter().any(|r| r.affected());
+    let stores: Vec<&ScrubReport> = reports.iter().map(|r| &**r).collect();
+    let body = json!({ "affected": affected, "stores": stores });
+    Reply::new(200).json(serde_json::to_vec(&body).expect("json"))
 }
 
 fn tags(store: &Store, repo: &RepoName, page: &Page) -> Result<Reply, ApiError> {

@@ -76,6 +76,8 @@ pub enum Route {
     Base,
     /// `/v2/_catalog`
     Catalog(Page),
+    /// `/v2/_berth/scrub`: berth's extension route, the last scrub of every store.
+    Scrub,
     /// `/v2/<name>/tags/list`
     Tags(RepoName, Page),
     /// `/v2/<name>/manifests/<reference>`, with `?tag=` values for digest PUTs.
@@ -94,7 +96,7 @@ impl Route {
     /// The repository the route addresses, if any.
     pub fn repo(&self) -> Option<&RepoName> {
         match self {
-            Route::Base | Route::Catalog(_) => None,
+            Route::Base | Route::Catalog(_) | Route::Scrub => None,
             Route::Tags(repo, _)
             | Route::Manifest(repo, ..)
             | Route::Blob(repo, _)
@@ -211,6 +213,9 @@ impl Route {
         }
         if rest == "_catalog" {
             return Ok(Route::Catalog(query.page()?));
+        }
+        if rest == "_berth/scrub" {
+            return Ok(Route::Scrub);
         }
         let name = |s: &str| -> Result<RepoName, ApiError> { Ok(s.parse::<RepoName>()?) };
         if let Some(repo) = rest.strip_suffix("/tags/list") {

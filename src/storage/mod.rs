@@ -20,6 +20,7 @@ pub mod layout;
 mod locks;
 mod manifests;
 mod registry;
+pub mod scrub;
 mod uploads;
 mod usage;
 
@@ -48,6 +49,7 @@ pub struct Store {
     pending: index_writes::PendingChanges,
     dedupe: Option<dedupe::Dedupe>,
     usage: Option<usage::Usage>,
+    last_scrub: std::sync::Mutex<Option<Arc<scrub::ScrubReport>>>,
 }
 
 /// A byte range of a blob to send.
@@ -104,6 +106,7 @@ impl Store {
             pending: index_writes::PendingChanges::default(),
             dedupe,
             usage: None,
+            last_scrub: std::sync::Mutex::new(None),
         }
     }
 

@@ -2,7 +2,7 @@
 //! bad input (`bad_input`, `connections`, `concurrency`), crash safety (`crash`), real
 //! clients (`skopeo`, `oras`), and the command line (`cli`); issue 4's deduplication
 //! (`dedupe`) and `subPaths` stores (`subpaths`); issue 5's garbage collection and retention
-//! (`gc`).
+//! (`gc`) and scrub (`scrub`).
 
 mod api;
 mod bad_input;
@@ -13,5 +13,6 @@ mod crash;
 mod dedupe;
 mod gc;
 mod oras;
+mod scrub;
 mod skopeo;
 mod subpaths;

@@ -31,6 +31,8 @@ pub struct Settings {
     pub commit: bool,
     /// More `storage` keys (`dedupe`, `subPaths`, ...), merged over the ones above.
     pub storage: serde_json::Map<String, serde_json::Value>,
+    /// The `extensions` section (`scrub`), when not empty.
+    pub extensions: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Default for Settings {
@@ -39,6 +41,7 @@ impl Default for Settings {
             read_timeout: "5s",
             commit: false,
             storage: serde_json::Map::new(),
+            extensions: serde_json::Map::new(),
         }
     }
 }
@@ -92,12 +95,15 @@ impl Berth {
             .as_object_mut()
             .expect("storage is an object")
             .extend(settings.storage.clone());
-        let config = json!({
+        let mut config = json!({
             "distSpecVersion": "1.1.1",
             "storage": storage,
             "http": { "address": "127.0.0.1", "port": "0", "readTimeout": settings.read_timeout },
             "log": { "level": "info" }
         });
+        if !settings.extensions.is_empty() {
+            config["extensions"] = settings.extensions.clone().into();
+        }
         let config_path = config_dir.join("config.json");
         std::fs::write(&config_path, config.to_string()).expect("write config");
         let mut child = Command::new(BERTH)
