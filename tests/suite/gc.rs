@@ -90,8 +90,17 @@ fn collection_waits_for_the_delay_and_keeps_what_is_tagged() {
         .body(vec![7u8; 1000])
         .send()
         .expect(202);
-    // A repository whose only image is deleted goes entirely once its blobs have.
-    let lonely = Image::oci(5, &[800]);
+    // A repository whose only image is deleted goes entirely once its blobs have. It shares
+    // a layer with `kept` (one file, linked by dedupe): only its own name of it goes.
+    let lonely = Image::assemble(
+        OCI_MANIFEST,
+        br#"{"architecture":"amd64","os":"linux","lonely":true}"#.to_vec(),
+        OCI_CONFIG,
+        vec![kept.layers[0].clone()],
+        OCI_LAYER_GZIP,
+        Value::Null,
+    );
+    let shared_layer = sha256(&kept.layers[0]);
     push_image(&c, "gc/lonely", "v1", &lonely);
     c.delete(&format!("/v2/gc/lonely/manifests/{}", lonely.digest()))
         .expect(202);
@@ -129,8 +138,17 @@ fn collection_waits_for_the_delay_and_keeps_what_is_tagged() {
     c.get(&upload).expect_error(404, "BLOB_UPLOAD_UNKNOWN");
     assert_image(&c, repo, "v1", &new);
     assert_image(&c, repo, "keep", &kept);
+    // The dedupe cache stayed true: the shared layer pushed anew links to the surviving copy.
+    push_blob(&c, "gc/again", &kept.layers[0]);
+    assert_eq!(
+        layout::inode(&layout::blob_path(
+            &berth.root().join("gc/again"),
+            &shared_layer
+        )),
+        layout::inode(&layout::blob_path(&berth.root().join(repo), &shared_layer))
+    );
     let catalog = c.get("/v2/_catalog").expect(200).json();
-    assert_eq!(catalog["repositories"], json!([repo]));
+    assert_eq!(catalog["repositories"], json!(["gc/again", repo]));
     assert!(berth.logs().contains("gc: removed"), "{}", berth.logs());
     layout::assert_sound(berth.root());
 }
@@ -314,13 +332,24 @@ fn berth_gc_dry_run_prints_and_changes_nothing_then_collects() {
     let dir = temp_dir();
     let root = dir.path().join("root");
     let (old, new) = (Image::oci(90, &[12_345]), Image::oci(91, &[2000]));
+    let broken = Image::oci(92, &[3000]);
     {
         let mut settings = Settings::default();
         settings.storage.insert("gc".into(), json!(false));
         let berth = Berth::start_on(&root, settings);
         push_image(&berth.client(), "cli/app", "v1", &old);
         push_image(&berth.client(), "cli/app", "v1", &new);
+        // A repository whose index lists a manifest that is gone cannot be marked: its
+        // sweep must stop before deleting even its plainly unreferenced blob.
+        push_image(&berth.client(), "cli/broken", "v1", &broken);
+        push_blob(&berth.client(), "cli/broken", b"unreferenced");
     }
+    std::fs::remove_file(layout::blob_path(
+        &root.join("cli/broken"),
+        &broken.digest(),
+    ))
+    .unwrap();
+    let unreferenced = layout::blob_path(&root.join("cli/broken"), &sha256(b"unreferenced"));
     age_files(&root, Duration::from_secs(2 * 3600));
     let config = dir.path().join("gc.json");
     std::fs::write(
@@ -338,11 +367,17 @@ fn berth_gc_dry_run_prints_and_changes_nothing_then_collects() {
         .output()
         .unwrap();
     let printed = String::from_utf8_lossy(&dry.stdout);
+    let complaint = String::from_utf8_lossy(&dry.stderr);
     assert!(
-        dry.status.success(),
-        "{printed}{}",
-        String::from_utf8_lossy(&dry.stderr)
+        !dry.status.success(),
+        "cli/broken cannot be marked: {printed}"
     );
+    assert!(
+        complaint.contains("cli/broken")
+            && complaint.contains(broken.digest().trim_start_matches("sha256:")),
+        "{complaint}"
+    );
+    assert!(!printed.contains("cli/broken"), "{printed}");
     assert_eq!(snapshot(&root), before, "--dry-run changed the store");
     let old_layer = sha256(&old.layers[0]);
     for expected in [
@@ -363,9 +398,13 @@ fn berth_gc_dry_run_prints_and_changes_nothing_then_collects() {
         .output()
         .unwrap();
     assert!(
-        real.status.success(),
+        !real.status.success() && String::from_utf8_lossy(&real.stderr).contains("cli/broken"),
         "{}",
         String::from_utf8_lossy(&real.stderr)
+    );
+    assert!(
+        unreferenced.exists(),
+        "the sweep of cli/broken did not fail closed"
     );
     assert!(!layout::blob_path(&root.join("cli/app"), &old_layer).exists());
     let berth = Berth::start_on(&root, Settings::default());
