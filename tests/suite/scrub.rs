@@ -72,6 +72,25 @@ fn scrub_names_the_altered_blob_and_everything_that_uses_it() {
     push_image(&c, "scrub/two", "v1", &shared);
     push_image(&c, "scrub/three", "v1", &other);
     let orphan = push_blob(&c, "scrub/three", b"nobody references this");
+    // A sha512 layer is checked with sha512: hashed with sha256 it would look affected.
+    let wide_layer = random_bytes(102, 4321);
+    upload(
+        &c,
+        "scrub/four",
+        &wide_layer,
+        &sha512(&wide_layer),
+        Upload::Monolithic,
+    );
+    let wide_config = b"{}".to_vec();
+    push_blob(&c, "scrub/four", &wide_config);
+    let wide = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": descriptor(OCI_CONFIG, &wide_config),
+        "layers": [{ "mediaType": OCI_LAYER_GZIP, "digest": sha512(&wide_layer), "size": wide_layer.len() }]
+    }))
+    .unwrap();
+    put_manifest(&c, "scrub/four", "v1", OCI_MANIFEST, &wide);
     c.request("POST", "/v2/scrub/three/blobs/uploads/")
         .send()
         .expect(202);
@@ -122,12 +141,17 @@ fn scrub_names_the_altered_blob_and_everything_that_uses_it() {
         .find(|r| r["repository"] == "scrub/three")
         .unwrap();
     assert_eq!(three["status"], "ok");
+    let four = repos
+        .iter()
+        .find(|r| r["repository"] == "scrub/four")
+        .unwrap();
+    assert_eq!(four["status"], "ok", "{four}");
     assert_eq!(three["orphans"], json!([orphan]));
     assert_eq!(three["staleUploads"].as_array().unwrap().len(), 1);
     // Hashed once per file, not per link: `shared`'s config and two layers (in two
-    // repositories), `other`'s config and layer.
+    // repositories), `other`'s config and layer, `wide`'s config and layer.
     let files = report["stores"][0]["filesHashed"].as_u64().unwrap();
-    assert_eq!(files, 5, "{report}");
+    assert_eq!(files, 7, "{report}");
     let logs = berth.logs();
     assert!(logs.contains("blobs/manifest affected"), "{logs}");
     assert!(logs.contains("blobs/manifest ok"), "{logs}");
