@@ -80,6 +80,17 @@ fn collection_waits_for_the_delay_and_keeps_what_is_tagged() {
     push_image(&c, repo, "gone", &deleted);
     c.delete(&format!("/v2/{repo}/manifests/{}", deleted.digest()))
         .expect(202);
+    // Multi-platform images: children pushed by digest are untagged in index.json, kept
+    // while a tagged index lists them, collected with an index that lost its tag.
+    let (amd, arm) = (Image::oci(6, &[900]), Image::oci(7, &[950]));
+    let (old_amd, old_arm) = (Image::oci(8, &[1900]), Image::oci(9, &[1950]));
+    for child in [&amd, &arm, &old_amd, &old_arm] {
+        push_image(&c, repo, &child.digest(), child);
+    }
+    let multi = index_of(OCI_INDEX, &[&amd, &arm]);
+    let old_multi = index_of(OCI_INDEX, &[&old_amd, &old_arm]);
+    put_manifest(&c, repo, "multi", OCI_INDEX, &old_multi);
+    put_manifest(&c, repo, "multi", OCI_INDEX, &multi);
     let upload = c
         .request("POST", &format!("/v2/{repo}/blobs/uploads/"))
         .send()
@@ -138,6 +149,18 @@ fn collection_waits_for_the_delay_and_keeps_what_is_tagged() {
     c.get(&upload).expect_error(404, "BLOB_UPLOAD_UNKNOWN");
     assert_image(&c, repo, "v1", &new);
     assert_image(&c, repo, "keep", &kept);
+    assert_eq!(
+        c.get_manifest(repo, "multi", OCI_INDEX).expect(200).body,
+        multi
+    );
+    for child in [&amd, &arm] {
+        assert_image(&c, repo, &child.digest(), child);
+    }
+    assert_eq!(manifest_status(&c, repo, &sha256(&old_multi)), 404);
+    for child in [&old_amd, &old_arm] {
+        assert_eq!(manifest_status(&c, repo, &child.digest()), 404);
+        assert_eq!(blob_status(&c, repo, &sha256(&child.layers[0])), 404);
+    }
     // The dedupe cache stayed true: the shared layer pushed anew links to the surviving copy.
     push_blob(&c, "gc/again", &kept.layers[0]);
     assert_eq!(
