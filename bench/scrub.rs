@@ -6,6 +6,8 @@
 //! throughput, not the disk's read speed (about 1 GB/s here).
 //!
 //! With `--cold` the store is evicted from the page cache first, and the figure is the disk's.
+//! With `--foreground`, normal-priority threads hash alongside a second scrub, to show how
+//! much the nice-19 background pool takes from them.
 //!
 //! Run: `cargo bench --bench scrub -- [--gib 2] [--blob-mib 32] [--repos 4] [--cold]`.
 
@@ -16,6 +18,7 @@ use berth::storage::{BodyLength, Store};
 use clap::Parser;
 use serde_json::json;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -33,6 +36,10 @@ struct Args {
     /// from the disk.
     #[arg(long)]
     cold: bool,
+    /// Also measure what scrub takes from normal-priority work: one thread per core hashes
+    /// in memory alone for 2 s, then while a second scrub runs; both rates are printed.
+    #[arg(long)]
+    foreground: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -83,6 +90,34 @@ fn evict(dir: &std::path::Path) {
             unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         }
     }
+}
+
+/// MB/s that one normal-priority thread per core reaches hashing `buffer` in 4 MiB pieces,
+/// from now until `stop` is set.
+fn foreground_rate(buffer: &[u8], stop: &AtomicBool) -> f64 {
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let t = Instant::now();
+    let bytes: u64 = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..cores)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = 0u64;
+                    for piece in buffer.chunks(4 << 20).cycle() {
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                        let mut hasher = Hasher::new(Algorithm::Sha256);
+                        hasher.update(piece);
+                        std::hint::black_box(hasher.finish());
+                        done += piece.len() as u64;
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().expect("worker")).sum()
+    });
+    bytes as f64 / t.elapsed().as_secs_f64() / 1e6
 }
 
 fn main() {
@@ -165,4 +200,33 @@ fn main() {
         throughput / single,
         berth::background::pool().current_num_threads()
     );
+    if args.foreground {
+        let buffer = layer_bytes(7, 64 << 20);
+        let stop = AtomicBool::new(false);
+        let alone = std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_secs(2));
+                stop.store(true, Ordering::Relaxed);
+            });
+            foreground_rate(&buffer, &stop)
+        });
+        stop.store(false, Ordering::Relaxed);
+        let (with_scrub, scrub_rate) = std::thread::scope(|s| {
+            let scrubbing = s.spawn(|| {
+                let t = Instant::now();
+                let report = store
+                    .scrub("bench", Duration::from_secs(3600))
+                    .expect("scrub");
+                let rate = report.bytes_hashed as f64 / t.elapsed().as_secs_f64() / 1e6;
+                stop.store(true, Ordering::Relaxed);
+                rate
+            });
+            let foreground = foreground_rate(&buffer, &stop);
+            (foreground, scrubbing.join().expect("scrub"))
+        });
+        println!(
+            "{{\"foreground_alone_mb_per_s\":{alone:.0},\"foreground_during_scrub_mb_per_s\":{with_scrub:.0},\"foreground_kept\":{:.2},\"scrub_mb_per_s_under_load\":{scrub_rate:.0}}}",
+            with_scrub / alone
+        );
+    }
 }
