@@ -261,6 +261,13 @@ pub fn resolve(
         .as_deref()
         .map(|w| TimeWindow::parse(w).map_err(|e| format!("{}: {e}", key("gcTimeWindow"))))
         .transpose()?;
+    if enabled && delay.is_zero() {
+        return Err(format!(
+            "{}: must be greater than 0 while gc is on: a client's blobs would be collected \
+             before it pushes the manifest that uses them",
+            key("gcDelay")
+        ));
+    }
     let retention = resolve_retention(storage.retention.as_ref(), &key("retention"), delay)?;
     if !enabled {
         let ignored: Vec<&str> = [
@@ -368,8 +375,9 @@ fn resolve_keep_tags(raw: &RawKeepTags, prefix: &str) -> Result<KeepTags, String
     Ok(KeepTags {
         patterns,
         regexes,
-        most_recently_pushed_count: raw.most_recently_pushed_count,
-        most_recently_pulled_count: raw.most_recently_pulled_count,
+        // zot treats a count of 0 as not set (the rule then keeps what it selects).
+        most_recently_pushed_count: raw.most_recently_pushed_count.filter(|&n| n > 0),
+        most_recently_pulled_count: raw.most_recently_pulled_count.filter(|&n| n > 0),
         pushed_within: parse_duration(&raw.pushed_within, &format!("{prefix}.pushedWithin"))?,
         pulled_within: parse_duration(&raw.pulled_within, &format!("{prefix}.pulledWithin"))?,
     })

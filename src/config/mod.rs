@@ -486,6 +486,14 @@ mod tests {
         let (gc, _, warnings) = store(r#","gc":false,"gcDelay":"5m""#);
         assert!(!gc.enabled);
         assert!(warnings[0].contains("gcDelay"), "{warnings:?}");
+        let (gc, ..) = store(
+            r#","retention":{"policies":[{"repositories":["**"],"keepTags":[{"mostRecentlyPushedCount":0}]}]}"#,
+        );
+        let zero = &gc.retention.policies[0].keep_tags[0];
+        assert!(
+            zero.keeps_all_selected(),
+            "a count of 0 is not set, as in zot"
+        );
         let (gc, ..) = store(r#","gc":true"#);
         assert_eq!((gc.enabled, gc.interval), (true, hour));
         let (gc, ..) = store(r#","gc":true,"gcInterval":"0""#);
@@ -548,6 +556,10 @@ mod tests {
             ),
             (
                 r#"{"storage":{"rootDirectory":"/x","gcDelay":"soon"}}"#,
+                "storage.gcDelay",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x","gcDelay":"0"}}"#,
                 "storage.gcDelay",
             ),
             (

@@ -26,6 +26,14 @@ pub mod media_type {
     /// The annotation that carries a tag in an OCI layout's `index.json`.
     pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 
+    /// The manifest types a registry stores (image manifests and indexes, OCI and Docker).
+    pub fn is_manifest(media_type: &str) -> bool {
+        matches!(
+            media_type,
+            OCI_MANIFEST | OCI_INDEX | DOCKER_MANIFEST | DOCKER_MANIFEST_LIST
+        )
+    }
+
     /// Layers that registries need not hold (they are fetched from `urls`).
     pub fn is_foreign_layer(media_type: &str) -> bool {
         media_type.starts_with("application/vnd.oci.image.layer.nondistributable.")

@@ -89,15 +89,22 @@ pub fn spawn(store: Arc<Store>, key: &str, settings: GcConfig) {
                     std::thread::sleep(window.wait_from(minute_of_day()));
                 }
                 let started = std::time::Instant::now();
-                match sweep(&store, &key, &settings, false) {
-                    Ok(s) => tracing::info!(
+                let swept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    sweep(&store, &key, &settings, false)
+                }));
+                match swept {
+                    Err(_) => tracing::error!(
+                        store = %key,
+                        "gc: sweep panicked; the next one runs as scheduled"
+                    ),
+                    Ok(Ok(s)) => tracing::info!(
                         store = %key,
                         repositories = s.collected.len(),
                         failed = s.failed.len(),
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "gc: sweep done"
                     ),
-                    Err(e) => tracing::error!(store = %key, "gc: sweep failed: {e}"),
+                    Ok(Err(e)) => tracing::error!(store = %key, "gc: sweep failed: {e}"),
                 }
                 match settings.interval {
                     Some(interval) => std::thread::sleep(interval.max(Duration::from_millis(100))),

@@ -57,9 +57,15 @@ impl Dedupe {
         target: &StoragePath,
     ) -> Result<(), StoreError> {
         let _guard = self.lock(digest);
+        // Content that arrives again is new to an age-based collector too.
         let already_there = driver
             .stat(target)?
-            .is_some_and(|m| !m.is_dir && m.size == size);
+            .is_some_and(|m| !m.is_dir && m.size == size)
+            && match driver.touch(target) {
+                Ok(()) => true,
+                Err(DriverError::NotFound { .. }) => false,
+                Err(e) => return Err(e.into()),
+            };
         let source_used = !already_there
             && !self.link_from_original(driver, digest, size, target)?
             && match source {

@@ -4,8 +4,9 @@
 //!
 //! Safety, in order of the steps:
 //! - Plan first, touch nothing: every manifest the index reaches is read and parsed; any
-//!   failure (missing or unparsable manifest, I/O error) aborts the repository before anything
-//!   is deleted (fail closed).
+//!   failure (a listed manifest missing, a manifest that does not parse, an I/O error) aborts
+//!   the repository before anything is deleted (fail closed). A child an index lists may be
+//!   missing (a sparse index, as zot keeps): it names nothing to keep.
 //! - Nothing younger than its delay goes: manifests are judged by `retention.delay`, blobs and
 //!   uploads by `gcDelay`, by modification time (a push, a mount or a dedupe link refreshes it).
 //! - Index removals name exact descriptors (digest and tag), so a tag moved or a manifest
@@ -85,16 +86,6 @@ struct Graph<'s> {
     nodes: HashMap<Digest, Node>,
 }
 
-fn is_manifest(media: &str) -> bool {
-    matches!(
-        media,
-        media_type::OCI_MANIFEST
-            | media_type::OCI_INDEX
-            | media_type::DOCKER_MANIFEST
-            | media_type::DOCKER_MANIFEST_LIST
-    )
-}
-
 impl Graph<'_> {
     fn node(&mut self, d: &Descriptor) -> Result<&Node, StoreError> {
         if !self.nodes.contains_key(&d.digest) {
@@ -120,20 +111,40 @@ impl Graph<'_> {
         Ok(&self.nodes[&d.digest])
     }
 
-    /// Marks every blob `roots` reach: manifests, their configs and layers, index children.
+    /// A child manifest an index lists; `None` when its blob is gone (a sparse index, as zot
+    /// keeps: nothing it would name can be reached, so nothing is kept for it).
+    fn child(&mut self, d: &Descriptor) -> Result<Option<&Node>, StoreError> {
+        let path = layout::blob(self.repo, &d.digest)?;
+        if !self.nodes.contains_key(&d.digest) && self.store.driver.stat(&path)?.is_none() {
+            return Ok(None);
+        }
+        self.node(d).map(Some)
+    }
+
+    /// Marks every blob `roots` (listed manifests, which must be readable) reach: manifests,
+    /// their configs and layers, and index children.
     fn mark<'d>(
         &mut self,
         roots: impl IntoIterator<Item = &'d Descriptor>,
         marked: &mut HashSet<Digest>,
     ) -> Result<(), StoreError> {
-        let mut stack: Vec<Descriptor> = roots.into_iter().cloned().collect();
-        while let Some(d) = stack.pop() {
-            if !marked.insert(d.digest.clone()) || !is_manifest(&d.media_type) {
+        let mut stack: Vec<(Descriptor, bool)> =
+            roots.into_iter().map(|d| (d.clone(), true)).collect();
+        let mut expanded = HashSet::new();
+        while let Some((d, listed)) = stack.pop() {
+            marked.insert(d.digest.clone());
+            if !media_type::is_manifest(&d.media_type) || !expanded.insert(d.digest.clone()) {
                 continue;
             }
-            let node = self.node(&d)?;
-            stack.extend(node.manifest.config.iter().cloned());
-            stack.extend(node.manifest.children.iter().cloned());
+            let node = if listed {
+                Some(self.node(&d)?)
+            } else {
+                self.child(&d)?
+            };
+            if let Some(node) = node {
+                let named = node.manifest.config.iter().chain(&node.manifest.children);
+                stack.extend(named.map(|n| (n.clone(), false)));
+            }
         }
         Ok(())
     }
@@ -148,11 +159,13 @@ impl Graph<'_> {
             }
         }
         while let Some(d) = stack.pop() {
-            if !children.insert(d.digest.clone()) {
+            if !children.insert(d.digest.clone()) || !media_type::is_manifest(&d.media_type) {
                 continue;
             }
-            if is_manifest(&d.media_type) && self.node(&d)?.manifest.kind == ManifestKind::Index {
-                stack.extend(self.node(&d)?.manifest.children.iter().cloned());
+            if let Some(node) = self.child(&d)?
+                && node.manifest.kind == ManifestKind::Index
+            {
+                stack.extend(node.manifest.children.clone());
             }
         }
         Ok(children)
@@ -416,11 +429,9 @@ impl Store {
         }
         self.driver.delete_dir(&blobs)?;
         self.driver.delete_dir(&uploads)?;
-        for name in self.driver.list(Some(&dir))? {
-            if name != layout::INDEX_JSON {
-                self.driver.delete(&dir.join(&name)?)?;
-            }
-        }
+        // Only the layout's own files: anything else that appeared meanwhile (a blob, an
+        // upload, a nested repository) makes the last `delete_dir` fail, and stays.
+        self.driver.delete(&layout::oci_layout(repo)?)?;
         self.driver.delete(&layout::index_json(repo)?)?;
         self.indexes.forget(repo);
         self.driver.delete_dir(&dir)?;
@@ -491,11 +502,6 @@ fn plan_index(
     loop {
         let present: HashSet<Digest> = listed.iter().map(|d| d.digest.clone()).collect();
         let children = graph.index_children(&listed)?;
-        let subjects: HashSet<&Digest> = listed
-            .iter()
-            .filter_map(|d| graph.nodes[&d.digest].manifest.subject.as_ref())
-            .map(|s| &s.digest)
-            .collect();
         let mut step: Vec<(Digest, Option<String>, &'static str)> = Vec::new();
         for d in &listed {
             let node = &graph.nodes[&d.digest];
@@ -521,9 +527,9 @@ fn plan_index(
                     continue;
                 }
             }
-            let referenced = children.contains(&d.digest)
-                || node.manifest.subject.is_some()
-                || subjects.contains(&d.digest);
+            // As zot: a referrer is removed only by the referrer rule, and a subject is not
+            // kept alive by its referrers (they go once it is gone, with deleteReferrers).
+            let referenced = children.contains(&d.digest) || node.manifest.subject.is_some();
             if policy.delete_untagged && d.tag().is_none() && !referenced && old {
                 step.push((d.digest.clone(), None, "untagged"));
             }

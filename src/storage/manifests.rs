@@ -6,6 +6,7 @@
 //! Every change to `index.json` is read-modify-write under the repository's stripe lock and
 //! lands with one atomic `put`; readers never lock.
 
+use super::driver::{Driver, DriverError};
 use super::{Store, StoreError, index_writes, layout, not_found_as};
 use crate::digest::Digest;
 use crate::oci::{Descriptor, ImageIndex, Manifest, Reference, RepoName, Tag, media_type};
@@ -173,7 +174,16 @@ impl Store {
         }
         self.ensure_repo(repo)?;
         let blob = layout::blob(repo, &digest)?;
-        if self.driver.stat(&blob)?.map(|m| m.size) != Some(bytes.len() as u64) {
+        // Already stored (pushed again, or re-tagged): made new, so a collector that planned
+        // to delete it as old and untagged leaves it; gone meanwhile: written again.
+        let stored = self.driver.stat(&blob)?.map(|m| m.size) == Some(bytes.len() as u64);
+        let refreshed = stored
+            && match self.driver.touch(&blob) {
+                Ok(()) => true,
+                Err(DriverError::NotFound { .. }) => false,
+                Err(e) => return Err(e.into()),
+            };
+        if !refreshed {
             self.blob_write(repo, &digest, bytes)?;
         }
         let mut tags: Vec<Tag> = extra_tags.to_vec();
@@ -181,10 +191,8 @@ impl Store {
             tags.insert(0, t.clone());
         }
         let entry = Descriptor::new(&manifest.media_type, digest.clone(), bytes.len() as u64);
-        let required = manifest
-            .required_content()
-            .map(|d| Ok((d.digest.clone(), layout::blob(repo, &d.digest)?)))
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let required: Vec<Descriptor> = manifest.required_content().cloned().collect();
+        let locked_repo = repo.clone();
         let driver = Arc::clone(&self.driver);
         let pushed_tags: Vec<Tag> = match self.usage {
             Some(_) => tags.clone(),
@@ -192,12 +200,16 @@ impl Store {
         };
         self.update_index(repo, move |index| {
             // Checked again under the repository lock, which garbage collection holds while it
-            // deletes blobs: a blob collected since the check above fails this PUT instead of
-            // leaving the manifest without it.
-            for (needed, path) in &required {
-                if driver.stat(path)?.is_none_or(|m| m.is_dir) {
-                    return Err(StoreError::ManifestBlobUnknown(needed.clone()));
-                }
+            // deletes blobs, and down through child manifests (an index's children may have
+            // lost their layers): content collected since the checks above fails this PUT
+            // instead of leaving the manifest without it.
+            if let Some(missing) =
+                first_missing(&*driver, &locked_repo, &required, MAX_INDEX_DEPTH)?
+            {
+                return Err(StoreError::ManifestBlobUnknown(missing));
+            }
+            if driver.stat(&blob)?.is_none_or(|m| m.is_dir) {
+                return Err(StoreError::ManifestBlobUnknown(entry.digest.clone()));
             }
             let mut changed = false;
             for tag in &tags {
@@ -408,6 +420,39 @@ impl Store {
         }
         Ok(found)
     }
+}
+
+/// The first blob of `required` (and, `depth` levels down, of the child manifests among them)
+/// that `repo` does not hold.
+fn first_missing(
+    driver: &dyn Driver,
+    repo: &RepoName,
+    required: &[Descriptor],
+    depth: usize,
+) -> Result<Option<Digest>, StoreError> {
+    for d in required {
+        let path = layout::blob(repo, &d.digest)?;
+        if driver.stat(&path)?.is_none_or(|m| m.is_dir) {
+            return Ok(Some(d.digest.clone()));
+        }
+        if depth == 0 || !media_type::is_manifest(&d.media_type) {
+            continue;
+        }
+        // A child that no longer parses was validated when it was pushed; only what it
+        // names matters here, and an unreadable one names nothing to check.
+        let child = match driver.get(&path) {
+            Ok(bytes) => Manifest::parse(&bytes, Some(&d.media_type)).ok(),
+            Err(DriverError::NotFound { .. }) => return Ok(Some(d.digest.clone())),
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(child) = child {
+            let nested: Vec<Descriptor> = child.required_content().cloned().collect();
+            if let Some(missing) = first_missing(driver, repo, &nested, depth - 1)? {
+                return Ok(Some(missing));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Points `tag` at `entry`. The manifest the tag left keeps an untagged descriptor if nothing

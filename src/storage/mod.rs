@@ -265,7 +265,12 @@ impl Store {
             };
         }
         if self.driver.stat(&target)?.is_some() {
-            return Ok(true);
+            // Mounted again: new to an age-based collector; deleted meanwhile: copied below.
+            match self.driver.touch(&target) {
+                Ok(()) => return Ok(true),
+                Err(DriverError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         // Staged in `.uploads/` like every blob write, so no partial copy has a blob's place.
         let staging = layout::upload(repo, &layout::UploadId::new())?;

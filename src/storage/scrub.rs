@@ -124,7 +124,9 @@ impl Store {
         }
 
         // One hash per physical file: group every (repository, digest) by the file's identity.
-        let mut by_file: HashMap<u64, (Digest, StoragePath)> = HashMap::new();
+        // Keyed by file and digest, so a file that wrongly has names under two digests is
+        // checked against each.
+        let mut by_file: HashMap<(u64, Digest), StoragePath> = HashMap::new();
         let mut identity_of: HashMap<(usize, Digest), Result<u64, String>> = HashMap::new();
         for (i, (repo, images, _)) in walked.iter().enumerate() {
             let Ok(images) = images else { continue };
@@ -135,20 +137,20 @@ impl Store {
                 let identity = self.file_identity(repo, digest);
                 if let Ok((id, path)) = &identity {
                     by_file
-                        .entry(*id)
-                        .or_insert_with(|| (digest.clone(), path.clone()));
+                        .entry((*id, digest.clone()))
+                        .or_insert_with(|| path.clone());
                 }
                 identity_of.insert((i, digest.clone()), identity.map(|(id, _)| id));
             }
         }
-        let files: Vec<(u64, Digest, StoragePath)> =
-            by_file.into_iter().map(|(id, (d, p))| (id, d, p)).collect();
-        let verdicts: HashMap<u64, Option<String>> = crate::background::pool().install(|| {
-            files
-                .par_iter()
-                .map(|(id, digest, path)| (*id, self.check_blob(digest, path, &bytes)))
-                .collect()
-        });
+        let files: Vec<((u64, Digest), StoragePath)> = by_file.into_iter().collect();
+        let verdicts: HashMap<(u64, Digest), Option<String>> =
+            crate::background::pool().install(|| {
+                files
+                    .par_iter()
+                    .map(|(key, path)| (key.clone(), self.check_blob(&key.1, path, &bytes)))
+                    .collect()
+            });
 
         let mut repositories = Vec::new();
         for (i, (repo, images, referenced)) in walked.into_iter().enumerate() {
@@ -171,7 +173,7 @@ impl Store {
                         for digest in walk.blobs {
                             let problem = match &identity_of[&(i, digest.clone())] {
                                 Err(e) => Some(e.clone()),
-                                Ok(id) => verdicts.get(id).cloned().flatten(),
+                                Ok(id) => verdicts.get(&(*id, digest.clone())).cloned().flatten(),
                             };
                             if let Some(error) = problem
                                 && !affected.iter().any(|a| a.digest == digest)

@@ -288,6 +288,29 @@ impl Store {
         Ok(idle)
     }
 
+    /// Makes the session file agree with the session before more bytes are appended. Extra
+    /// bytes (a rollback that failed) are cut. Missing bytes mean the file was removed or cut
+    /// behind the session's back: appending would leave a hole that the running hash never
+    /// saw, so the session ends as unknown instead.
+    fn check_session_file(
+        &self,
+        repo: &RepoName,
+        id: UploadId,
+        session: &mut Session,
+        path: &super::driver::StoragePath,
+        out: &mut dyn Appender,
+    ) -> Result<(), StoreError> {
+        if out.size() > session.size {
+            out.truncate(session.size)?;
+        } else if out.size() < session.size {
+            let _ = self.driver.delete(path);
+            session.ended = true;
+            tracing::warn!(repository = %repo, upload = %id, "upload file lost bytes; session ended");
+            return Err(StoreError::UploadUnknown(id.to_string()));
+        }
+        Ok(())
+    }
+
     /// The number of bytes an upload holds.
     pub fn upload_size(&self, repo: &RepoName, id: UploadId) -> Result<u64, StoreError> {
         self.with_session(repo, id, |s| Ok(s.size))
@@ -312,11 +335,9 @@ impl Store {
                     got: start,
                 });
             }
-            let mut out = self.driver.appender(&layout::upload(repo, &id)?)?;
-            if out.size() != session.size {
-                // A rollback that failed earlier left extra bytes: cut them now.
-                out.truncate(session.size)?;
-            }
+            let path = layout::upload(repo, &id)?;
+            let mut out = self.driver.appender(&path)?;
+            self.check_session_file(repo, id, session, &path, out.as_mut())?;
             session.size += append_body(body, length, &mut session.hasher, out.as_mut())?;
             Ok(session.size)
         })
@@ -336,9 +357,7 @@ impl Store {
         self.with_session(repo, id, |session| {
             let path = layout::upload(repo, &id)?;
             let mut out = self.driver.appender(&path)?;
-            if out.size() != session.size {
-                out.truncate(session.size)?;
-            }
+            self.check_session_file(repo, id, session, &path, out.as_mut())?;
             session.size += append_body(body, length, &mut session.hasher, out.as_mut())?;
             let actual = if digest.algorithm() == session.hasher.algorithm() {
                 session.hasher.clone().finish()

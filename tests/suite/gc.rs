@@ -56,6 +56,16 @@ fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
     done()
 }
 
+/// Waits until the manifest `digest` of `repo` is gone, failing with `why` and the log.
+#[track_caller]
+fn wait_collected(berth: &Berth, repo: &str, digest: &str, why: &str) {
+    let c = berth.client();
+    let gone = wait_until(Duration::from_secs(60), || {
+        manifest_status(&c, repo, digest) == 404
+    });
+    assert!(gone, "{why}:\n{}", berth.logs());
+}
+
 fn blob_status(c: &Client, repo: &str, digest: &str) -> u16 {
     c.head(&format!("/v2/{repo}/blobs/{digest}")).status
 }
@@ -125,14 +135,11 @@ fn collection_waits_for_the_delay_and_keeps_what_is_tagged() {
     c.get(&upload).expect(204);
     assert!(berth.root().join("gc/lonely/index.json").exists());
 
-    assert!(
-        wait_until(Duration::from_secs(60), || manifest_status(
-            &c,
-            repo,
-            &old.digest()
-        ) == 404),
-        "the untagged manifest was not collected:\n{}",
-        berth.logs()
+    wait_collected(
+        &berth,
+        repo,
+        &old.digest(),
+        "the untagged manifest was not collected",
     );
     assert!(
         wait_until(Duration::from_secs(30), || !berth
@@ -205,7 +212,7 @@ fn retention() -> Value {
             { "repositories": ["ret/pushed-within"], "keepTags": [{ "pushedWithin": "6s" }] },
             { "repositories": ["ret/pulled-count"], "keepTags": [{ "mostRecentlyPulledCount": 1 }] },
             { "repositories": ["ret/pulled-within"], "keepTags": [{ "pulledWithin": "1h" }] },
-            { "repositories": ["ret/referrers-on"], "deleteReferrers": true },
+            { "repositories": ["ret/referrers-on", "ret/signed"], "deleteReferrers": true },
             { "repositories": ["**"], "deleteUntagged": true }
         ]
     })
@@ -264,6 +271,16 @@ fn retention_policies_keep_and_remove_what_they_say() {
         c.delete(&format!("/v2/{repo}/manifests/{}", subject.digest()))
             .expect(202);
     }
+    // A signed image whose tag moved on: its referrer does not keep it; both go.
+    let signed = image(72);
+    let signature = Image::oci_with(
+        73,
+        &[10],
+        json!({ "artifactType": "application/vnd.example.sig", "subject": signed.descriptor() }),
+    );
+    push_image(&c, "ret/signed", "v1", &signed);
+    push_image(&c, "ret/signed", &signature.digest(), &signature);
+    push_image(&c, "ret/signed", "v1", &image(74));
     std::thread::sleep(Duration::from_secs(7));
     push_image(&c, "ret/pushed-within", "new", &image(51));
     // `new` stays for 6 s: long enough to see `old` go first.
@@ -278,6 +295,7 @@ fn retention_policies_keep_and_remove_what_they_say() {
     let settled = wait_until(Duration::from_secs(60), || {
         manifest_status(&c, "ret/untagged-gone", &image(20).digest()) == 404
             && manifest_status(&c, "ret/referrers-on", &referrer.digest()) == 404
+            && manifest_status(&c, "ret/signed", &signature.digest()) == 404
     });
     assert!(settled, "retention did not act:\n{}", berth.logs());
     wait_sweeps(&berth, 1);
@@ -293,6 +311,8 @@ fn retention_policies_keep_and_remove_what_they_say() {
         manifest_status(&c, "ret/referrers-off", &referrer.digest()),
         200
     );
+    assert_eq!(manifest_status(&c, "ret/signed", &signed.digest()), 404);
+    assert_image(&c, "ret/signed", "v1", &image(74));
     assert_image(&c, "ret/pattern", "v2", &image(30));
     assert_image(&c, "ret/pushed-count", "t4", &image(43));
 }
@@ -436,4 +456,117 @@ fn berth_gc_dry_run_prints_and_changes_nothing_then_collects() {
         manifest_status(&berth.client(), "cli/app", &old.digest()),
         404
     );
+}
+
+#[test]
+fn content_pushed_again_is_new_to_the_collector() {
+    let dir = temp_dir();
+    let root = dir.path().join("root");
+    let mut settings = Settings::default();
+    settings.storage.insert("gc".into(), json!(false));
+    let berth = Berth::start_on(&root, settings);
+    let c = berth.client();
+    let image = Image::oci(95, &[4000]);
+    push_image(&c, "again/app", "v1", &image);
+    push_image(&c, "again/other", "v1", &image);
+    age_files(&root, Duration::from_secs(2 * 3600));
+    let recent = |repo: &str, digest: &str| {
+        let path = layout::blob_path(&root.join(repo), digest);
+        let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+        SystemTime::now().duration_since(modified).unwrap() < Duration::from_secs(600)
+    };
+    let layer = sha256(&image.layers[0]);
+    assert!(!recent("again/app", &image.digest()) && !recent("again/app", &layer));
+    // A manifest PUT again (a re-tag), a layer pushed again, a layer mounted again.
+    put_manifest(&c, "again/app", "v2", OCI_MANIFEST, &image.manifest);
+    assert!(recent("again/app", &image.digest()), "re-tagged manifest");
+    push_blob(&c, "again/app", &image.layers[0]);
+    assert!(recent("again/app", &layer), "layer pushed again");
+    let config = sha256(&image.config);
+    c.request(
+        "POST",
+        &format!("/v2/again/other/blobs/uploads/?mount={config}&from=again/app"),
+    )
+    .send()
+    .expect(201);
+    assert!(recent("again/other", &config), "config mounted again");
+}
+
+#[test]
+fn a_sparse_index_does_not_stop_collection() {
+    let berth = Berth::start_with(gc_settings("2s", Value::Null));
+    let c = berth.client();
+    let repo = "sparse/app";
+    let (amd, arm) = (Image::oci(96, &[700]), Image::oci(97, &[800]));
+    for child in [&amd, &arm] {
+        push_image(&c, repo, &child.digest(), child);
+    }
+    let index = index_of(OCI_INDEX, &[&amd, &arm]);
+    put_manifest(&c, repo, "multi", OCI_INDEX, &index);
+    // A child deleted by digest: the index lists a manifest that is gone.
+    c.delete(&format!("/v2/{repo}/manifests/{}", arm.digest()))
+        .expect(202);
+    // Garbage beside it: a manifest left untagged.
+    let (old, new) = (Image::oci(98, &[900]), Image::oci(99, &[950]));
+    push_image(&c, repo, "v1", &old);
+    push_image(&c, repo, "v1", &new);
+    wait_collected(
+        &berth,
+        repo,
+        &old.digest(),
+        "collection stopped at the sparse index",
+    );
+    wait_sweeps(&berth, 1);
+    assert_eq!(blob_status(&c, repo, &sha256(&old.layers[0])), 404);
+    assert_eq!(
+        blob_status(&c, repo, &sha256(&arm.layers[0])),
+        404,
+        "the gone child names nothing"
+    );
+    assert_eq!(
+        c.get_manifest(repo, "multi", OCI_INDEX).expect(200).body,
+        index
+    );
+    assert_image(&c, repo, &amd.digest(), &amd);
+    assert_image(&c, repo, "v1", &new);
+}
+
+#[test]
+fn an_upload_whose_file_lost_its_bytes_ends_instead_of_filling_a_hole() {
+    let berth = Berth::start();
+    let c = berth.client();
+    let session = c
+        .request("POST", "/v2/lost/app/blobs/uploads/")
+        .send()
+        .expect(202)
+        .location();
+    let first = random_bytes(110, 5000);
+    c.request("PATCH", &session)
+        .header("Content-Type", "application/octet-stream")
+        .body(first.clone())
+        .send()
+        .expect(202);
+    let id = session
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap();
+    std::fs::remove_file(berth.root().join("lost/app/.uploads").join(id)).unwrap();
+    let second = random_bytes(111, 3000);
+    c.request("PATCH", &session)
+        .header("Content-Type", "application/octet-stream")
+        .body(second.clone())
+        .send()
+        .expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+    let whole = [first, second].concat();
+    c.request(
+        "PUT",
+        &crate::util::http::with_query(&session, &format!("digest={}", sha256(&whole))),
+    )
+    .send()
+    .expect_error(404, "BLOB_UPLOAD_UNKNOWN");
+    assert_eq!(blob_status(&c, "lost/app", &sha256(&whole)), 404);
+    layout::assert_sound(berth.root());
 }

@@ -30,6 +30,7 @@ pub(crate) fn run(driver: &dyn Driver) {
     linking(driver);
     delete_trees(driver);
     deleting_empty_directories(driver);
+    touching(driver);
 }
 
 fn missing_objects_are_not_found(d: &dyn Driver) {
@@ -280,7 +281,27 @@ fn delete_trees(d: &dyn Driver) {
     assert!(d.list(Some(&path("t"))).unwrap().is_empty());
 }
 
+fn touching(d: &dyn Driver) {
+    let p = path("touch/x");
+    d.put(&p, b"bytes").unwrap();
+    let before = d.stat(&p).unwrap().unwrap().modified;
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    d.touch(&p).unwrap();
+    let after = d.stat(&p).unwrap().unwrap();
+    assert!(after.modified > before, "touch makes the object new");
+    assert_eq!(d.get(&p).unwrap(), b"bytes");
+    assert!(matches!(
+        d.touch(&path("touch/missing")),
+        Err(DriverError::NotFound { .. })
+    ));
+}
+
 fn deleting_empty_directories(d: &dyn Driver) {
+    // A document written with `replace` leaves nothing behind once deleted.
+    d.replace(&path("e/doc/index.json"), b"v1").unwrap();
+    d.replace(&path("e/doc/index.json"), b"v2").unwrap();
+    d.delete(&path("e/doc/index.json")).unwrap();
+    d.delete_dir(&path("e/doc")).unwrap();
     d.put(&path("e/full/1"), b"1").unwrap();
     assert!(
         d.delete_dir(&path("e/full")).is_err(),

@@ -372,8 +372,20 @@ impl Driver for LocalDriver {
             return self.write_atomically(&target, |f| f.write_all(bytes));
         };
         let fill = || {
+            let previous = file.metadata()?.modified()?;
             file.write_all_at(bytes, 0)?;
             file.set_len(bytes.len() as u64)?;
+            // Each version of a recycled file gets a later modification time than the one it
+            // replaces, even within one tick of a coarse filesystem clock and at the same
+            // size: `stat` fingerprints (the index cache's key) must never repeat for
+            // different content.
+            let now = std::time::SystemTime::now();
+            let stamp = if now > previous {
+                now
+            } else {
+                previous + std::time::Duration::from_nanos(1)
+            };
+            file.set_modified(stamp)?;
             if self.commit {
                 file.sync_data()?;
             }
@@ -423,7 +435,32 @@ impl Driver for LocalDriver {
             fs::remove_file(&full)
         };
         result.map_err(|e| io_err("delete", &full, e))?;
+        if !meta.is_dir() {
+            let spare = full.with_file_name(format!("{SPARE_PREFIX}{}", path.file_name()));
+            match fs::remove_file(&spare) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("delete", &spare, e)),
+            }
+        }
         self.sync_dir(full.parent().expect("storage paths have a parent"))
+    }
+
+    fn touch(&self, path: &StoragePath) -> Result<(), DriverError> {
+        let full = self.full(path);
+        let c_path = std::ffi::CString::new(full.as_os_str().as_encoded_bytes()).map_err(|e| {
+            io_err(
+                "touch",
+                &full,
+                io::Error::new(io::ErrorKind::InvalidInput, e),
+            )
+        })?;
+        // SAFETY: a valid NUL-terminated path; a null `times` means "now" for both times.
+        let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c_path.as_ptr(), std::ptr::null(), 0) };
+        if rc != 0 {
+            return Err(io_err("touch", &full, io::Error::last_os_error()));
+        }
+        Ok(())
     }
 
     fn delete_dir(&self, dir: &StoragePath) -> Result<(), DriverError> {
@@ -722,6 +759,27 @@ mod tests {
         reader.read_to_string(&mut held).unwrap();
         assert_eq!(held, "version 4");
         assert_eq!(driver.get(&doc).unwrap(), b"version 6 is longer");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The same recycled file holding versions of the same size, written faster than any
+    /// clock tick: its fingerprint still changes with every version.
+    #[test]
+    fn recycled_versions_never_share_a_fingerprint() {
+        let dir = tempdir();
+        let driver = LocalDriver::new(&dir, false, WriterChoice::Buffered).unwrap();
+        let doc = StoragePath::from_components(["r", "index.json"]).unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for version in 0..200u32 {
+            driver
+                .replace(&doc, format!("{version:08}").as_bytes())
+                .unwrap();
+            let meta = driver.stat(&doc).unwrap().unwrap();
+            assert!(
+                seen.insert(meta.fingerprint),
+                "version {version} repeats a fingerprint"
+            );
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -220,8 +220,14 @@ pub trait Driver: Send + Sync {
     /// does not exist. `None` lists the root.
     fn list(&self, dir: Option<&StoragePath>) -> Result<Vec<String>, DriverError>;
 
-    /// Removes an object, or a directory and everything below it. `NotFound` if absent.
+    /// Removes an object (with whatever storage `replace` keeps for it), or a directory and
+    /// everything below it. `NotFound` if absent.
     fn delete(&self, path: &StoragePath) -> Result<(), DriverError>;
+
+    /// Marks an object as just written (its modification time becomes now) without changing
+    /// its bytes, so an age-based collector treats content pushed again as new. `NotFound`
+    /// if absent.
+    fn touch(&self, path: &StoragePath) -> Result<(), DriverError>;
 
     /// Removes `dir` only if it is empty, so a file created in it meanwhile survives; an
     /// absent `dir` is fine, a non-empty one an error. Drivers without directories (object
