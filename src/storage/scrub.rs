@@ -199,7 +199,10 @@ impl Store {
                     }
                 }
             }
-            self.warnings(&repo, &referenced, stale_after, &mut scrubbed);
+            // Without a readable index nothing is known to be referenced: no orphan list.
+            if scrubbed.error.is_none() {
+                self.warnings(&repo, &referenced, stale_after, &mut scrubbed);
+            }
             repositories.push(scrubbed);
         }
         let report = ScrubReport {
