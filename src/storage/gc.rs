@@ -276,6 +276,15 @@ impl Store {
         if dry_run {
             return Ok(plan.collected);
         }
+        // A tag pushed again since planning (same digest, so the index looks unchanged) is
+        // no longer a candidate: retention judged an older push.
+        if !plan.collected.tags.is_empty() {
+            let fresh = self.tag_times(repo);
+            let repushed = |tag: &str| fresh.pushed.get(tag).is_some_and(|at| *at > now);
+            plan.removals
+                .retain(|(_, tag)| !tag.as_deref().is_some_and(&repushed));
+            plan.collected.tags.retain(|(tag, _)| !repushed(tag));
+        }
         let removals = plan.removals.clone();
         if !removals.is_empty() {
             self.update_index(repo, move |index| {
