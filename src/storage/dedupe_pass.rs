@@ -153,22 +153,10 @@ fn walk(store: &Store, repos: &[&RepoName]) -> HashMap<Digest, Vec<StoragePath>>
     let listed: Vec<(Digest, StoragePath)> = repos
         .par_iter()
         .flat_map_iter(|repo| {
-            let mut found = Vec::new();
-            let Ok(blobs) = layout::repo_dir(repo).and_then(|d| d.join(layout::BLOBS)) else {
-                return found;
-            };
-            for algorithm in store.driver.list(Some(&blobs)).unwrap_or_default() {
-                let Ok(dir) = blobs.join(&algorithm) else {
-                    continue;
-                };
-                for hex in store.driver.list(Some(&dir)).unwrap_or_default() {
-                    let digest = format!("{algorithm}:{hex}").parse::<Digest>();
-                    if let (Ok(digest), Ok(path)) = (digest, dir.join(&hex)) {
-                        found.push((digest, path));
-                    }
-                }
-            }
-            found
+            store.blob_files(repo).unwrap_or_else(|e| {
+                tracing::warn!(repository = %repo, "dedupe pass: cannot list blobs: {e}");
+                Vec::new()
+            })
         })
         .collect();
     let mut by_digest: HashMap<Digest, Vec<StoragePath>> = HashMap::new();
@@ -200,7 +188,7 @@ fn dedupe_digest(store: &Store, digest: &Digest, walked: &[StoragePath]) -> (u64
     for path in paths {
         match store.driver.stat(&path) {
             Ok(Some(meta)) if !meta.is_dir => {
-                let identity = meta.identity.unwrap_or(meta.fingerprint);
+                let identity = meta.bytes_key();
                 match copies.iter_mut().find(|(id, ..)| *id == identity) {
                     Some((.., names)) => names.push(path),
                     None => copies.push((identity, meta.size, vec![path])),

@@ -183,7 +183,8 @@ fn legacy_subject(tag: &str) -> Option<Digest> {
     format!("sha256:{hex}").parse().ok()
 }
 
-fn older_than(modified: SystemTime, now: SystemTime, delay: Duration) -> bool {
+/// Whether something last written at `modified` is at least `delay` old at `now`.
+pub(super) fn older_than(modified: SystemTime, now: SystemTime, delay: Duration) -> bool {
     now.duration_since(modified).is_ok_and(|age| age >= delay)
 }
 

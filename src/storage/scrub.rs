@@ -307,7 +307,7 @@ impl Store {
     ) -> Result<(u64, StoragePath), String> {
         let path = layout::blob(repo, digest).map_err(|e| e.to_string())?;
         match self.driver.stat(&path) {
-            Ok(Some(meta)) if !meta.is_dir => Ok((meta.identity.unwrap_or(meta.fingerprint), path)),
+            Ok(Some(meta)) if !meta.is_dir => Ok((meta.bytes_key(), path)),
             Ok(_) => Err("blob is missing".to_string()),
             Err(e) => Err(e.to_string()),
         }

@@ -246,9 +246,7 @@ impl Store {
                 continue;
             };
             if let Some(meta) = self.driver.stat(&layout::upload(repo, &id)?)?
-                && now
-                    .duration_since(meta.modified)
-                    .is_ok_and(|age| age >= delay)
+                && super::gc::older_than(meta.modified, now, delay)
             {
                 idle.push((id, meta.size));
             }
@@ -272,7 +270,7 @@ impl Store {
         let idle = self
             .driver
             .stat(&path)?
-            .is_some_and(|m| now.duration_since(m.modified).is_ok_and(|age| age >= delay));
+            .is_some_and(|m| super::gc::older_than(m.modified, now, delay));
         if idle {
             self.driver.delete(&path)?;
         }

@@ -101,6 +101,14 @@ pub struct ObjectMeta {
     pub identity: Option<u64>,
 }
 
+impl ObjectMeta {
+    /// A key equal for two paths only when they share stored bytes: the identity where the
+    /// driver knows it, else the fingerprint (distinct objects, never merged by mistake).
+    pub fn bytes_key(&self) -> u64 {
+        self.identity.unwrap_or(self.fingerprint)
+    }
+}
+
 /// Errors every driver reports, with the driver's name and the path.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
