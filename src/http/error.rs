@@ -85,6 +85,9 @@ pub struct ApiError {
     pub detail: Option<Value>,
     /// Extra response headers the error needs (`Content-Range` on a 416).
     pub headers: Vec<(&'static str, String)>,
+    /// The server-side cause of an internal error: logged, never sent, since it names
+    /// files on the server (issue 10).
+    pub cause: Option<String>,
 }
 
 impl ApiError {
@@ -95,6 +98,7 @@ impl ApiError {
             message: message.into(),
             detail: None,
             headers: Vec::new(),
+            cause: None,
         }
     }
 
@@ -132,6 +136,7 @@ impl From<StoreError> for ApiError {
         let kind = match &e {
             StoreError::NameUnknown(_) => ErrorKind::NameUnknown,
             StoreError::BlobUnknown(_) => ErrorKind::BlobUnknown,
+            StoreError::BlobIsManifest(_) => ErrorKind::MethodNotAllowed,
             StoreError::ManifestUnknown(_) => ErrorKind::ManifestUnknown,
             StoreError::ManifestBlobUnknown(d) => {
                 return ApiError::new(ErrorKind::ManifestBlobUnknown, message)
@@ -151,9 +156,15 @@ impl From<StoreError> for ApiError {
                 return ApiError::new(ErrorKind::RangeInvalid, message)
                     .with_header("Content-Range", format!("bytes */{size}"));
             }
-            StoreError::CorruptLayout { .. } => ErrorKind::Internal,
             StoreError::Driver(DriverError::InvalidPath { .. }) => ErrorKind::NameInvalid,
-            StoreError::Driver(_) => ErrorKind::Internal,
+            StoreError::CorruptLayout { .. } | StoreError::Driver(_) => {
+                let mut internal = ApiError::new(
+                    ErrorKind::Internal,
+                    "the registry's storage failed; its log has the cause",
+                );
+                internal.cause = Some(message);
+                return internal;
+            }
         };
         ApiError::new(kind, message)
     }
@@ -179,6 +190,25 @@ impl From<DigestError> for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn internal_errors_keep_server_paths_out_of_the_body() {
+        let e: ApiError = StoreError::Driver(DriverError::Io {
+            driver: "local",
+            op: "open",
+            path: "/srv/registry/root/app/index.json".into(),
+            source: std::io::Error::other("Is a directory"),
+        })
+        .into();
+        let body = String::from_utf8(e.body()).unwrap();
+        assert_eq!(e.status(), 500);
+        assert!(!body.contains("/srv"), "{body}");
+        assert!(
+            e.cause
+                .unwrap()
+                .contains("/srv/registry/root/app/index.json")
+        );
+    }
 
     #[test]
     fn body_is_the_spec_shape() {

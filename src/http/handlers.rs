@@ -6,7 +6,7 @@ use super::request::HttpRequest;
 use super::response::{Body, Reply};
 use super::route::{Method, Page, Route, UploadStart, percent_encode};
 use crate::digest::Digest;
-use crate::oci::{ImageIndex, Reference, RepoName, Tag, media_type};
+use crate::oci::{Reference, RepoName, Tag, media_type};
 use crate::storage::layout::UploadId;
 use crate::storage::scrub::ScrubReport;
 use crate::storage::{
@@ -21,7 +21,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 pub fn handle(registry: &Registry, req: &mut dyn HttpRequest) -> Reply {
     match catch_unwind(AssertUnwindSafe(|| dispatch(registry, req))) {
         Ok(Ok(reply)) => reply,
-        Ok(Err(e)) => e.into(),
+        Ok(Err(e)) => {
+            if let Some(cause) = &e.cause {
+                tracing::error!(url = req.url(), "{cause}");
+            }
+            e.into()
+        }
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
@@ -433,16 +438,13 @@ fn referrers(
     digest: &Digest,
     artifact_type: Option<String>,
 ) -> Result<Reply, ApiError> {
-    let mut index = ImageIndex::empty();
-    index.manifests = store.referrers(repo, digest, artifact_type.as_deref())?;
-    let mut reply = Reply::new(200);
+    let page = store.referrers(repo, digest, artifact_type.as_deref())?;
+    let mut reply = Reply::new(200).header("Content-Type", media_type::OCI_INDEX);
     if artifact_type.is_some() {
         reply = reply.header("OCI-Filters-Applied", "artifactType");
     }
-    Ok(reply.bytes(
-        media_type::OCI_INDEX,
-        serde_json::to_vec(&index).expect("an index always serializes"),
-    ))
+    let len = page.len();
+    Ok(reply.body(Body::Stream(Box::new(page), len)))
 }
 
 #[cfg(test)]

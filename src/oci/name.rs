@@ -5,8 +5,10 @@
 //! `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(\/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*`
 //! Tag grammar: `[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}`.
 //!
-//! One restriction beyond the spec: no path component may be `blobs`, because a repository is
-//! an OCI layout directory and `<parent>/blobs/` is its parent's blob store.
+//! One restriction beyond the spec: no path component may name a file or folder of the OCI
+//! layout (`blobs`, `index.json`, `oci-layout`), because a repository is an OCI layout
+//! directory and a child repository with such a name would be its parent's blob store, index
+//! or marker file (issue 10).
 
 use crate::digest::{Digest, DigestError};
 use std::fmt;
@@ -87,6 +89,27 @@ impl RepoName {
     }
 }
 
+/// The OCI image layout's own entries in a repository directory (image-spec `image-layout.md`).
+pub mod layout_entries {
+    /// The marker file.
+    pub const OCI_LAYOUT: &str = "oci-layout";
+    /// The index.
+    pub const INDEX_JSON: &str = "index.json";
+    /// The blob directory.
+    pub const BLOBS: &str = "blobs";
+}
+
+/// Why a name component would collide with its parent's OCI layout, if it would.
+fn layout_collision(component: &str) -> Option<&'static str> {
+    use layout_entries::*;
+    match component {
+        BLOBS => Some("a path component may not be `blobs` (a layout's blob directory)"),
+        INDEX_JSON => Some("a path component may not be `index.json` (a layout's index)"),
+        OCI_LAYOUT => Some("a path component may not be `oci-layout` (a layout's marker file)"),
+        _ => None,
+    }
+}
+
 impl FromStr for RepoName {
     type Err = NameError;
 
@@ -102,8 +125,8 @@ impl FromStr for RepoName {
             if !component_ok(c) {
                 return fail("does not match the distribution spec's name grammar");
             }
-            if c == "blobs" {
-                return fail("a path component may not be `blobs` (a layout's blob directory)");
+            if let Some(why) = layout_collision(c) {
+                return fail(why);
             }
         }
         Ok(RepoName(s.to_string()))
@@ -180,8 +203,25 @@ mod tests {
             assert!(ok.parse::<RepoName>().is_ok(), "{ok}");
         }
         for bad in [
-            "", "A", "a//b", "/a", "a/", "a/../b", "..", "a/.b", "a_", "a___b", "a..b", "a%2fb",
-            "a/blobs", "blobs/x", "a b", "a:b",
+            "",
+            "A",
+            "a//b",
+            "/a",
+            "a/",
+            "a/../b",
+            "..",
+            "a/.b",
+            "a_",
+            "a___b",
+            "a..b",
+            "a%2fb",
+            "a/blobs",
+            "blobs/x",
+            "x/index.json",
+            "index.json/x",
+            "w/oci-layout",
+            "a b",
+            "a:b",
         ] {
             assert!(bad.parse::<RepoName>().is_err(), "{bad}");
         }

@@ -38,6 +38,9 @@ pub enum StoreError {
         /// What the bytes hash to.
         actual: Digest,
     },
+    /// A blob DELETE named a manifest that `index.json` lists.
+    #[error("{0} is a manifest of this repository; delete it with DELETE /v2/<name>/manifests/{0}")]
+    BlobIsManifest(Digest),
     /// No such upload session in this repository.
     #[error("upload {0} is not known to this repository")]
     UploadUnknown(String),

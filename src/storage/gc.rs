@@ -148,28 +148,6 @@ impl Graph<'_> {
         }
         Ok(())
     }
-
-    /// The manifests listed indexes reach (recursively), which untagged removal must keep.
-    fn index_children(&mut self, listed: &[Descriptor]) -> Result<HashSet<Digest>, StoreError> {
-        let mut children = HashSet::new();
-        let mut stack: Vec<Descriptor> = Vec::new();
-        for d in listed {
-            if self.node(d)?.manifest.kind == ManifestKind::Index {
-                stack.extend(self.node(d)?.manifest.children.iter().cloned());
-            }
-        }
-        while let Some(d) = stack.pop() {
-            if !children.insert(d.digest.clone()) || !media_type::is_manifest(&d.media_type) {
-                continue;
-            }
-            if let Some(node) = self.child(&d)?
-                && node.manifest.kind == ManifestKind::Index
-            {
-                stack.extend(node.manifest.children.clone());
-            }
-        }
-        Ok(children)
-    }
 }
 
 /// The legacy cosign tag of a signature, SBOM or attestation: `sha256-<hex>.sig` and the
@@ -240,6 +218,139 @@ fn retained_tags(
     kept
 }
 
+/// Index descriptors as (digest, tag) pairs, for exact removal in one pass.
+fn descriptor_set(removals: &[(Digest, Option<String>)]) -> HashSet<(&Digest, Option<&str>)> {
+    removals
+        .iter()
+        .map(|(digest, tag)| (digest, tag.as_deref()))
+        .collect()
+}
+
+/// What keeps a listed manifest that could go, until it happens.
+enum Wait {
+    /// A referrer whose subject must still be there: listed and kept, or reached.
+    Subject(Digest),
+    /// An old untagged manifest that a kept index must reach.
+    Reached,
+}
+
+/// Decides, for each of `listed`, whether it stays (`Ok`) or goes (`Err` with the reason),
+/// zot's way: an old untagged manifest goes unless a kept index reaches it; with
+/// `deleteReferrers`, an old referrer goes once its subject is gone; a subject is not kept
+/// alive by its referrers. Computed forward from what stays on its own, each manifest read
+/// and each edge followed once, so a chain of nested indexes or referrers costs its length,
+/// not its length squared (issue 10: a 10,000-long chain held a sweep past 100 s).
+fn kept_manifests(
+    graph: &mut Graph<'_>,
+    listed: &[Descriptor],
+    policy: &Policy,
+    settings: &GcConfig,
+    now: SystemTime,
+) -> Result<Vec<Result<(), &'static str>>, StoreError> {
+    let retention = &settings.retention;
+    let mut kept: Vec<Result<(), &'static str>> = Vec::with_capacity(listed.len());
+    // Per listed manifest, how many of its conditions are still unmet.
+    let mut unmet: Vec<usize> = vec![0; listed.len()];
+    let mut on_present: HashMap<Digest, Vec<usize>> = HashMap::new();
+    let mut on_reached: HashMap<Digest, Vec<usize>> = HashMap::new();
+    let mut newly_kept: Vec<usize> = Vec::new();
+    for (i, d) in listed.iter().enumerate() {
+        let node = graph.node(d)?;
+        let old = |delay| older_than(node.modified, now, delay);
+        let mut waits = Vec::new();
+        let mut reason = "untagged";
+        if policy.delete_referrers {
+            let subject = node.manifest.subject.as_ref().map(|s| s.digest.clone());
+            if let Some(s) = subject.filter(|_| old(retention.delay)) {
+                waits.push(Wait::Subject(s));
+            }
+            if let Some(s) = d
+                .tag()
+                .and_then(legacy_subject)
+                .filter(|_| old(settings.delay))
+            {
+                waits.push(Wait::Subject(s));
+            }
+            if !waits.is_empty() {
+                reason = "its subject is gone";
+            }
+        }
+        let untagged_candidate = policy.delete_untagged
+            && d.tag().is_none()
+            && node.manifest.subject.is_none()
+            && old(retention.delay);
+        if untagged_candidate {
+            waits.push(Wait::Reached);
+        }
+        unmet[i] = waits.len();
+        for wait in waits {
+            match wait {
+                Wait::Subject(s) => on_present.entry(s).or_default().push(i),
+                Wait::Reached => on_reached.entry(d.digest.clone()).or_default().push(i),
+            }
+        }
+        if unmet[i] == 0 {
+            kept.push(Ok(()));
+            newly_kept.push(i);
+        } else {
+            kept.push(Err(reason));
+        }
+    }
+    let mut present: HashSet<Digest> = HashSet::new();
+    let mut reached: HashSet<Digest> = HashSet::new();
+    let mut expanded: HashSet<Digest> = HashSet::new();
+    // Manifests to expand: kept listed ones (whose own descriptor is known) and reached ones.
+    let mut to_expand: Vec<(Descriptor, bool)> = Vec::new();
+    loop {
+        let mut present_now: Vec<Digest> = Vec::new();
+        for i in newly_kept.drain(..) {
+            kept[i] = Ok(());
+            present_now.push(listed[i].digest.clone());
+            to_expand.push((listed[i].clone(), true));
+        }
+        let mut reached_now: Vec<Digest> = Vec::new();
+        while let Some((d, is_listed)) = to_expand.pop() {
+            if !media_type::is_manifest(&d.media_type) || !expanded.insert(d.digest.clone()) {
+                continue;
+            }
+            let node = if is_listed {
+                Some(graph.node(&d)?)
+            } else {
+                graph.child(&d)?
+            };
+            let Some(node) = node.filter(|n| n.manifest.kind == ManifestKind::Index) else {
+                continue;
+            };
+            for child in node.manifest.children.clone() {
+                if reached.insert(child.digest.clone()) {
+                    reached_now.push(child.digest.clone());
+                    present_now.push(child.digest.clone());
+                }
+                to_expand.push((child, false));
+            }
+        }
+        let mut met = |waiting: &mut HashMap<Digest, Vec<usize>>, digest: &Digest| {
+            for i in waiting.remove(digest).unwrap_or_default() {
+                unmet[i] -= 1;
+                if unmet[i] == 0 {
+                    newly_kept.push(i);
+                }
+            }
+        };
+        for digest in reached_now {
+            met(&mut on_reached, &digest);
+        }
+        for digest in present_now {
+            if present.insert(digest.clone()) {
+                met(&mut on_present, &digest);
+            }
+        }
+        if newly_kept.is_empty() {
+            return Ok(kept);
+        }
+    }
+}
+
 /// The plan for one repository: descriptors to drop from the index, and what stays marked.
 struct Plan {
     removals: Vec<(Digest, Option<String>)>,
@@ -290,11 +401,10 @@ impl Store {
         if !removals.is_empty() {
             self.update_index(repo, move |index| {
                 let before = index.manifests.len();
-                index.manifests.retain(|d| {
-                    !removals
-                        .iter()
-                        .any(|(digest, tag)| &d.digest == digest && d.tag() == tag.as_deref())
-                });
+                let dropped = descriptor_set(&removals);
+                index
+                    .manifests
+                    .retain(|d| !dropped.contains(&(&d.digest, d.tag())));
                 Ok(index.manifests.len() != before)
             })?;
         }
@@ -396,7 +506,7 @@ impl Store {
                 if !still_old {
                     continue;
                 }
-                match self.blob_delete(repo, digest) {
+                match self.blob_delete_locked(repo, digest) {
                     Ok(()) => plan.collected.blobs.push((digest.clone(), *size)),
                     Err(StoreError::BlobUnknown(_)) => {}
                     Err(e) => return Err(e),
@@ -431,29 +541,34 @@ impl Store {
         if nested {
             return Ok(false);
         }
-        // Directories first: one a racing upload has just written into is not empty, and
-        // the repository is left whole. index.json last: until it goes, it is a repository.
+        // Every write into a repository holds its lock (`Store::in_repo`), so nothing lands
+        // here meanwhile; directories still go first, each only if empty, for layouts that
+        // other programs change.
         let blobs = dir.join(layout::BLOBS)?;
         for algorithm in self.driver.list(Some(&blobs))? {
             self.driver.delete_dir(&blobs.join(&algorithm)?)?;
         }
         self.driver.delete_dir(&blobs)?;
         self.driver.delete_dir(&uploads)?;
-        // Only the layout's own files: anything else that appeared meanwhile (a blob, an
-        // upload, a nested repository) makes the last `delete_dir` fail, and stays.
-        self.driver.delete(&layout::oci_layout(repo)?)?;
+        // Only the layout's own files: anything else that appeared meanwhile (a nested
+        // repository) makes the last `delete_dir` fail, and stays. index.json first: once it
+        // is gone this is no repository (`Store::repo_exists`), so a kill before the marker
+        // goes leaves a directory the next push makes whole again, never a repository that
+        // the catalog (which needs both files) would not list.
         self.driver.delete(&layout::index_json(repo)?)?;
         self.indexes.forget(repo);
+        self.driver.delete(&layout::oci_layout(repo)?)?;
         self.driver.delete_dir(&dir)?;
-        // Parent directories that only held this repository go too (not repositories).
+        // Parent directories that only held this repository go too (not repositories). One
+        // that is not empty (a repository, or a sibling pushed meanwhile under its own lock)
+        // stays, and so do its parents: that is the expected end of the climb, not a failure.
         let mut components: Vec<&str> = repo.components().collect();
         components.pop();
         while !components.is_empty() {
             let parent = StoragePath::from_components(components.iter().copied())?;
-            if !self.driver.list(Some(&parent))?.is_empty() {
+            if self.driver.delete_dir(&parent).is_err() {
                 break;
             }
-            self.driver.delete_dir(&parent)?;
             components.pop();
         }
         Ok(true)
@@ -470,7 +585,6 @@ fn plan_index(
     times: &TagTimes,
     now: SystemTime,
 ) -> Result<Plan, StoreError> {
-    let retention = &settings.retention;
     let mut listed: Vec<Descriptor> = index.manifests.clone();
     let mut collected = Collected::default();
     let mut removals: Vec<(Digest, Option<String>)> = Vec::new();
@@ -500,61 +614,23 @@ fn plan_index(
             }
         }
     }
-    let drop_removed = |listed: &mut Vec<Descriptor>, removals: &[(Digest, Option<String>)]| {
-        listed.retain(|d| {
-            !removals
-                .iter()
-                .any(|(digest, tag)| &d.digest == digest && d.tag() == tag.as_deref())
-        })
-    };
-    drop_removed(&mut listed, &removals);
-
-    loop {
-        let present: HashSet<Digest> = listed.iter().map(|d| d.digest.clone()).collect();
-        let children = graph.index_children(&listed)?;
-        let mut step: Vec<(Digest, Option<String>, &'static str)> = Vec::new();
-        for d in &listed {
-            let node = &graph.nodes[&d.digest];
-            let old = older_than(node.modified, now, retention.delay);
-            let subject_gone =
-                |subject: &Digest| !present.contains(subject) && !children.contains(subject);
-            if policy.delete_referrers {
-                let subject = node.manifest.subject.as_ref().map(|s| s.digest.clone());
-                let legacy = d.tag().and_then(legacy_subject);
-                let gone_for = match (subject, legacy) {
-                    (Some(s), _) if subject_gone(&s) => {
-                        Some((retention.delay, "its subject is gone"))
-                    }
-                    (_, Some(s)) if subject_gone(&s) => {
-                        Some((settings.delay, "its subject is gone"))
-                    }
-                    _ => None,
-                };
-                if let Some((delay, reason)) = gone_for
-                    && older_than(node.modified, now, delay)
-                {
-                    step.push((d.digest.clone(), d.tag().map(str::to_string), reason));
-                    continue;
+    let dropped = descriptor_set(&removals);
+    listed.retain(|d| !dropped.contains(&(&d.digest, d.tag())));
+    let kept = kept_manifests(graph, &listed, policy, settings, now)?;
+    let mut kept_listed = Vec::with_capacity(listed.len());
+    let mut reported: HashSet<Digest> = HashSet::new();
+    for (d, keep) in listed.into_iter().zip(kept) {
+        match keep {
+            Ok(()) => kept_listed.push(d),
+            Err(reason) => {
+                if reported.insert(d.digest.clone()) {
+                    collected.manifests.push((d.digest.clone(), reason));
                 }
-            }
-            // As zot: a referrer is removed only by the referrer rule, and a subject is not
-            // kept alive by its referrers (they go once it is gone, with deleteReferrers).
-            let referenced = children.contains(&d.digest) || node.manifest.subject.is_some();
-            if policy.delete_untagged && d.tag().is_none() && !referenced && old {
-                step.push((d.digest.clone(), None, "untagged"));
+                removals.push((d.digest.clone(), d.tag().map(str::to_string)));
             }
         }
-        if step.is_empty() {
-            break;
-        }
-        for (digest, tag, reason) in step {
-            if !collected.manifests.iter().any(|(d, _)| d == &digest) {
-                collected.manifests.push((digest.clone(), reason));
-            }
-            removals.push((digest, tag));
-        }
-        drop_removed(&mut listed, &removals);
     }
+    let listed = kept_listed;
 
     let mut marked = HashSet::new();
     graph.mark(&listed, &mut marked)?;

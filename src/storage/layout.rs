@@ -18,14 +18,9 @@ use crate::oci::RepoName;
 use std::fmt;
 use std::str::FromStr;
 
-/// The `oci-layout` file name.
-pub const OCI_LAYOUT: &str = "oci-layout";
+pub use crate::oci::name::layout_entries::{BLOBS, INDEX_JSON, OCI_LAYOUT};
 /// The `oci-layout` file content berth writes.
 pub const OCI_LAYOUT_CONTENT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
-/// The index file name.
-pub const INDEX_JSON: &str = "index.json";
-/// The blob directory name.
-pub const BLOBS: &str = "blobs";
 /// The upload session directory name.
 pub const UPLOADS: &str = ".uploads";
 

@@ -7,10 +7,11 @@
 //! lands with one atomic `put`; readers never lock.
 
 use super::driver::{Driver, DriverError};
+use super::referrers::ReferrersPage;
 use super::{Store, StoreError, index_writes, layout, not_found_as};
 use crate::digest::Digest;
 use crate::oci::{Descriptor, ImageIndex, Manifest, Reference, RepoName, Tag, media_type};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 /// A manifest as served: its descriptor (media type, digest, size) and, for GET, its bytes.
@@ -34,17 +35,31 @@ pub struct ManifestPut {
 /// How deep nested indexes are searched for a child manifest named by digest.
 const MAX_INDEX_DEPTH: usize = 4;
 
+/// Most manifests on one path from a pushed manifest down to a layer (an index of indexes of
+/// images is 3). Deeper nesting is refused at PUT, so no walk over a repository's manifests
+/// ever follows an unbounded chain (issue 10).
+const MAX_NESTING: usize = 16;
+
+/// How often a manifest PUT writes its own bytes again when a concurrent DELETE of the same
+/// digest removed them between the write and the index update.
+const PUT_ATTEMPTS: usize = 3;
+
 impl Store {
     /// The parsed `index.json` of `repo`, or `NameUnknown`. Served from the cache while the
     /// file's fingerprint is unchanged.
     pub(super) fn read_index(&self, repo: &RepoName) -> Result<Arc<ImageIndex>, StoreError> {
+        self.read_index_version(repo).map(|(_, index)| index)
+    }
+
+    /// `read_index`, with the fingerprint of the file version it was parsed from.
+    fn read_index_version(&self, repo: &RepoName) -> Result<(u64, Arc<ImageIndex>), StoreError> {
         let path = layout::index_json(repo)?;
         let meta = self
             .driver
             .stat(&path)?
             .ok_or_else(|| StoreError::NameUnknown(repo.clone()))?;
         if let Some(index) = self.indexes.get(repo, meta.fingerprint) {
-            return Ok(index);
+            return Ok((meta.fingerprint, index));
         }
         let bytes = self
             .driver
@@ -60,7 +75,7 @@ impl Store {
         // The file may have been replaced between the stat and the read; then the next
         // lookup sees a new fingerprint and parses again, so caching here is always safe.
         self.indexes.put(repo, meta.fingerprint, Arc::clone(&index));
-        Ok(index)
+        Ok((meta.fingerprint, index))
     }
 
     /// Applies `change` to `repo`'s index and writes the index back atomically if it changed
@@ -167,60 +182,34 @@ impl Store {
             Reference::Tag(_) => Digest::sha256_of(bytes),
         };
         let manifest = Manifest::parse(bytes, content_type)?;
-        for needed in manifest.required_content() {
-            if self.blob_size(repo, &needed.digest).is_err() {
-                return Err(StoreError::ManifestBlobUnknown(needed.digest.clone()));
-            }
-        }
-        self.ensure_repo(repo)?;
-        let blob = layout::blob(repo, &digest)?;
-        // Already stored (pushed again, or re-tagged): made new, so a collector that planned
-        // to delete it as old and untagged leaves it; gone meanwhile: written again.
-        let stored = self.driver.stat(&blob)?.map(|m| m.size) == Some(bytes.len() as u64);
-        let refreshed = stored
-            && match self.driver.touch(&blob) {
-                Ok(()) => true,
-                Err(DriverError::NotFound { .. }) => false,
-                Err(e) => return Err(e.into()),
-            };
-        if !refreshed {
-            self.blob_write(repo, &digest, bytes)?;
-        }
+        let required: Vec<Descriptor> = manifest.required_content().cloned().collect();
+        check_content(&*self.driver, repo, &required)?;
         let mut tags: Vec<Tag> = extra_tags.to_vec();
         if let Reference::Tag(t) = reference {
             tags.insert(0, t.clone());
         }
         let entry = Descriptor::new(&manifest.media_type, digest.clone(), bytes.len() as u64);
-        let required: Vec<Descriptor> = manifest.required_content().cloned().collect();
-        let locked_repo = repo.clone();
-        let driver = Arc::clone(&self.driver);
         let pushed_tags: Vec<Tag> = match self.usage {
             Some(_) => tags.clone(),
             None => Vec::new(),
         };
-        self.update_index(repo, move |index| {
-            // Checked again under the repository lock, which garbage collection holds while it
-            // deletes blobs, and down through child manifests (an index's children may have
-            // lost their layers): content collected since the checks above fails this PUT
-            // instead of leaving the manifest without it.
-            if let Some(missing) =
-                first_missing(&*driver, &locked_repo, &required, MAX_INDEX_DEPTH)?
-            {
-                return Err(StoreError::ManifestBlobUnknown(missing));
+        let mut attempt = 1;
+        loop {
+            self.store_manifest_bytes(repo, &digest, bytes)?;
+            let listed = self.update_index(
+                repo,
+                list_manifest(&self.driver, repo, &required, &entry, &tags),
+            );
+            match listed {
+                // A DELETE of this digest took its bytes after they were written: write again.
+                Err(StoreError::ManifestBlobUnknown(missing))
+                    if missing == digest && attempt < PUT_ATTEMPTS =>
+                {
+                    attempt += 1;
+                }
+                other => break other?,
             }
-            if driver.stat(&blob)?.is_none_or(|m| m.is_dir) {
-                return Err(StoreError::ManifestBlobUnknown(entry.digest.clone()));
-            }
-            let mut changed = false;
-            for tag in &tags {
-                changed |= set_tag(index, tag, &entry);
-            }
-            if tags.is_empty() && !index.manifests.iter().any(|d| d.digest == entry.digest) {
-                index.manifests.push(entry);
-                changed = true;
-            }
-            Ok(changed)
-        })?;
+        }
         if let Some(usage) = &self.usage {
             for tag in &pushed_tags {
                 usage.pushed(repo, tag.as_str());
@@ -230,6 +219,32 @@ impl Store {
             digest,
             subject: manifest.subject.map(|s| s.digest),
         })
+    }
+
+    /// Makes `bytes` (which hash to `digest`) a blob of `repo`: an existing copy is made new,
+    /// so a collector that planned to delete it as old and untagged leaves it; a missing one
+    /// is written.
+    fn store_manifest_bytes(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let blob = layout::blob(repo, digest)?;
+        let refreshed = self.in_repo(repo, || {
+            if self.driver.stat(&blob)?.map(|m| m.size) != Some(bytes.len() as u64) {
+                return Ok(false);
+            }
+            match self.driver.touch(&blob) {
+                Ok(()) => Ok(true),
+                Err(DriverError::NotFound { .. }) => Ok(false),
+                Err(e) => Err(e.into()),
+            }
+        })?;
+        if !refreshed {
+            self.blob_write(repo, digest, bytes)?;
+        }
+        Ok(())
     }
 
     /// Finds the descriptor `reference` names: a tag, or a digest listed in `index.json` or in
@@ -249,42 +264,50 @@ impl Store {
                 .cloned()
                 .ok_or_else(unknown),
             Reference::Digest(digest) => self
-                .find_by_digest(repo, &index.manifests, digest, MAX_INDEX_DEPTH)?
+                .find_by_digest(repo, &index.manifests, digest)?
                 .ok_or_else(unknown),
         }
     }
 
+    /// Looks for `digest` among `listed` and, level by level down to `MAX_INDEX_DEPTH`, among
+    /// the children of the indexes they reach; each index is read once however often it is
+    /// listed.
     fn find_by_digest(
         &self,
         repo: &RepoName,
-        descriptors: &[Descriptor],
+        listed: &[Descriptor],
         digest: &Digest,
-        depth: usize,
     ) -> Result<Option<Descriptor>, StoreError> {
-        if let Some(found) = descriptors.iter().find(|d| &d.digest == digest) {
-            return Ok(Some(found.clone()));
-        }
-        if depth == 0 {
-            return Ok(None);
-        }
-        for d in descriptors {
-            let is_index = matches!(
-                d.media_type.as_str(),
-                media_type::OCI_INDEX | media_type::DOCKER_MANIFEST_LIST
-            );
-            if !is_index {
-                continue;
+        let mut level: Vec<Descriptor> = listed.to_vec();
+        let mut read: HashSet<Digest> = HashSet::new();
+        for depth in 0..=MAX_INDEX_DEPTH {
+            if let Some(found) = level.iter().find(|d| &d.digest == digest) {
+                return Ok(Some(found.clone()));
             }
-            // An unreadable child index is skipped: it cannot list the manifest we look for.
-            let Ok(bytes) = self.driver.get(&layout::blob(repo, &d.digest)?) else {
-                continue;
-            };
-            let Ok(child) = serde_json::from_slice::<ImageIndex>(&bytes) else {
-                continue;
-            };
-            if let Some(found) = self.find_by_digest(repo, &child.manifests, digest, depth - 1)? {
-                return Ok(Some(found));
+            if depth == MAX_INDEX_DEPTH {
+                break;
             }
+            let mut next = Vec::new();
+            for d in &level {
+                let is_index = matches!(
+                    d.media_type.as_str(),
+                    media_type::OCI_INDEX | media_type::DOCKER_MANIFEST_LIST
+                );
+                if !is_index || !read.insert(d.digest.clone()) {
+                    continue;
+                }
+                // An unreadable child index is skipped: it cannot list the manifest we look for.
+                let Ok(bytes) = self.driver.get(&layout::blob(repo, &d.digest)?) else {
+                    continue;
+                };
+                if let Ok(child) = serde_json::from_slice::<ImageIndex>(&bytes) {
+                    next.extend(child.manifests);
+                }
+            }
+            if next.is_empty() {
+                break;
+            }
+            level = next;
         }
         Ok(None)
     }
@@ -359,7 +382,19 @@ impl Store {
                     index.manifests.retain(|d| d.digest != target);
                     Ok(true)
                 })?;
-                match self.blob_delete(repo, digest) {
+                // The bytes go under the repository lock, and only while the index still does
+                // not list the digest: a PUT of the same manifest may have listed it again
+                // since (issue 10: a 201 for a tag whose manifest was then deleted).
+                let _guard = self.repo_locks.lock(repo);
+                if self
+                    .read_index(repo)?
+                    .manifests
+                    .iter()
+                    .any(|d| &d.digest == digest)
+                {
+                    return Ok(());
+                }
+                match self.blob_delete_locked(repo, digest) {
                     Ok(()) | Err(StoreError::BlobUnknown(_)) => Ok(()),
                     Err(e) => Err(e),
                 }
@@ -380,79 +415,136 @@ impl Store {
         Ok(tags)
     }
 
-    /// Descriptors of the manifests in `repo` whose `subject` is `subject`, optionally only
-    /// those of one artifact type. An unknown repository has no referrers (spec: never 404).
+    /// The referrers index of `subject` in `repo`: the manifests it lists whose `subject` is
+    /// `subject`, optionally only those of one artifact type, as a stream of shared bytes.
+    /// An unknown repository has no referrers (spec: never 404).
     pub fn referrers(
         &self,
         repo: &RepoName,
         subject: &Digest,
         artifact_type: Option<&str>,
-    ) -> Result<Vec<Descriptor>, StoreError> {
-        let index = match self.read_index(repo) {
-            Ok(index) => index,
-            Err(StoreError::NameUnknown(_)) => return Ok(Vec::new()),
+    ) -> Result<ReferrersPage, StoreError> {
+        let (fingerprint, index) = match self.read_index_version(repo) {
+            Ok(version) => version,
+            Err(StoreError::NameUnknown(_)) => return Ok(ReferrersPage::empty()),
             Err(e) => return Err(e),
         };
-        let mut seen = std::collections::BTreeSet::new();
-        let mut found = Vec::new();
-        for d in &index.manifests {
-            if !seen.insert(d.digest.clone()) {
-                continue;
-            }
-            // Blobs that vanished or do not parse are not referrers of anything.
-            let Ok(bytes) = self.driver.get(&layout::blob(repo, &d.digest)?) else {
-                continue;
-            };
-            let Ok(manifest) = Manifest::parse(&bytes, Some(&d.media_type)) else {
-                continue;
-            };
-            if manifest.subject.as_ref().map(|s| &s.digest) != Some(subject) {
-                continue;
-            }
-            if artifact_type.is_some() && manifest.artifact_type.as_deref() != artifact_type {
-                continue;
-            }
-            found.push(Descriptor {
-                artifact_type: manifest.artifact_type,
-                annotations: manifest.annotations,
-                ..Descriptor::new(&manifest.media_type, d.digest.clone(), bytes.len() as u64)
-            });
-        }
-        Ok(found)
+        let read = |digest: &Digest| {
+            let path = layout::blob(repo, digest).ok()?;
+            self.driver.get(&path).ok()
+        };
+        let referrers = self.referrers.get(repo, fingerprint, &index, read);
+        Ok(referrers.page(subject, artifact_type))
     }
 }
 
-/// The first blob of `required` (and, `depth` levels down, of the child manifests among them)
-/// that `repo` does not hold.
-fn first_missing(
+/// The index change of a manifest PUT: checked again under the repository lock (which the
+/// collector holds while it deletes blobs, and a DELETE while it removes bytes), and down
+/// through child manifests, so content that went since the first check fails the PUT instead
+/// of leaving the index naming a manifest without its content.
+fn list_manifest(
+    driver: &Arc<dyn Driver>,
+    repo: &RepoName,
+    required: &[Descriptor],
+    entry: &Descriptor,
+    tags: &[Tag],
+) -> impl FnOnce(&mut ImageIndex) -> Result<bool, StoreError> + Send + 'static {
+    let (driver, repo) = (Arc::clone(driver), repo.clone());
+    let (required, entry, tags) = (required.to_vec(), entry.clone(), tags.to_vec());
+    move |index| {
+        check_content(&*driver, &repo, &required)?;
+        let own = layout::blob(&repo, &entry.digest)?;
+        if driver.stat(&own)?.is_none_or(|m| m.is_dir) {
+            return Err(StoreError::ManifestBlobUnknown(entry.digest.clone()));
+        }
+        let mut changed = false;
+        for tag in &tags {
+            changed |= set_tag(index, tag, &entry);
+        }
+        if tags.is_empty() && !index.manifests.iter().any(|d| d.digest == entry.digest) {
+            index.manifests.push(entry);
+            changed = true;
+        }
+        Ok(changed)
+    }
+}
+
+/// Checks that `repo` holds every blob of `required` and, down through the child manifests
+/// among them, everything those name, and that no path of manifests is longer than
+/// `MAX_NESTING`. Each digest is looked at once (a manifest listed many times, or shared by
+/// many indexes, costs one read), so the cost is linear in distinct manifests and blobs.
+fn check_content(
     driver: &dyn Driver,
     repo: &RepoName,
     required: &[Descriptor],
-    depth: usize,
-) -> Result<Option<Digest>, StoreError> {
-    for d in required {
-        let path = layout::blob(repo, &d.digest)?;
-        if driver.stat(&path)?.is_none_or(|m| m.is_dir) {
-            return Ok(Some(d.digest.clone()));
-        }
-        if depth == 0 || !media_type::is_manifest(&d.media_type) {
-            continue;
-        }
-        // A child that no longer parses was validated when it was pushed; only what it
-        // names matters here, and an unreadable one names nothing to check.
-        let child = match driver.get(&path) {
-            Ok(bytes) => Manifest::parse(&bytes, Some(&d.media_type)).ok(),
-            Err(DriverError::NotFound { .. }) => return Ok(Some(d.digest.clone())),
-            Err(e) => return Err(e.into()),
-        };
-        if let Some(child) = child {
-            let nested: Vec<Descriptor> = child.required_content().cloned().collect();
-            if let Some(missing) = first_missing(driver, repo, &nested, depth - 1)? {
-                return Ok(Some(missing));
+) -> Result<(), StoreError> {
+    let mut heights = HashMap::new();
+    content_height(driver, repo, required, 1, &mut heights).map(|_| ())
+}
+
+/// The most manifests on a path down from `descriptors` (0 when none is a manifest), found
+/// with `heights` remembering each digest's; `path` manifests lie above them. Recursion is
+/// bounded by `MAX_NESTING`.
+fn content_height(
+    driver: &dyn Driver,
+    repo: &RepoName,
+    descriptors: &[Descriptor],
+    path: usize,
+    heights: &mut HashMap<Digest, usize>,
+) -> Result<usize, StoreError> {
+    let mut tallest = 0;
+    for d in descriptors {
+        let height = match heights.get(&d.digest) {
+            Some(h) => *h,
+            None => {
+                let h = descriptor_height(driver, repo, d, path, heights)?;
+                heights.insert(d.digest.clone(), h);
+                h
             }
+        };
+        if path + height > MAX_NESTING {
+            return Err(too_deep());
         }
+        tallest = tallest.max(height);
     }
-    Ok(None)
+    Ok(tallest)
+}
+
+fn descriptor_height(
+    driver: &dyn Driver,
+    repo: &RepoName,
+    d: &Descriptor,
+    path: usize,
+    heights: &mut HashMap<Digest, usize>,
+) -> Result<usize, StoreError> {
+    let blob = layout::blob(repo, &d.digest)?;
+    if driver.stat(&blob)?.is_none_or(|m| m.is_dir) {
+        return Err(StoreError::ManifestBlobUnknown(d.digest.clone()));
+    }
+    if !media_type::is_manifest(&d.media_type) {
+        return Ok(0);
+    }
+    if path >= MAX_NESTING {
+        return Err(too_deep());
+    }
+    // A child that no longer parses was validated when it was pushed; only what it names
+    // matters here, and an unreadable one names nothing to check.
+    let child = match driver.get(&blob) {
+        Ok(bytes) => Manifest::parse(&bytes, Some(&d.media_type)).ok(),
+        Err(DriverError::NotFound { .. }) => {
+            return Err(StoreError::ManifestBlobUnknown(d.digest.clone()));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Some(child) = child else { return Ok(1) };
+    let named: Vec<Descriptor> = child.required_content().cloned().collect();
+    Ok(1 + content_height(driver, repo, &named, path + 1, heights)?)
+}
+
+fn too_deep() -> StoreError {
+    StoreError::ManifestInvalid(crate::oci::manifest::ManifestError(format!(
+        "manifests nest more than {MAX_NESTING} levels deep"
+    )))
 }
 
 /// Points `tag` at `entry`. The manifest the tag left keeps an untagged descriptor if nothing

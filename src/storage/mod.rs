@@ -19,6 +19,7 @@ mod index_writes;
 pub mod layout;
 mod locks;
 mod manifests;
+mod referrers;
 mod registry;
 pub mod scrub;
 mod uploads;
@@ -27,6 +28,7 @@ mod usage;
 pub use error::StoreError;
 pub use gc::{Collected, TagTimes};
 pub use manifests::{ManifestPut, StoredManifest};
+pub use referrers::ReferrersPage;
 pub use registry::Registry;
 pub use uploads::BodyLength;
 
@@ -46,6 +48,7 @@ pub struct Store {
     repo_locks: Striped<std::sync::Mutex<()>>,
     sessions: uploads::Sessions,
     indexes: index_cache::IndexCache,
+    referrers: referrers::ReferrerCache,
     pending: index_writes::PendingChanges,
     dedupe: Option<dedupe::Dedupe>,
     usage: Option<usage::Usage>,
@@ -103,6 +106,7 @@ impl Store {
             repo_locks: Striped::default(),
             sessions: uploads::Sessions::default(),
             indexes: index_cache::IndexCache::default(),
+            referrers: referrers::ReferrerCache::default(),
             pending: index_writes::PendingChanges::default(),
             dedupe,
             usage: None,
@@ -138,7 +142,9 @@ impl Store {
     }
 
     /// Moves a verified upload staged at `staged` into `repo`'s blobs, as a link to the
-    /// store's copy when dedupe knows one.
+    /// store's copy when dedupe knows one. Done under the repository lock, with the
+    /// repository (re)created first, so a collector removing it as empty cannot leave the
+    /// blob in a directory that is no longer a repository (issue 10).
     fn place_blob(
         &self,
         repo: &RepoName,
@@ -147,7 +153,7 @@ impl Store {
         staged: &StoragePath,
     ) -> Result<(), StoreError> {
         let target = layout::blob(repo, digest)?;
-        match &self.dedupe {
+        self.in_repo(repo, || match &self.dedupe {
             Some(d) => d.place(
                 &*self.driver,
                 digest,
@@ -156,7 +162,7 @@ impl Store {
                 &target,
             ),
             None => Ok(self.driver.rename(staged, &target)?),
-        }
+        })
     }
 
     /// Whether `repo` exists (has an `index.json`).
@@ -211,8 +217,25 @@ impl Store {
         Ok((BlobRead { size, body }, range))
     }
 
-    /// Deletes a blob from one repository; other repositories' links to it are untouched.
+    /// Deletes a blob from one repository; other repositories' links to it are untouched. A
+    /// manifest `index.json` lists is refused: deleting its bytes would leave the index
+    /// naming a manifest that is gone; it is deleted as a manifest.
     pub fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<(), StoreError> {
+        let _guard = self.repo_locks.lock(repo);
+        let listed = match self.read_index(repo) {
+            Ok(index) => index.manifests.iter().any(|d| &d.digest == digest),
+            Err(StoreError::NameUnknown(_)) => false,
+            Err(e) => return Err(e),
+        };
+        if listed {
+            return Err(StoreError::BlobIsManifest(digest.clone()));
+        }
+        self.blob_delete_locked(repo, digest)
+    }
+
+    /// Deletes a blob of `repo`; the caller holds the repository lock, so no manifest PUT
+    /// checks its content in between.
+    fn blob_delete_locked(&self, repo: &RepoName, digest: &Digest) -> Result<(), StoreError> {
         let path = layout::blob(repo, digest)?;
         let _guard = self.dedupe.as_ref().map(|d| d.lock(digest));
         self.driver
@@ -248,23 +271,8 @@ impl Store {
             Some(meta) if !meta.is_dir => meta.size,
             _ => return Ok(false),
         };
-        self.ensure_repo(repo)?;
         let target = layout::blob(repo, digest)?;
-        if let Some(d) = &self.dedupe {
-            let placed = d.place(
-                &*self.driver,
-                digest,
-                size,
-                dedupe::Source::Existing(&source),
-                &target,
-            );
-            return match placed {
-                Ok(()) => Ok(true),
-                Err(StoreError::Driver(DriverError::NotFound { .. })) => Ok(false),
-                Err(e) => Err(e),
-            };
-        }
-        if self.driver.stat(&target)?.is_some() {
+        if self.dedupe.is_none() && self.driver.stat(&target)?.is_some() {
             // Mounted again: new to an age-based collector; deleted meanwhile: copied below.
             match self.driver.touch(&target) {
                 Ok(()) => return Ok(true),
@@ -272,20 +280,36 @@ impl Store {
                 Err(e) => return Err(e.into()),
             }
         }
-        // Staged in `.uploads/` like every blob write, so no partial copy has a blob's place.
-        let staging = layout::upload(repo, &layout::UploadId::new())?;
-        let copied = self
-            .driver
-            .copy(&source, &staging)
-            .and_then(|()| self.driver.rename(&staging, &target));
-        match copied {
-            Ok(()) => Ok(true),
-            // Deleted from `from` between the check and the copy: nothing was mounted.
-            Err(DriverError::NotFound { .. }) => Ok(false),
-            Err(e) => {
-                let _ = self.driver.delete(&staging);
-                Err(e.into())
+        let placed = match &self.dedupe {
+            Some(d) => self.in_repo(repo, || {
+                d.place(
+                    &*self.driver,
+                    digest,
+                    size,
+                    dedupe::Source::Existing(&source),
+                    &target,
+                )
+            }),
+            None => {
+                // Copied outside the repository lock, staged in `.uploads/` like every blob
+                // write, so no partial copy ever has a blob's place.
+                let staging = layout::upload(repo, &layout::UploadId::new())?;
+                let copied = self
+                    .driver
+                    .copy(&source, &staging)
+                    .map_err(StoreError::from)
+                    .and_then(|()| self.place_blob(repo, digest, size, &staging));
+                if copied.is_err() {
+                    let _ = self.driver.delete(&staging);
+                }
+                copied
             }
+        };
+        match placed {
+            Ok(()) => Ok(true),
+            // Deleted from its source between the check and the copy: nothing was mounted.
+            Err(StoreError::Driver(DriverError::NotFound { .. })) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -322,21 +346,26 @@ impl Store {
         Ok(repos)
     }
 
-    /// Creates the layout files of `repo` if it does not exist yet.
-    fn ensure_repo(&self, repo: &RepoName) -> Result<(), StoreError> {
-        if self.repo_exists(repo)? {
-            return Ok(());
-        }
+    /// Runs `f` under `repo`'s lock, after creating the repository's layout files if it
+    /// does not exist (yet, or any more: the collector removes empty repositories under the
+    /// same lock). Whatever `f` writes into the repository therefore lands in a repository.
+    fn in_repo<T>(
+        &self,
+        repo: &RepoName,
+        f: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let _guard = self.repo_locks.lock(repo);
-        if self.repo_exists(repo)? {
-            return Ok(());
+        if !self.repo_exists(repo)? {
+            // The marker first: a repository is a directory with both files, and index.json
+            // is what makes it one (`repo_exists`), so a crash in between leaves no repository
+            // without its marker.
+            self.driver
+                .put(&layout::oci_layout(repo)?, layout::OCI_LAYOUT_CONTENT)?;
+            let empty = serde_json::to_vec(&crate::oci::ImageIndex::empty())
+                .expect("an index always serializes");
+            self.driver.put(&layout::index_json(repo)?, &empty)?;
         }
-        self.driver
-            .put(&layout::oci_layout(repo)?, layout::OCI_LAYOUT_CONTENT)?;
-        let empty = serde_json::to_vec(&crate::oci::ImageIndex::empty())
-            .expect("an index always serializes");
-        self.driver.put(&layout::index_json(repo)?, &empty)?;
-        Ok(())
+        f()
     }
 }
 

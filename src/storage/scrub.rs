@@ -84,22 +84,30 @@ impl ScrubReport {
     }
 }
 
-/// What the walk of one image found to check.
-#[derive(Default)]
-struct ImageWalk {
-    /// Problems found while walking (manifests are checked during the walk).
-    affected: Vec<AffectedBlob>,
-    /// Configs and layers still to hash.
+/// A manifest as the walk found it: the manifests it lists (an index) or the configs and
+/// layers it names (an image), or what is wrong with it.
+type NodeCheck = Result<NodeContent, String>;
+
+/// What a readable manifest names.
+struct NodeContent {
+    /// Child manifests (of an index).
+    children: Vec<Digest>,
+    /// Configs and layers to hash (of an image); foreign layers are not stored here.
     blobs: Vec<Digest>,
 }
 
-/// A repository as walked: its images (or why its index is unreadable), and every digest
-/// they name.
-type WalkedRepo = (
-    RepoName,
-    Result<Vec<(Descriptor, ImageWalk)>, String>,
-    BTreeSet<Digest>,
-);
+/// A repository as walked: its listed images and every manifest they reach, each read once
+/// however many images share it (issue 10: a DAG of 30 indexes each listing the previous
+/// twice was walked 2^30 times).
+struct RepoGraph {
+    listed: Vec<Descriptor>,
+    nodes: HashMap<Digest, NodeCheck>,
+    /// Every digest an image names.
+    referenced: BTreeSet<Digest>,
+}
+
+/// A repository and its walk, or why its index is unreadable.
+type WalkedRepo = (RepoName, Result<RepoGraph, String>);
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -118,9 +126,8 @@ impl Store {
             let Ok(repo) = name.parse::<RepoName>() else {
                 continue;
             };
-            let mut referenced = BTreeSet::new();
-            let images = self.walk_repo(&repo, &mut referenced, &bytes);
-            walked.push((repo, images, referenced));
+            let graph = self.walk_repo(&repo, &bytes);
+            walked.push((repo, graph));
         }
 
         // One hash per physical file: group every (repository, digest) by the file's identity.
@@ -128,9 +135,10 @@ impl Store {
         // checked against each.
         let mut by_file: HashMap<(u64, Digest), StoragePath> = HashMap::new();
         let mut identity_of: HashMap<(usize, Digest), Result<u64, String>> = HashMap::new();
-        for (i, (repo, images, _)) in walked.iter().enumerate() {
-            let Ok(images) = images else { continue };
-            for digest in images.iter().flat_map(|(_, w)| &w.blobs) {
+        for (i, (repo, graph)) in walked.iter().enumerate() {
+            let Ok(graph) = graph else { continue };
+            let blobs = graph.nodes.values().flatten().flat_map(|n| &n.blobs);
+            for digest in blobs {
                 if identity_of.contains_key(&(i, digest.clone())) {
                     continue;
                 }
@@ -153,7 +161,7 @@ impl Store {
             });
 
         let mut repositories = Vec::new();
-        for (i, (repo, images, referenced)) in walked.into_iter().enumerate() {
+        for (i, (repo, graph)) in walked.into_iter().enumerate() {
             let mut scrubbed = RepoScrub {
                 repository: repo.to_string(),
                 status: "ok",
@@ -162,25 +170,28 @@ impl Store {
                 orphans: Vec::new(),
                 stale_uploads: Vec::new(),
             };
-            match images {
+            match graph {
                 Err(e) => {
                     scrubbed.status = "affected";
                     scrubbed.error = Some(e);
                 }
-                Ok(images) => {
-                    for (descriptor, walk) in images {
-                        let mut affected = walk.affected;
-                        for digest in walk.blobs {
-                            let problem = match &identity_of[&(i, digest.clone())] {
-                                Err(e) => Some(e.clone()),
-                                Ok(id) => verdicts.get(&(*id, digest.clone())).cloned().flatten(),
-                            };
-                            if let Some(error) = problem
-                                && !affected.iter().any(|a| a.digest == digest)
-                            {
-                                affected.push(AffectedBlob { digest, error });
-                            }
-                        }
+                Ok(graph) => {
+                    let blob_problem = |digest: &Digest| match &identity_of[&(i, digest.clone())] {
+                        Err(e) => Some(e.clone()),
+                        Ok(id) => verdicts.get(&(*id, digest.clone())).cloned().flatten(),
+                    };
+                    let tainted = tainted_nodes(&graph.nodes, &blob_problem);
+                    for descriptor in &graph.listed {
+                        let affected = if tainted.contains(&descriptor.digest) {
+                            affected_blobs(
+                                &graph.nodes,
+                                &tainted,
+                                &descriptor.digest,
+                                &blob_problem,
+                            )
+                        } else {
+                            Vec::new()
+                        };
                         let image = ImageScrub {
                             tag: descriptor.tag().map(str::to_string),
                             digest: descriptor.digest.clone(),
@@ -197,11 +208,8 @@ impl Store {
                         }
                         scrubbed.images.push(image);
                     }
+                    self.warnings(&repo, &graph.referenced, stale_after, &mut scrubbed);
                 }
-            }
-            // Without a readable index nothing is known to be referenced: no orphan list.
-            if scrubbed.error.is_none() {
-                self.warnings(&repo, &referenced, stale_after, &mut scrubbed);
             }
             repositories.push(scrubbed);
         }
@@ -237,45 +245,48 @@ impl Store {
             .clone()
     }
 
-    /// Walks `repo`'s images, checking manifests as it reads them; fills `referenced` with
-    /// every digest an image names. `Err` when `index.json` itself cannot be read.
-    fn walk_repo(
-        &self,
-        repo: &RepoName,
-        referenced: &mut BTreeSet<Digest>,
-        bytes: &AtomicU64,
-    ) -> Result<Vec<(Descriptor, ImageWalk)>, String> {
+    /// Walks every manifest `repo`'s images reach, checking each once as it is read. `Err`
+    /// when `index.json` itself cannot be read.
+    fn walk_repo(&self, repo: &RepoName, bytes: &AtomicU64) -> Result<RepoGraph, String> {
         let index: std::sync::Arc<ImageIndex> = self.read_index(repo).map_err(|e| e.to_string())?;
-        let mut images = Vec::new();
-        for descriptor in &index.manifests {
-            let mut walk = ImageWalk::default();
-            let mut stack = vec![descriptor.clone()];
-            while let Some(d) = stack.pop() {
-                referenced.insert(d.digest.clone());
-                match self.check_manifest(repo, &d, bytes) {
-                    Ok(manifest) => {
-                        if manifest.kind == ManifestKind::Index {
-                            stack.extend(manifest.children.iter().cloned());
-                        } else {
-                            for blob in manifest.config.iter().chain(&manifest.children) {
-                                referenced.insert(blob.digest.clone());
-                                if !walk.blobs.contains(&blob.digest)
-                                    && !crate::oci::media_type::is_foreign_layer(&blob.media_type)
-                                {
-                                    walk.blobs.push(blob.digest.clone());
-                                }
-                            }
-                        }
-                    }
-                    Err(error) => walk.affected.push(AffectedBlob {
-                        digest: d.digest.clone(),
-                        error,
-                    }),
-                }
+        let mut graph = RepoGraph {
+            listed: index.manifests.clone(),
+            nodes: HashMap::new(),
+            referenced: BTreeSet::new(),
+        };
+        let mut stack: Vec<Descriptor> = index.manifests.clone();
+        while let Some(d) = stack.pop() {
+            graph.referenced.insert(d.digest.clone());
+            if graph.nodes.contains_key(&d.digest) {
+                continue;
             }
-            images.push((descriptor.clone(), walk));
+            let check = self.check_manifest(repo, &d, bytes).map(|manifest| {
+                if manifest.kind == ManifestKind::Index {
+                    let children = manifest.children.iter().map(|c| c.digest.clone()).collect();
+                    stack.extend(manifest.children);
+                    return NodeContent {
+                        children,
+                        blobs: Vec::new(),
+                    };
+                }
+                let named: Vec<&Descriptor> =
+                    manifest.config.iter().chain(&manifest.children).collect();
+                graph
+                    .referenced
+                    .extend(named.iter().map(|b| b.digest.clone()));
+                let blobs = named
+                    .into_iter()
+                    .filter(|b| !crate::oci::media_type::is_foreign_layer(&b.media_type))
+                    .map(|b| b.digest.clone())
+                    .collect();
+                NodeContent {
+                    children: Vec::new(),
+                    blobs,
+                }
+            });
+            graph.nodes.insert(d.digest.clone(), check);
         }
-        Ok(images)
+        Ok(graph)
     }
 
     /// Reads a manifest, checks its digest, and parses it.
@@ -347,6 +358,85 @@ impl Store {
             scrubbed.stale_uploads.push(id.to_string());
         }
     }
+}
+
+/// The manifests that are wrong themselves, name a blob with a problem, or reach such a
+/// manifest; each manifest and edge is looked at once (depth-first, without recursion, so
+/// a long chain cannot exhaust the stack).
+fn tainted_nodes(
+    nodes: &HashMap<Digest, NodeCheck>,
+    blob_problem: &dyn Fn(&Digest) -> Option<String>,
+) -> std::collections::HashSet<Digest> {
+    let mut tainted = std::collections::HashSet::new();
+    let mut done: std::collections::HashSet<&Digest> = std::collections::HashSet::new();
+    for root in nodes.keys() {
+        let mut stack: Vec<(&Digest, bool)> = vec![(root, false)];
+        while let Some((digest, children_done)) = stack.pop() {
+            if children_done {
+                let bad = match &nodes[digest] {
+                    Err(_) => true,
+                    Ok(n) => {
+                        n.blobs.iter().any(|b| blob_problem(b).is_some())
+                            || n.children.iter().any(|c| tainted.contains(c))
+                    }
+                };
+                if bad {
+                    tainted.insert(digest.clone());
+                }
+                continue;
+            }
+            if !done.insert(digest) {
+                continue;
+            }
+            stack.push((digest, true));
+            if let Ok(n) = &nodes[digest] {
+                stack.extend(
+                    n.children
+                        .iter()
+                        .filter(|c| !done.contains(c))
+                        .map(|c| (c, false)),
+                );
+            }
+        }
+    }
+    tainted
+}
+
+/// Every problem below the tainted image `top`, walking only tainted manifests.
+fn affected_blobs(
+    nodes: &HashMap<Digest, NodeCheck>,
+    tainted: &std::collections::HashSet<Digest>,
+    top: &Digest,
+    blob_problem: &dyn Fn(&Digest) -> Option<String>,
+) -> Vec<AffectedBlob> {
+    let mut affected: Vec<AffectedBlob> = Vec::new();
+    let mut seen: std::collections::HashSet<&Digest> = std::collections::HashSet::new();
+    let mut stack = vec![top];
+    while let Some(digest) = stack.pop() {
+        if !seen.insert(digest) {
+            continue;
+        }
+        match &nodes[digest] {
+            Err(error) => affected.push(AffectedBlob {
+                digest: digest.clone(),
+                error: error.clone(),
+            }),
+            Ok(n) => {
+                for blob in &n.blobs {
+                    if let Some(error) = blob_problem(blob)
+                        && seen.insert(blob)
+                    {
+                        affected.push(AffectedBlob {
+                            digest: blob.clone(),
+                            error,
+                        });
+                    }
+                }
+                stack.extend(n.children.iter().filter(|c| tainted.contains(*c)));
+            }
+        }
+    }
+    affected
 }
 
 /// zot's scrub log lines: `blobs/manifest ok` and `blobs/manifest affected`.

@@ -42,8 +42,10 @@ struct Session {
 
 type SessionSlot = Arc<Mutex<Option<Session>>>;
 
-/// In-memory state of open sessions. The map lock is held only to find or insert a slot; all
-/// I/O happens under the session's own lock, so sessions never wait on each other.
+/// In-memory state of open sessions. The map lock is held only to find, insert or release a
+/// slot; all I/O happens under the session's own lock, so sessions never wait on each other.
+/// A slot lives only while it holds a session or someone holds it: whatever a request does,
+/// it leaves no slot behind (issue 10: a lookup that failed kept ~400 bytes per request).
 #[derive(Default)]
 pub(super) struct Sessions {
     slots: Mutex<HashMap<UploadId, SessionSlot>>,
@@ -55,9 +57,21 @@ impl Sessions {
         slots.entry(id).or_default().clone()
     }
 
-    fn forget(&self, id: UploadId) {
+    /// Drops the slot of `id` if it holds no session and nobody else holds it. Called after
+    /// the caller dropped its own handle; new handles are only made under the map lock, so
+    /// a count of one (the map's) cannot grow while this runs.
+    fn release(&self, id: UploadId) {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        slots.remove(&id);
+        let unused = slots.get(&id).is_some_and(|slot| {
+            Arc::strong_count(slot) == 1
+                && slot
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .is_none()
+        });
+        if unused {
+            slots.remove(&id);
+        }
     }
 }
 
@@ -144,10 +158,11 @@ fn fill(body: &mut dyn Read, buf: &mut [u8]) -> Result<usize, StoreError> {
 impl Store {
     /// Opens a new upload session in `repo`, creating the repository if needed.
     pub fn upload_start(&self, repo: &RepoName) -> Result<UploadId, StoreError> {
-        self.ensure_repo(repo)?;
         let id = UploadId::new();
-        // Creating the file makes the session visible to status requests and to a restart.
-        self.driver.appender(&layout::upload(repo, &id)?)?;
+        // Creating the file makes the session visible to status requests and to a restart,
+        // and (under the repository lock) keeps the collector from removing the repository.
+        let path = layout::upload(repo, &id)?;
+        self.in_repo(repo, || Ok(self.driver.appender(&path)?))?;
         *self
             .sessions
             .slot(id)
@@ -170,15 +185,24 @@ impl Store {
         f: impl FnOnce(&mut Session) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let slot = self.sessions.slot(id);
+        let result = self.in_session(repo, id, &slot, f);
+        drop(slot);
+        self.sessions.release(id);
+        result
+    }
+
+    fn in_session<T>(
+        &self,
+        repo: &RepoName,
+        id: UploadId,
+        slot: &SessionSlot,
+        f: impl FnOnce(&mut Session) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
         if guard.is_none() {
             match self.rebuild_session(repo, id)? {
                 Some(session) => *guard = Some(session),
-                None => {
-                    drop(guard);
-                    self.sessions.forget(id);
-                    return Err(StoreError::UploadUnknown(id.to_string()));
-                }
+                None => return Err(StoreError::UploadUnknown(id.to_string())),
             }
         }
         let session = guard.as_mut().expect("filled above");
@@ -188,8 +212,6 @@ impl Store {
         let result = f(session);
         if session.ended {
             *guard = None;
-            drop(guard);
-            self.sessions.forget(id);
         }
         result
     }
@@ -254,9 +276,11 @@ impl Store {
         Ok(idle)
     }
 
-    /// Ends the session `id` of `repo` and deletes its file if it is still idle for `delay`
-    /// once its lock is held (a chunk being written holds it, and refreshes the file's
-    /// time). Returns whether it was deleted.
+    /// Ends the session `id` of `repo` and deletes its file if it is still idle for `delay`.
+    /// A session a request is using (its lock is held) is not idle, whatever its file's time
+    /// says (bytes may sit in the writer's buffer): it is skipped at once, so the collector
+    /// never waits on a client (issue 10: a trickling PATCH held a sweep for 21 s). Returns
+    /// whether it was deleted.
     pub(super) fn end_idle_upload(
         &self,
         repo: &RepoName,
@@ -265,7 +289,26 @@ impl Store {
         now: SystemTime,
     ) -> Result<bool, StoreError> {
         let slot = self.sessions.slot(id);
-        let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        let ended = match slot.try_lock() {
+            Ok(mut guard) => self.end_if_idle(repo, id, &mut guard, delay, now),
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                self.end_if_idle(repo, id, &mut p.into_inner(), delay, now)
+            }
+            Err(std::sync::TryLockError::WouldBlock) => Ok(false),
+        };
+        drop(slot);
+        self.sessions.release(id);
+        ended
+    }
+
+    fn end_if_idle(
+        &self,
+        repo: &RepoName,
+        id: UploadId,
+        session: &mut Option<Session>,
+        delay: Duration,
+        now: SystemTime,
+    ) -> Result<bool, StoreError> {
         let path = layout::upload(repo, &id)?;
         let idle = self
             .driver
@@ -273,15 +316,8 @@ impl Store {
             .is_some_and(|m| super::gc::older_than(m.modified, now, delay));
         if idle {
             self.driver.delete(&path)?;
-        }
-        if idle || guard.is_none() {
-            // Requests already waiting on this lock find the session gone.
-            if let Some(session) = guard.as_mut() {
-                session.ended = true;
-            }
-            *guard = None;
-            drop(guard);
-            self.sessions.forget(id);
+            // Requests that wait for this lock next find the session gone.
+            *session = None;
         }
         Ok(idle)
     }
@@ -423,5 +459,41 @@ impl Store {
             let _ = self.upload_cancel(repo, id);
         }
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::driver::local::{LocalDriver, WriterChoice};
+
+    /// Issue 10: a request for a session whose lookup failed left its slot in the map for
+    /// good (~400 bytes per request, from any client).
+    #[test]
+    fn failed_and_unknown_sessions_leave_no_slot_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let driver = LocalDriver::new(dir.path(), false, WriterChoice::Buffered).unwrap();
+        let store = Store::new(Arc::new(driver), None);
+        let repo: RepoName = "a".parse().unwrap();
+        store.in_repo(&repo, || Ok(())).unwrap();
+        let slots = || store.sessions.slots.lock().unwrap().len();
+        // Unknown: no file.
+        for _ in 0..3 {
+            let unknown = store.upload_size(&repo, UploadId::new());
+            assert!(matches!(unknown, Err(StoreError::UploadUnknown(_))));
+        }
+        // Failed: `.uploads` is a file, so looking a session up is an I/O error.
+        std::fs::write(dir.path().join("a/.uploads"), b"not a directory").unwrap();
+        for _ in 0..3 {
+            let failed = store.upload_size(&repo, UploadId::new());
+            assert!(matches!(failed, Err(StoreError::Driver(_))), "{failed:?}");
+        }
+        assert_eq!(slots(), 0);
+        // A live session keeps its slot until it ends.
+        std::fs::remove_file(dir.path().join("a/.uploads")).unwrap();
+        let id = store.upload_start(&repo).unwrap();
+        assert_eq!(slots(), 1);
+        store.upload_cancel(&repo, id).unwrap();
+        assert_eq!(slots(), 0);
     }
 }

@@ -12,6 +12,7 @@ mod connections;
 mod crash;
 mod dedupe;
 mod gc;
+mod hostile_store;
 mod oras;
 mod scrub;
 mod skopeo;

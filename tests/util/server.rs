@@ -19,6 +19,12 @@ use super::http::Client;
 /// The binary cargo built for this test run.
 pub const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
+/// The binary `Berth` starts: `BERTH_UNDER_TEST` when set (to run the suite against an older
+/// build and see a test fail before its fix), else the one cargo built.
+pub fn berth_binary() -> String {
+    std::env::var("BERTH_UNDER_TEST").unwrap_or_else(|_| BERTH.to_string())
+}
+
 /// A debug build starts in well under a second; the margin is for a loaded CI machine.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -106,7 +112,7 @@ impl Berth {
         }
         let config_path = config_dir.join("config.json");
         std::fs::write(&config_path, config.to_string()).expect("write config");
-        let mut child = Command::new(BERTH)
+        let mut child = Command::new(berth_binary())
             .arg("serve")
             .arg(&config_path)
             .stdin(Stdio::null())
