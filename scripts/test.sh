@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 
 scripts/install-test-deps.sh
 export BERTH_REQUIRE_CLIENTS=1
+# The vendored tiny_http's own unit tests (request framing, body rate, throttled logs).
+cargo test -p tiny_http --lib
 # Every target but the benches: the load generator (bench/load.rs, harness = false) is a
 # program that needs --target arguments, and `cargo test --all-targets` would run it bare
 # and fail. (.ci/run compiles it through clippy, so it cannot rot.)

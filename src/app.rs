@@ -90,6 +90,8 @@ impl App {
     /// the listener.
     pub fn start(config: &Config) -> Result<App, StartError> {
         let opened = open_stores(config)?;
+        // After the stores: a refused config stays one line on stderr.
+        let open_files = raise_open_files_limit();
         for o in &opened {
             dedupe_pass::spawn(Arc::clone(&o.store), &o.key);
             collector::spawn(Arc::clone(&o.store), &o.key, o.settings.gc.clone());
@@ -107,22 +109,72 @@ impl App {
             .zip(stores)
             .collect();
         let registry = Arc::new(Registry::new(default, routes));
-        let server = Server::bind(&config.http)?;
+        let server = Server::bind(&config.http, open_files)?;
         Ok(App { server, registry })
     }
 
-    /// Serves until the process ends.
-    pub fn run(self) {
-        self.server.run(self.registry);
+    /// Serves until the process ends; fails only when the request workers cannot start.
+    pub fn run(self) -> std::io::Result<()> {
+        self.server.run(self.registry)
     }
 }
 
-/// Scrubs every store at start-up and then every `interval`, one store after another.
+/// Raises the soft limit on open files to the hard one, as Go's runtime does at start-up,
+/// and logs it (issue 10, point 10). The usual soft default, 1024, is a relic of select(2);
+/// each connection holds a socket, so a few hundred idle clients exhausted it and new
+/// connections then failed. Returns the soft limit now in effect.
+fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!("cannot read the open files limit: {e}");
+        return FALLBACK_OPEN_FILES;
+    }
+    let before = limit.rlim_cur;
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        } else {
+            let e = std::io::Error::last_os_error();
+            tracing::warn!(
+                "cannot raise the open files limit to {}: {e}",
+                raised.rlim_cur
+            );
+        }
+    }
+    // rlim_t is u64 on Linux, berth's platform.
+    let (soft, hard) = (limit.rlim_cur, limit.rlim_max);
+    if soft > before {
+        tracing::info!("open files limit: {soft} (raised from {before}; hard limit {hard})");
+    } else {
+        tracing::info!("open files limit: {soft} (hard limit {hard})");
+    }
+    soft
+}
+
+/// The open files limit assumed when it cannot be read: Linux's usual soft default.
+const FALLBACK_OPEN_FILES: u64 = 1024;
+
+/// Scrubs every store at start-up and then every `interval`, one store after another. Each
+/// store's scrub is pending from now on until one finishes, so the report never reads as
+/// healthy for a store that was not scrubbed yet.
 fn spawn_scrub(opened: &[OpenedStore], interval: std::time::Duration) {
     let stores: Vec<(String, Arc<Store>, std::time::Duration)> = opened
         .iter()
         .map(|o| (o.key.clone(), Arc::clone(&o.store), o.settings.gc.delay))
         .collect();
+    for (key, store, _) in &stores {
+        store.scrub_scheduled(key);
+    }
     std::thread::Builder::new()
         .name("berth-scrub".into())
         .spawn(move || {

@@ -104,14 +104,18 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
                 tracing::warn!("{warning}");
             }
             let app = App::start(&config)?;
-            app.run();
+            app.run().context("starting the request workers")?;
             Ok(Outcome::Clean)
         }
     }
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::new(format!("berth={}", config.log.level));
+    // tiny_http logs through the `log` crate; `init` below bridges those records into
+    // tracing, and this lets them through: refused connections and failed accepts are
+    // reported there (issue 10, points 9 and 10).
+    let level = &config.log.level;
+    let filter = tracing_subscriber::EnvFilter::new(format!("berth={level},tiny_http={level}"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match &config.log.output {
         Some(path) => {

@@ -145,6 +145,15 @@ pub struct HttpConfig {
     pub write_timeout: Duration,
     /// Request worker threads.
     pub workers: usize,
+    /// Workers only requests without a body may use, so uploads cannot take every worker.
+    pub reserved_workers: usize,
+    /// Connections served at once; `None` sizes it from the open files limit at start-up.
+    pub max_connections: Option<usize>,
+    /// A request body must arrive at this many bytes per second on average (0: no check).
+    pub body_min_rate: u64,
+    /// How long a body may stay under `body_min_rate` before the check applies.
+    #[serde(serialize_with = "serialize_duration")]
+    pub body_rate_grace: Duration,
 }
 
 /// Logging settings.
@@ -165,6 +174,18 @@ pub(crate) fn serialize_duration<S: serde::Serializer>(
 }
 
 const LOG_LEVELS: [&str; 5] = ["trace", "debug", "info", "warn", "error"];
+
+/// Default workers kept for requests without a body: a quarter, so uploads keep most of
+/// them, and at least one whenever there are two.
+fn default_reserved_workers(workers: usize) -> usize {
+    if workers < 2 { 0 } else { (workers / 4).max(1) }
+}
+
+/// Default minimum body rate and its grace, Apache mod_reqtimeout's `body=20,MinRate=500`:
+/// a client on the slowest link still uploads, one that dribbles bytes to hold a worker
+/// does not for long.
+const DEFAULT_BODY_MIN_RATE: u64 = 500;
+const DEFAULT_BODY_RATE_GRACE: Duration = Duration::from_secs(20);
 
 /// Default request workers: request threads block on sockets and disks, not CPUs, so there
 /// are several per core; slow clients are bounded by `readTimeout` instead.
@@ -306,9 +327,9 @@ fn resolve(raw: RawConfig) -> Result<Config, String> {
             .parse::<u16>()
             .map_err(|_| format!("http.port: {t:?} is not a port"))?,
     };
-    let timeout = |value: Option<String>, key: &str| -> Result<Duration, String> {
+    let positive = |value: Option<String>, key: &str, default| -> Result<Duration, String> {
         match value {
-            None => Ok(Duration::from_secs(60)),
+            None => Ok(default),
             Some(v) => {
                 let d = duration::parse(&v).map_err(|e| format!("{key}: {e}"))?;
                 if d.is_zero() {
@@ -318,6 +339,7 @@ fn resolve(raw: RawConfig) -> Result<Config, String> {
             }
         }
     };
+    let timeout = |value, key| positive(value, key, Duration::from_secs(60));
     if let Some(other) = http
         .compat
         .iter()
@@ -344,6 +366,18 @@ fn resolve(raw: RawConfig) -> Result<Config, String> {
         Some(n) => n,
         None => default_workers(),
     };
+    let reserved_workers = match http.reserved_workers {
+        Some(n) if n >= workers => {
+            return Err(format!(
+                "http.reservedWorkers: {n} would leave none of the {workers} workers for uploads"
+            ));
+        }
+        Some(n) => n,
+        None => default_reserved_workers(workers),
+    };
+    if http.max_connections == Some(0) {
+        return Err("http.maxConnections: must be at least 1".into());
+    }
 
     let log = raw.log.unwrap_or_default();
     refuse_present(&log.audit, "log.audit", "an audit log")?;
@@ -382,6 +416,14 @@ fn resolve(raw: RawConfig) -> Result<Config, String> {
             read_timeout: timeout(http.read_timeout, "http.readTimeout")?,
             write_timeout: timeout(http.write_timeout, "http.writeTimeout")?,
             workers,
+            reserved_workers,
+            max_connections: http.max_connections,
+            body_min_rate: http.body_min_rate.unwrap_or(DEFAULT_BODY_MIN_RATE),
+            body_rate_grace: positive(
+                http.body_rate_grace,
+                "http.bodyRateGrace",
+                DEFAULT_BODY_RATE_GRACE,
+            )?,
         },
         log: LogConfig {
             level,
@@ -415,6 +457,30 @@ mod tests {
         );
         assert!(!c.storage.default.commit);
         assert!(c.storage.default.dedupe);
+    }
+
+    #[test]
+    fn http_limits_default_and_resolve() {
+        let http = |keys: &str| {
+            parse(&format!(
+                r#"{{"storage":{{"rootDirectory":"/x"}},"http":{{{keys}}}}}"#
+            ))
+            .unwrap()
+            .http
+        };
+        let h = http(r#""workers":16"#);
+        assert_eq!((h.reserved_workers, h.max_connections), (4, None));
+        assert_eq!(h.body_min_rate, 500);
+        assert_eq!(h.body_rate_grace, Duration::from_secs(20));
+        assert_eq!(http(r#""workers":2"#).reserved_workers, 1);
+        assert_eq!(http(r#""workers":1"#).reserved_workers, 0);
+        let h = http(
+            r#""workers":4,"reservedWorkers":3,"maxConnections":9,"bodyMinRate":0,"bodyRateGrace":"2s""#,
+        );
+        assert_eq!(h.reserved_workers, 3);
+        assert_eq!(h.max_connections, Some(9));
+        assert_eq!(h.body_min_rate, 0);
+        assert_eq!(h.body_rate_grace, Duration::from_secs(2));
     }
 
     #[test]
@@ -633,6 +699,18 @@ mod tests {
             (
                 r#"{"storage":{"rootDirectory":"/x"},"http":{"readTimeout":"soon"}}"#,
                 "http.readTimeout",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x"},"http":{"workers":4,"reservedWorkers":4}}"#,
+                "http.reservedWorkers",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x"},"http":{"maxConnections":0}}"#,
+                "http.maxConnections",
+            ),
+            (
+                r#"{"storage":{"rootDirectory":"/x"},"http":{"bodyRateGrace":"0"}}"#,
+                "http.bodyRateGrace",
             ),
             (r#"{"storage":{}}"#, "storage.rootDirectory"),
             (

@@ -161,6 +161,18 @@ pub struct RawHttp {
     pub write_timeout: Option<String>,
     /// berth only: number of request worker threads.
     pub workers: Option<usize>,
+    /// berth only: workers kept for requests without a body.
+    #[serde(alias = "reservedworkers")]
+    pub reserved_workers: Option<usize>,
+    /// berth only: connections served at once.
+    #[serde(alias = "maxconnections")]
+    pub max_connections: Option<usize>,
+    /// berth only: minimum average rate of a request body, in bytes per second.
+    #[serde(alias = "bodyminrate")]
+    pub body_min_rate: Option<u64>,
+    /// berth only: how long a body may stay under `bodyMinRate` at its start.
+    #[serde(alias = "bodyrategrace")]
+    pub body_rate_grace: Option<String>,
     /// zot's compatibility list; `docker2s2` is what berth always does.
     pub compat: Option<Vec<String>>,
     /// zot keys for features berth does not build yet.

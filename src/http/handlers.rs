@@ -8,7 +8,6 @@ use super::route::{Method, Page, Route, UploadStart, percent_encode};
 use crate::digest::Digest;
 use crate::oci::{Reference, RepoName, Tag, media_type};
 use crate::storage::layout::UploadId;
-use crate::storage::scrub::ScrubReport;
 use crate::storage::{
     BlobBody, BodyLength, ByteRange, MAX_MANIFEST_SIZE, Registry, Store, StoreError,
 };
@@ -154,12 +153,9 @@ fn catalog(registry: &Registry, page: &Page) -> Result<Reply, ApiError> {
     Ok(reply.json(serde_json::to_vec(&json!({ "repositories": repos })).expect("json")))
 }
 
-/// The last scrub of every store that has one, and whether anything is affected.
+/// The last scrub of every store, or where it stands (`storage::scrub::summary`).
 fn scrub_report(registry: &Registry) -> Reply {
-    let reports: Vec<_> = registry.stores().filter_map(|s| s.last_scrub()).collect();
-    let affected = reports.iter().any(|r| r.affected());
-    let stores: Vec<&ScrubReport> = reports.iter().map(|r| &**r).collect();
-    let body = json!({ "affected": affected, "stores": stores });
+    let body = crate::storage::scrub::summary(registry);
     Reply::new(200).json(serde_json::to_vec(&body).expect("json"))
 }
 

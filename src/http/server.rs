@@ -3,22 +3,40 @@
 //! worker keeps serving. Every response gets the API version header and an exact
 //! Content-Length (tiny_http would switch to chunked encoding above 32 KiB). A body a handler
 //! left unread is discarded by tiny_http after the response is sent (see vendor/tiny_http).
+//!
+//! What clients may hold is bounded (issue 10): connections (`http.maxConnections`, over it
+//! a 503), the rate of request bodies (`http.bodyMinRate` after `http.bodyRateGrace`, both
+//! enforced in vendor/tiny_http), and the workers that read bodies: `http.reservedWorkers`
+//! of them only serve requests without one (`BodyGate`), so slow uploads cannot stall pings,
+//! pulls and manifest reads.
 
 use super::handlers;
 use super::response::{Body, Reply};
 use crate::config::HttpConfig;
 use crate::storage::Registry;
+use std::collections::VecDeque;
 use std::io::{self, Cursor, Read};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 use tiny_http::{Header, Response, StatusCode};
+
+/// Descriptors kept for the stores, caches and logs when the connection limit is derived
+/// from the open files limit.
+const FD_RESERVE: u64 = 64;
+/// A connection holds its socket, and a request on it may hold a blob file or two.
+const FDS_PER_CONNECTION: u64 = 2;
+/// Bounds of the derived connection limit: each connection also holds a thread.
+const MIN_CONNECTIONS: u64 = 16;
+const MAX_DEFAULT_CONNECTIONS: u64 = 4096;
 
 /// A bound, not yet serving, HTTP front end.
 pub struct Server {
     http: Arc<tiny_http::Server>,
     addr: SocketAddr,
     workers: usize,
+    reserved_workers: usize,
+    max_connections: usize,
 }
 
 /// Why the listener could not start.
@@ -32,9 +50,18 @@ pub enum BindError {
     Listen(String, io::Error),
 }
 
+/// The connection limit when `http.maxConnections` is not set: what the open files limit
+/// allows, so running out of connections (a 503) comes before running out of descriptors
+/// (failed accepts and file opens).
+fn default_max_connections(open_files: u64) -> usize {
+    let fit = open_files.saturating_sub(FD_RESERVE) / FDS_PER_CONNECTION;
+    fit.clamp(MIN_CONNECTIONS, MAX_DEFAULT_CONNECTIONS) as usize
+}
+
 impl Server {
-    /// Binds the listener described by `config`.
-    pub fn bind(config: &HttpConfig) -> Result<Server, BindError> {
+    /// Binds the listener described by `config`; `open_files` is the process's open files
+    /// limit, which sizes the default connection limit.
+    pub fn bind(config: &HttpConfig, open_files: u64) -> Result<Server, BindError> {
         let target = format!("{}:{}", config.address, config.port);
         let addr = (config.address.as_str(), config.port)
             .to_socket_addrs()
@@ -55,12 +82,24 @@ impl Server {
             .set_write_timeout(Some(config.write_timeout))
             .map_err(listen)?;
         let addr = listener.local_addr().map_err(listen)?;
-        let http = tiny_http::Server::from_listener(listener, None)
+        let max_connections = config
+            .max_connections
+            .unwrap_or_else(|| default_max_connections(open_files));
+        let limits = tiny_http::Limits {
+            max_connections,
+            body_rate: tiny_http::BodyRate {
+                min_bytes_per_sec: config.body_min_rate,
+                grace: config.body_rate_grace,
+            },
+        };
+        let http = tiny_http::Server::from_listener_with_limits(listener, None, limits)
             .map_err(|e| BindError::Listen(target.clone(), io::Error::other(e.to_string())))?;
         Ok(Server {
             http: Arc::new(http),
             addr,
             workers: config.workers,
+            reserved_workers: config.reserved_workers,
+            max_connections,
         })
     }
 
@@ -69,47 +108,128 @@ impl Server {
         self.addr
     }
 
-    /// Serves forever on `workers` threads.
-    pub fn run(self, registry: Arc<Registry>) {
-        tracing::info!(addr = %self.addr, workers = self.workers, "listening on {}", self.addr);
-        let threads: Vec<_> = (0..self.workers)
+    /// Serves forever on `workers` threads; fails only when they cannot be started.
+    pub fn run(self, registry: Arc<Registry>) -> io::Result<()> {
+        tracing::info!(
+            addr = %self.addr,
+            workers = self.workers,
+            reserved_workers = self.reserved_workers,
+            max_connections = self.max_connections,
+            "listening on {}",
+            self.addr
+        );
+        let gate = Arc::new(BodyGate::new(self.workers - self.reserved_workers));
+        let threads = (0..self.workers)
             .map(|i| {
                 let http = Arc::clone(&self.http);
                 let registry = Arc::clone(&registry);
+                let gate = Arc::clone(&gate);
                 std::thread::Builder::new()
                     .name(format!("berth-http-{i}"))
-                    .spawn(move || worker(&http, &registry))
-                    .expect("spawning a request worker")
+                    .spawn(move || worker(&http, &registry, &gate))
             })
-            .collect();
+            .collect::<io::Result<Vec<_>>>()?;
         for t in threads {
             let _ = t.join();
         }
+        Ok(())
     }
 }
 
-fn worker(http: &tiny_http::Server, registry: &Registry) {
+/// Bounds the workers busy with requests whose body streams from the client (issue 10,
+/// point 8). Such a request runs at once while fewer than `limit` workers read bodies;
+/// otherwise it is queued, and a worker finishing a body request takes the next one from
+/// the queue instead of giving up its place. Requests without a streaming body never wait
+/// here, so the `workers - limit` other workers are always free for them, whatever uploads
+/// trickle in. (A counting gate rather than a second queue in front of the workers: no
+/// extra thread hop per request.)
+struct BodyGate {
+    limit: usize,
+    state: Mutex<GateState>,
+}
+
+struct GateState {
+    /// Workers serving a body request.
+    running: usize,
+    /// Body requests waiting for one of them.
+    queued: VecDeque<tiny_http::Request>,
+}
+
+impl BodyGate {
+    fn new(limit: usize) -> BodyGate {
+        BodyGate {
+            limit,
+            state: Mutex::new(GateState {
+                running: 0,
+                queued: VecDeque::new(),
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, GateState> {
+        // The state is two plain fields updated together; a panic cannot leave it half-done.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `request` back when the caller may serve it now (and then holds a place until
+    /// `next` frees it), or `None` when it was queued.
+    fn admit(&self, request: tiny_http::Request) -> Option<tiny_http::Request> {
+        let mut state = self.state();
+        if state.running < self.limit {
+            state.running += 1;
+            Some(request)
+        } else {
+            state.queued.push_back(request);
+            None
+        }
+    }
+
+    /// For a worker holding a place: the next queued body request (the place passes to
+    /// it), or `None` once the place is freed.
+    fn next(&self) -> Option<tiny_http::Request> {
+        let mut state = self.state();
+        let next = state.queued.pop_front();
+        if next.is_none() {
+            state.running -= 1;
+        }
+        next
+    }
+}
+
+fn worker(http: &tiny_http::Server, registry: &Registry, gate: &BodyGate) {
     loop {
-        let mut request = match http.recv() {
+        let request = match http.recv() {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "accepting a request failed");
                 continue;
             }
         };
-        let started = Instant::now();
-        let method = request.method().to_string();
-        let url = request.url().to_string();
-        let reply = handlers::handle(registry, &mut request);
-        let status = reply.status;
-        if status >= 500 {
-            tracing::error!(%method, %url, status, "request failed");
-        } else {
-            tracing::debug!(%method, %url, status, elapsed_us = started.elapsed().as_micros() as u64, "request");
+        if !request.body_streams() {
+            serve(registry, request);
+            continue;
         }
-        if let Err(e) = respond(request, reply) {
-            tracing::debug!(%method, %url, error = %e, "sending the response failed");
+        let mut next = gate.admit(request);
+        while let Some(request) = next {
+            serve(registry, request);
+            next = gate.next();
         }
+    }
+}
+
+fn serve(registry: &Registry, mut request: tiny_http::Request) {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let url = request.url().to_string();
+    let reply = handlers::handle(registry, &mut request);
+    let status = reply.status;
+    if status >= 500 {
+        tracing::error!(%method, %url, status, "request failed");
+    } else {
+        tracing::debug!(%method, %url, status, elapsed_us = started.elapsed().as_micros() as u64, "request");
+    }
+    if let Err(e) = respond(request, reply) {
+        tracing::debug!(%method, %url, error = %e, "sending the response failed");
     }
 }
 

@@ -1,8 +1,11 @@
-//! The background collector of one store: sweeps every repository with `Store::collect` at
+//! The background collector of one store: removes what a killed berth left (`leftovers`) at
+//! start-up, gc on or off; with gc on, sweeps every repository with `Store::collect` at
 //! start-up and then every `gcInterval` (or once), starting only inside `gcTimeWindow`, and
-//! logs what each repository lost. One repository's failure stops only that repository.
+//! logs what each repository lost. One repository's failure stops only that repository;
+//! a directory that cannot be read is skipped and reported.
 
 use super::gc::Collected;
+use super::leftovers::{Leftovers, Stale};
 use super::{Store, StoreError};
 use crate::config::gc::GcConfig;
 use crate::oci::RepoName;
@@ -16,6 +19,11 @@ pub struct Sweep {
     pub collected: Vec<Collected>,
     /// Repositories whose collection stopped, with the reason.
     pub failed: Vec<(String, String)>,
+    /// Temporary files left by killed writes and untouched for `gcDelay`, and remains of
+    /// repositories, removed (or that would be).
+    pub leftovers: Leftovers,
+    /// Directories that could not be read, so were not collected, with the reason.
+    pub unreadable: Vec<(String, String)>,
 }
 
 /// Sweeps every repository of `store` once. With `dry_run` (or `retention.dryRun`) nothing
@@ -27,8 +35,16 @@ pub fn sweep(
     dry_run: bool,
 ) -> Result<Sweep, StoreError> {
     let dry_run = dry_run || settings.retention.dry_run;
-    let mut result = Sweep::default();
-    for name in store.catalog()? {
+    let walk = store.walk()?;
+    // Leftovers first: a repository that holds nothing else is then empty for `collect`.
+    let leftovers = store.leftovers(&walk, Stale::OlderThan(settings.delay), dry_run);
+    log_leftovers(key, &leftovers, dry_run);
+    let mut result = Sweep {
+        leftovers,
+        unreadable: walk.unreadable,
+        ..Sweep::default()
+    };
+    for name in walk.repos {
         let Ok(repo) = name.parse::<RepoName>() else {
             continue;
         };
@@ -46,6 +62,40 @@ pub fn sweep(
         }
     }
     Ok(result)
+}
+
+/// Logs leftovers found: what was (or would be) removed, and what could not be.
+fn log_leftovers(key: &str, found: &Leftovers, dry_run: bool) {
+    let verb = if dry_run { "would remove" } else { "removed" };
+    if !found.files.is_empty() || !found.remnants.is_empty() {
+        tracing::info!(
+            store = key,
+            files = found.files.len(),
+            bytes = found.bytes(),
+            remnants = ?found.remnants,
+            "gc: {verb} {} temporary files killed writes left and the remains of {} repositories",
+            found.files.len(),
+            found.remnants.len()
+        );
+    }
+    for (path, e) in &found.failed {
+        tracing::warn!(store = key, path = %path, "gc: leftovers here stay: {e}");
+    }
+}
+
+/// The start-up removal of leftovers: temporary files last written before this process opened
+/// the store, which no write of this process is using, and the remains of repositories.
+/// Runs while berth already serves.
+fn remove_leftovers_at_start(store: &Store, key: &str) {
+    let removed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let walk = store.walk()?;
+        Ok::<_, StoreError>(store.leftovers(&walk, Stale::BeforeOpen, false))
+    }));
+    match removed {
+        Ok(Ok(found)) => log_leftovers(key, &found, false),
+        Ok(Err(e)) => tracing::error!(store = key, "gc: cannot look for leftovers: {e}"),
+        Err(_) => tracing::error!(store = key, "gc: the search for leftovers panicked"),
+    }
 }
 
 fn log_collected(key: &str, c: &Collected, dry_run: bool) {
@@ -75,15 +125,17 @@ fn minute_of_day() -> u32 {
     ((seconds % 86_400) / 60) as u32
 }
 
-/// Runs the collector of `store` on its own thread when its `gc` is on.
+/// Runs the collector of `store` on its own thread: the start-up removal of leftovers (they
+/// are berth's own files, never content, so gc off or on), then sweeps when `gc` is on.
 pub fn spawn(store: Arc<Store>, key: &str, settings: GcConfig) {
-    if !settings.enabled {
-        return;
-    }
     let key = key.to_string();
     std::thread::Builder::new()
         .name("berth-gc".into())
         .spawn(move || {
+            remove_leftovers_at_start(&store, &key);
+            if !settings.enabled {
+                return;
+            }
             loop {
                 if let Some(window) = settings.time_window {
                     std::thread::sleep(window.wait_from(minute_of_day()));
@@ -101,6 +153,7 @@ pub fn spawn(store: Arc<Store>, key: &str, settings: GcConfig) {
                         store = %key,
                         repositories = s.collected.len(),
                         failed = s.failed.len(),
+                        unreadable = s.unreadable.len(),
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "gc: sweep done"
                     ),

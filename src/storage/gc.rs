@@ -517,7 +517,10 @@ impl Store {
     }
 
     /// Deletes `repo` when nothing is left in it: no manifest, blob, upload or nested
-    /// repository. Checked and done under the repository lock.
+    /// repository. Checked and done under the repository lock. Anything else in it (a file
+    /// that is not a blob, a temporary file of a live write) keeps it, quietly: the sweep
+    /// removes stale temporary files first (`leftovers`), and the rest is not berth's to
+    /// remove (issue 10: such a file failed every sweep with "Directory not empty").
     fn remove_if_empty(&self, repo: &RepoName) -> Result<bool, StoreError> {
         let _guard = self.repo_locks.lock(repo);
         let index = match self.read_index(repo) {
@@ -525,53 +528,12 @@ impl Store {
             Err(StoreError::NameUnknown(_)) => return Ok(false),
             Err(e) => return Err(e),
         };
-        if !index.manifests.is_empty() || !self.blob_files(repo)?.is_empty() {
-            return Ok(false);
-        }
-        let dir = layout::repo_dir(repo)?;
-        let uploads = dir.join(layout::UPLOADS)?;
-        if !self.driver.list(Some(&uploads))?.is_empty() {
-            return Ok(false);
-        }
-        let nested = self
-            .driver
-            .list(Some(&dir))?
-            .into_iter()
-            .any(|name| !layout::is_layout_entry(&name));
-        if nested {
+        if !index.manifests.is_empty() || !self.holds_only_layout(repo)? {
             return Ok(false);
         }
         // Every write into a repository holds its lock (`Store::in_repo`), so nothing lands
-        // here meanwhile; directories still go first, each only if empty, for layouts that
-        // other programs change.
-        let blobs = dir.join(layout::BLOBS)?;
-        for algorithm in self.driver.list(Some(&blobs))? {
-            self.driver.delete_dir(&blobs.join(&algorithm)?)?;
-        }
-        self.driver.delete_dir(&blobs)?;
-        self.driver.delete_dir(&uploads)?;
-        // Only the layout's own files: anything else that appeared meanwhile (a nested
-        // repository) makes the last `delete_dir` fail, and stays. index.json first: once it
-        // is gone this is no repository (`Store::repo_exists`), so a kill before the marker
-        // goes leaves a directory the next push makes whole again, never a repository that
-        // the catalog (which needs both files) would not list.
-        self.driver.delete(&layout::index_json(repo)?)?;
-        self.indexes.forget(repo);
-        self.driver.delete(&layout::oci_layout(repo)?)?;
-        self.driver.delete_dir(&dir)?;
-        // Parent directories that only held this repository go too (not repositories). One
-        // that is not empty (a repository, or a sibling pushed meanwhile under its own lock)
-        // stays, and so do its parents: that is the expected end of the climb, not a failure.
-        let mut components: Vec<&str> = repo.components().collect();
-        components.pop();
-        while !components.is_empty() {
-            let parent = StoragePath::from_components(components.iter().copied())?;
-            if self.driver.delete_dir(&parent).is_err() {
-                break;
-            }
-            components.pop();
-        }
-        Ok(true)
+        // here meanwhile but what `remove_layout` allows for.
+        self.remove_layout(repo)
     }
 }
 

@@ -84,6 +84,16 @@ pub fn blob_dir(repo: &RepoName, algorithm: Algorithm) -> Result<StoragePath, Dr
     repo_path(repo, &[BLOBS, algorithm.as_str()])
 }
 
+/// `<repo>/blobs/`
+pub fn blobs_root(repo: &RepoName) -> Result<StoragePath, DriverError> {
+    repo_path(repo, &[BLOBS])
+}
+
+/// `<repo>/.uploads/`
+pub fn uploads_dir(repo: &RepoName) -> Result<StoragePath, DriverError> {
+    repo_path(repo, &[UPLOADS])
+}
+
 /// `<repo>/.uploads/<id>`
 pub fn upload(repo: &RepoName, id: &UploadId) -> Result<StoragePath, DriverError> {
     repo_path(repo, &[UPLOADS, &id.to_string()])

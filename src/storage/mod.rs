@@ -17,6 +17,7 @@ pub mod gc;
 mod index_cache;
 mod index_writes;
 pub mod layout;
+pub mod leftovers;
 mod locks;
 mod manifests;
 mod referrers;
@@ -52,7 +53,24 @@ pub struct Store {
     pending: index_writes::PendingChanges,
     dedupe: Option<dedupe::Dedupe>,
     usage: Option<usage::Usage>,
-    last_scrub: std::sync::Mutex<Option<Arc<scrub::ScrubReport>>>,
+    scrub: std::sync::Mutex<scrub::ScrubState>,
+    /// Paths the walk has already logged as skipped, so a directory that stays unreadable
+    /// is logged once per process, not at every catalog request and sweep.
+    walk_noted: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// What a walk of a store's directories found (`Store::walk`).
+#[derive(Debug, Default)]
+struct StoreWalk {
+    /// Repositories: directories holding `index.json` and `oci-layout`, sorted.
+    repos: Vec<String>,
+    /// Directories with a repository's name that hold `oci-layout` but no `index.json`: what
+    /// a kill while a repository was being created or removed leaves (`leftovers`).
+    remnants: Vec<RepoName>,
+    /// Directories that could not be read, with the reason.
+    unreadable: Vec<(String, String)>,
+    /// Directories skipped because no repository can have their name (`lost+found`).
+    skipped: Vec<String>,
 }
 
 /// A byte range of a blob to send.
@@ -110,7 +128,8 @@ impl Store {
             pending: index_writes::PendingChanges::default(),
             dedupe,
             usage: None,
-            last_scrub: std::sync::Mutex::new(None),
+            scrub: std::sync::Mutex::new(scrub::ScrubState::default()),
+            walk_noted: std::sync::Mutex::default(),
         }
     }
 
@@ -315,16 +334,37 @@ impl Store {
 
     /// Every repository, sorted. A repository is a directory holding `index.json` and
     /// `oci-layout`; repositories may nest, and layout directories are never descended.
+    /// Directories that cannot be read are left out (see `walk`).
     pub fn catalog(&self) -> Result<Vec<String>, StoreError> {
-        let mut repos = Vec::new();
+        Ok(self.walk()?.repos)
+    }
+
+    /// Walks the store's directories for repositories, descending only into directories a
+    /// repository name can pass through. Only an unreadable root fails the walk: a directory
+    /// below it that cannot be read (a mount point's root-owned `lost+found`, a repository
+    /// with wrong permissions) hides only itself, is reported, and is logged once (issue 10:
+    /// one such directory failed the catalog, every sweep, scrub and the dedupe pass).
+    fn walk(&self) -> Result<StoreWalk, StoreError> {
+        let mut walk = StoreWalk::default();
         let mut pending: Vec<Option<StoragePath>> = vec![None];
         while let Some(dir) = pending.pop() {
-            let entries = self.driver.list(dir.as_ref())?;
-            if let Some(dir) = &dir {
-                let is_repo = entries.iter().any(|e| e == layout::INDEX_JSON)
-                    && entries.iter().any(|e| e == layout::OCI_LAYOUT);
-                if is_repo && dir.as_str().parse::<RepoName>().is_ok() {
-                    repos.push(dir.as_str().to_string());
+            let entries = match (self.driver.list(dir.as_ref()), &dir) {
+                (Ok(entries), _) => entries,
+                (Err(e), None) => return Err(e.into()),
+                (Err(e), Some(dir)) => {
+                    self.note_unreadable(&mut walk, dir, &e);
+                    continue;
+                }
+            };
+            if let Some(repo) = dir
+                .as_ref()
+                .and_then(|d| d.as_str().parse::<RepoName>().ok())
+            {
+                let has = |name: &str| entries.iter().any(|e| e == name);
+                if has(layout::INDEX_JSON) && has(layout::OCI_LAYOUT) {
+                    walk.repos.push(repo.to_string());
+                } else if has(layout::OCI_LAYOUT) && !has(layout::INDEX_JSON) {
+                    walk.remnants.push(repo);
                 }
             }
             for name in entries {
@@ -337,13 +377,50 @@ impl Store {
                 };
                 // Names that cannot be path components cannot be repositories either.
                 let Ok(child) = child else { continue };
-                if self.driver.stat(&child)?.is_some_and(|m| m.is_dir) {
+                match self.driver.stat(&child) {
+                    Ok(Some(meta)) if meta.is_dir => {}
+                    Ok(_) => continue,
+                    Err(e) => {
+                        self.note_unreadable(&mut walk, &child, &e);
+                        continue;
+                    }
+                }
+                // Every prefix of a repository name is one too, so below a directory whose
+                // path is none there is no repository: it is not read at all.
+                if child.as_str().parse::<RepoName>().is_ok() {
                     pending.push(Some(child));
+                } else {
+                    if self.first_note(&child) {
+                        tracing::info!(path = %child, "not a repository name: skipped");
+                    }
+                    walk.skipped.push(child.to_string());
                 }
             }
         }
-        repos.sort();
-        Ok(repos)
+        walk.repos.sort();
+        walk.remnants.sort();
+        walk.unreadable.sort();
+        walk.skipped.sort();
+        Ok(walk)
+    }
+
+    fn note_unreadable(&self, walk: &mut StoreWalk, path: &StoragePath, e: &DriverError) {
+        if self.first_note(path) {
+            tracing::warn!(
+                path = %path,
+                "cannot read this directory: it is skipped (not listed, collected, deduplicated \
+                 or scrubbed) while it stays so: {e}"
+            );
+        }
+        walk.unreadable.push((path.to_string(), e.to_string()));
+    }
+
+    /// Whether `path` is noted by the walk for the first time in this process.
+    fn first_note(&self, path: &StoragePath) -> bool {
+        self.walk_noted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(path.to_string())
     }
 
     /// Runs `f` under `repo`'s lock, after creating the repository's layout files if it

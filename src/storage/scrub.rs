@@ -1,7 +1,8 @@
 //! Scrub: re-hashes every manifest, config and layer the repositories of a store reference,
 //! with each digest's own algorithm, and reports what no longer matches; blob files nothing
-//! references (orphans) and idle upload sessions are reported as warnings. It repairs and
-//! deletes nothing.
+//! references (orphans), idle upload sessions and what killed writes left (`leftovers`) are
+//! reported as warnings. Directories it could not read make the store affected: what was not
+//! scrubbed is never reported healthy. It repairs and deletes nothing.
 //!
 //! Each physical file is hashed once, however many repositories link it (dedupe), and the
 //! hashing fans out on the background pool, whose threads run at the lowest CPU priority so
@@ -9,12 +10,14 @@
 //! content names what else to check.
 
 use super::driver::StoragePath;
-use super::{Store, StoreError, layout};
+use super::leftovers::{Leftover, Stale};
+use super::{Registry, Store, StoreError, layout};
 use crate::digest::Digest;
 use crate::oci::{Descriptor, ImageIndex, Manifest, ManifestKind, RepoName};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,8 +35,49 @@ pub struct ScrubReport {
     pub bytes_hashed: u64,
     /// Distinct files hashed (links counted once).
     pub files_hashed: u64,
+    /// `ok`, or `affected` when a repository is affected or a directory could not be read.
+    pub status: &'static str,
     /// Every repository, sorted.
     pub repositories: Vec<RepoScrub>,
+    /// Directories that could not be read, so whatever is in them was not scrubbed.
+    pub unreadable: Vec<Unreadable>,
+    /// Directories not looked into because no repository can have their name.
+    pub skipped: Vec<String>,
+    /// Warnings: temporary files of writes a kill cut short (written before this process
+    /// started, or untouched for the store's `gcDelay`); the collector removes them.
+    pub leftovers: Vec<Leftover>,
+    /// Warnings: directories a kill left while a repository was created or removed (an
+    /// `oci-layout` without `index.json`, nothing else but empty layout directories and
+    /// leftovers); the collector removes them.
+    pub remnants: Vec<String>,
+}
+
+/// A directory scrub could not read.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Unreadable {
+    /// Its path under the store's root.
+    pub path: String,
+    /// Why.
+    pub error: String,
+}
+
+/// Where the scrubs of one store stand, for `/v2/_berth/scrub`.
+#[derive(Debug, Clone, Default)]
+pub(super) enum ScrubState {
+    /// No scrub is scheduled (scrub is off).
+    #[default]
+    Unscheduled,
+    /// Scheduled under this config key; none has finished yet.
+    Pending(String),
+    /// The last scrub.
+    Done(Arc<ScrubReport>),
+    /// The last scrub could not run (the store's root cannot be read).
+    Failed {
+        /// The config key.
+        store: String,
+        /// Why.
+        error: String,
+    },
 }
 
 /// The scrub of one repository.
@@ -78,10 +122,50 @@ pub struct AffectedBlob {
 }
 
 impl ScrubReport {
-    /// Whether any repository is affected.
+    /// Whether any repository is affected or any directory could not be read.
     pub fn affected(&self) -> bool {
-        self.repositories.iter().any(|r| r.status != "ok")
+        !self.unreadable.is_empty() || self.repositories.iter().any(|r| r.status != "ok")
     }
+}
+
+/// The body of `/v2/_berth/scrub`: per store its last report, or while it has none its state
+/// (`pending`: scheduled, none finished yet; `failed`: could not run, and why). `affected` is
+/// true when a store is affected or could not be scrubbed, false only when every store was
+/// scrubbed and is clean, and null otherwise (scrub off, or a first scrub still running), and
+/// `status` says the same in a word: a store that was not scrubbed never reads as healthy
+/// (issue 10: before any scrub the answer was `{"affected":false,"stores":[]}`).
+pub fn summary(registry: &Registry) -> serde_json::Value {
+    let mut stores = Vec::new();
+    let (mut affected, mut pending, mut unscheduled) = (false, false, false);
+    for store in registry.stores() {
+        match store.scrub_state() {
+            ScrubState::Unscheduled => unscheduled = true,
+            ScrubState::Pending(key) => {
+                pending = true;
+                stores.push(serde_json::json!({ "store": key, "status": "pending" }));
+            }
+            ScrubState::Done(report) => {
+                affected |= report.affected();
+                stores.push(serde_json::to_value(&*report).expect("a report serializes"));
+            }
+            ScrubState::Failed { store, error } => {
+                affected = true;
+                stores.push(
+                    serde_json::json!({ "store": store, "status": "failed", "error": error }),
+                );
+            }
+        }
+    }
+    let (affected, status) = if affected {
+        (serde_json::Value::Bool(true), "affected")
+    } else if pending {
+        (serde_json::Value::Null, "pending")
+    } else if unscheduled {
+        (serde_json::Value::Null, "not scrubbed")
+    } else {
+        (serde_json::Value::Bool(false), "ok")
+    };
+    serde_json::json!({ "affected": affected, "status": status, "stores": stores })
 }
 
 /// A manifest as the walk found it: the manifests it lists (an index) or the configs and
@@ -119,10 +203,49 @@ impl Store {
     /// Scrubs every repository of this store; `key` names it in the report and the log, and
     /// upload sessions idle for `stale_after` are reported.
     pub fn scrub(&self, key: &str, stale_after: Duration) -> Result<ScrubReport, StoreError> {
+        let scrubbed = self.scrub_unrecorded(key, stale_after);
+        *self
+            .scrub
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = match &scrubbed {
+            Ok(report) => ScrubState::Done(Arc::new(report.clone())),
+            Err(e) => ScrubState::Failed {
+                store: key.to_string(),
+                error: e.to_string(),
+            },
+        };
+        scrubbed
+    }
+
+    /// Notes that scrubs of this store, under config key `key`, are scheduled: until one
+    /// finishes, the store's scrub is pending, not absent.
+    pub fn scrub_scheduled(&self, key: &str) {
+        let mut state = self
+            .scrub
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if matches!(*state, ScrubState::Unscheduled) {
+            *state = ScrubState::Pending(key.to_string());
+        }
+    }
+
+    fn scrub_state(&self) -> ScrubState {
+        self.scrub
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn scrub_unrecorded(
+        &self,
+        key: &str,
+        stale_after: Duration,
+    ) -> Result<ScrubReport, StoreError> {
         let started = now_secs();
         let bytes = AtomicU64::new(0);
+        let walk = self.walk()?;
         let mut walked: Vec<WalkedRepo> = Vec::new();
-        for name in self.catalog()? {
+        for name in &walk.repos {
             let Ok(repo) = name.parse::<RepoName>() else {
                 continue;
             };
@@ -213,36 +336,47 @@ impl Store {
             }
             repositories.push(scrubbed);
         }
-        let report = ScrubReport {
+        let leftovers = self.leftovers(&walk, Stale::Either(stale_after), true);
+        for file in &leftovers.files {
+            tracing::warn!(store = key, path = %file.path, bytes = file.bytes, component = "scrub", "scrub: leftover temporary file");
+        }
+        for remnant in &leftovers.remnants {
+            tracing::warn!(store = key, path = %remnant, component = "scrub", "scrub: remains of a removed repository");
+        }
+        // Directories the search for leftovers could not list were not scrubbed either.
+        let unreadable = walk
+            .unreadable
+            .into_iter()
+            .chain(leftovers.failed)
+            .map(|(path, error)| Unreadable { path, error })
+            .collect();
+        let mut report = ScrubReport {
             store: key.to_string(),
             started,
             finished: now_secs(),
             bytes_hashed: bytes.load(Ordering::Relaxed),
             files_hashed: files.len() as u64,
+            status: "ok",
             repositories,
+            unreadable,
+            skipped: walk.skipped,
+            leftovers: leftovers.files,
+            remnants: leftovers.remnants,
         };
+        if report.affected() {
+            report.status = "affected";
+        }
         tracing::info!(
             store = key,
             repositories = report.repositories.len(),
             files = report.files_hashed,
             bytes = report.bytes_hashed,
+            unreadable = report.unreadable.len(),
+            leftovers = report.leftovers.len() + report.remnants.len(),
             affected = report.affected(),
             "scrub: done"
         );
-        *self
-            .last_scrub
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some(std::sync::Arc::new(report.clone()));
         Ok(report)
-    }
-
-    /// The last scrub of this store, if one finished.
-    pub fn last_scrub(&self) -> Option<std::sync::Arc<ScrubReport>> {
-        self.last_scrub
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
     }
 
     /// Walks every manifest `repo`'s images reach, checking each once as it is read. `Err`

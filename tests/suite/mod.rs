@@ -2,7 +2,7 @@
 //! bad input (`bad_input`, `connections`, `concurrency`), crash safety (`crash`), real
 //! clients (`skopeo`, `oras`), and the command line (`cli`); issue 4's deduplication
 //! (`dedupe`) and `subPaths` stores (`subpaths`); issue 5's garbage collection and retention
-//! (`gc`) and scrub (`scrub`).
+//! (`gc`) and scrub (`scrub`); issue 10's hostile HTTP at the front end (`hostile_http`).
 
 mod api;
 mod bad_input;
@@ -12,7 +12,9 @@ mod connections;
 mod crash;
 mod dedupe;
 mod gc;
+mod hostile_http;
 mod hostile_store;
+mod leftovers;
 mod oras;
 mod scrub;
 mod skopeo;

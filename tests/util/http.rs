@@ -398,3 +398,84 @@ pub fn paginate(c: &Client, first: &str, field: &str) -> (Vec<String>, usize) {
     }
     (collected, pages)
 }
+
+/// What came back on a connection that only the server may end (see `Client::exchange_open`).
+#[derive(Debug)]
+pub struct Exchange {
+    /// Every byte the server sent.
+    pub received: Vec<u8>,
+    /// Whether the server ended the connection (EOF or reset) before the wait ran out.
+    pub closed: bool,
+}
+
+impl Exchange {
+    /// The first response in `received`, if it is a whole one.
+    pub fn response(&self) -> Option<Response> {
+        parse_response(&self.received, false).ok()
+    }
+
+    /// Asserts the first response has `status` and the server then closed the connection:
+    /// after refusing a request whose framing it cannot trust, the server must not read the
+    /// bytes that follow as another request (RFC 9112 section 6.3).
+    #[track_caller]
+    pub fn expect_refused(&self, status: u16) -> Response {
+        let shown = String::from_utf8_lossy(&self.received);
+        let response = self
+            .response()
+            .unwrap_or_else(|| panic!("no whole response; received {shown:?}"));
+        assert_eq!(response.status, status, "received {shown:?}");
+        assert!(
+            response
+                .header("Connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close")),
+            "a refusal announces the close (Connection: close); received {shown:?}"
+        );
+        assert!(self.closed, "connection left open; received {shown:?}");
+        response
+    }
+}
+
+impl Client {
+    /// Writes `wire` without half-closing the socket (so only the server can end the
+    /// connection, and a request it wrongly reads from the bytes after the first one still
+    /// gets answered) and reads until the server closes or `wait` passes. The write runs on
+    /// its own thread: a server that stops reading a huge head would otherwise block it.
+    pub fn exchange_open(&self, wire: &[u8], wait: Duration) -> Exchange {
+        let stream = self.connect().expect("connect");
+        let deadline = std::time::Instant::now() + wait;
+        std::thread::scope(|s| {
+            let mut writer = &stream;
+            s.spawn(move || {
+                // The server may refuse before reading everything; the write then fails.
+                let _ = writer.write_all(wire);
+            });
+            let mut received = Vec::new();
+            let mut buf = [0u8; 16 * 1024];
+            let closed = loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break false;
+                }
+                stream.set_read_timeout(Some(left)).expect("set timeout");
+                match (&stream).read(&mut buf) {
+                    Ok(0) => break true,
+                    Ok(n) => received.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break false;
+                    }
+                    // A reset ends the connection as surely as a FIN.
+                    Err(_) => break true,
+                }
+            };
+            // Unblocks the writer if the server neither read nor closed.
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+            Exchange { received, closed }
+        })
+    }
+}

@@ -52,6 +52,58 @@ impl Default for Settings {
     }
 }
 
+/// What `Berth::start_launch` adds to `Settings`: more `http` keys, and the limits and user
+/// the process starts under, for the resource-exhaustion tests.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// Merged into the config's `http` section.
+    pub http: serde_json::Map<String, serde_json::Value>,
+    /// `RLIMIT_NOFILE` as (soft, hard).
+    pub open_files: Option<(u64, u64)>,
+    /// `RLIMIT_NPROC` (soft and hard): threads count against it, per real user.
+    pub processes: Option<u64>,
+    /// Run as this user (and group of the same id); root ignores `RLIMIT_NPROC`.
+    pub uid: Option<u32>,
+}
+
+impl Launch {
+    fn apply(&self, command: &mut Command) {
+        use std::os::unix::process::CommandExt;
+        if let Some(uid) = self.uid {
+            command.gid(uid).uid(uid);
+        }
+        let open_files = self.open_files;
+        let processes = self.processes;
+        if open_files.is_none() && processes.is_none() {
+            return;
+        }
+        let set = |resource, soft: u64, hard: u64| {
+            let limit = libc::rlimit {
+                rlim_cur: soft as libc::rlim_t,
+                rlim_max: hard as libc::rlim_t,
+            };
+            // SAFETY: setrlimit only reads the struct passed by reference.
+            if unsafe { libc::setrlimit(resource, &limit) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        };
+        // SAFETY: the closure runs in the forked child before exec and only calls
+        // setrlimit(2), which is async-signal-safe; it allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                if let Some((soft, hard)) = open_files {
+                    set(libc::RLIMIT_NOFILE, soft, hard)?;
+                }
+                if let Some(n) = processes {
+                    set(libc::RLIMIT_NPROC, n, n)?;
+                }
+                Ok(())
+            });
+        }
+    }
+}
+
 /// A running berth process.
 pub struct Berth {
     child: Child,
@@ -95,7 +147,40 @@ impl Berth {
         berth
     }
 
+    /// Starts berth on a fresh root with `launch`'s extra `http` keys, process limits and user.
+    pub fn start_launch(settings: Settings, launch: Launch) -> Berth {
+        let dir = temp_dir();
+        if launch.uid.is_some() {
+            // The unprivileged user must reach the config and create the root in here.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+                .expect("open up the temporary directory");
+        }
+        let root = dir.path().join("root");
+        let mut berth = Berth::launch_with(&root, &settings, dir.path(), &launch);
+        berth._owned.push(dir);
+        berth
+    }
+
+    /// Starts berth on a root the caller owns, as `launch` says (its user: the caller makes
+    /// the root and its parents reachable for that user).
+    pub fn start_on_launch(root: &Path, settings: Settings, launch: Launch) -> Berth {
+        let config_dir = temp_dir();
+        if launch.uid.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(config_dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("let the user read the config");
+        }
+        let mut berth = Berth::launch_with(root, &settings, config_dir.path(), &launch);
+        berth._owned.push(config_dir);
+        berth
+    }
+
     fn launch(root: &Path, settings: &Settings, config_dir: &Path) -> Berth {
+        Berth::launch_with(root, settings, config_dir, &Launch::default())
+    }
+
+    fn launch_with(root: &Path, settings: &Settings, config_dir: &Path, launch: &Launch) -> Berth {
         let mut storage = json!({ "rootDirectory": root, "commit": settings.commit });
         storage
             .as_object_mut()
@@ -110,16 +195,21 @@ impl Berth {
         if !settings.extensions.is_empty() {
             config["extensions"] = settings.extensions.clone().into();
         }
+        config["http"]
+            .as_object_mut()
+            .expect("http is an object")
+            .extend(launch.http.clone());
         let config_path = config_dir.join("config.json");
         std::fs::write(&config_path, config.to_string()).expect("write config");
-        let mut child = Command::new(berth_binary())
+        let mut command = Command::new(berth_binary());
+        command
             .arg("serve")
             .arg(&config_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn berth");
+            .stderr(Stdio::piped());
+        launch.apply(&mut command);
+        let mut child = command.spawn().expect("spawn berth");
 
         let log = Arc::new(Mutex::new(String::new()));
         let (addr_tx, addr_rx) = mpsc::channel();

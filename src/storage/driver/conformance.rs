@@ -132,6 +132,13 @@ fn replacing_documents(d: &dyn Driver) {
     let fresh = path("docs/other/index.json");
     d.replace(&fresh, &document(7)).unwrap();
     assert_eq!(version_of(&d.get(&fresh).unwrap()), 7);
+    // Whatever storage replacing keeps is the document's: not listed, and no leftover.
+    assert_eq!(d.list(Some(&path("docs/repo"))).unwrap(), ["index.json"]);
+    assert!(
+        d.scratch_files(Some(&path("docs/repo")))
+            .unwrap()
+            .is_empty()
+    );
 }
 
 fn ranged_reads(d: &dyn Driver) {
@@ -265,6 +272,10 @@ fn linking(d: &dyn Driver) {
         d.link(&path("k/none"), &path("k/d/blobs/x")),
         Err(DriverError::NotFound { .. })
     ));
+    // Finished links and puts leave no temporary files behind.
+    for dir in ["k/a/blobs", "k/b/blobs", "k/c/blobs"] {
+        assert!(d.scratch_files(Some(&path(dir))).unwrap().is_empty());
+    }
     // Deleting one name leaves the others whole.
     d.delete(&original).unwrap();
     assert_eq!(d.get(&fresh).unwrap(), b"shared bytes");

@@ -10,7 +10,7 @@
 
 use super::direct::{DirectWriter, StagingPool};
 use super::uring::{Completion, UringWriter};
-use super::{Appender, Driver, DriverError, ObjectMeta, ObjectReader, StoragePath};
+use super::{Appender, Driver, DriverError, ObjectMeta, ObjectReader, ScratchFile, StoragePath};
 use crossbeam_channel::{Receiver, Sender};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -20,7 +20,8 @@ use std::path::{Path, PathBuf};
 
 const NAME: &str = "local";
 
-/// Prefix of temporary files; listings of blobs and repositories skip dot-names.
+/// Prefix of temporary files: of atomic writes and links (beside their target) and of the
+/// start-up probes (at the root). `scratch_files` reports them, since a kill leaves them.
 pub const TEMP_PREFIX: &str = ".tmp-";
 
 /// Prefix of the scratch file `replace` keeps beside each document it rewrites: the replaced
@@ -65,6 +66,9 @@ pub struct LocalDriver {
     /// The root's filesystem supports hard links (probed at start-up).
     hard_links: bool,
     staging: StagingPool,
+    /// The filesystem's clock when the driver was opened: files last written before it are
+    /// not written by this process (`ScratchFile::before_open`).
+    opened: std::time::SystemTime,
 }
 
 /// Whether files under `root` can be opened with O_DIRECT.
@@ -117,8 +121,16 @@ impl LocalDriver {
         let direct = matches!(writer, WriterChoice::Auto | WriterChoice::Direct)
             && direct_io_supported(&root);
         let hard_links = hard_links_supported(&root);
+        // The probes just changed the root directory, so its modification time is the
+        // filesystem's own clock now, the one every file written from here on is stamped
+        // with (a coarse clock, a tick behind the system's). Were the probes refused, it is
+        // older: fewer files count as written before, never more.
+        let opened = fs::metadata(&root)
+            .and_then(|m| m.modified())
+            .map_err(|e| io_err("stat", &root, e))?;
         Ok(LocalDriver {
             hard_links,
+            opened,
             root,
             commit,
             uring,
@@ -423,7 +435,46 @@ impl Driver for LocalDriver {
                 names.push(name);
             }
         }
+        // A document's spare is part of the document (`delete` removes both), so a directory
+        // holding only documents lists as just those. A spare whose document is gone stays
+        // listed: it is a leftover (`scratch_files`) and keeps the directory from being empty.
+        let documents: std::collections::HashSet<String> = names
+            .iter()
+            .filter(|n| !n.starts_with(SPARE_PREFIX))
+            .cloned()
+            .collect();
+        names.retain(|n| {
+            n.strip_prefix(SPARE_PREFIX)
+                .is_none_or(|document| !documents.contains(document))
+        });
         Ok(names)
+    }
+
+    fn scratch_files(&self, dir: Option<&StoragePath>) -> Result<Vec<ScratchFile>, DriverError> {
+        let mut found = Vec::new();
+        for name in self.list(dir)? {
+            // Spares still listed have lost their document (see `list`).
+            if !name.starts_with(TEMP_PREFIX) && !name.starts_with(SPARE_PREFIX) {
+                continue;
+            }
+            let path = match dir {
+                Some(d) => d.join(&name)?,
+                None => StoragePath::from_components([name.as_str()])?,
+            };
+            // Gone already: the write finished (renamed it into place) or gave up.
+            let Some(meta) = self.stat(&path)? else {
+                continue;
+            };
+            if meta.is_dir {
+                continue;
+            }
+            found.push(ScratchFile {
+                before_open: meta.modified < self.opened,
+                path,
+                meta,
+            });
+        }
+        Ok(found)
     }
 
     fn delete(&self, path: &StoragePath) -> Result<(), DriverError> {
@@ -531,7 +582,13 @@ impl Driver for LocalDriver {
             match fs::hard_link(&src, &dst) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    // Another file holds the name: link beside it and rename over it.
+                    // Another file holds the name: link beside it and rename over it. The
+                    // bytes are marked new first (as they are below anyway), so the temporary
+                    // name is never older than the link: a collector judging leftovers by age
+                    // cannot take it for one (the inode's time is the source's, maybe old).
+                    File::open(&src)
+                        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
+                        .map_err(|e| io_err("touch", &src, e))?;
                     let parent = dst.parent().expect("storage paths have a parent");
                     let temp =
                         parent.join(format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
@@ -780,6 +837,64 @@ mod tests {
                 "version {version} repeats a fingerprint"
             );
         }
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Temporary names and spares whose document is gone are scratch files; a file a
+    /// previous process left is `before_open`, one written since is not. A spare beside its
+    /// document is neither listed nor scratch.
+    #[test]
+    fn scratch_files_are_temporary_names_and_orphaned_spares() {
+        let dir = tempdir();
+        fs::create_dir_all(dir.join("r/blobs")).unwrap();
+        fs::write(dir.join("r/blobs/.tmp-left"), b"left by a kill").unwrap();
+        fs::write(dir.join("r/.spare-gone.json"), b"").unwrap();
+        fs::write(dir.join(".tmp-link-probe-x.second"), b"").unwrap();
+        // The filesystem clock ticks coarsely: files from "before" are clearly older.
+        let past = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
+        for f in [
+            "r/blobs/.tmp-left",
+            "r/.spare-gone.json",
+            ".tmp-link-probe-x.second",
+        ] {
+            File::options()
+                .write(true)
+                .open(dir.join(f))
+                .unwrap()
+                .set_modified(past)
+                .unwrap();
+        }
+        let driver = LocalDriver::new(&dir, false, WriterChoice::Buffered).unwrap();
+        let doc = StoragePath::from_components(["r", "index.json"]).unwrap();
+        driver.replace(&doc, b"v1").unwrap();
+        driver.replace(&doc, b"v2").unwrap();
+        fs::write(dir.join("r/blobs/.tmp-live"), b"being written").unwrap();
+        let names = |d: Option<&StoragePath>| {
+            let mut found: Vec<(String, bool)> = driver
+                .scratch_files(d)
+                .unwrap()
+                .into_iter()
+                .map(|f| (f.path.to_string(), f.before_open))
+                .collect();
+            found.sort();
+            found
+        };
+        let r = StoragePath::from_components(["r"]).unwrap();
+        assert_eq!(names(Some(&r)), [("r/.spare-gone.json".to_string(), true)]);
+        assert_eq!(
+            names(Some(&r.join("blobs").unwrap())),
+            [
+                ("r/blobs/.tmp-left".to_string(), true),
+                ("r/blobs/.tmp-live".to_string(), false)
+            ]
+        );
+        assert_eq!(
+            names(None),
+            [(".tmp-link-probe-x.second".to_string(), true)]
+        );
+        let mut listed = driver.list(Some(&r)).unwrap();
+        listed.sort();
+        assert_eq!(listed, [".spare-gone.json", "blobs", "index.json"]);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -109,6 +109,18 @@ impl ObjectMeta {
     }
 }
 
+/// One of a driver's own temporary files (see `Driver::scratch_files`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScratchFile {
+    /// Where it is.
+    pub path: StoragePath,
+    /// Its size and times: a file a write is still filling was modified moments ago.
+    pub meta: ObjectMeta,
+    /// Last written before this driver was opened, so no write of this process is using it:
+    /// a process that served the same root before (and was killed) left it.
+    pub before_open: bool,
+}
+
 /// Errors every driver reports, with the driver's name and the path.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -225,8 +237,21 @@ pub trait Driver: Send + Sync {
     }
 
     /// Names of the immediate children of `dir`, in no particular order; empty when `dir`
-    /// does not exist. `None` lists the root.
+    /// does not exist. `None` lists the root. Storage that `replace` keeps for a document is
+    /// part of that document, not a child of its own; temporary files of writes (see
+    /// `scratch_files`) are listed, since they occupy the directory.
     fn list(&self, dir: Option<&StoragePath>) -> Result<Vec<String>, DriverError>;
+
+    /// The driver's own temporary files directly in `dir` (`None`: the root): the scratch
+    /// names of writes in progress, and those a process killed mid-write left behind, which
+    /// nothing will ever finish or remove (issue 10). Which of them are left over is for the
+    /// caller to judge by `before_open` and by age; deleting one a write still uses fails that
+    /// write. Empty when `dir` does not exist. Drivers whose writes leave no scratch objects
+    /// (whole-object puts on an object store) have none.
+    fn scratch_files(&self, dir: Option<&StoragePath>) -> Result<Vec<ScratchFile>, DriverError> {
+        let _ = dir;
+        Ok(Vec::new())
+    }
 
     /// Removes an object (with whatever storage `replace` keeps for it), or a directory and
     /// everything below it. `NotFound` if absent.

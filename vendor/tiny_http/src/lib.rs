@@ -102,9 +102,10 @@ use std::error::Error;
 use std::io::Error as IoError;
 use std::io::ErrorKind as IoErrorKind;
 use std::io::Result as IoResult;
+use std::io::Write;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread;
@@ -119,6 +120,7 @@ pub use connection::{ConfigListenAddr, ListenAddr, Listener};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
+pub use util::BodyRate;
 
 mod client;
 mod common;
@@ -182,6 +184,46 @@ pub struct ServerConfig {
     /// If `Some`, then the server will use SSL to encode the communications.
     pub ssl: Option<SslConfig>,
 }
+
+/// berth patch: what the clients of one server may hold (issue 10, points 8 and 9).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections served at once; a connection over the limit is answered 503 with
+    /// `Connection: close` and closed, and the listener goes on accepting.
+    pub max_connections: usize,
+    /// The minimum rate of every request body.
+    pub body_rate: BodyRate,
+}
+
+impl Limits {
+    /// No limits: upstream tiny_http's behaviour.
+    pub const NONE: Limits = Limits {
+        max_connections: usize::MAX,
+        body_rate: BodyRate::NONE,
+    };
+}
+
+/// berth patch: how often a repeated accept-loop warning may be logged.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// berth patch: one connection counted against `Limits::max_connections` until dropped.
+struct ConnectionSlot(Arc<AtomicUsize>);
+
+impl ConnectionSlot {
+    fn take(live: &Arc<AtomicUsize>) -> ConnectionSlot {
+        live.fetch_add(1, Relaxed);
+        ConnectionSlot(Arc::clone(live))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// berth patch: what the connection pool is given: a connection, and its place in the count.
+type ConnectionJob = (ClientConnection, ConnectionSlot);
 
 /// Configuration of the server for SSL.
 #[derive(Debug, Clone)]
@@ -247,6 +289,15 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with_limits(listener, ssl_config, Limits::NONE)
+    }
+
+    /// berth patch: `from_listener` with limits on what clients may hold.
+    pub fn from_listener_with_limits<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: Limits,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -291,12 +342,47 @@ impl Server {
         let inside_messages = messages.clone();
         thread::spawn(move || {
             // a tasks pool is used to dispatch the connections into threads
-            let tasks_pool = util::TaskPool::new();
+            let tasks_pool = util::TaskPool::new(move |(client, _slot): ConnectionJob| {
+                // Synchronization is needed for HTTPS requests to avoid a deadlock
+                if client.secure() {
+                    let (sender, receiver) = mpsc::channel();
+                    for rq in client {
+                        inside_messages.push(rq.with_notify_sender(sender.clone()).into());
+                        receiver.recv().unwrap();
+                    }
+                } else {
+                    for rq in client {
+                        inside_messages.push(rq.into());
+                    }
+                }
+            });
+            // berth patch: connections are counted and capped, a failure to start a thread
+            // refuses one connection instead of killing this loop, and repeated failures are
+            // logged at most once per LOG_EVERY each.
+            let live = Arc::new(AtomicUsize::new(0));
+            let mut over_limit = util::Throttle::new(LOG_EVERY);
+            let mut spawn_failed = util::Throttle::new(LOG_EVERY);
+            let mut accept_failed = util::Throttle::new(LOG_EVERY);
 
             log::debug!("Running accept thread");
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
+                        if live.load(Relaxed) >= limits.max_connections {
+                            // A fresh socket's send buffer is empty, so this cannot block.
+                            let _ = (&sock).write_all(
+                                client::refusal(StatusCode(503)).as_bytes(),
+                            );
+                            if let Some(held_back) = over_limit.ready() {
+                                log::warn!(
+                                    "refusing new connections with 503: {} open, at the connection limit of {} ({} more refused since the last warning)",
+                                    live.load(Relaxed),
+                                    limits.max_connections,
+                                    held_back
+                                );
+                            }
+                            continue;
+                        }
                         use util::RefinedTcpStream;
                         let (read_closable, write_closable) = match ssl {
                             None => RefinedTcpStream::new(sock),
@@ -315,31 +401,30 @@ impl Server {
                             Some(ref _ssl) => unreachable!(),
                         };
 
-                        Ok(ClientConnection::new(write_closable, read_closable))
+                        Ok(ClientConnection::new(
+                            write_closable,
+                            read_closable,
+                            limits.body_rate,
+                        ))
                     }
                     Err(e) => Err(e),
                 };
 
                 match new_client {
                     Ok(client) => {
-                        let messages = inside_messages.clone();
-                        let mut client = Some(client);
-                        tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
-                                    let (sender, receiver) = mpsc::channel();
-                                    for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
-                                    }
-                                } else {
-                                    for rq in client {
-                                        messages.push(rq.into());
-                                    }
-                                }
+                        let slot = ConnectionSlot::take(&live);
+                        if let Err(((mut client, slot), e)) = tasks_pool.spawn((client, slot)) {
+                            client.refuse_unserved(StatusCode(503));
+                            drop(slot);
+                            if let Some(held_back) = spawn_failed.ready() {
+                                log::error!(
+                                    "cannot start a thread for a new connection, refused it with 503: {} ({} open; {} more refused since the last error)",
+                                    e,
+                                    live.load(Relaxed),
+                                    held_back
+                                );
                             }
-                        }));
+                        }
                     }
 
                     // berth patch: an accept error (a timeout inherited from the listener's
@@ -348,7 +433,14 @@ impl Server {
                     Err(e) => {
                         use std::io::ErrorKind;
                         if !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
-                            log::error!("Error accepting new client: {}", e);
+                            if let Some(held_back) = accept_failed.ready() {
+                                log::error!(
+                                    "accepting a connection failed: {} ({} open; {} more failures since the last error)",
+                                    e,
+                                    live.load(Relaxed),
+                                    held_back
+                                );
+                            }
                             thread::sleep(std::time::Duration::from_millis(10));
                         }
                         continue;

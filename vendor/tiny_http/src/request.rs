@@ -75,8 +75,11 @@ pub struct Request {
     // If Some, a message must be sent after responding
     notify_when_responded: Option<Sender<()>>,
 
-    // berth patch: an owned handle on the TCP socket, for sendfile(2) responses
-    socket: Option<std::net::TcpStream>,
+    // berth patch: a handle on the TCP socket, for sendfile(2) responses
+    socket: Option<std::sync::Arc<crate::connection::Connection>>,
+
+    // berth patch: true when the body is read from the socket as the handler reads it
+    body_streams: bool,
 }
 
 struct NotifyOnDrop<R> {
@@ -111,6 +114,68 @@ pub enum RequestCreationError {
 
     /// Error while reading data from the socket during the creation of the `Request`.
     CreationIoError(IoError),
+
+    /// berth patch: the request must be refused with this status and the connection closed.
+    Refuse(StatusCode),
+}
+
+/// berth patch: how a request's body is delimited.
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    /// No body.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(usize),
+    /// The chunked transfer coding.
+    Chunked,
+}
+
+/// berth patch: decides where a request's body ends, refusing every head whose answer a
+/// front end (a proxy, a load balancer) could read differently, the root of request
+/// smuggling (RFC 9112 section 6.3, 11.2). Upstream took an unparsable `Content-Length` as "no
+/// body", the first of several different ones, and decoded any transfer coding as chunked.
+fn framing(version: &HTTPVersion, headers: &[Header]) -> Result<Framing, StatusCode> {
+    let bad = StatusCode(400);
+    let values = |name: &'static str| {
+        headers
+            .iter()
+            .filter(move |h| h.field.equiv(name))
+            .flat_map(|h| h.value.as_str().split(','))
+            .map(str::trim)
+    };
+    let codings: Vec<&str> = values("Transfer-Encoding").collect();
+    let mut lengths = values("Content-Length").peekable();
+    let has_length = lengths.peek().is_some();
+    let mut length = None;
+    for value in lengths {
+        // Content-Length = 1*DIGIT; a list of identical values (proxies join repeated
+        // fields) is one length (RFC 9110 section 8.6), different ones are an error.
+        if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad);
+        }
+        let n: usize = value.parse().map_err(|_| bad)?;
+        if length.is_some_and(|previous| previous != n) {
+            return Err(bad);
+        }
+        length = Some(n);
+    }
+    if codings.is_empty() {
+        return Ok(length.map_or(Framing::Empty, Framing::Length));
+    }
+    // HTTP/1.0 has no transfer codings, and a length beside one is a smuggling attempt
+    // (RFC 9112 section 6.1, 6.3).
+    if *version < HTTPVersion(1, 1) || has_length {
+        return Err(bad);
+    }
+    // Only chunked is decoded: any other coding is 501 (RFC 9112 section 6.1); chunked
+    // applied twice leaves the end unclear (section 7).
+    if codings.iter().any(|c| !c.eq_ignore_ascii_case("chunked")) {
+        return Err(StatusCode(501));
+    }
+    if codings.len() != 1 {
+        return Err(bad);
+    }
+    Ok(Framing::Chunked)
 }
 
 impl From<IoError> for RequestCreationError {
@@ -143,22 +208,10 @@ where
     R: Read + Send + 'static,
     W: Write + Send + 'static,
 {
-    // finding the transfer-encoding header
-    let transfer_encoding = headers
-        .iter()
-        .find(|h: &&Header| h.field.equiv("Transfer-Encoding"))
-        .map(|h| h.value.clone());
-
-    // finding the content-length header
-    let content_length = if transfer_encoding.is_some() {
-        // if transfer-encoding is specified, the Content-Length
-        // header must be ignored (RFC2616 #4.4)
-        None
-    } else {
-        headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Content-Length"))
-            .and_then(|h| FromStr::from_str(h.value.as_str()).ok())
+    let framing = framing(&version, &headers).map_err(RequestCreationError::Refuse)?;
+    let content_length = match framing {
+        Framing::Length(n) => Some(n),
+        Framing::Empty | Framing::Chunked => None,
     };
 
     // true if the client sent a `Expect: 100-continue` header
@@ -174,24 +227,20 @@ where
         }
     };
 
-    // true if the client sent a `Connection: upgrade` header
-    let connection_upgrade = {
-        match headers
-            .iter()
-            .find(|h: &&Header| h.field.equiv("Connection"))
-            .map(|h| h.value.as_str())
-        {
-            Some(v) if v.to_ascii_lowercase().contains("upgrade") => true,
-            _ => false,
-        }
+    // berth patch: the body streams from the socket unless it is empty or small enough to be
+    // read here, before the request reaches a worker.
+    let body_streams = match framing {
+        Framing::Empty | Framing::Length(0) => false,
+        Framing::Length(n) => n > 1024 || expects_continue,
+        Framing::Chunked => true,
     };
 
     // we wrap `source_data` around a reading whose nature depends on the transfer-encoding and
     // content-length headers
-    let reader = if connection_upgrade {
-        // if we have a `Connection: upgrade`, always keeping the whole reader
-        Box::new(source_data) as Box<dyn Read + Send + 'static>
-    } else if let Some(content_length) = content_length {
+    // berth patch: `Connection: upgrade` no longer hands the handler the raw socket as the
+    // body (berth never upgrades, and the body must end where the framing says); the
+    // connection still ends after such a request.
+    let reader = if let Some(content_length) = content_length {
         if content_length == 0 {
             Box::new(io::empty()) as Box<dyn Read + Send + 'static>
         } else if content_length <= 1024 && !expects_continue {
@@ -218,9 +267,7 @@ where
             let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
         }
-    } else if transfer_encoding.is_some() {
-        // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
-        // over the message (RFC2616 #3.6)
+    } else if framing == Framing::Chunked {
         Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
@@ -242,6 +289,7 @@ where
         must_send_continue: expects_continue,
         notify_when_responded: None,
         socket: None,
+        body_streams,
     })
 }
 
@@ -432,8 +480,17 @@ impl Request {
     }
 
     /// berth patch: sets the socket handle used by `respond_with_file`.
-    pub(crate) fn set_socket(&mut self, socket: Option<std::net::TcpStream>) {
+    pub(crate) fn set_socket(
+        &mut self,
+        socket: Option<std::sync::Arc<crate::connection::Connection>>,
+    ) {
         self.socket = socket;
+    }
+
+    /// berth patch: true when reading the body waits on the client (it is neither empty nor
+    /// already read), so a slow client can hold whoever reads it.
+    pub fn body_streams(&self) -> bool {
+        self.body_streams
     }
 
     /// berth patch: sends `response`'s status and headers (its `data_length` must be `len`),
@@ -565,7 +622,43 @@ impl<T> ReadWrite for T where T: Read + Write {}
 
 #[cfg(test)]
 mod tests {
-    use super::Request;
+    use super::{framing, Framing, Request};
+    use crate::{HTTPVersion, Header};
+
+    fn framing_of(version: (u8, u8), head: &[&str]) -> Result<Framing, u16> {
+        let headers: Vec<Header> = head.iter().map(|h| h.parse().unwrap()).collect();
+        framing(&HTTPVersion::from(version), &headers).map_err(|s| s.0)
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112_section_6() {
+        assert_eq!(framing_of((1, 1), &[]), Ok(Framing::Empty));
+        assert_eq!(framing_of((1, 1), &["Content-Length: 7"]), Ok(Framing::Length(7)));
+        let same = ["Content-Length: 7", "Content-Length: 7, 7"];
+        assert_eq!(framing_of((1, 1), &same), Ok(Framing::Length(7)));
+        let chunked = ["Transfer-Encoding: Chunked"];
+        assert_eq!(framing_of((1, 1), &chunked), Ok(Framing::Chunked));
+        for (head, status) in [
+            (&["Content-Length: abc"][..], 400),
+            (&["Content-Length: +5"], 400),
+            (&["Content-Length: "], 400),
+            (&["Content-Length: 5,"], 400),
+            (&["Content-Length: 99999999999999999999999"], 400),
+            (&["Content-Length: 1", "Content-Length: 2"], 400),
+            (&["Content-Length: 1, 2"], 400),
+            (&["Content-Length: 1", "Transfer-Encoding: chunked"], 400),
+            (&["Transfer-Encoding: chunked, chunked"], 400),
+            (&["Transfer-Encoding: chunked", "Transfer-Encoding: chunked"], 400),
+            (&["Transfer-Encoding: gzip"], 501),
+            (&["Transfer-Encoding: identity"], 501),
+            (&["Transfer-Encoding: gzip, chunked"], 501),
+            (&["Transfer-Encoding: chunked, gzip"], 501),
+        ] {
+            assert_eq!(framing_of((1, 1), head), Err(status), "{head:?}");
+        }
+        assert_eq!(framing_of((1, 0), &chunked), Err(400));
+        assert_eq!(framing_of((1, 0), &["Content-Length: 3"]), Ok(Framing::Length(3)));
+    }
 
     #[test]
     fn must_be_send() {

@@ -6,6 +6,10 @@ pub use self::refined_tcp_stream::RefinedTcpStream;
 pub use self::sequential::{SequentialReader, SequentialReaderBuilder};
 pub use self::sequential::{SequentialWriter, SequentialWriterBuilder};
 pub use self::task_pool::TaskPool;
+// berth patch: the body rate minimum and the log throttle (issue 10).
+pub use self::min_rate::BodyRate;
+pub(crate) use self::min_rate::MinRate;
+pub(crate) use self::throttle::Throttle;
 
 use std::str::FromStr;
 
@@ -13,9 +17,11 @@ mod custom_stream;
 mod equal_reader;
 mod fused_reader;
 mod messages_queue;
+mod min_rate;
 pub(crate) mod refined_tcp_stream;
 mod sequential;
 mod task_pool;
+mod throttle;
 
 /// Parses a the value of a header.
 /// Suitable for `Accept-*`, `TE`, etc.

@@ -169,6 +169,12 @@ where
     W: Write + Send,
 {
     fn drop(&mut self) {
+        // berth patch: a writer dropped unused (its request refused after the writer was
+        // made) still waits for its turn, or the refusal written next could overtake the
+        // responses to earlier pipelined requests.
+        if let Some(trigger) = self.trigger.take() {
+            trigger.recv().ok();
+        }
         self.on_finish.send(()).ok();
     }
 }

@@ -1,4 +1,5 @@
 use std::collections::VecDeque;
+use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
@@ -8,15 +9,20 @@ use std::time::Duration;
 ///
 /// A new thread is created every time all the existing threads are full.
 /// Any idle thread will automatically die after a few seconds.
-pub struct TaskPool {
-    sharing: Arc<Sharing>,
+///
+/// berth patch: the pool runs one job type with one function, and `spawn` hands the job back
+/// when no thread can be started (a pids limit, RLIMIT_NPROC, memory), so the caller can
+/// refuse it politely; upstream's `thread::spawn` panicked there, in the accept thread, and
+/// the listener died for good (issue 10, point 9).
+pub struct TaskPool<J: Send + 'static> {
+    sharing: Arc<Sharing<J>>,
 }
 
-struct Sharing {
-    // list of the tasks to be done by worker threads
-    todo: Mutex<VecDeque<Box<dyn FnMut() + Send>>>,
+struct Sharing<J> {
+    // list of the jobs to be done by worker threads
+    todo: Mutex<VecDeque<J>>,
 
-    // condvar that will be notified whenever a task is added to `todo`
+    // condvar that will be notified whenever a job is added to `todo`
     condvar: Condvar,
 
     // number of total worker threads running
@@ -24,6 +30,9 @@ struct Sharing {
 
     // number of idle worker threads
     waiting_tasks: AtomicUsize,
+
+    // what every job is given to
+    run: Box<dyn Fn(J) + Send + Sync>,
 }
 
 /// Minimum number of active threads.
@@ -46,59 +55,67 @@ impl<'a> Drop for Registration<'a> {
     }
 }
 
-impl TaskPool {
-    pub fn new() -> TaskPool {
+impl<J: Send + 'static> TaskPool<J> {
+    /// A pool whose threads give each job to `run`.
+    pub fn new(run: impl Fn(J) + Send + Sync + 'static) -> TaskPool<J> {
         let pool = TaskPool {
             sharing: Arc::new(Sharing {
                 todo: Mutex::new(VecDeque::new()),
                 condvar: Condvar::new(),
                 active_tasks: AtomicUsize::new(0),
                 waiting_tasks: AtomicUsize::new(0),
+                run: Box::new(run),
             }),
         };
 
+        // The idle threads are a head start only; `spawn` starts what is missing later.
         for _ in 0..MIN_THREADS {
-            pool.add_thread(None)
+            if let Err(e) = pool.add_thread() {
+                log::warn!("cannot start a connection thread in advance: {}", e);
+                break;
+            }
         }
 
         pool
     }
 
-    /// Executes a function in a thread.
-    /// If no thread is available, spawns a new one.
-    pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
+    /// Runs `job` on an idle thread, or on a new one if none is idle. When no thread can be
+    /// started the job is handed back with the reason.
+    pub fn spawn(&self, job: J) -> Result<(), (J, io::Error)> {
         let mut queue = self.sharing.todo.lock().unwrap();
+        queue.push_back(job);
 
         // berth patch: a notified thread still counts as waiting until it takes the lock
-        // again, so compare against the tasks already queued for waiting threads; otherwise
+        // again, so compare against the jobs already queued for waiting threads; otherwise
         // a burst of connections queues behind busy (possibly stalled) ones.
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
-            self.add_thread(Some(code));
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) < queue.len() {
+            // The new thread takes the queue's lock before it looks for work, and this
+            // function holds it, so the job just queued is still the last one on failure.
+            if let Err(e) = self.add_thread() {
+                let job = queue.pop_back().expect("the job queued above");
+                return Err((job, e));
+            }
         } else {
-            queue.push_back(code);
             self.sharing.condvar.notify_one();
         }
+        Ok(())
     }
 
-    fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
+    fn add_thread(&self) -> io::Result<()> {
         let sharing = self.sharing.clone();
 
-        thread::spawn(move || {
+        thread::Builder::new().spawn(move || {
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
-            if let Some(mut f) = initial_fn {
-                f();
-            }
-
             loop {
-                let mut task: Box<dyn FnMut() + Send> = {
+                let job: J = {
                     let mut todo = sharing.todo.lock().unwrap();
 
-                    let task;
+                    let job;
                     loop {
-                        if let Some(poped_task) = todo.pop_front() {
-                            task = poped_task;
+                        if let Some(poped_job) = todo.pop_front() {
+                            job = poped_job;
                             break;
                         }
                         let _waiting_guard = Registration::new(&sharing.waiting_tasks);
@@ -121,16 +138,17 @@ impl TaskPool {
                         }
                     }
 
-                    task
+                    job
                 };
 
-                task();
+                (sharing.run)(job);
             }
-        });
+        })?;
+        Ok(())
     }
 }
 
-impl Drop for TaskPool {
+impl<J: Send + 'static> Drop for TaskPool<J> {
     fn drop(&mut self) {
         self.sharing
             .active_tasks
