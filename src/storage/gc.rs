@@ -522,6 +522,7 @@ impl Store {
     /// removes stale temporary files first (`leftovers`), and the rest is not berth's to
     /// remove (issue 10: such a file failed every sweep with "Directory not empty").
     fn remove_if_empty(&self, repo: &RepoName) -> Result<bool, StoreError> {
+        let _alone = self.presence.write(repo);
         let _guard = self.repo_locks.lock(repo);
         let index = match self.read_index(repo) {
             Ok(index) => index,
@@ -531,8 +532,8 @@ impl Store {
         if !index.manifests.is_empty() || !self.holds_only_layout(repo)? {
             return Ok(false);
         }
-        // Every write into a repository holds its lock (`Store::in_repo`), so nothing lands
-        // here meanwhile but what `remove_layout` allows for.
+        // Every write into a repository shares its presence (`Store::in_repo`), so nothing
+        // lands here meanwhile but what `remove_layout` allows for.
         self.remove_layout(repo)
     }
 }

@@ -147,8 +147,8 @@ impl Store {
     }
 
     /// Removes the remains of `repo` (a directory with `oci-layout` and no `index.json`) when
-    /// nothing but empty layout directories and stale temporary files are left in it. Under
-    /// the repository lock, which every write that makes it a repository again holds.
+    /// nothing but empty layout directories and stale temporary files are left in it, holding
+    /// its presence alone: every write that makes it a repository again shares it.
     fn remove_remnant(
         &self,
         repo: &RepoName,
@@ -157,6 +157,7 @@ impl Store {
         report_only: bool,
         found: &mut Leftovers,
     ) -> Result<(), StoreError> {
+        let _alone = self.presence.write(repo);
         let _guard = self.repo_locks.lock(repo);
         if self.repo_exists(repo)? {
             return Ok(());

@@ -4,7 +4,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 const STRIPES: usize = 64;
 
@@ -40,5 +40,19 @@ impl Striped<Mutex<()>> {
     /// only ever replaced atomically, so a panicking holder cannot leave it half-written.
     pub(super) fn lock(&self, key: &(impl Hash + ?Sized)) -> MutexGuard<'_, ()> {
         self.get(key).lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Striped<RwLock<()>> {
+    /// Shares the stripe of `key` (poisoning ignored, as for `lock`).
+    pub(super) fn read(&self, key: &(impl Hash + ?Sized)) -> RwLockReadGuard<'_, ()> {
+        self.get(key).read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Holds the stripe of `key` alone.
+    pub(super) fn write(&self, key: &(impl Hash + ?Sized)) -> RwLockWriteGuard<'_, ()> {
+        self.get(key)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }

@@ -47,6 +47,10 @@ pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
 pub struct Store {
     driver: Arc<dyn Driver>,
     repo_locks: Striped<std::sync::Mutex<()>>,
+    /// Shared by every write that puts content into a repository (`in_repo`), held alone by
+    /// the removal of an empty one: writers never wait on each other or on index.json
+    /// rewrites, and never land in a repository being removed.
+    presence: Striped<std::sync::RwLock<()>>,
     sessions: uploads::Sessions,
     indexes: index_cache::IndexCache,
     referrers: referrers::ReferrerCache,
@@ -122,6 +126,7 @@ impl Store {
         Store {
             driver,
             repo_locks: Striped::default(),
+            presence: Striped::default(),
             sessions: uploads::Sessions::default(),
             indexes: index_cache::IndexCache::default(),
             referrers: referrers::ReferrerCache::default(),
@@ -161,9 +166,9 @@ impl Store {
     }
 
     /// Moves a verified upload staged at `staged` into `repo`'s blobs, as a link to the
-    /// store's copy when dedupe knows one. Done under the repository lock, with the
-    /// repository (re)created first, so a collector removing it as empty cannot leave the
-    /// blob in a directory that is no longer a repository (issue 10).
+    /// store's copy when dedupe knows one. Done in `in_repo`, with the repository (re)created
+    /// first, so a collector removing it as empty cannot leave the blob in a directory that
+    /// is no longer a repository (issue 10).
     fn place_blob(
         &self,
         repo: &RepoName,
@@ -310,8 +315,8 @@ impl Store {
                 )
             }),
             None => {
-                // Copied outside the repository lock, staged in `.uploads/` like every blob
-                // write, so no partial copy ever has a blob's place.
+                // Copied before `place_blob` holds anything, staged in `.uploads/` like every
+                // blob write, so no partial copy ever has a blob's place.
                 let staging = layout::upload(repo, &layout::UploadId::new())?;
                 let copied = self
                     .driver
@@ -423,24 +428,28 @@ impl Store {
             .insert(path.to_string())
     }
 
-    /// Runs `f` under `repo`'s lock, after creating the repository's layout files if it
-    /// does not exist (yet, or any more: the collector removes empty repositories under the
-    /// same lock). Whatever `f` writes into the repository therefore lands in a repository.
+    /// Runs `f` holding `repo`'s presence shared, after creating the repository's layout
+    /// files if it does not exist (yet, or any more: the collector removes empty repositories
+    /// holding the presence alone). Whatever `f` writes into the repository therefore lands
+    /// in a repository (issue 10). Lock order: presence, then the repository lock.
     fn in_repo<T>(
         &self,
         repo: &RepoName,
         f: impl FnOnce() -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let _guard = self.repo_locks.lock(repo);
+        let _present = self.presence.read(repo);
         if !self.repo_exists(repo)? {
-            // The marker first: a repository is a directory with both files, and index.json
-            // is what makes it one (`repo_exists`), so a crash in between leaves no repository
-            // without its marker.
-            self.driver
-                .put(&layout::oci_layout(repo)?, layout::OCI_LAYOUT_CONTENT)?;
-            let empty = serde_json::to_vec(&crate::oci::ImageIndex::empty())
-                .expect("an index always serializes");
-            self.driver.put(&layout::index_json(repo)?, &empty)?;
+            let _guard = self.repo_locks.lock(repo);
+            if !self.repo_exists(repo)? {
+                // The marker first: a repository is a directory with both files, and
+                // index.json is what makes it one (`repo_exists`), so a crash in between
+                // leaves no repository without its marker.
+                self.driver
+                    .put(&layout::oci_layout(repo)?, layout::OCI_LAYOUT_CONTENT)?;
+                let empty = serde_json::to_vec(&crate::oci::ImageIndex::empty())
+                    .expect("an index always serializes");
+                self.driver.put(&layout::index_json(repo)?, &empty)?;
+            }
         }
         f()
     }

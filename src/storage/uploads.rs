@@ -160,7 +160,7 @@ impl Store {
     pub fn upload_start(&self, repo: &RepoName) -> Result<UploadId, StoreError> {
         let id = UploadId::new();
         // Creating the file makes the session visible to status requests and to a restart,
-        // and (under the repository lock) keeps the collector from removing the repository.
+        // and (created in `in_repo`) keeps the collector from removing the repository.
         let path = layout::upload(repo, &id)?;
         self.in_repo(repo, || Ok(self.driver.appender(&path)?))?;
         *self
