@@ -228,3 +228,62 @@ fn indexes_nest_at_most_sixteen_manifests_deep() {
     let report = c.get("/v2/deep/chain/tags/list").expect(200).json();
     assert_eq!(report["tags"].as_array().unwrap().len(), 16);
 }
+
+/// A PATCH trickling its body holds its session; the collector, finding the session's file
+/// older than gcDelay (bytes wait in the writer's buffer), must skip it, not wait for it.
+#[test]
+fn the_collector_never_waits_on_a_trickling_upload() {
+    let mut settings = Settings::default();
+    let storage = &mut settings.storage;
+    storage.insert("gc".into(), json!(true));
+    storage.insert("gcDelay".into(), json!("1s"));
+    storage.insert("gcInterval".into(), json!("100ms"));
+    let berth = Berth::start_with(settings);
+    let c = berth.client();
+    let session = c
+        .request("POST", "/v2/slow/upload/blobs/uploads/")
+        .send()
+        .expect(202)
+        .location();
+    let mut stream = c.connect().unwrap();
+    let head = format!(
+        "PATCH {session} HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n\
+         Content-Length: 4096\r\nConnection: close\r\n\r\n"
+    );
+    use std::io::Write;
+    stream.write_all(head.as_bytes()).unwrap();
+    // Past gcDelay, with the PATCH holding the session, then count sweeps while it trickles.
+    for _ in 0..15 {
+        stream.write_all(b"x").unwrap();
+        thread::sleep(Duration::from_millis(100));
+    }
+    let swept_before = berth.logs().matches("gc: sweep done").count();
+    for _ in 0..30 {
+        stream.write_all(b"x").unwrap();
+        thread::sleep(Duration::from_millis(100));
+    }
+    let swept = berth.logs().matches("gc: sweep done").count() - swept_before;
+    assert!(
+        swept >= 5,
+        "only {swept} sweeps in 3 s of trickling:\n{}",
+        berth.logs()
+    );
+}
+
+#[test]
+fn a_storage_failure_never_shows_server_paths() {
+    let berth = Berth::start();
+    let c = berth.client();
+    let image = Image::oci(0xDE5, &[10]);
+    push_image(&c, "broken/index", "v1", &image);
+    // index.json replaced by a directory: reading it is an I/O error naming the full path.
+    let index = berth.root().join("broken/index/index.json");
+    std::fs::remove_file(&index).unwrap();
+    std::fs::create_dir(&index).unwrap();
+    let failed = c.get("/v2/broken/index/tags/list");
+    assert_eq!(failed.status, 500, "{failed}");
+    let body = String::from_utf8_lossy(&failed.body);
+    let root = berth.root().to_string_lossy().to_string();
+    assert!(!body.contains(&root) && !body.contains("/tmp"), "{body}");
+    assert!(berth.logs().contains(&root), "the log keeps the cause");
+}
