@@ -5,19 +5,17 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
 use crate::util::http::Client;
 use crate::util::layout::{self, tree};
 use crate::util::oci::*;
-use crate::util::server::{BERTH, Berth, Settings, temp_dir};
+use crate::util::server::{BERTH, Berth, Settings, temp_dir, wait_until};
 
 /// Long enough that two sweeps (one a second) run well inside it on a loaded machine.
 const DELAY: &str = "6s";
-
-const SWEEP_DONE: &str = "gc: sweep done";
 
 fn gc_settings(delay: &str, retention: Value) -> Settings {
     let mut settings = Settings::default();
@@ -29,31 +27,6 @@ fn gc_settings(delay: &str, retention: Value) -> Settings {
         storage.insert("retention".into(), retention);
     }
     settings
-}
-
-/// Waits until `n` more sweeps have finished than when called.
-fn wait_sweeps(berth: &Berth, n: usize) {
-    let start = berth.logs().matches(SWEEP_DONE).count();
-    assert!(
-        wait_until(Duration::from_secs(60), || berth
-            .logs()
-            .matches(SWEEP_DONE)
-            .count()
-            >= start + n),
-        "the collector did not sweep:\n{}",
-        berth.logs()
-    );
-}
-
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    done()
 }
 
 /// Waits until the manifest `digest` of `repo` is gone, failing with `why` and the log.
@@ -127,7 +100,7 @@ fn collection_waits_for_the_delay_and_keeps_what_is_tagged() {
         .expect(202);
 
     // Sweeps inside the delay remove nothing.
-    wait_sweeps(&berth, 2);
+    berth.wait_sweeps(2);
     assert_eq!(manifest_status(&c, repo, &old.digest()), 200);
     for blob in old.blobs().into_iter().chain(deleted.blobs()) {
         assert_eq!(blob_status(&c, repo, &sha256(blob)), 200);
@@ -149,7 +122,7 @@ fn collection_waits_for_the_delay_and_keeps_what_is_tagged() {
         "the empty repository was not removed:\n{}",
         berth.logs()
     );
-    wait_sweeps(&berth, 1);
+    berth.wait_sweeps(1);
     for blob in old.blobs().into_iter().chain(deleted.blobs()) {
         assert_eq!(blob_status(&c, repo, &sha256(blob)), 404);
     }
@@ -192,11 +165,11 @@ fn a_push_racing_the_collector_loses_nothing() {
     for blob in image.blobs() {
         push_blob(&c, "race/app", blob);
     }
-    wait_sweeps(&berth, 2);
+    berth.wait_sweeps(2);
     put_manifest(&c, "race/app", "v1", OCI_MANIFEST, &image.manifest);
     // Later sweeps see the blobs referenced and keep them past the delay.
     std::thread::sleep(Duration::from_secs(7));
-    wait_sweeps(&berth, 1);
+    berth.wait_sweeps(1);
     assert_image(&c, "race/app", "v1", &image);
 }
 
@@ -298,7 +271,7 @@ fn retention_policies_keep_and_remove_what_they_say() {
             && manifest_status(&c, "ret/signed", &signature.digest()) == 404
     });
     assert!(settled, "retention did not act:\n{}", berth.logs());
-    wait_sweeps(&berth, 1);
+    berth.wait_sweeps(1);
     assert_eq!(
         manifest_status(&c, "ret/untagged-kept", &image(20).digest()),
         200
@@ -335,7 +308,7 @@ fn retention_dry_run_removes_nothing() {
         "{}",
         berth.logs()
     );
-    wait_sweeps(&berth, 1);
+    berth.wait_sweeps(1);
     assert_eq!(tags(&c, "ret/pattern"), ["latest"]);
     assert_image(&c, "dry/app", &a.digest(), &a);
     assert!(!berth.logs().contains("gc: removed"), "{}", berth.logs());
@@ -516,7 +489,7 @@ fn a_sparse_index_does_not_stop_collection() {
         &old.digest(),
         "collection stopped at the sparse index",
     );
-    wait_sweeps(&berth, 1);
+    berth.wait_sweeps(1);
     assert_eq!(blob_status(&c, repo, &sha256(&old.layers[0])), 404);
     assert_eq!(
         blob_status(&c, repo, &sha256(&arm.layers[0])),

@@ -15,9 +15,7 @@ use serde_json::{Value, json};
 use crate::util::http::Client;
 use crate::util::layout::blob_path;
 use crate::util::oci::*;
-use crate::util::server::{Berth, Launch, Settings, temp_dir};
-
-const SWEEP_DONE: &str = "gc: sweep done";
+use crate::util::server::{Berth, Launch, Settings, temp_dir, wait_until};
 
 /// The user berth runs as in the unreadable-directory test: `nobody`.
 const NOBODY: u32 = 65534;
@@ -36,31 +34,6 @@ fn with_scrub(mut settings: Settings) -> Settings {
         .extensions
         .insert("scrub".into(), json!({ "enable": true, "interval": "1s" }));
     settings
-}
-
-fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if done() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    done()
-}
-
-/// Waits until `n` more sweeps have finished than when called.
-fn wait_sweeps(berth: &Berth, n: usize) {
-    let start = berth.logs().matches(SWEEP_DONE).count();
-    assert!(
-        wait_until(Duration::from_secs(60), || berth
-            .logs()
-            .matches(SWEEP_DONE)
-            .count()
-            >= start + n),
-        "the collector did not sweep:\n{}",
-        berth.logs()
-    );
 }
 
 fn catalog(c: &Client) -> Vec<String> {
@@ -154,7 +127,7 @@ fn a_restart_removes_what_kills_left() {
     let berth = Berth::start_on(&root, first);
     let c = berth.client();
     // The start-up search runs before the first sweep, on the same thread.
-    wait_sweeps(&berth, 1);
+    berth.wait_sweeps(1);
     for path in [&pinned, &partial, &stray, &probe] {
         assert!(
             !path.exists(),
@@ -230,7 +203,7 @@ fn sweeps_remove_stale_leftovers_and_the_repositories_they_kept() {
             && !root.join("removed").exists()
     });
     assert!(cleaned, "leftovers stay:\n{}", berth.logs());
-    wait_sweeps(&berth, 2);
+    berth.wait_sweeps(2);
     assert!(notes.exists(), "a file berth did not write stays");
     assert_eq!(catalog(&c), ["foreign/app", "live/app"]);
     assert_image(&c, "live/app", "v1", &image);
@@ -392,7 +365,7 @@ fn unreadable_directories_hide_only_themselves() {
         "the dedupe pass did not complete:\n{}",
         berth.logs()
     );
-    wait_sweeps(&berth, 2);
+    berth.wait_sweeps(2);
     let logs = berth.logs();
     assert_eq!(
         logs.matches("cannot read this directory").count(),

@@ -312,3 +312,35 @@ fn listening_addr(line: &str) -> Option<SocketAddr> {
     let (_, after) = line.split_once("listening on ")?;
     after.split_whitespace().next()?.parse().ok()
 }
+
+/// The log line that ends every collector sweep.
+pub const SWEEP_DONE: &str = "gc: sweep done";
+
+/// Polls `done` every 100 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
+}
+
+impl Berth {
+    /// Waits until `n` more collector sweeps have finished than when called.
+    #[track_caller]
+    pub fn wait_sweeps(&self, n: usize) {
+        let start = self.logs().matches(SWEEP_DONE).count();
+        assert!(
+            wait_until(Duration::from_secs(60), || self
+                .logs()
+                .matches(SWEEP_DONE)
+                .count()
+                >= start + n),
+            "the collector did not sweep:\n{}",
+            self.logs()
+        );
+    }
+}
