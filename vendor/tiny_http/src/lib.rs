@@ -368,6 +368,12 @@ impl Server {
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
+                        // berth patch: a response head and a small body go out as separate
+                        // writes; with Nagle's algorithm the body waited for the client's
+                        // delayed ACK, 40 ms per kept-alive request (issue 11).
+                        if let connection::Connection::Tcp(tcp) = &sock {
+                            let _ = tcp.set_nodelay(true);
+                        }
                         if live.load(Relaxed) >= limits.max_connections {
                             // A fresh socket's send buffer is empty, so this cannot block.
                             let _ = (&sock).write_all(
