@@ -5,6 +5,7 @@ use crate::cache::Cache;
 use crate::cache::lmdb::LmdbCache;
 use crate::config::{Config, StoreConfig};
 use crate::http::server::{BindError, Server};
+use crate::root_lock::{LockError, RootLock};
 use crate::storage::driver::DriverError;
 use crate::storage::driver::local::LocalDriver;
 use crate::storage::{Registry, Store, collector, dedupe_pass};
@@ -41,6 +42,14 @@ pub enum StartError {
         /// The cause.
         message: String,
     },
+    /// Another process uses a root.
+    #[error("{key}: {source}")]
+    Locked {
+        /// The config key of the root.
+        key: String,
+        /// Who holds it, or why it could not be locked.
+        source: LockError,
+    },
     /// The listener could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
@@ -52,6 +61,8 @@ pub struct App {
     pub server: Server,
     /// The stores it serves.
     pub registry: Arc<Registry>,
+    /// This process's hold on the stores' roots, for as long as it serves.
+    _locks: Vec<RootLock>,
 }
 
 /// One opened store with its config key (`storage`, `storage.subPaths./a`) and settings.
@@ -65,15 +76,33 @@ pub struct OpenedStore {
 }
 
 /// Opens every store of `config` (the default one first), after refusing roots that are
-/// the same directory or nested; starts no background work.
-pub fn open_stores(config: &Config) -> Result<Vec<OpenedStore>, StartError> {
+/// the same directory or nested, and, given a `holder` (what this process is, for a refused
+/// second one to read), after locking every root for this process (`RootLock`); starts no
+/// background work. Without a holder (a dry run, which changes nothing) no root is locked.
+pub fn open_stores(
+    config: &Config,
+    holder: Option<&str>,
+) -> Result<(Vec<OpenedStore>, Vec<RootLock>), StartError> {
     let storage = &config.storage;
     let mut stores = vec![("storage".to_string(), &storage.default)];
     for (route, store) in &storage.sub_paths {
         stores.push((format!("storage.subPaths.{}", route.key), store));
     }
     check_roots(&stores)?;
-    stores
+    let mut locks = Vec::new();
+    if let Some(holder) = holder {
+        for (key, settings) in &stores {
+            let root = &settings.root_directory;
+            let lock = RootLock::take(root, &root.join(BERTH_DIR), holder).map_err(|source| {
+                StartError::Locked {
+                    key: format!("{key}.rootDirectory"),
+                    source,
+                }
+            })?;
+            locks.push(lock);
+        }
+    }
+    let opened = stores
         .into_iter()
         .map(|(key, settings)| {
             Ok(OpenedStore {
@@ -82,16 +111,25 @@ pub fn open_stores(config: &Config) -> Result<Vec<OpenedStore>, StartError> {
                 key,
             })
         })
-        .collect()
+        .collect::<Result<_, StartError>>()?;
+    Ok((opened, locks))
 }
 
 impl App {
-    /// Opens every store, starts their background dedupe passes and collectors, and binds
-    /// the listener.
+    /// Locks and opens every store, binds the listener, then starts the stores' background
+    /// dedupe passes, collectors and scrub: a root in use or a port taken fails the start
+    /// before anything touches the stores.
     pub fn start(config: &Config) -> Result<App, StartError> {
-        let opened = open_stores(config)?;
+        let holder = format!(
+            "berth serve (pid {}, http {}:{})",
+            std::process::id(),
+            config.http.address,
+            config.http.port
+        );
+        let (opened, locks) = open_stores(config, Some(&holder))?;
         // After the stores: a refused config stays one line on stderr.
         let open_files = raise_open_files_limit();
+        let server = Server::bind(&config.http, open_files)?;
         for o in &opened {
             dedupe_pass::spawn(Arc::clone(&o.store), &o.key);
             collector::spawn(Arc::clone(&o.store), &o.key, o.settings.gc.clone());
@@ -109,8 +147,11 @@ impl App {
             .zip(stores)
             .collect();
         let registry = Arc::new(Registry::new(default, routes));
-        let server = Server::bind(&config.http, open_files)?;
-        Ok(App { server, registry })
+        Ok(App {
+            server,
+            registry,
+            _locks: locks,
+        })
     }
 
     /// Serves until the process ends; fails only when the request workers cannot start.

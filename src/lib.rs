@@ -13,6 +13,7 @@
 //! - `cache`: the dedupe `Cache` trait (digest → paths) and its embedded LMDB implementation.
 //! - `background`: the one bounded rayon pool for background fan-out.
 //! - `app`: wires a config into stores, caches and a running registry.
+//! - `root_lock`: one berth process per storage root.
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -23,4 +24,5 @@ pub mod config;
 pub mod digest;
 pub mod http;
 pub mod oci;
+pub mod root_lock;
 pub mod storage;

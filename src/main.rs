@@ -33,8 +33,8 @@ enum Command {
         config: PathBuf,
     },
     /// Collect garbage once, as the config's gc and retention settings say, and print what
-    /// was removed per repository. Refuses while a registry answers on the config's address,
-    /// unless --dry-run.
+    /// was removed per repository. Refuses while another berth uses a root (it collects
+    /// online itself), unless --dry-run.
     Gc {
         /// A zot-format JSON config file.
         config: PathBuf,
@@ -43,8 +43,8 @@ enum Command {
         dry_run: bool,
     },
     /// Re-hash every blob the repositories reference and print a table of what is affected;
-    /// exits with 1 when anything is. Refuses while a registry answers on the config's
-    /// address (its own scrub runs online). Repairs and deletes nothing.
+    /// exits with 1 when anything is. Refuses while another berth uses a root (its own scrub
+    /// runs online). Repairs and deletes nothing.
     Scrub {
         /// A zot-format JSON config file.
         config: PathBuf,
@@ -83,15 +83,11 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
         }
         Command::Gc { config, dry_run } => {
             let config = Config::load(&config)?;
-            if !dry_run {
-                refuse_if_serving(&config)?;
-            }
             collect_once(&config, dry_run)?;
             Ok(Outcome::Clean)
         }
         Command::Scrub { config } => {
             let config = Config::load(&config)?;
-            refuse_if_serving(&config)?;
             scrub_once(&config)
         }
         Command::Serve { config } => {
@@ -137,30 +133,16 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Fails when something answers on the config's listen address: its collector and this one
-/// would each take only their own locks.
-fn refuse_if_serving(config: &Config) -> anyhow::Result<()> {
-    use std::net::{TcpStream, ToSocketAddrs};
-    let address = format!("{}:{}", config.http.address, config.http.port);
-    if config.http.port == 0 {
-        return Ok(());
-    }
-    let answering = address
-        .to_socket_addrs()
-        .into_iter()
-        .flatten()
-        .any(|a| TcpStream::connect_timeout(&a, std::time::Duration::from_secs(1)).is_ok());
-    if answering {
-        anyhow::bail!(
-            "a registry answers on {address}; stop it first (it collects and scrubs online itself)"
-        );
-    }
-    Ok(())
+/// What an offline command writes into the roots it locks, for a refused server to name.
+fn offline_holder(command: &str) -> String {
+    format!("berth {command} (pid {})", std::process::id())
 }
 
 /// `berth gc`: one sweep of every store, printed as a table.
 fn collect_once(config: &Config, dry_run: bool) -> anyhow::Result<()> {
-    let stores = berth::app::open_stores(config)?;
+    // A dry run changes nothing, so it may read a root a server holds.
+    let holder = (!dry_run).then(|| offline_holder("gc"));
+    let (stores, _locks) = berth::app::open_stores(config, holder.as_deref())?;
     let mut failed = Vec::new();
     println!(
         "{:<32} {:<8} {:<80} {:>12}  WHY",
@@ -222,7 +204,7 @@ fn collect_once(config: &Config, dry_run: bool) -> anyhow::Result<()> {
 
 /// `berth scrub`: every store, printed as zot's table.
 fn scrub_once(config: &Config) -> anyhow::Result<Outcome> {
-    let stores = berth::app::open_stores(config)?;
+    let (stores, _locks) = berth::app::open_stores(config, Some(&offline_holder("scrub")))?;
     println!(
         "{:<32} {:<24} {:<9} {:<72} ERROR",
         "REPOSITORY", "TAG", "STATUS", "AFFECTED BLOB"

@@ -11,6 +11,7 @@ mod concurrency;
 mod connections;
 mod crash;
 mod dedupe;
+mod first_hour;
 mod gc;
 mod hostile_http;
 mod hostile_store;

@@ -109,6 +109,8 @@ pub struct Berth {
     child: Child,
     addr: SocketAddr,
     root: PathBuf,
+    /// The config file it was started with (port 0: any other process may reuse it).
+    config: PathBuf,
     log: Arc<Mutex<String>>,
     /// Set by `kill9`, so drop knows an exited process was the test's doing.
     killed: bool,
@@ -233,6 +235,7 @@ impl Berth {
                 child,
                 addr,
                 root: root.to_path_buf(),
+                config: config_path,
                 log,
                 killed: false,
                 _owned: Vec::new(),
@@ -258,6 +261,14 @@ impl Berth {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    pub fn config_path(&self) -> &Path {
+        &self.config
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything berth wrote to stderr so far.

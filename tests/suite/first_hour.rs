@@ -1,0 +1,119 @@
+//! Issue 11's first hour of a new user: one berth per storage root (a second server, or an
+//! offline `berth gc`/`berth scrub`, is refused with the holder named), and `serve` binds its
+//! port before it starts any background work.
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+
+use crate::util::oci::*;
+use crate::util::server::{BERTH, Berth, Settings, temp_dir};
+
+/// Writes an old blob nothing references into `repo_dir`, as garbage for a collector.
+fn old_garbage(repo_dir: &std::path::Path) -> std::path::PathBuf {
+    let bytes = random_bytes(0x6A, 64);
+    let path = crate::util::layout::blob_path(repo_dir, &sha256(&bytes));
+    std::fs::write(&path, &bytes).unwrap();
+    let file = std::fs::File::options().write(true).open(&path).unwrap();
+    file.set_modified(SystemTime::now() - Duration::from_secs(3 * 3600))
+        .unwrap();
+    path
+}
+
+/// Runs `command` to its end, or kills it after `limit` (a second server that was not
+/// refused would serve forever).
+fn output_within(command: &mut Command, limit: Duration) -> std::process::Output {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    // The outputs checked here are a line or two: the pipes cannot fill meanwhile.
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_second_berth_on_one_root_is_refused_and_names_the_first() {
+    let mut settings = Settings::default();
+    settings.storage.insert("gc".into(), json!(true));
+    let berth = Berth::start_with(settings);
+    let c = berth.client();
+    let image = Image::oci(0x1A, &[10]);
+    push_image(&c, "hour/app", "v1", &image);
+    let garbage = old_garbage(&berth.root().join("hour/app"));
+    let config = berth.config_path().to_str().unwrap().to_string();
+    let holder = format!("berth serve (pid {}", berth.pid());
+
+    for args in [
+        vec!["serve", &config],
+        vec!["gc", &config],
+        vec!["scrub", &config],
+    ] {
+        let refused = output_within(Command::new(BERTH).args(&args), Duration::from_secs(30));
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("storage.rootDirectory") && stderr.contains(&holder),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(
+            stderr.trim().lines().count(),
+            1,
+            "{args:?}: one line: {stderr}"
+        );
+    }
+    assert!(garbage.exists(), "a refused gc deleted");
+    // A dry run changes nothing, so it may read a served root.
+    let dry = Command::new(BERTH)
+        .args(["gc", &config, "--dry-run"])
+        .output()
+        .unwrap();
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("unreferenced"));
+    assert_image(&c, "hour/app", "v1", &image);
+}
+
+#[test]
+fn serve_binds_its_port_before_any_background_work() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = temp_dir();
+    let root = dir.path().join("root");
+    // A root with garbage a start-up sweep would collect at once.
+    {
+        let berth = Berth::start_on(&root, Settings::default());
+        push_image(&berth.client(), "hour/bind", "v1", &Image::oci(0x1B, &[10]));
+    }
+    let garbage = old_garbage(&root.join("hour/bind"));
+    let config = dir.path().join("taken.json");
+    let body = json!({
+        "storage": { "rootDirectory": root, "gc": true, "gcDelay": "1h" },
+        "http": { "address": "127.0.0.1", "port": port.to_string() },
+        "log": { "level": "info" },
+    });
+    std::fs::write(&config, body.to_string()).unwrap();
+    let failed = Command::new(BERTH)
+        .args(["serve", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(!failed.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot listen"), "{stderr}");
+    assert!(
+        !stderr.contains("gc:"),
+        "background work ran first:\n{stderr}"
+    );
+    assert!(garbage.exists(), "a sweep ran before the bind failed");
+    drop(taken);
+}
