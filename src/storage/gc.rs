@@ -226,20 +226,57 @@ fn descriptor_set(removals: &[(Digest, Option<String>)]) -> HashSet<(&Digest, Op
         .collect()
 }
 
-/// What keeps a listed manifest that could go, until it happens.
-enum Wait {
-    /// A referrer whose subject must still be there: listed and kept, or reached.
+/// What a listed manifest that could go needs, to stay.
+enum Need {
+    /// A referrer: its subject still there (listed and kept, or reached from a kept index).
     Subject(Digest),
-    /// An old untagged manifest that a kept index must reach.
+    /// An old untagged manifest: a kept index reaching it.
     Reached,
+}
+
+/// The state `kept_manifests` works on: every listed manifest starts kept, and goes when one
+/// of its needs fails; a digest is present while a kept listed manifest has it or an edge
+/// from a present index reaches it.
+struct Keep<'l> {
+    listed: &'l [Descriptor],
+    needs: Vec<Vec<Need>>,
+    kept: Vec<Result<(), &'static str>>,
+    /// Kept listed manifests per digest.
+    kept_listed: HashMap<Digest, usize>,
+    /// Edges from present indexes per digest.
+    reached: HashMap<Digest, usize>,
+    /// Child edges of each present index (its own children, repeats included).
+    children: HashMap<Digest, Vec<Descriptor>>,
+    by_subject: HashMap<Digest, Vec<usize>>,
+    by_digest: HashMap<Digest, Vec<usize>>,
+}
+
+impl Keep<'_> {
+    fn present(&self, digest: &Digest) -> bool {
+        self.kept_listed.get(digest).is_some_and(|n| *n > 0)
+            || self.reached.get(digest).is_some_and(|n| *n > 0)
+    }
+
+    fn needs_met(&self, i: usize) -> bool {
+        self.needs[i].iter().all(|need| match need {
+            Need::Subject(s) => self.present(s),
+            Need::Reached => self
+                .reached
+                .get(&self.listed[i].digest)
+                .is_some_and(|n| *n > 0),
+        })
+    }
 }
 
 /// Decides, for each of `listed`, whether it stays (`Ok`) or goes (`Err` with the reason),
 /// zot's way: an old untagged manifest goes unless a kept index reaches it; with
-/// `deleteReferrers`, an old referrer goes once its subject is gone; a subject is not kept
-/// alive by its referrers. Computed forward from what stays on its own, each manifest read
-/// and each edge followed once, so a chain of nested indexes or referrers costs its length,
-/// not its length squared (issue 10: a 10,000-long chain held a sweep past 100 s).
+/// `deleteReferrers`, an old referrer goes once its subject is gone (a legacy cosign tag
+/// names the subject of a manifest that has no `subject` field); a subject is not kept alive
+/// by its referrers. Everything starts kept and what loses a need goes, cascading with counts
+/// of what supports each digest (as removing step by step until nothing changes would, so
+/// manifests that keep each other stay), with each manifest read and each edge followed a
+/// bounded number of times: a chain of nested indexes or referrers costs its length, not its
+/// length squared (issue 10: a 10,000-long chain held a sweep past 100 s).
 fn kept_manifests(
     graph: &mut Graph<'_>,
     listed: &[Descriptor],
@@ -248,107 +285,105 @@ fn kept_manifests(
     now: SystemTime,
 ) -> Result<Vec<Result<(), &'static str>>, StoreError> {
     let retention = &settings.retention;
-    let mut kept: Vec<Result<(), &'static str>> = Vec::with_capacity(listed.len());
-    // Per listed manifest, how many of its conditions are still unmet.
-    let mut unmet: Vec<usize> = vec![0; listed.len()];
-    let mut on_present: HashMap<Digest, Vec<usize>> = HashMap::new();
-    let mut on_reached: HashMap<Digest, Vec<usize>> = HashMap::new();
-    let mut newly_kept: Vec<usize> = Vec::new();
+    let mut keep = Keep {
+        listed,
+        needs: Vec::with_capacity(listed.len()),
+        kept: Vec::with_capacity(listed.len()),
+        kept_listed: HashMap::new(),
+        reached: HashMap::new(),
+        children: HashMap::new(),
+        by_subject: HashMap::new(),
+        by_digest: HashMap::new(),
+    };
     for (i, d) in listed.iter().enumerate() {
         let node = graph.node(d)?;
         let old = |delay| older_than(node.modified, now, delay);
-        let mut waits = Vec::new();
-        let mut reason = "untagged";
+        let mut needs = Vec::new();
+        let subject = node.manifest.subject.as_ref().map(|s| s.digest.clone());
         if policy.delete_referrers {
-            let subject = node.manifest.subject.as_ref().map(|s| s.digest.clone());
-            if let Some(s) = subject.filter(|_| old(retention.delay)) {
-                waits.push(Wait::Subject(s));
-            }
-            if let Some(s) = d
-                .tag()
-                .and_then(legacy_subject)
-                .filter(|_| old(settings.delay))
-            {
-                waits.push(Wait::Subject(s));
-            }
-            if !waits.is_empty() {
-                reason = "its subject is gone";
+            let referrer = match subject.clone() {
+                Some(s) => old(retention.delay).then_some(s),
+                None => d
+                    .tag()
+                    .and_then(legacy_subject)
+                    .filter(|_| old(settings.delay)),
+            };
+            if let Some(s) = referrer {
+                keep.by_subject.entry(s.clone()).or_default().push(i);
+                needs.push(Need::Subject(s));
             }
         }
-        let untagged_candidate = policy.delete_untagged
-            && d.tag().is_none()
-            && node.manifest.subject.is_none()
-            && old(retention.delay);
-        if untagged_candidate {
-            waits.push(Wait::Reached);
+        if policy.delete_untagged && d.tag().is_none() && subject.is_none() && old(retention.delay)
+        {
+            needs.push(Need::Reached);
         }
-        unmet[i] = waits.len();
-        for wait in waits {
-            match wait {
-                Wait::Subject(s) => on_present.entry(s).or_default().push(i),
-                Wait::Reached => on_reached.entry(d.digest.clone()).or_default().push(i),
-            }
+        keep.needs.push(needs);
+        keep.kept.push(Ok(()));
+        keep.by_digest.entry(d.digest.clone()).or_default().push(i);
+        *keep.kept_listed.entry(d.digest.clone()).or_default() += 1;
+    }
+    // Edges from every present digest, found once each.
+    let mut stack: Vec<(Descriptor, bool)> = listed.iter().map(|d| (d.clone(), true)).collect();
+    while let Some((d, is_listed)) = stack.pop() {
+        if keep.children.contains_key(&d.digest) || !media_type::is_manifest(&d.media_type) {
+            continue;
         }
-        if unmet[i] == 0 {
-            kept.push(Ok(()));
-            newly_kept.push(i);
+        let node = if is_listed {
+            Some(graph.node(&d)?)
         } else {
-            kept.push(Err(reason));
-        }
-    }
-    let mut present: HashSet<Digest> = HashSet::new();
-    let mut reached: HashSet<Digest> = HashSet::new();
-    let mut expanded: HashSet<Digest> = HashSet::new();
-    // Manifests to expand: kept listed ones (whose own descriptor is known) and reached ones.
-    let mut to_expand: Vec<(Descriptor, bool)> = Vec::new();
-    loop {
-        let mut present_now: Vec<Digest> = Vec::new();
-        for i in newly_kept.drain(..) {
-            kept[i] = Ok(());
-            present_now.push(listed[i].digest.clone());
-            to_expand.push((listed[i].clone(), true));
-        }
-        let mut reached_now: Vec<Digest> = Vec::new();
-        while let Some((d, is_listed)) = to_expand.pop() {
-            if !media_type::is_manifest(&d.media_type) || !expanded.insert(d.digest.clone()) {
-                continue;
-            }
-            let node = if is_listed {
-                Some(graph.node(&d)?)
-            } else {
-                graph.child(&d)?
-            };
-            let Some(node) = node.filter(|n| n.manifest.kind == ManifestKind::Index) else {
-                continue;
-            };
-            for child in node.manifest.children.clone() {
-                if reached.insert(child.digest.clone()) {
-                    reached_now.push(child.digest.clone());
-                    present_now.push(child.digest.clone());
-                }
-                to_expand.push((child, false));
-            }
-        }
-        let mut met = |waiting: &mut HashMap<Digest, Vec<usize>>, digest: &Digest| {
-            for i in waiting.remove(digest).unwrap_or_default() {
-                unmet[i] -= 1;
-                if unmet[i] == 0 {
-                    newly_kept.push(i);
-                }
-            }
+            graph.child(&d)?
         };
-        for digest in reached_now {
-            met(&mut on_reached, &digest);
+        let children: Vec<Descriptor> = match node {
+            Some(n) if n.manifest.kind == ManifestKind::Index => n.manifest.children.clone(),
+            _ => Vec::new(),
+        };
+        for child in &children {
+            *keep.reached.entry(child.digest.clone()).or_default() += 1;
+            stack.push((child.clone(), false));
         }
-        for digest in present_now {
-            if present.insert(digest.clone()) {
-                met(&mut on_present, &digest);
+        keep.children.insert(d.digest.clone(), children);
+    }
+    // Every listed manifest whose needs fail goes; what it supported is checked again.
+    let mut check: Vec<usize> = (0..listed.len()).collect();
+    let mut gone: Vec<Digest> = Vec::new();
+    while !check.is_empty() || !gone.is_empty() {
+        while let Some(i) = check.pop() {
+            if keep.kept[i].is_err() || keep.needs_met(i) {
+                continue;
+            }
+            let subject_gone = keep.needs[i]
+                .iter()
+                .any(|n| matches!(n, Need::Subject(s) if !keep.present(s)));
+            keep.kept[i] = Err(if subject_gone {
+                "its subject is gone"
+            } else {
+                "untagged"
+            });
+            let digest = &listed[i].digest;
+            let count = keep.kept_listed.get_mut(digest).expect("counted above");
+            *count -= 1;
+            if !keep.present(digest) {
+                gone.push(digest.clone());
             }
         }
-        if newly_kept.is_empty() {
-            return Ok(kept);
+        // A digest no longer present: its referrers lose their subject, and its children an
+        // edge each (those left without any are no longer reached, nor, unless listed and
+        // kept, present).
+        while let Some(digest) = gone.pop() {
+            check.extend(keep.by_subject.get(&digest).into_iter().flatten());
+            for child in keep.children.get(&digest).cloned().unwrap_or_default() {
+                let edges = keep.reached.get_mut(&child.digest).expect("counted above");
+                *edges -= 1;
+                if *edges == 0 {
+                    check.extend(keep.by_digest.get(&child.digest).into_iter().flatten());
+                    if !keep.present(&child.digest) {
+                        gone.push(child.digest.clone());
+                    }
+                }
+            }
         }
     }
+    Ok(keep.kept)
 }
 
 /// The plan for one repository: descriptors to drop from the index, and what stays marked.

@@ -287,3 +287,38 @@ fn a_storage_failure_never_shows_server_paths() {
     assert!(!body.contains(&root) && !body.contains("/tmp"), "{body}");
     assert!(berth.logs().contains(&root), "the log keeps the cause");
 }
+
+/// A tagged index whose `subject` is a manifest it also lists: each keeps the other (the
+/// index reaches the manifest; the manifest is the index's subject), so retention with
+/// `deleteReferrers` and `deleteUntagged` removes neither, however old both are.
+#[test]
+fn manifests_that_keep_each_other_stay() {
+    let mut settings = Settings::default();
+    let storage = &mut settings.storage;
+    storage.insert("gc".into(), json!(true));
+    storage.insert("gcDelay".into(), json!("1s"));
+    storage.insert("gcInterval".into(), json!("300ms"));
+    storage.insert(
+        "retention".into(),
+        json!({ "delay": "1s", "policies": [
+            { "repositories": ["**"], "deleteReferrers": true, "deleteUntagged": true }
+        ]}),
+    );
+    let berth = Berth::start_with(settings);
+    let c = berth.client();
+    let image = Image::oci(0xDE6, &[10]);
+    push_image(&c, "mutual/keep", &image.digest(), &image);
+    let index = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "subject": image.descriptor(),
+        "manifests": [image.descriptor()],
+    }))
+    .unwrap();
+    put_manifest(&c, "mutual/keep", "t", OCI_INDEX, &index);
+    // Past both delays, then a few sweeps.
+    thread::sleep(Duration::from_millis(1500));
+    berth.wait_sweeps(3);
+    assert_eq!(c.get_manifest("mutual/keep", "t", OCI_INDEX).status, 200);
+    assert_image(&c, "mutual/keep", &image.digest(), &image);
+}
