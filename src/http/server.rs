@@ -211,7 +211,14 @@ fn worker(http: &tiny_http::Server, registry: &Registry, gate: &BodyGate) {
         }
         let mut next = gate.admit(request);
         while let Some(request) = next {
-            serve(registry, request);
+            // The place in the gate passes on or is freed whatever serving did: a place lost
+            // to a panic would never come back, and with all of them lost uploads would
+            // queue for good.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(registry, request)))
+                .is_err()
+            {
+                tracing::error!("serving a request with a body panicked");
+            }
             next = gate.next();
         }
     }

@@ -130,7 +130,7 @@ pub fn run(store: &Store) -> Result<PassReport, StoreError> {
 /// A stamp of `repo`'s blob directories: it changes whenever a blob file is added, removed or
 /// replaced in them.
 fn stamp(store: &Store, repo: &RepoName) -> String {
-    let Ok(blobs) = layout::repo_dir(repo).and_then(|d| d.join(layout::BLOBS)) else {
+    let Ok(blobs) = layout::blobs_root(repo) else {
         return String::new();
     };
     let mut algorithms = store.driver.list(Some(&blobs)).unwrap_or_default();

@@ -16,7 +16,7 @@
 //!   manifest PUT re-checks its blobs under the same lock, so it never lands on a blob this
 //!   deleted. Hard-linked copies in other repositories are separate names and stay.
 
-use super::driver::StoragePath;
+use super::driver::{ObjectMeta, StoragePath};
 use super::layout::UploadId;
 use super::{Store, StoreError, layout};
 use crate::config::gc::{GcConfig, KeepTags, Policy};
@@ -487,7 +487,7 @@ impl Store {
         &self,
         repo: &RepoName,
     ) -> Result<Vec<(Digest, StoragePath)>, StoreError> {
-        let blobs = layout::repo_dir(repo)?.join(layout::BLOBS)?;
+        let blobs = layout::blobs_root(repo)?;
         let mut files = Vec::new();
         for algorithm in self.driver.list(Some(&blobs))? {
             let Ok(dir) = blobs.join(&algorithm) else {
@@ -533,17 +533,12 @@ impl Store {
                 if plan.marked.contains(digest) {
                     continue;
                 }
-                let path = layout::blob(repo, digest)?;
-                let still_old = self
-                    .driver
-                    .stat(&path)?
-                    .is_some_and(|m| older_than(m.modified, now, delay));
-                if !still_old {
-                    continue;
-                }
-                match self.blob_delete_locked(repo, digest) {
-                    Ok(()) => plan.collected.blobs.push((digest.clone(), *size)),
-                    Err(StoreError::BlobUnknown(_)) => {}
+                // Judged under the blob's lock, which a push or mount refreshing the same
+                // file holds: one that landed after planning keeps it.
+                let still_old = |m: &ObjectMeta| older_than(m.modified, now, delay);
+                match self.blob_delete_locked(repo, digest, still_old) {
+                    Ok(true) => plan.collected.blobs.push((digest.clone(), *size)),
+                    Ok(false) | Err(StoreError::BlobUnknown(_)) => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -557,7 +552,19 @@ impl Store {
     /// removes stale temporary files first (`leftovers`), and the rest is not berth's to
     /// remove (issue 10: such a file failed every sweep with "Directory not empty").
     fn remove_if_empty(&self, repo: &RepoName) -> Result<bool, StoreError> {
-        let _alone = self.presence.write(repo);
+        // Most repositories list something: say so without touching any lock. One that a
+        // write is using now is not empty for long either: skipped, never waited for, since
+        // writers waiting behind a waiting remover would stall (std's RwLock queues readers
+        // behind a waiting writer) while one of them waits on a long dedupe decision.
+        match self.read_index(repo) {
+            Ok(index) if !index.manifests.is_empty() => return Ok(false),
+            Ok(_) => {}
+            Err(StoreError::NameUnknown(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        }
+        let Some(_alone) = self.presence.try_write(repo) else {
+            return Ok(false);
+        };
         let _guard = self.repo_locks.lock(repo);
         let index = match self.read_index(repo) {
             Ok(index) => index,

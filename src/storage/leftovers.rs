@@ -157,7 +157,10 @@ impl Store {
         report_only: bool,
         found: &mut Leftovers,
     ) -> Result<(), StoreError> {
-        let _alone = self.presence.write(repo);
+        // Skipped while a write uses it (see `remove_if_empty`); the next sweep looks again.
+        let Some(_alone) = self.presence.try_write(repo) else {
+            return Ok(());
+        };
         let _guard = self.repo_locks.lock(repo);
         if self.repo_exists(repo)? {
             return Ok(());

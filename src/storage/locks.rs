@@ -4,7 +4,9 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::{Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError,
+};
 
 const STRIPES: usize = 64;
 
@@ -49,10 +51,12 @@ impl Striped<RwLock<()>> {
         self.get(key).read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Holds the stripe of `key` alone.
-    pub(super) fn write(&self, key: &(impl Hash + ?Sized)) -> RwLockWriteGuard<'_, ()> {
-        self.get(key)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// Holds the stripe of `key` alone if no one shares or holds it now.
+    pub(super) fn try_write(&self, key: &(impl Hash + ?Sized)) -> Option<RwLockWriteGuard<'_, ()>> {
+        match self.get(key).try_write() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
     }
 }

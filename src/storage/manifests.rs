@@ -201,12 +201,14 @@ impl Store {
                 list_manifest(&self.driver, repo, &required, &entry, &tags),
             );
             match listed {
-                // A DELETE of this digest took its bytes after they were written: write again.
+                // A DELETE of this digest took its bytes after they were written (and the
+                // collector perhaps the repository it emptied): write again.
                 Err(StoreError::ManifestBlobUnknown(missing))
                     if missing == digest && attempt < PUT_ATTEMPTS =>
                 {
                     attempt += 1;
                 }
+                Err(StoreError::NameUnknown(_)) if attempt < PUT_ATTEMPTS => attempt += 1,
                 other => break other?,
             }
         }
@@ -394,8 +396,8 @@ impl Store {
                 {
                     return Ok(());
                 }
-                match self.blob_delete_locked(repo, digest) {
-                    Ok(()) | Err(StoreError::BlobUnknown(_)) => Ok(()),
+                match self.blob_delete_locked(repo, digest, |_| true) {
+                    Ok(_) | Err(StoreError::BlobUnknown(_)) => Ok(()),
                     Err(e) => Err(e),
                 }
             }
@@ -429,11 +431,12 @@ impl Store {
             Err(StoreError::NameUnknown(_)) => return Ok(ReferrersPage::empty()),
             Err(e) => return Err(e),
         };
-        let read = |digest: &Digest| {
-            let path = layout::blob(repo, digest).ok()?;
-            self.driver.get(&path).ok()
+        let read = |digest: &Digest| match self.driver.get(&layout::blob(repo, digest)?) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(DriverError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(StoreError::from(e)),
         };
-        let referrers = self.referrers.get(repo, fingerprint, &index, read);
+        let referrers = self.referrers.get(repo, fingerprint, &index, read)?;
         Ok(referrers.page(subject, artifact_type))
     }
 }
@@ -478,9 +481,13 @@ fn check_content(
     repo: &RepoName,
     required: &[Descriptor],
 ) -> Result<(), StoreError> {
-    let mut heights = HashMap::new();
+    let mut heights = Heights::new();
     content_height(driver, repo, required, 1, &mut heights).map(|_| ())
 }
+
+/// Heights found so far, by digest and whether it was named as a manifest (the same bytes
+/// named once as a plain blob and once as an index must still be looked inside).
+type Heights = HashMap<(Digest, bool), usize>;
 
 /// The most manifests on a path down from `descriptors` (0 when none is a manifest), found
 /// with `heights` remembering each digest's; `path` manifests lie above them. Recursion is
@@ -490,15 +497,16 @@ fn content_height(
     repo: &RepoName,
     descriptors: &[Descriptor],
     path: usize,
-    heights: &mut HashMap<Digest, usize>,
+    heights: &mut Heights,
 ) -> Result<usize, StoreError> {
     let mut tallest = 0;
     for d in descriptors {
-        let height = match heights.get(&d.digest) {
+        let key = (d.digest.clone(), media_type::is_manifest(&d.media_type));
+        let height = match heights.get(&key) {
             Some(h) => *h,
             None => {
                 let h = descriptor_height(driver, repo, d, path, heights)?;
-                heights.insert(d.digest.clone(), h);
+                heights.insert(key, h);
                 h
             }
         };
@@ -515,7 +523,7 @@ fn descriptor_height(
     repo: &RepoName,
     d: &Descriptor,
     path: usize,
-    heights: &mut HashMap<Digest, usize>,
+    heights: &mut Heights,
 ) -> Result<usize, StoreError> {
     let blob = layout::blob(repo, &d.digest)?;
     if driver.stat(&blob)?.is_none_or(|m| m.is_dir) {

@@ -36,7 +36,7 @@ pub use uploads::BodyLength;
 use crate::cache::Cache;
 use crate::digest::Digest;
 use crate::oci::RepoName;
-use driver::{Driver, DriverError, ObjectReader, StoragePath};
+use driver::{Driver, DriverError, ObjectMeta, ObjectReader, StoragePath};
 use locks::Striped;
 use std::sync::Arc;
 
@@ -51,6 +51,8 @@ pub struct Store {
     /// the removal of an empty one: writers never wait on each other or on index.json
     /// rewrites, and never land in a repository being removed.
     presence: Striped<std::sync::RwLock<()>>,
+    /// Per-digest locks of blob files when there is no dedupe (see `blob_lock`).
+    blob_locks: Striped<std::sync::Mutex<()>>,
     sessions: uploads::Sessions,
     indexes: index_cache::IndexCache,
     referrers: referrers::ReferrerCache,
@@ -127,6 +129,7 @@ impl Store {
             driver,
             repo_locks: Striped::default(),
             presence: Striped::default(),
+            blob_locks: Striped::default(),
             sessions: uploads::Sessions::default(),
             indexes: index_cache::IndexCache::default(),
             referrers: referrers::ReferrerCache::default(),
@@ -185,7 +188,10 @@ impl Store {
                 dedupe::Source::Staged(staged),
                 &target,
             ),
-            None => Ok(self.driver.rename(staged, &target)?),
+            None => {
+                let _guard = self.blob_lock(digest);
+                Ok(self.driver.rename(staged, &target)?)
+            }
         })
     }
 
@@ -254,21 +260,43 @@ impl Store {
         if listed {
             return Err(StoreError::BlobIsManifest(digest.clone()));
         }
-        self.blob_delete_locked(repo, digest)
+        self.blob_delete_locked(repo, digest, |_| true).map(|_| ())
     }
 
-    /// Deletes a blob of `repo`; the caller holds the repository lock, so no manifest PUT
-    /// checks its content in between.
-    fn blob_delete_locked(&self, repo: &RepoName, digest: &Digest) -> Result<(), StoreError> {
+    /// Deletes a blob of `repo` if `still(its metadata)` holds under the blob's lock (which a
+    /// push or mount refreshing the same file holds too); returns whether it did. The caller
+    /// holds the repository lock, so no manifest PUT checks its content in between.
+    fn blob_delete_locked(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        still: impl FnOnce(&ObjectMeta) -> bool,
+    ) -> Result<bool, StoreError> {
         let path = layout::blob(repo, digest)?;
-        let _guard = self.dedupe.as_ref().map(|d| d.lock(digest));
+        let _guard = self.blob_lock(digest);
+        let unknown = || StoreError::BlobUnknown(digest.clone());
+        match self.driver.stat(&path)? {
+            Some(meta) if !meta.is_dir && still(&meta) => {}
+            Some(meta) if !meta.is_dir => return Ok(false),
+            _ => return Err(unknown()),
+        }
         self.driver
             .delete(&path)
-            .map_err(|e| not_found_as(e, || StoreError::BlobUnknown(digest.clone())))?;
+            .map_err(|e| not_found_as(e, unknown))?;
         if let Some(d) = &self.dedupe {
             d.forget(digest, &path);
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Serialises what lands on and leaves `digest`'s blob files: with dedupe, its dedupe
+    /// lock (held by every link, rename and refresh it decides); without, a stripe of the
+    /// store's own.
+    fn blob_lock(&self, digest: &Digest) -> std::sync::MutexGuard<'_, ()> {
+        match &self.dedupe {
+            Some(d) => d.lock(digest),
+            None => self.blob_locks.lock(digest),
+        }
     }
 
     /// Makes a blob available in `repo` without uploading it (cross-repository mount): from
@@ -296,12 +324,15 @@ impl Store {
             _ => return Ok(false),
         };
         let target = layout::blob(repo, digest)?;
-        if self.dedupe.is_none() && self.driver.stat(&target)?.is_some() {
+        if self.dedupe.is_none() {
             // Mounted again: new to an age-based collector; deleted meanwhile: copied below.
-            match self.driver.touch(&target) {
-                Ok(()) => return Ok(true),
-                Err(DriverError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
+            let _guard = self.blob_lock(digest);
+            if self.driver.stat(&target)?.is_some() {
+                match self.driver.touch(&target) {
+                    Ok(()) => return Ok(true),
+                    Err(DriverError::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         let placed = match &self.dedupe {

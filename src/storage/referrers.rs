@@ -49,40 +49,41 @@ pub(super) struct ReferrerCache {
 
 impl ReferrerCache {
     /// The referrers of `repo` for the index with `fingerprint`, built with `read` (which
-    /// returns a manifest's bytes, or `None` when they are gone or unreadable) if this
-    /// version is not known yet.
-    pub(super) fn get(
+    /// returns a manifest's bytes, `None` when they are gone) if this version is not known
+    /// yet. A read that fails otherwise fails the call and nothing is kept, so a passing I/O
+    /// error cannot hide a referrer for as long as the index stays the same.
+    pub(super) fn get<E>(
         &self,
         repo: &RepoName,
         fingerprint: u64,
         index: &ImageIndex,
-        read: impl Fn(&Digest) -> Option<Vec<u8>>,
-    ) -> Arc<RepoReferrers> {
+        read: impl Fn(&Digest) -> Result<Option<Vec<u8>>, E>,
+    ) -> Result<Arc<RepoReferrers>, E> {
         let stripe = self.stripes.get(repo);
         let previous = {
             let map = stripe.read().unwrap_or_else(PoisonError::into_inner);
             match map.get(repo) {
-                Some((f, built)) if *f == fingerprint => return Arc::clone(built),
+                Some((f, built)) if *f == fingerprint => return Ok(Arc::clone(built)),
                 Some((_, built)) => Some(Arc::clone(built)),
                 None => None,
             }
         };
-        let built = Arc::new(RepoReferrers::build(index, previous.as_deref(), read));
+        let built = Arc::new(RepoReferrers::build(index, previous.as_deref(), read)?);
         let mut map = stripe.write().unwrap_or_else(PoisonError::into_inner);
         if map.len() >= REPOS_PER_STRIPE && !map.contains_key(repo) {
             map.clear();
         }
         map.insert(repo.clone(), (fingerprint, Arc::clone(&built)));
-        built
+        Ok(built)
     }
 }
 
 impl RepoReferrers {
-    fn build(
+    fn build<E>(
         index: &ImageIndex,
         previous: Option<&RepoReferrers>,
-        read: impl Fn(&Digest) -> Option<Vec<u8>>,
-    ) -> RepoReferrers {
+        read: impl Fn(&Digest) -> Result<Option<Vec<u8>>, E>,
+    ) -> Result<RepoReferrers, E> {
         let mut built = RepoReferrers::default();
         for d in &index.manifests {
             if built.summaries.contains_key(&d.digest) {
@@ -92,7 +93,7 @@ impl RepoReferrers {
                 Some(known) => known.clone(),
                 // Blobs that vanished or do not parse are not referrers of anything; they are
                 // looked at again in the next version.
-                None => match read(&d.digest) {
+                None => match read(&d.digest)? {
                     Some(bytes) => summarise(d, &bytes),
                     None => continue,
                 },
@@ -106,7 +107,7 @@ impl RepoReferrers {
             }
             built.summaries.insert(d.digest.clone(), summary);
         }
-        built
+        Ok(built)
     }
 
     /// The referrers index of `subject`, optionally only one artifact type, as a stream.

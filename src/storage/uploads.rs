@@ -261,7 +261,7 @@ impl Store {
         delay: Duration,
         now: SystemTime,
     ) -> Result<Vec<(UploadId, u64)>, StoreError> {
-        let dir = layout::repo_dir(repo)?.join(layout::UPLOADS)?;
+        let dir = layout::uploads_dir(repo)?;
         let mut idle = Vec::new();
         for name in self.driver.list(Some(&dir))? {
             let Ok(id) = name.parse::<UploadId>() else {

@@ -195,11 +195,22 @@ impl LocalDriver {
         target: &Path,
         fill: impl FnOnce(&mut File) -> io::Result<()>,
     ) -> Result<(), DriverError> {
-        self.ensure_parent(target)?;
         let parent = target.parent().expect("storage paths have a parent");
         let temp = parent.join(format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
         let guard = TempGuard(&temp);
-        let mut file = File::create(&temp).map_err(|e| io_err("create", &temp, e))?;
+        // A directory just made can be removed before the file lands in it: the collector
+        // removing an emptied repository also removes its parents once empty, and another
+        // repository may be starting under one of them. Made again, a few times; once the
+        // file is in it, the directory is not empty and stays.
+        let mut attempts = 0;
+        let mut file = loop {
+            self.ensure_parent(target)?;
+            match File::create(&temp) {
+                Ok(file) => break file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+                Err(e) => return Err(io_err("create", &temp, e)),
+            }
+        };
         fill(&mut file).map_err(|e| io_err("write", &temp, e))?;
         if self.commit {
             file.sync_all().map_err(|e| io_err("fsync", &temp, e))?;

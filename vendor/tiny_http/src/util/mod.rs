@@ -9,10 +9,12 @@ pub use self::task_pool::TaskPool;
 // berth patch: the body rate minimum and the log throttle (issue 10).
 pub use self::min_rate::BodyRate;
 pub(crate) use self::min_rate::MinRate;
+pub(crate) use self::chunked::ChunkedDecoder;
 pub(crate) use self::throttle::Throttle;
 
 use std::str::FromStr;
 
+mod chunked;
 mod custom_stream;
 mod equal_reader;
 mod fused_reader;
