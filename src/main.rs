@@ -1,5 +1,5 @@
-//! The `berth` command line: `serve [CONFIG]`, `verify CONFIG`, `gc CONFIG [--dry-run]`,
-//! `scrub CONFIG`, `--version`.
+//! The `berth` command line: `serve [CONFIG]`, `verify CONFIG`, `gc [CONFIG] [--dry-run]`,
+//! `scrub [CONFIG]`, `--version`.
 //! Errors become one line on stderr and a non-zero exit code.
 
 use anyhow::Context;
@@ -36,8 +36,8 @@ enum Command {
     /// was removed per repository. Refuses while another berth uses a root (it collects
     /// online itself), unless --dry-run.
     Gc {
-        /// A zot-format JSON config file.
-        config: PathBuf,
+        /// A zot-format JSON config file; without one, the embedded default, as `serve`.
+        config: Option<PathBuf>,
         /// Print what would be removed, and remove nothing.
         #[arg(long)]
         dry_run: bool,
@@ -46,8 +46,8 @@ enum Command {
     /// exits with 1 when anything is. Refuses while another berth uses a root (its own scrub
     /// runs online). Repairs and deletes nothing.
     Scrub {
-        /// A zot-format JSON config file.
-        config: PathBuf,
+        /// A zot-format JSON config file; without one, the embedded default, as `serve`.
+        config: Option<PathBuf>,
     },
 }
 
@@ -82,19 +82,12 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Ok(Outcome::Clean)
         }
         Command::Gc { config, dry_run } => {
-            let config = Config::load(&config)?;
-            collect_once(&config, dry_run)?;
+            collect_once(&load_or_default(config.as_deref())?, dry_run)?;
             Ok(Outcome::Clean)
         }
-        Command::Scrub { config } => {
-            let config = Config::load(&config)?;
-            scrub_once(&config)
-        }
+        Command::Scrub { config } => scrub_once(&load_or_default(config.as_deref())?),
         Command::Serve { config } => {
-            let config = match config {
-                Some(path) => Config::load(&path)?,
-                None => Config::embedded_default(),
-            };
+            let config = load_or_default(config.as_deref())?;
             init_logging(&config)?;
             for warning in &config.warnings {
                 tracing::warn!("{warning}");
@@ -104,6 +97,14 @@ fn run(cli: Cli) -> anyhow::Result<Outcome> {
             Ok(Outcome::Clean)
         }
     }
+}
+
+/// The config file given, or the embedded default every command shares.
+fn load_or_default(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    Ok(match path {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded_default(),
+    })
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {

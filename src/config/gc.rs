@@ -28,14 +28,16 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 #[serde(rename_all = "camelCase")]
 pub struct GcConfig {
     /// Whether the store collects at all.
+    #[serde(rename = "gc")]
     pub enabled: bool,
     /// Minimum age of an unreferenced blob or an idle upload before it is collected.
-    #[serde(serialize_with = "super::serialize_duration")]
+    #[serde(rename = "gcDelay", serialize_with = "super::serialize_duration")]
     pub delay: Duration,
     /// Pause between sweeps; `None` sweeps once, at start-up.
-    #[serde(serialize_with = "serialize_interval")]
+    #[serde(rename = "gcInterval", serialize_with = "serialize_interval")]
     pub interval: Option<Duration>,
     /// Sweeps start only inside this daily window (UTC).
+    #[serde(rename = "gcTimeWindow", skip_serializing_if = "Option::is_none")]
     pub time_window: Option<TimeWindow>,
     /// What may be removed from `index.json`.
     pub retention: Retention,
@@ -89,14 +91,22 @@ pub struct KeepTags {
     #[serde(skip)]
     regexes: Vec<regex::Regex>,
     /// Keep this many most recently pushed tags.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub most_recently_pushed_count: Option<usize>,
     /// Keep this many most recently pulled tags.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub most_recently_pulled_count: Option<usize>,
     /// Keep tags pushed within this long.
-    #[serde(serialize_with = "serialize_optional_duration")]
+    #[serde(
+        serialize_with = "serialize_optional_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub pushed_within: Option<Duration>,
     /// Keep tags pulled within this long.
-    #[serde(serialize_with = "serialize_optional_duration")]
+    #[serde(
+        serialize_with = "serialize_optional_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub pulled_within: Option<Duration>,
 }
 
@@ -105,6 +115,7 @@ pub struct KeepTags {
 #[serde(rename_all = "camelCase")]
 pub struct ScrubConfig {
     /// Whether background scrub runs.
+    #[serde(rename = "enable")]
     pub enabled: bool,
     /// Pause between scrubs of the whole registry.
     #[serde(serialize_with = "super::serialize_duration")]
@@ -218,7 +229,8 @@ impl Serialize for TimeWindow {
 fn serialize_interval<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => s.serialize_str(&duration::format(*d)),
-        None => s.serialize_str("once"),
+        // zot's spelling of "once, at start-up".
+        None => s.serialize_str("0s"),
     }
 }
 

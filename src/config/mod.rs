@@ -80,7 +80,8 @@ pub struct StoreConfig {
     pub dedupe: bool,
     /// How upload bytes are written.
     pub writer: WriterChoice,
-    /// Garbage collection and retention.
+    /// Garbage collection and retention (zot's `gc*` keys and `retention`).
+    #[serde(flatten)]
     pub gc: gc::GcConfig,
 }
 
@@ -148,6 +149,7 @@ pub struct HttpConfig {
     /// Workers only requests without a body may use, so uploads cannot take every worker.
     pub reserved_workers: usize,
     /// Connections served at once; `None` sizes it from the open files limit at start-up.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<usize>,
     /// A request body must arrive at this many bytes per second on average (0: no check).
     pub body_min_rate: u64,
@@ -163,6 +165,7 @@ pub struct LogConfig {
     /// trace, debug, info, warn or error.
     pub level: String,
     /// Append logs to this file instead of stderr.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub output: Option<PathBuf>,
 }
 
@@ -222,13 +225,53 @@ impl Config {
             if inner.is_syntax() || inner.is_eof() {
                 err(format!("not valid JSON: {inner}"))
             } else if path == "." {
-                err(inner.to_string())
+                err(suggest_key(inner.to_string()))
             } else {
-                err(format!("{path}: {inner}"))
+                err(suggest_key(format!("{path}: {inner}")))
             }
         })?;
         resolve(raw).map_err(err)
     }
+}
+
+/// Adds "did you mean" to serde's "unknown field `x`, expected one of `a`, `b`" when one of
+/// the known keys is a likely typo of `x` (a few edits away, case aside).
+fn suggest_key(message: String) -> String {
+    let Some((_, rest)) = message.split_once("unknown field `") else {
+        return message;
+    };
+    let Some((unknown, expected)) = rest.split_once('`') else {
+        return message;
+    };
+    let unknown = unknown.to_ascii_lowercase();
+    let nearest = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|known| (edit_distance(&unknown, &known.to_ascii_lowercase()), known))
+        .min();
+    match nearest {
+        Some((distance, known)) if distance <= (unknown.len() / 3).max(2) => {
+            format!("{message} (did you mean `{known}`?)")
+        }
+        _ => message,
+    }
+}
+
+/// Levenshtein distance between `a` and `b`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
 }
 
 fn not_built(key: &str, what: &str) -> String {
@@ -265,11 +308,17 @@ fn resolve_store(
         &key("storageDriver"),
         "remote storage",
     )?;
-    refuse_present(
-        &storage.cache_driver,
-        &key("cacheDriver"),
-        "a remote dedupe cache",
-    )?;
+    match &storage.cache_driver {
+        // zot's local cache: berth's embedded cache plays its part.
+        Some(driver) if driver.get("name").and_then(|n| n.as_str()) == Some("boltdb") => {
+            warnings.push(format!(
+                "{}: boltdb is zot's embedded cache; berth uses its own (LMDB, in {}/.berth)",
+                key("cacheDriver"),
+                root_directory
+            ));
+        }
+        driver => refuse_present(driver, &key("cacheDriver"), "a remote dedupe cache")?,
+    }
     Ok(StoreConfig {
         root_directory: PathBuf::from(root_directory),
         commit: storage.commit.unwrap_or(false),
@@ -395,8 +444,10 @@ fn resolve(raw: RawConfig) -> Result<Config, String> {
             "scrub" => {
                 let raw: raw::RawScrub = serde_path_to_error::deserialize(value).map_err(|e| {
                     match e.path().to_string() {
-                        path if path == "." => format!("extensions.scrub: {}", e.inner()),
-                        path => format!("extensions.scrub.{path}: {}", e.inner()),
+                        path if path == "." => {
+                            suggest_key(format!("extensions.scrub: {}", e.inner()))
+                        }
+                        path => suggest_key(format!("extensions.scrub.{path}: {}", e.inner())),
                     }
                 })?;
                 extensions.scrub = gc::resolve_scrub(&raw)?;
@@ -436,6 +487,8 @@ fn resolve(raw: RawConfig) -> Result<Config, String> {
 
 /// The resolved config as pretty JSON, for `berth verify`.
 pub fn to_pretty_json(config: &Config) -> String {
+    // Written with zot's keys, so the output is a config berth (and zot, for the keys they
+    // share) reads back as the same settings.
     serde_json::to_string_pretty(config).expect("config always serializes")
 }
 
@@ -445,6 +498,21 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, String> {
         Config::parse(text, "test.json").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn unknown_keys_suggest_the_nearest_known_one() {
+        let e = parse(r#"{"storage":{"rootDirectory":"/r","gcDelya":"1h"}}"#).unwrap_err();
+        assert!(
+            e.contains("storage.gcDelya: unknown field `gcDelya`"),
+            "{e}"
+        );
+        assert!(e.ends_with("(did you mean `gcDelay`?)"), "{e}");
+        let e = parse(r#"{"http":{"adress":"::1"}}"#).unwrap_err();
+        assert!(e.ends_with("(did you mean `address`?)"), "{e}");
+        let e = parse(r#"{"storage":{"rootDirectory":"/r","zzzzzzzz":1}}"#).unwrap_err();
+        assert!(!e.contains("did you mean"), "{e}");
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

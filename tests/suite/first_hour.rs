@@ -117,3 +117,78 @@ fn serve_binds_its_port_before_any_background_work() {
     assert!(garbage.exists(), "a sweep ran before the bind failed");
     drop(taken);
 }
+
+/// `berth verify` prints the resolved config in zot's keys: printed again it is accepted and
+/// resolves to the same thing (it printed `storage.gc` as a map and `scrub.enabled` for zot's
+/// `enable`, which berth itself refused). zot's local `boltdb` cache driver is accepted as
+/// the embedded cache.
+#[test]
+fn verify_prints_a_config_berth_accepts_as_the_same() {
+    let dir = temp_dir();
+    let root = dir.path().join("root");
+    let config = json!({
+        "distSpecVersion": "1.1.1",
+        "storage": {
+            "rootDirectory": root, "dedupe": true, "gc": true, "gcDelay": "2h",
+            "gcInterval": "0", "gcTimeWindow": "23:00-02:30",
+            "cacheDriver": { "name": "boltdb", "rootDir": root },
+            "retention": { "dryRun": true, "delay": "30m", "policies": [
+                { "repositories": ["infra/*"], "deleteReferrers": true, "deleteUntagged": false,
+                  "keepTags": [{ "patterns": ["^v"], "mostRecentlyPushedCount": 3,
+                                 "pulledWithin": "720h" }] }
+            ]},
+            "subPaths": { "/a": { "rootDirectory": dir.path().join("a"), "dedupe": false,
+                                  "gc": false } }
+        },
+        "http": { "address": "127.0.0.1", "port": "5000", "maxConnections": 100 },
+        "log": { "level": "debug", "output": dir.path().join("berth.log") },
+        "extensions": { "scrub": { "enable": true, "interval": "12h" } }
+    });
+    let first = dir.path().join("first.json");
+    std::fs::write(&first, config.to_string()).unwrap();
+    let printed = Command::new(BERTH)
+        .args(["verify", first.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        printed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&printed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&printed.stderr).contains("boltdb"));
+    let second = dir.path().join("second.json");
+    std::fs::write(&second, &printed.stdout).unwrap();
+    let again = Command::new(BERTH)
+        .args(["verify", second.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "berth refused what it printed: {}\n{}",
+        String::from_utf8_lossy(&again.stderr),
+        String::from_utf8_lossy(&printed.stdout)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        String::from_utf8_lossy(&printed.stdout)
+    );
+}
+
+/// `gc` and `scrub` without CONFIG use the embedded default, as `serve` does (`./berth-data`).
+#[test]
+fn gc_and_scrub_without_a_config_use_the_embedded_default() {
+    let dir = temp_dir();
+    for args in [vec!["gc", "--dry-run"], vec!["gc"], vec!["scrub"]] {
+        let run = Command::new(BERTH)
+            .args(&args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    assert!(dir.path().join("berth-data").is_dir());
+}
