@@ -57,10 +57,25 @@ fn main() -> ExitCode {
         Ok(Outcome::Clean) => ExitCode::SUCCESS,
         Ok(Outcome::Affected) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("berth: {e:#}");
+            eprintln!("berth: {}", one_line(&e));
             ExitCode::from(2)
         }
     }
+}
+
+/// The error and its causes on one line, each cause said once: berth's errors already name
+/// their cause in their message, which `{:#}` would repeat (a bad root printed the same OS
+/// error three times).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
 }
 
 /// How a command that finished ended.

@@ -192,3 +192,27 @@ fn gc_and_scrub_without_a_config_use_the_embedded_default() {
     }
     assert!(dir.path().join("berth-data").is_dir());
 }
+
+/// A root that cannot be created is one line that says the OS error once (it said it three
+/// times: each layer repeated its cause).
+#[test]
+fn a_bad_root_says_its_cause_once() {
+    let dir = temp_dir();
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, b"not a directory").unwrap();
+    let config = dir.path().join("bad-root.json");
+    let body = json!({
+        "storage": { "rootDirectory": blocker.join("root") },
+        "http": { "address": "127.0.0.1", "port": "0" },
+    });
+    std::fs::write(&config, body.to_string()).unwrap();
+    let failed = output_within(
+        Command::new(BERTH).args(["serve", config.to_str().unwrap()]),
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("storage.rootDirectory"), "{stderr}");
+    assert_eq!(stderr.matches("Not a directory").count(), 1, "{stderr}");
+}
