@@ -286,22 +286,45 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
 /// `commit`, say) is moved aside and started afresh, since the start-up pass rebuilds it.
 fn open_cache(key: &str, root: &Path, durable: bool) -> Result<Arc<dyn Cache>, StartError> {
     let dir = root.join(BERTH_DIR).join("cache");
+    let failed = |message: String| StartError::Cache {
+        key: format!("{key}.rootDirectory"),
+        dir: dir.clone(),
+        message,
+    };
     match LmdbCache::open(&dir, durable) {
         Ok(cache) => return Ok(Arc::new(cache)),
+        // Moving it aside would not help, nor is anything damaged: say what is wrong.
+        Err(e) if !accessible(&dir) => {
+            return Err(failed(format!(
+                "permission denied: this process (uid {}) cannot read and write it ({e})",
+                // SAFETY: getuid has no preconditions.
+                unsafe { libc::getuid() }
+            )));
+        }
         Err(e) => tracing::warn!(dir = %dir.display(), "dedupe cache unusable, rebuilding it: {e}"),
     }
     let aside = dir.with_file_name(format!("cache.damaged-{}", uuid::Uuid::new_v4().simple()));
     let reopened = std::fs::rename(&dir, &aside)
         .map_err(|e| e.to_string())
         .and_then(|()| LmdbCache::open(&dir, durable).map_err(|e| e.to_string()));
-    match reopened {
-        Ok(cache) => Ok(Arc::new(cache)),
-        Err(message) => Err(StartError::Cache {
-            key: format!("{key}.rootDirectory"),
-            dir,
-            message,
-        }),
-    }
+    reopened
+        .map(|cache| Arc::new(cache) as Arc<dyn Cache>)
+        .map_err(failed)
+}
+
+/// Whether this process may read, write and enter `dir` and its parent (an absent `dir`
+/// counts as accessible: it is created).
+fn accessible(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let may = |path: &Path| {
+        let Ok(c_path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: a valid NUL-terminated path that outlives the call.
+        let rc = unsafe { libc::access(c_path.as_ptr(), libc::R_OK | libc::W_OK | libc::X_OK) };
+        rc == 0 || std::io::Error::last_os_error().kind() == std::io::ErrorKind::NotFound
+    };
+    may(dir) && dir.parent().is_none_or(may)
 }
 
 /// Creates the stores' roots and refuses roots that are the same directory or nested in one

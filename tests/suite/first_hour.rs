@@ -216,3 +216,55 @@ fn a_bad_root_says_its_cause_once() {
     assert!(stderr.contains("storage.rootDirectory"), "{stderr}");
     assert_eq!(stderr.matches("Not a directory").count(), 1, "{stderr}");
 }
+
+/// A cache directory berth may not use is a permission error, said as one, and the cache is
+/// left where it is (it said "unusable, rebuilding it" and moved a healthy cache aside).
+/// Root may use anything, so berth runs as `nobody` here.
+#[test]
+fn a_cache_berth_may_not_use_says_permission_denied() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: needs root, to start berth as another user");
+        return;
+    }
+    let dir = temp_dir();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = dir.path().join("root");
+    let cache = root.join(".berth/cache");
+    std::fs::create_dir_all(&cache).unwrap();
+    let chown = Command::new("chown")
+        .arg(format!("{NOBODY}:{NOBODY}"))
+        .arg(&root)
+        .arg(root.join(".berth"))
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let config = dir.path().join("config.json");
+    let body = json!({
+        "storage": { "rootDirectory": root },
+        "http": { "address": "127.0.0.1", "port": "0" },
+    });
+    std::fs::write(&config, body.to_string()).unwrap();
+    let failed = output_within(
+        Command::new(BERTH)
+            .args(["serve", config.to_str().unwrap()])
+            .uid(NOBODY)
+            .gid(NOBODY),
+        Duration::from_secs(30),
+    );
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("permission denied"), "{stderr}");
+    assert!(!stderr.contains("rebuilding"), "{stderr}");
+    let moved: Vec<_> = std::fs::read_dir(root.join(".berth"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("cache.damaged"))
+        .collect();
+    assert!(moved.is_empty(), "the cache was moved aside");
+    assert!(cache.is_dir());
+}
