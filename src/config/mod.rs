@@ -212,25 +212,84 @@ impl Config {
         Config::parse(EMBEDDED_DEFAULT, "embedded default").expect("the default config is valid")
     }
 
-    /// Parses and resolves config text; `source_name` prefixes every error.
+    /// Parses and resolves config text; `source_name` prefixes every error. Every problem
+    /// is reported at once, one per line: unknown keys and values of the wrong type (each
+    /// taken out of the file and the rest read again), then the first problem of each
+    /// section.
     pub fn parse(text: &str, source_name: &str) -> Result<Config, ConfigError> {
-        let err = |message: String| ConfigError {
+        let err = |problems: Vec<String>| ConfigError {
             source_name: source_name.to_string(),
-            message,
+            message: problems.join(&format!("\n{source_name}: ")),
         };
-        let de = &mut serde_json::Deserializer::from_str(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            if inner.is_syntax() || inner.is_eof() {
-                err(format!("not valid JSON: {inner}"))
-            } else if path == "." {
-                err(suggest_key(inner.to_string()))
-            } else {
-                err(suggest_key(format!("{path}: {inner}")))
+        let mut value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| err(vec![format!("not valid JSON: {e}")]))?;
+        let mut problems = Vec::new();
+        let raw = loop {
+            match serde_path_to_error::deserialize::<_, RawConfig>(&value) {
+                Ok(raw) => break Some(raw),
+                Err(e) => {
+                    let path: Vec<String> = e
+                        .path()
+                        .iter()
+                        .map(|segment| match segment {
+                            serde_path_to_error::Segment::Seq { index } => index.to_string(),
+                            other => other.to_string(),
+                        })
+                        .collect();
+                    let shown = e.path().to_string();
+                    let message = match shown.as_str() {
+                        "." => suggest_key(e.inner().to_string()),
+                        _ => suggest_key(format!("{shown}: {}", e.inner())),
+                    };
+                    problems.push(message);
+                    // Bounded: each pass takes one key out of the file.
+                    if !remove_path(&mut value, &path) || problems.len() >= MAX_PROBLEMS {
+                        break None;
+                    }
+                }
             }
-        })?;
-        resolve(raw).map_err(err)
+        };
+        if let Some(raw) = raw {
+            match resolve(raw) {
+                Ok(config) if problems.is_empty() => return Ok(config),
+                Ok(_) => {}
+                Err(more) => problems.extend(more),
+            }
+        }
+        Err(err(problems))
+    }
+}
+
+/// Most problems one file reports.
+const MAX_PROBLEMS: usize = 50;
+
+/// Takes the key (or element) at `path` out of `value`; false when there is none.
+fn remove_path(value: &mut serde_json::Value, path: &[String]) -> bool {
+    let Some((last, parents)) = path.split_last() else {
+        return false;
+    };
+    let mut at = value;
+    for step in parents {
+        let next = match at {
+            serde_json::Value::Object(map) => map.get_mut(step),
+            serde_json::Value::Array(items) => {
+                step.parse::<usize>().ok().and_then(|i| items.get_mut(i))
+            }
+            _ => None,
+        };
+        let Some(next) = next else { return false };
+        at = next;
+    }
+    match at {
+        serde_json::Value::Object(map) => map.remove(last).is_some(),
+        serde_json::Value::Array(items) => match last.parse::<usize>() {
+            Ok(i) if i < items.len() => {
+                items.remove(i);
+                true
+            }
+            _ => false,
+        },
+        _ => false,
     }
 }
 
@@ -361,11 +420,54 @@ fn resolve_storage(
     Ok(StorageConfig { default, sub_paths })
 }
 
-fn resolve(raw: RawConfig) -> Result<Config, String> {
+/// Resolves every section; the first problem of each section is reported, all sections'
+/// problems at once.
+fn resolve(raw: RawConfig) -> Result<Config, Vec<String>> {
     let mut warnings = Vec::new();
-    let storage = resolve_storage(raw.storage.unwrap_or_default(), &mut warnings)?;
+    let mut problems = Vec::new();
+    let mut note = |result: Result<(), String>| {
+        if let Err(e) = result {
+            problems.push(e);
+        }
+    };
+    let storage = resolve_storage(raw.storage.unwrap_or_default(), &mut warnings);
+    let http = resolve_http(raw.http.unwrap_or_default());
+    let log = resolve_log(raw.log.unwrap_or_default());
+    let extensions = resolve_extensions(raw.extensions);
+    note(refuse_present(
+        &raw.scheduler,
+        "scheduler",
+        "zot's task scheduler settings",
+    ));
+    note(refuse_present(
+        &raw.cluster,
+        "cluster",
+        "scale-out clustering",
+    ));
+    let (storage, http, log, extensions) = match (storage, http, log, extensions) {
+        (Ok(storage), Ok(http), Ok(log), Ok(extensions)) if problems.is_empty() => {
+            (storage, http, log, extensions)
+        }
+        (storage, http, log, extensions) => {
+            let mut all: Vec<String> = [storage.err(), http.err(), log.err(), extensions.err()]
+                .into_iter()
+                .flatten()
+                .collect();
+            all.extend(problems);
+            return Err(all);
+        }
+    };
+    Ok(Config {
+        dist_spec_version: raw.dist_spec_version.unwrap_or_else(|| "1.1.1".into()),
+        storage,
+        http,
+        log,
+        extensions,
+        warnings,
+    })
+}
 
-    let http = raw.http.unwrap_or_default();
+fn resolve_http(http: raw::RawHttp) -> Result<HttpConfig, String> {
     let port = match http.port {
         None => 5000,
         Some(RawPort::Number(n)) => {
@@ -428,7 +530,24 @@ fn resolve(raw: RawConfig) -> Result<Config, String> {
         return Err("http.maxConnections: must be at least 1".into());
     }
 
-    let log = raw.log.unwrap_or_default();
+    Ok(HttpConfig {
+        address: http.address.unwrap_or_else(|| "127.0.0.1".into()),
+        port,
+        read_timeout: timeout(http.read_timeout, "http.readTimeout")?,
+        write_timeout: timeout(http.write_timeout, "http.writeTimeout")?,
+        workers,
+        reserved_workers,
+        max_connections: http.max_connections,
+        body_min_rate: http.body_min_rate.unwrap_or(DEFAULT_BODY_MIN_RATE),
+        body_rate_grace: positive(
+            http.body_rate_grace,
+            "http.bodyRateGrace",
+            DEFAULT_BODY_RATE_GRACE,
+        )?,
+    })
+}
+
+fn resolve_log(log: raw::RawLog) -> Result<LogConfig, String> {
     refuse_present(&log.audit, "log.audit", "an audit log")?;
     let level = log.level.unwrap_or_else(|| "info".into()).to_lowercase();
     if !LOG_LEVELS.contains(&level.as_str()) {
@@ -438,8 +557,17 @@ fn resolve(raw: RawConfig) -> Result<Config, String> {
         ));
     }
 
+    Ok(LogConfig {
+        level,
+        output: log.output.filter(|o| !o.is_empty()).map(PathBuf::from),
+    })
+}
+
+fn resolve_extensions(
+    extensions_raw: Option<serde_json::Map<String, serde_json::Value>>,
+) -> Result<Extensions, String> {
     let mut extensions = Extensions::default();
-    for (name, value) in raw.extensions.iter().flatten() {
+    for (name, value) in extensions_raw.iter().flatten() {
         match name.as_str() {
             "scrub" => {
                 let raw: raw::RawScrub = serde_path_to_error::deserialize(value).map_err(|e| {
@@ -455,34 +583,7 @@ fn resolve(raw: RawConfig) -> Result<Config, String> {
             other => return Err(not_built(&format!("extensions.{other}"), "this extension")),
         }
     }
-    refuse_present(&raw.scheduler, "scheduler", "zot's task scheduler settings")?;
-    refuse_present(&raw.cluster, "cluster", "scale-out clustering")?;
-
-    Ok(Config {
-        dist_spec_version: raw.dist_spec_version.unwrap_or_else(|| "1.1.1".into()),
-        storage,
-        http: HttpConfig {
-            address: http.address.unwrap_or_else(|| "127.0.0.1".into()),
-            port,
-            read_timeout: timeout(http.read_timeout, "http.readTimeout")?,
-            write_timeout: timeout(http.write_timeout, "http.writeTimeout")?,
-            workers,
-            reserved_workers,
-            max_connections: http.max_connections,
-            body_min_rate: http.body_min_rate.unwrap_or(DEFAULT_BODY_MIN_RATE),
-            body_rate_grace: positive(
-                http.body_rate_grace,
-                "http.bodyRateGrace",
-                DEFAULT_BODY_RATE_GRACE,
-            )?,
-        },
-        log: LogConfig {
-            level,
-            output: log.output.filter(|o| !o.is_empty()).map(PathBuf::from),
-        },
-        extensions,
-        warnings,
-    })
+    Ok(extensions)
 }
 
 /// The resolved config as pretty JSON, for `berth verify`.
@@ -501,6 +602,31 @@ mod tests {
     }
 
     #[test]
+    fn every_problem_of_a_file_is_reported_at_once() {
+        let e = parse(
+            r#"{"storage":{"rootDirectory":"/r","gcDelya":"1h","dedupe":"yes",
+                "retention":{"policies":[{"repositories":["a"],"keepTags":[{"patterns":7}]}]}},
+                "http":{"port":"http","workers":0},"log":{"level":"loud"},"cluster":{}}"#,
+        )
+        .unwrap_err();
+        let lines: Vec<&str> = e.lines().collect();
+        for expected in [
+            "test.json: storage.gcDelya: unknown field",
+            "test.json: storage.dedupe: invalid type",
+            "test.json: storage.retention.policies[0].keepTags[0].patterns: invalid type",
+            "test.json: http.port: \"http\" is not a port",
+            "test.json: log.level: \"loud\"",
+            "test.json: cluster: scale-out clustering",
+        ] {
+            assert!(
+                lines.iter().any(|l| l.starts_with(expected)),
+                "{expected} not in:\n{e}"
+            );
+        }
+        assert_eq!(lines.len(), 6, "{e}");
+    }
+
+    #[test]
     fn unknown_keys_suggest_the_nearest_known_one() {
         let e = parse(r#"{"storage":{"rootDirectory":"/r","gcDelya":"1h"}}"#).unwrap_err();
         assert!(
@@ -508,7 +634,7 @@ mod tests {
             "{e}"
         );
         assert!(e.ends_with("(did you mean `gcDelay`?)"), "{e}");
-        let e = parse(r#"{"http":{"adress":"::1"}}"#).unwrap_err();
+        let e = parse(r#"{"storage":{"rootDirectory":"/r"},"http":{"adress":"::1"}}"#).unwrap_err();
         assert!(e.ends_with("(did you mean `address`?)"), "{e}");
         let e = parse(r#"{"storage":{"rootDirectory":"/r","zzzzzzzz":1}}"#).unwrap_err();
         assert!(!e.contains("did you mean"), "{e}");
