@@ -131,7 +131,12 @@ impl App {
         let open_files = raise_open_files_limit();
         let server = Server::bind(&config.http, open_files)?;
         for o in &opened {
-            dedupe_pass::spawn(Arc::clone(&o.store), &o.key);
+            let rescrub = config
+                .extensions
+                .scrub
+                .enabled
+                .then_some(o.settings.gc.delay);
+            dedupe_pass::spawn(Arc::clone(&o.store), &o.key, rescrub);
             collector::spawn(Arc::clone(&o.store), &o.key, o.settings.gc.clone());
         }
         if config.extensions.scrub.enabled {

@@ -35,21 +35,36 @@ pub struct PassReport {
     pub linked: u64,
     /// Bytes no longer stored twice.
     pub reclaimed: u64,
+    /// Copies whose bytes did not match their digest, now links to a verified copy.
+    pub repaired: u64,
 }
 
 /// Runs the pass for `store` on a background thread, if the store dedupes; its log lines
-/// carry the store's config key (`storage`, `storage.subPaths./a`).
-pub fn spawn(store: Arc<Store>, key: &str) {
+/// carry the store's config key (`storage`, `storage.subPaths./a`). With `rescrub` (the
+/// stale-upload age of a store that scrubs), a pass that repaired copies scrubs the store
+/// again at once, so its report does not show them as affected until the next interval.
+pub fn spawn(store: Arc<Store>, key: &str, rescrub: Option<Duration>) {
     if !store.dedupes() {
         return;
     }
     let span = tracing::info_span!("dedupe", store = key);
+    let key = key.to_string();
     std::thread::Builder::new()
         .name("berth-dedupe-pass".into())
         .spawn(move || {
             let _entered = span.enter();
-            if let Err(e) = run(&store) {
-                tracing::error!("dedupe pass failed, will be retried at the next start: {e}");
+            match run(&store) {
+                Ok(report) if report.repaired > 0 => {
+                    if let Some(stale_after) = rescrub
+                        && let Err(e) = store.scrub(&key, stale_after)
+                    {
+                        tracing::error!("scrub after the dedupe pass's repairs failed: {e}");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!("dedupe pass failed, will be retried at the next start: {e}")
+                }
             }
         })
         .expect("spawning the dedupe pass");
@@ -102,12 +117,16 @@ pub fn run(store: &Store) -> Result<PassReport, StoreError> {
     crate::background::pool().install(|| {
         by_digest.par_iter().for_each(|(digest, paths)| {
             let _entered = span.enter();
-            let (linked, reclaimed) = dedupe_digest(store, digest, paths);
-            progress.add(linked, reclaimed);
+            let done = dedupe_digest(store, digest, paths);
+            progress
+                .repaired
+                .fetch_add(done.repaired, Ordering::Relaxed);
+            progress.add(done.linked, done.reclaimed);
         })
     });
     report.linked = progress.linked.load(Ordering::Relaxed);
     report.reclaimed = progress.reclaimed.load(Ordering::Relaxed);
+    report.repaired = progress.repaired.load(Ordering::Relaxed);
     // Stamped after the pass, whose links changed the directories it walked.
     let stamps: BTreeMap<String, String> = repos
         .iter()
@@ -121,6 +140,7 @@ pub fn run(store: &Store) -> Result<PassReport, StoreError> {
         digests = report.digests,
         linked = report.linked,
         reclaimed_bytes = report.reclaimed,
+        repaired = report.repaired,
         elapsed_ms = started.elapsed().as_millis() as u64,
         "dedupe pass: done"
     );
@@ -166,9 +186,16 @@ fn walk(store: &Store, repos: &[&RepoName]) -> HashMap<Digest, Vec<StoragePath>>
     by_digest
 }
 
-/// Links every separate copy of `digest` to one verified copy and records them all; returns
-/// the files linked and the bytes reclaimed.
-fn dedupe_digest(store: &Store, digest: &Digest, walked: &[StoragePath]) -> (u64, u64) {
+/// What the pass did for one digest.
+#[derive(Default)]
+struct DigestDone {
+    linked: u64,
+    reclaimed: u64,
+    repaired: u64,
+}
+
+/// Links every separate copy of `digest` to one verified copy and records them all.
+fn dedupe_digest(store: &Store, digest: &Digest, walked: &[StoragePath]) -> DigestDone {
     let dedupe = store
         .dedupe
         .as_ref()
@@ -199,24 +226,36 @@ fn dedupe_digest(store: &Store, digest: &Digest, walked: &[StoragePath]) -> (u64
         }
     }
     copies.sort_by_key(|(.., names)| std::cmp::Reverse(names.len()));
-    let (mut linked, mut reclaimed) = (0, 0);
+    let mut done = DigestDone::default();
     if copies.len() > 1 {
         let Some(keep) = copies
             .iter()
             .position(|(_, size, names)| intact(store, digest, *size, &names[0]))
         else {
             tracing::error!(%digest, "dedupe pass: no copy matches its digest; left for scrub");
-            return (0, 0);
+            return done;
         };
         let original = copies[keep].2[0].clone();
         for (i, (_, size, names)) in copies.iter().enumerate() {
             if i == keep {
                 continue;
             }
+            // The copies looked at before the kept one failed their check: damaged.
+            let damaged = i < keep;
             let mut all_linked = true;
             for name in names {
                 match store.driver.link(&original, name) {
-                    Ok(()) => linked += 1,
+                    Ok(()) if damaged => {
+                        done.linked += 1;
+                        done.repaired += 1;
+                        tracing::warn!(
+                            %digest,
+                            path = %name,
+                            from = %original,
+                            "dedupe pass: repaired {name}: its bytes did not match {digest}; it is now a link to the verified copy {original}"
+                        );
+                    }
+                    Ok(()) => done.linked += 1,
                     Err(e) => {
                         all_linked = false;
                         tracing::warn!(%digest, path = %name, "dedupe pass: cannot link: {e}");
@@ -224,7 +263,7 @@ fn dedupe_digest(store: &Store, digest: &Digest, walked: &[StoragePath]) -> (u64
                 }
             }
             if all_linked {
-                reclaimed += size;
+                done.reclaimed += size;
             }
         }
     }
@@ -239,7 +278,7 @@ fn dedupe_digest(store: &Store, digest: &Digest, walked: &[StoragePath]) -> (u64
     if let Err(e) = dedupe.cache().put_many(&records) {
         tracing::warn!(%digest, "dedupe pass: cannot record: {e}");
     }
-    (linked, reclaimed)
+    done
 }
 
 /// Whether the file at `path` holds `size` bytes that hash to `digest`.
@@ -256,6 +295,7 @@ struct Progress {
     done: AtomicUsize,
     linked: AtomicU64,
     reclaimed: AtomicU64,
+    repaired: AtomicU64,
     started: Instant,
 }
 
@@ -266,6 +306,7 @@ impl Progress {
             done: AtomicUsize::new(0),
             linked: AtomicU64::new(0),
             reclaimed: AtomicU64::new(0),
+            repaired: AtomicU64::new(0),
             started: Instant::now(),
         }
     }

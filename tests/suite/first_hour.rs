@@ -268,3 +268,60 @@ fn a_cache_berth_may_not_use_says_permission_denied() {
     assert!(moved.is_empty(), "the cache was moved aside");
     assert!(cache.is_dir());
 }
+
+/// A damaged copy the start-up dedupe pass replaces by a link to a verified copy is logged as
+/// repaired, naming the file and the digest, and the scrub report is brought up to date at
+/// once (it stayed "affected" until the next scrub interval).
+#[test]
+fn the_dedupe_pass_logs_what_it_repairs_and_scrub_catches_up() {
+    let dir = temp_dir();
+    let root = dir.path().join("root");
+    let image = Image::oci(0x1C, &[4096]);
+    {
+        let mut separate = Settings::default();
+        separate.storage.insert("dedupe".into(), json!(false));
+        let berth = Berth::start_on(&root, separate);
+        push_image(&berth.client(), "r/one", "v1", &image);
+        push_image(&berth.client(), "r/two", "v1", &image);
+    }
+    let layer = sha256(&image.layers[0]);
+    let damaged = crate::util::layout::blob_path(&root.join("r/one"), &layer);
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[100] ^= 0xff;
+    std::fs::write(&damaged, &bytes).unwrap();
+
+    let mut settings = Settings::default();
+    settings.storage.insert("dedupe".into(), json!(true));
+    settings
+        .extensions
+        .insert("scrub".into(), json!({ "enable": true, "interval": "24h" }));
+    let berth = Berth::start_on(&root, settings);
+    assert!(
+        berth.wait_for_log("dedupe pass: done", Duration::from_secs(60)),
+        "{}",
+        berth.logs()
+    );
+    let logs = berth.logs();
+    let repaired = logs
+        .lines()
+        .find(|l| l.contains("dedupe pass: repaired"))
+        .unwrap_or_else(|| panic!("no repair logged:\n{logs}"));
+    assert!(
+        repaired.contains("r/one/blobs/sha256/") && repaired.contains(&layer),
+        "{repaired}"
+    );
+    let c = berth.client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let report = c.get("/v2/_berth/scrub").expect(200).json();
+        if report["affected"] == json!(false) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scrub report still says {report}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_image(&c, "r/one", "v1", &image);
+}
