@@ -145,7 +145,10 @@ fn next_link(base: &str, page: &[String], n: Option<usize>) -> String {
 }
 
 fn catalog(registry: &Registry, page: &Page) -> Result<Reply, ApiError> {
-    let (repos, more) = paginate(registry.catalog()?, page);
+    let (repos, more) = match page.n {
+        Some(0) => (Vec::new(), false),
+        n => registry.catalog_page(page.last.as_deref(), n)?,
+    };
     let mut reply = Reply::new(200);
     if more {
         reply = reply.header("Link", next_link("/v2/_catalog", &repos, page.n));

@@ -8,6 +8,7 @@
 //!   (see `manifests`); reads take no lock.
 //! - Nothing locks the whole store.
 
+mod catalog;
 pub mod collector;
 mod dedupe;
 pub mod dedupe_pass;
@@ -51,6 +52,8 @@ pub struct Store {
     /// the removal of an empty one: writers never wait on each other or on index.json
     /// rewrites, and never land in a repository being removed.
     presence: Striped<std::sync::RwLock<()>>,
+    /// Every repository, sorted, for `_catalog` pages.
+    catalog_index: catalog::Catalog,
     /// Per-digest locks of blob files when there is no dedupe (see `blob_lock`).
     blob_locks: Striped<std::sync::Mutex<()>>,
     sessions: uploads::Sessions,
@@ -129,6 +132,7 @@ impl Store {
             driver,
             repo_locks: Striped::default(),
             presence: Striped::default(),
+            catalog_index: catalog::Catalog::default(),
             blob_locks: Striped::default(),
             sessions: uploads::Sessions::default(),
             indexes: index_cache::IndexCache::default(),
@@ -437,6 +441,7 @@ impl Store {
         walk.remnants.sort();
         walk.unreadable.sort();
         walk.skipped.sort();
+        self.catalog_index.walked(&walk.repos);
         Ok(walk)
     }
 
@@ -480,6 +485,7 @@ impl Store {
                 let empty = serde_json::to_vec(&crate::oci::ImageIndex::empty())
                     .expect("an index always serializes");
                 self.driver.put(&layout::index_json(repo)?, &empty)?;
+                self.catalog_index.created(repo.as_str());
             }
         }
         f()

@@ -43,24 +43,47 @@ impl Registry {
         std::iter::once(&self.default).chain(self.routes.iter().map(|(_, s)| s))
     }
 
-    /// Every repository of every store, sorted. A repository found in a store that its name
-    /// does not route to (a directory under the default root shadowed by a route) cannot be
-    /// reached, so it is not listed.
-    pub fn catalog(&self) -> Result<Vec<String>, StoreError> {
+    /// Up to `limit` repositories after `after` (all when `None`), sorted, from every store,
+    /// and whether more follow. A repository found in a store that its name does not route to
+    /// (a directory under the default root shadowed by a route) cannot be reached, so it is
+    /// not listed. Each store is asked for one page (plus one, to tell whether more follow),
+    /// so a page costs O(stores x n log N).
+    pub fn catalog_page(
+        &self,
+        after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<(Vec<String>, bool), StoreError> {
         let mut all = Vec::new();
         for store in self.stores() {
-            for name in store.catalog()? {
-                let routed_here = name
-                    .parse::<RepoName>()
-                    .is_ok_and(|repo| std::ptr::eq(self.route(&repo), &**store));
-                if routed_here {
-                    all.push(name);
+            let mut from = after.map(str::to_string);
+            let mut routed = 0;
+            // Names shadowed by a route are skipped, so a store may need more than one ask.
+            loop {
+                let ask = limit.map(|n| n + 1);
+                let names = store.catalog_page(from.as_deref(), ask)?;
+                let exhausted = ask.is_none_or(|n| names.len() < n);
+                for name in &names {
+                    let routed_here = name
+                        .parse::<RepoName>()
+                        .is_ok_and(|repo| std::ptr::eq(self.route(&repo), &**store));
+                    if routed_here {
+                        all.push(name.clone());
+                        routed += 1;
+                    }
                 }
+                if exhausted || limit.is_some_and(|n| routed > n) {
+                    break;
+                }
+                from = names.last().cloned();
             }
         }
         all.sort();
         all.dedup();
-        Ok(all)
+        let more = limit.is_some_and(|n| all.len() > n);
+        if let Some(n) = limit {
+            all.truncate(n);
+        }
+        Ok((all, more))
     }
 }
 

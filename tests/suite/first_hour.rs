@@ -325,3 +325,35 @@ fn the_dedupe_pass_logs_what_it_repairs_and_scrub_catches_up() {
     }
     assert_image(&c, "r/one", "v1", &image);
 }
+
+/// `_catalog` is served from a sorted set in memory; a repository another program lays down
+/// on disk appears after the next walk (each gc sweep walks), and one berth removes goes.
+#[test]
+fn the_catalog_sees_repositories_laid_down_by_other_tools() {
+    let mut settings = Settings::default();
+    let storage = &mut settings.storage;
+    storage.insert("gc".into(), json!(true));
+    storage.insert("gcDelay".into(), json!("1s"));
+    storage.insert("gcInterval".into(), json!("300ms"));
+    let berth = Berth::start_with(settings);
+    let c = berth.client();
+    let image = Image::oci(0x1D, &[10]);
+    push_image(&c, "cat/pushed", "v1", &image);
+    let listed = |c: &crate::util::http::Client| {
+        c.get("/v2/_catalog?n=1000").expect(200).json()["repositories"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(listed(&c), ["cat/pushed"]);
+    crate::util::layout::write_layout(&berth.root().join("cat/laid"), "v1", &image);
+    berth.wait_sweeps(2);
+    assert_eq!(listed(&c), ["cat/laid", "cat/pushed"]);
+    let (names, pages) = crate::util::http::paginate(&c, "/v2/_catalog?n=1", "repositories");
+    assert_eq!(
+        (names, pages),
+        (vec!["cat/laid".to_string(), "cat/pushed".to_string()], 2)
+    );
+}
