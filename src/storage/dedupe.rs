@@ -105,8 +105,9 @@ impl Dedupe {
         Ok(false)
     }
 
-    /// A recorded copy of `digest` other than `target` that still holds `size` bytes.
-    /// Records whose file is gone are forgotten on the way.
+    /// A recorded copy of `digest` other than `target` that still holds `size` bytes: the
+    /// original when it is fine (one lookup, however many copies there are), else the first
+    /// fine one of all. Records whose file is gone are forgotten on the way.
     fn original(
         &self,
         driver: &dyn Driver,
@@ -114,6 +115,19 @@ impl Dedupe {
         size: u64,
         target: &StoragePath,
     ) -> Option<StoragePath> {
+        let original = self
+            .logged(self.cache.original(digest), "look up")
+            .flatten()
+            .and_then(|o| StoragePath::from_components(o.split('/')).ok());
+        if let Some(path) = original.filter(|p| p != target)
+            && driver
+                .stat(&path)
+                .ok()
+                .flatten()
+                .is_some_and(|m| !m.is_dir && m.size == size)
+        {
+            return Some(path);
+        }
         let paths = self
             .logged(self.cache.paths(digest), "look up")
             .unwrap_or_default();
