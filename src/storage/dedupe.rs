@@ -99,6 +99,13 @@ impl Dedupe {
                 Ok(()) => return Ok(true),
                 // Deleted since it was checked: forget it and look again.
                 Err(DriverError::NotFound { .. }) => self.forget(digest, &original),
+                // The file system's limit of names per file (ext4: 65,000): this copy stays
+                // a copy of its own, and the push succeeds.
+                Err(DriverError::Io { source, .. })
+                    if source.raw_os_error() == Some(libc::EMLINK) =>
+                {
+                    return Ok(false);
+                }
                 Err(e) => return Err(e.into()),
             }
         }

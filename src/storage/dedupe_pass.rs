@@ -9,7 +9,7 @@
 //! directories as the last pass left them; repositories whose stamp is unchanged are not
 //! walked again, and a deleted cache (no marker) means a full walk.
 
-use super::driver::StoragePath;
+use super::driver::{DriverError, StoragePath};
 use super::{Store, StoreError, layout};
 use crate::digest::Digest;
 use crate::oci::RepoName;
@@ -236,6 +236,7 @@ fn dedupe_digest(store: &Store, digest: &Digest, walked: &[StoragePath]) -> Dige
             return done;
         };
         let original = copies[keep].2[0].clone();
+        let mut at_link_limit = false;
         for (i, (_, size, names)) in copies.iter().enumerate() {
             if i == keep {
                 continue;
@@ -256,6 +257,17 @@ fn dedupe_digest(store: &Store, digest: &Digest, walked: &[StoragePath]) -> Dige
                         );
                     }
                     Ok(()) => done.linked += 1,
+                    // The file system's limit of names per file (ext4: 65,000): the other
+                    // copies stay separate, said once for the digest.
+                    Err(DriverError::Io { source, .. })
+                        if source.raw_os_error() == Some(libc::EMLINK) =>
+                    {
+                        all_linked = false;
+                        if !at_link_limit {
+                            at_link_limit = true;
+                            tracing::warn!(%digest, from = %original, "dedupe pass: the file system allows no more links to {original}; the remaining copies of {digest} stay separate");
+                        }
+                    }
                     Err(e) => {
                         all_linked = false;
                         tracing::warn!(%digest, path = %name, "dedupe pass: cannot link: {e}");
