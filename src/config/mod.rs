@@ -224,6 +224,14 @@ impl Config {
         let mut value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| err(vec![format!("not valid JSON: {e}")]))?;
         let mut problems = Vec::new();
+        // A key given twice is lost in `value` (the last one wins), so the text itself is
+        // read once for that.
+        let de = &mut serde_json::Deserializer::from_str(text);
+        if let Err(e) = serde_path_to_error::deserialize::<_, RawConfig>(de)
+            && e.inner().to_string().starts_with("duplicate field")
+        {
+            problems.push(format!("{}: {}", e.path(), e.inner()));
+        }
         let raw = loop {
             match serde_path_to_error::deserialize::<_, RawConfig>(&value) {
                 Ok(raw) => break Some(raw),
@@ -624,6 +632,12 @@ mod tests {
             );
         }
         assert_eq!(lines.len(), 6, "{e}");
+    }
+
+    #[test]
+    fn a_key_given_twice_is_a_problem() {
+        let e = parse(r#"{"storage":{"rootDirectory":"/a","rootDirectory":"/b"}}"#).unwrap_err();
+        assert!(e.contains("duplicate field `rootDirectory`"), "{e}");
     }
 
     #[test]

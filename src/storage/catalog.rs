@@ -9,20 +9,28 @@
 //! down appears within that delay.
 
 use super::{Store, StoreError};
-use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{PoisonError, RwLock};
+use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 /// Age after which one page request walks the store again.
 const REFRESH: Duration = Duration::from_secs(30);
 
+/// Creations and removals kept for walks under way, which started before them.
+const CHANGES_KEPT: usize = 4096;
+
 /// The repositories of a store, as last walked and updated since.
 #[derive(Default)]
 pub(super) struct Catalog {
     known: RwLock<Option<Known>>,
-    /// A background walk is under way.
+    /// A page request's walk is under way.
     refreshing: AtomicBool,
+    /// Berth's own creations (`true`) and removals, numbered, newest last: a walk that
+    /// listed the store before one of them replays it, so its older view cannot hide the
+    /// change until the next walk.
+    changes: Mutex<VecDeque<(u64, String, bool)>>,
+    numbered: AtomicU64,
 }
 
 struct Known {
@@ -39,25 +47,46 @@ impl Catalog {
         self.known.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Replaces the set with what a walk found.
-    pub(super) fn walked(&self, names: &[String]) {
-        *self.write() = Some(Known {
-            names: names.iter().cloned().collect(),
+    /// Where a walk starting now begins: changes numbered after it are replayed onto what it
+    /// finds.
+    pub(super) fn walk_starts(&self) -> u64 {
+        self.numbered.load(Ordering::Acquire)
+    }
+
+    /// Replaces the set with what a walk that started at `since` found, plus berth's own
+    /// changes since then.
+    pub(super) fn walked(&self, names: &[String], since: u64) {
+        let mut names: BTreeSet<String> = names.iter().cloned().collect();
+        let mut known = self.write();
+        let changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        for (_, name, created) in changes.iter().filter(|(n, ..)| *n > since) {
+            if *created {
+                names.insert(name.clone());
+            } else {
+                names.remove(name);
+            }
+        }
+        *known = Some(Known {
+            names,
             walked: Instant::now(),
         });
     }
 
-    /// Notes a repository berth created.
-    pub(super) fn created(&self, name: &str) {
-        if let Some(known) = self.write().as_mut() {
-            known.names.insert(name.to_string());
+    /// Notes a repository berth created (`true`) or removed.
+    pub(super) fn changed(&self, name: &str, created: bool) {
+        let mut known = self.write();
+        let mut changes = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let number = self.numbered.fetch_add(1, Ordering::AcqRel) + 1;
+        changes.push_back((number, name.to_string(), created));
+        if changes.len() > CHANGES_KEPT {
+            changes.pop_front();
         }
-    }
-
-    /// Notes a repository berth removed.
-    pub(super) fn removed(&self, name: &str) {
-        if let Some(known) = self.write().as_mut() {
-            known.names.remove(name);
+        if let Some(known) = known.as_mut() {
+            if created {
+                known.names.insert(name.to_string());
+            } else {
+                known.names.remove(name);
+            }
         }
     }
 }
@@ -83,11 +112,16 @@ impl Store {
             }
         };
         if stale && !self.catalog_index.refreshing.swap(true, Ordering::AcqRel) {
-            let walked = self.walk();
-            self.catalog_index
-                .refreshing
-                .store(false, Ordering::Release);
-            walked?;
+            // Cleared however the walk ends, a panic included: otherwise no request would
+            // walk again.
+            struct Done<'a>(&'a AtomicBool);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.store(false, Ordering::Release);
+                }
+            }
+            let _done = Done(&self.catalog_index.refreshing);
+            self.walk()?;
         }
         let known = self.catalog_index.read();
         let Some(known) = known.as_ref() else {

@@ -74,7 +74,11 @@ impl Dedupe {
                     true
                 }
                 Source::Existing(path) => {
-                    driver.link(path, target)?;
+                    match driver.link(path, target) {
+                        // The source has as many names as the file system allows: a copy.
+                        Err(e) if too_many_links(&e) => driver.copy(path, target)?,
+                        linked => linked?,
+                    }
                     self.record(digest, path);
                     true
                 }
@@ -101,11 +105,7 @@ impl Dedupe {
                 Err(DriverError::NotFound { .. }) => self.forget(digest, &original),
                 // The file system's limit of names per file (ext4: 65,000): this copy stays
                 // a copy of its own, and the push succeeds.
-                Err(DriverError::Io { source, .. })
-                    if source.raw_os_error() == Some(libc::EMLINK) =>
-                {
-                    return Ok(false);
-                }
+                Err(e) if too_many_links(&e) => return Ok(false),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -176,4 +176,9 @@ impl Dedupe {
             .map_err(|e| tracing::warn!("dedupe: cannot {what} in the cache: {e}"))
             .ok()
     }
+}
+
+/// Whether a link failed because its source has as many names as the file system allows.
+pub(super) fn too_many_links(e: &DriverError) -> bool {
+    matches!(e, DriverError::Io { source, .. } if source.raw_os_error() == Some(libc::EMLINK))
 }

@@ -9,7 +9,7 @@
 //! directories as the last pass left them; repositories whose stamp is unchanged are not
 //! walked again, and a deleted cache (no marker) means a full walk.
 
-use super::driver::{DriverError, StoragePath};
+use super::driver::StoragePath;
 use super::{Store, StoreError, layout};
 use crate::digest::Digest;
 use crate::oci::RepoName;
@@ -241,8 +241,9 @@ fn dedupe_digest(store: &Store, digest: &Digest, walked: &[StoragePath]) -> Dige
             if i == keep {
                 continue;
             }
-            // The copies looked at before the kept one failed their check: damaged.
-            let damaged = i < keep;
+            // Damaged: looked at before the kept one and failed its check, or of another size
+            // (copies after the kept one are not hashed: that would cost a hash per copy).
+            let damaged = i < keep || *size != copies[keep].1;
             let mut all_linked = true;
             for name in names {
                 match store.driver.link(&original, name) {
@@ -259,9 +260,7 @@ fn dedupe_digest(store: &Store, digest: &Digest, walked: &[StoragePath]) -> Dige
                     Ok(()) => done.linked += 1,
                     // The file system's limit of names per file (ext4: 65,000): the other
                     // copies stay separate, said once for the digest.
-                    Err(DriverError::Io { source, .. })
-                        if source.raw_os_error() == Some(libc::EMLINK) =>
-                    {
+                    Err(e) if super::dedupe::too_many_links(&e) => {
                         all_linked = false;
                         if !at_link_limit {
                             at_link_limit = true;

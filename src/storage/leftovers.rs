@@ -269,7 +269,7 @@ impl Store {
             }
         }
         self.indexes.forget(repo);
-        self.catalog_index.removed(repo.as_str());
+        self.catalog_index.changed(repo.as_str(), false);
         match self.driver.delete_dir(&dir) {
             Ok(()) => {}
             // Written meanwhile by a write outside this lock (a mount's copy, a nested

@@ -385,6 +385,7 @@ impl Store {
     /// with wrong permissions) hides only itself, is reported, and is logged once (issue 10:
     /// one such directory failed the catalog, every sweep, scrub and the dedupe pass).
     fn walk(&self) -> Result<StoreWalk, StoreError> {
+        let since = self.catalog_index.walk_starts();
         let mut walk = StoreWalk::default();
         let mut pending: Vec<Option<StoragePath>> = vec![None];
         while let Some(dir) = pending.pop() {
@@ -441,7 +442,7 @@ impl Store {
         walk.remnants.sort();
         walk.unreadable.sort();
         walk.skipped.sort();
-        self.catalog_index.walked(&walk.repos);
+        self.catalog_index.walked(&walk.repos, since);
         Ok(walk)
     }
 
@@ -485,7 +486,7 @@ impl Store {
                 let empty = serde_json::to_vec(&crate::oci::ImageIndex::empty())
                     .expect("an index always serializes");
                 self.driver.put(&layout::index_json(repo)?, &empty)?;
-                self.catalog_index.created(repo.as_str());
+                self.catalog_index.changed(repo.as_str(), true);
             }
         }
         f()

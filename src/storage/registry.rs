@@ -59,9 +59,9 @@ impl Registry {
             let mut routed = 0;
             // Names shadowed by a route are skipped, so a store may need more than one ask.
             loop {
-                let ask = limit.map(|n| n + 1);
+                let ask = limit.map(|n| n.saturating_add(1));
                 let names = store.catalog_page(from.as_deref(), ask)?;
-                let exhausted = ask.is_none_or(|n| names.len() < n);
+                let exhausted = names.is_empty() || ask.is_none_or(|n| names.len() < n);
                 for name in &names {
                     let routed_here = name
                         .parse::<RepoName>()

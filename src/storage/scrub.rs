@@ -204,16 +204,26 @@ impl Store {
     /// upload sessions idle for `stale_after` are reported.
     pub fn scrub(&self, key: &str, stale_after: Duration) -> Result<ScrubReport, StoreError> {
         let scrubbed = self.scrub_unrecorded(key, stale_after);
-        *self
+        let mut state = self
             .scrub
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = match &scrubbed {
-            Ok(report) => ScrubState::Done(Arc::new(report.clone())),
-            Err(e) => ScrubState::Failed {
-                store: key.to_string(),
-                error: e.to_string(),
-            },
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Two scrubs may overlap (the dedupe pass scrubs again after repairs): the one that
+        // started later saw the newer store, and its report stays.
+        let newer_recorded = match (&*state, &scrubbed) {
+            (ScrubState::Done(recorded), Ok(report)) => recorded.started > report.started,
+            _ => false,
         };
+        if !newer_recorded {
+            *state = match &scrubbed {
+                Ok(report) => ScrubState::Done(Arc::new(report.clone())),
+                Err(e) => ScrubState::Failed {
+                    store: key.to_string(),
+                    error: e.to_string(),
+                },
+            };
+        }
+        drop(state);
         scrubbed
     }
 

@@ -357,3 +357,16 @@ fn the_catalog_sees_repositories_laid_down_by_other_tools() {
         (vec!["cat/laid".to_string(), "cat/pushed".to_string()], 2)
     );
 }
+
+/// A page size at the top of the integer range is served, not looped on (n + 1 overflowed).
+#[test]
+fn a_huge_catalog_page_size_is_answered() {
+    let berth = Berth::start();
+    let c = berth.client();
+    push_image(&c, "cat/one", "v1", &Image::oci(0x1E, &[10]));
+    let page = c
+        .get(&format!("/v2/_catalog?n={}", u64::MAX))
+        .expect(200)
+        .json();
+    assert_eq!(page["repositories"], json!(["cat/one"]));
+}
