@@ -1,6 +1,7 @@
 //! The embedded cache: LMDB through `heed`, in a directory of the store's root. One database
-//! maps a digest to its original path, one holds a key `<digest> NUL <path>` per recorded
-//! copy, one holds the markers, two hold push and pull times (decimal milliseconds). Writes
+//! maps a digest to its original path, one holds a key `<digest> NUL <sha256 of path>` per
+//! recorded copy with the path as its value (a hash, so the key stays under LMDB's 511 bytes
+//! for any digest and name), one holds the markers, two hold push and pull times (decimal milliseconds). Writes
 //! are short LMDB write transactions, which LMDB serialises.
 //!
 //! One key per copy (issue 11): the first version kept every path of a digest in one value,
@@ -10,7 +11,7 @@
 
 use super::{Cache, CacheError, TimeKind};
 use crate::digest::Digest;
-use heed::types::{Str, Unit};
+use heed::types::Str;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions};
 use std::path::Path;
 
@@ -24,7 +25,7 @@ const MAP_SIZE: usize = 16 << 30;
 pub struct LmdbCache {
     env: Env,
     originals: Database<Str, Str>,
-    copies: Database<Str, Unit>,
+    copies: Database<Str, Str>,
     markers: Database<Str, Str>,
     pushed: Database<Str, Str>,
     pulled: Database<Str, Str>,
@@ -112,7 +113,7 @@ impl LmdbCache {
             });
         }
         self.copies
-            .put(txn, &copy_key(digest, path), &())
+            .put(txn, &copy_key(digest, path), path)
             .map_err(err("put"))?;
         if self
             .originals
@@ -127,23 +128,32 @@ impl LmdbCache {
 
     /// The recorded paths of `digest`, in key order.
     fn copies_of(&self, txn: &heed::RoTxn<'_>, digest: &str) -> Result<Vec<String>, CacheError> {
-        let prefix = copy_key(digest, "");
+        let prefix = copies_prefix(digest);
         let mut paths = Vec::new();
         for entry in self
             .copies
             .prefix_iter(txn, &prefix)
             .map_err(err("list copies"))?
         {
-            let (key, ()) = entry.map_err(err("list copies"))?;
-            paths.push(key[prefix.len()..].to_string());
+            let (_, path) = entry.map_err(err("list copies"))?;
+            paths.push(path.to_string());
         }
         Ok(paths)
     }
 }
 
-/// The key of one recorded copy: NUL cannot be in a digest or a storage path.
+/// The keys of the recorded copies of `digest` start with this (NUL is in no digest).
+fn copies_prefix(digest: &str) -> String {
+    format!("{digest}\0")
+}
+
+/// The key of one recorded copy.
 fn copy_key(digest: &str, path: &str) -> String {
-    format!("{digest}\0{path}")
+    format!(
+        "{}{}",
+        copies_prefix(digest),
+        Digest::sha256_of(path.as_bytes()).hex()
+    )
 }
 
 impl Cache for LmdbCache {
@@ -198,16 +208,14 @@ impl Cache for LmdbCache {
             .map_err(err("delete"))?;
         let was_original = self.originals.get(&txn, &key).map_err(err("get"))? == Some(path);
         if was_original {
-            let prefix = copy_key(&key, "");
+            let prefix = copies_prefix(&key);
             let next = match self
                 .copies
                 .prefix_iter(&txn, &prefix)
                 .map_err(err("list copies"))?
                 .next()
             {
-                Some(entry) => {
-                    Some(entry.map_err(err("list copies"))?.0[prefix.len()..].to_string())
-                }
+                Some(entry) => Some(entry.map_err(err("list copies"))?.1.to_string()),
                 None => None,
             };
             match next {
@@ -325,9 +333,32 @@ mod tests {
         );
         assert_eq!(cache.paths(&d).unwrap().len(), 50_000);
         cache.remove(&d, "mirror/r00000/blobs/sha256/x").unwrap();
+        let promoted = cache.original(&d).unwrap().unwrap();
+        assert_ne!(promoted, "mirror/r00000/blobs/sha256/x");
+        let paths = cache.paths(&d).unwrap();
+        assert_eq!(
+            (paths.len(), paths[0].as_str()),
+            (49_999, promoted.as_str())
+        );
+    }
+
+    #[test]
+    fn the_longest_names_under_sha512_are_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LmdbCache::open(dir.path(), false).unwrap();
+        let d = Digest::of(crate::digest::Algorithm::Sha512, b"layer");
+        let name = format!("{}/{}", "a".repeat(127), "b".repeat(127));
+        let path = format!("{name}/blobs/sha512/{}", d.hex());
+        cache.put(&d, &path).unwrap();
+        cache.put(&d, "other/blobs/x").unwrap();
+        assert_eq!(
+            cache.paths(&d).unwrap(),
+            [path.clone(), "other/blobs/x".into()]
+        );
+        cache.remove(&d, &path).unwrap();
         assert_eq!(
             cache.original(&d).unwrap().as_deref(),
-            Some("mirror/r00001/blobs/sha256/x")
+            Some("other/blobs/x")
         );
     }
 
