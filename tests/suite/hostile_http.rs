@@ -60,6 +60,16 @@ fn assert_refused(c: &Client, victim: &Victim, wire: String, status: u16) -> Exc
     exchange
 }
 
+/// A POST whose head ends with `headers` and whose chunked body ends at once, followed by the
+/// smuggled DELETE: what a front end that trusts Transfer-Encoding forwards as two requests.
+fn chunked_end_then_delete(victim: &Victim, version: &str, headers: &str) -> String {
+    format!(
+        "{}{headers}\r\n0\r\n\r\n{}",
+        post_head(version, ""),
+        victim.delete
+    )
+}
+
 #[test]
 fn a_content_length_that_is_not_a_number_is_400_and_nothing_is_smuggled() {
     let berth = Berth::start();
@@ -110,11 +120,7 @@ fn a_content_length_with_chunked_encoding_is_400_and_nothing_is_smuggled() {
         "Content-Length: 5\r\nTransfer-Encoding: chunked\r\n",
         "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n",
     ] {
-        let wire = format!(
-            "{}{headers}\r\n0\r\n\r\n{}",
-            post_head("1.1", ""),
-            victim.delete
-        );
+        let wire = chunked_end_then_delete(&victim, "1.1", headers);
         assert_refused(&c, &victim, wire, 400);
     }
 }
@@ -157,11 +163,8 @@ fn transfer_codings_other_than_chunked_are_501_and_nothing_is_smuggled() {
     // Before the fix any coding was decoded as chunked (and a non-chunked body hung until
     // readTimeout); berth decodes only chunked (RFC 9112 section 6.1: 501 for the others).
     for coding in ["gzip", "identity", "gzip, chunked", "x-custom"] {
-        let wire = format!(
-            "{}Transfer-Encoding: {coding}\r\n\r\n0\r\n\r\n{}",
-            post_head("1.1", ""),
-            victim.delete
-        );
+        let wire =
+            chunked_end_then_delete(&victim, "1.1", &format!("Transfer-Encoding: {coding}\r\n"));
         assert_refused(&c, &victim, wire, 501);
     }
     // Chunked twice, or split over two fields: the framing is ambiguous (RFC 9112 section 7).
@@ -169,19 +172,11 @@ fn transfer_codings_other_than_chunked_are_501_and_nothing_is_smuggled() {
         "Transfer-Encoding: chunked, chunked\r\n",
         "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
     ] {
-        let wire = format!(
-            "{}{headers}\r\n0\r\n\r\n{}",
-            post_head("1.1", ""),
-            victim.delete
-        );
+        let wire = chunked_end_then_delete(&victim, "1.1", headers);
         assert_refused(&c, &victim, wire, 400);
     }
     // HTTP/1.0 has no transfer codings: its framing is faulty (RFC 9112 section 6.1).
-    let wire = format!(
-        "{}Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n{}",
-        post_head("1.0", ""),
-        victim.delete
-    );
+    let wire = chunked_end_then_delete(&victim, "1.0", "Transfer-Encoding: chunked\r\n");
     assert_refused(&c, &victim, wire, 400);
     // The one supported coding still works.
     let started = c
@@ -205,11 +200,7 @@ fn folded_and_spaced_header_lines_are_400_and_nothing_is_smuggled() {
         "Content-Length\t: 0\r\n",
         "X-Bare-CR: a\rTransfer-Encoding: chunked\r\n",
     ] {
-        let wire = format!(
-            "{}{headers}\r\n0\r\n\r\n{}",
-            post_head("1.1", ""),
-            victim.delete
-        );
+        let wire = chunked_end_then_delete(&victim, "1.1", headers);
         assert_refused(&c, &victim, wire, 400);
     }
 }
