@@ -20,13 +20,15 @@
 
 #[path = "http.rs"]
 mod http;
+#[path = "procs.rs"]
+mod procs;
 
 use berth::digest::Digest;
 use clap::Parser;
+use procs::Process;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -62,85 +64,25 @@ struct Args {
     bench: bool,
 }
 
-/// A running berth on a root the caller owns.
-struct Server {
-    child: Child,
-    host: String,
+/// berth's config for a scenario: the store is `<root>/store`; with `background` off, no
+/// start-up gc sweep or dedupe pass runs beside what is measured (their memory is not the
+/// scenario's).
+fn config(root: &Path, background: bool) -> PathBuf {
+    let config = root.join("config.json");
+    let body = json!({
+        "distSpecVersion": "1.1.1",
+        "storage": { "rootDirectory": root.join("store"), "gc": background,
+                     "dedupe": background, "gcDelay": "1h", "gcInterval": "24h" },
+        "http": { "address": "127.0.0.1", "port": "0", "readTimeout": "600s",
+                  "writeTimeout": "600s" },
+        "log": { "level": "info" }
+    });
+    std::fs::write(&config, body.to_string()).expect("write config");
+    config
 }
 
-impl Server {
-    /// Writes a config whose store is `<root>/store`; with `background` off, no start-up gc
-    /// sweep or dedupe pass runs beside what is measured (their memory is not the
-    /// scenario's).
-    fn config(root: &Path, background: bool) -> PathBuf {
-        let config = root.join("config.json");
-        let body = json!({
-            "distSpecVersion": "1.1.1",
-            "storage": { "rootDirectory": root.join("store"), "gc": background,
-                         "dedupe": background, "gcDelay": "1h", "gcInterval": "24h" },
-            "http": { "address": "127.0.0.1", "port": "0", "readTimeout": "600s",
-                      "writeTimeout": "600s" },
-            "log": { "level": "info" }
-        });
-        std::fs::write(&config, body.to_string()).expect("write config");
-        config
-    }
-
-    fn start(berth: &Path, root: &Path, background: bool) -> Server {
-        let config = Server::config(root, background);
-        let mut child = Command::new(berth)
-            .arg("serve")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start berth");
-        let mut lines = BufReader::new(child.stderr.take().expect("stderr")).lines();
-        let host = loop {
-            let line = lines.next().expect("berth exited").expect("stderr");
-            if let Some((_, rest)) = line.split_once("listening on ") {
-                break rest.split_whitespace().next().expect("address").to_string();
-            }
-        };
-        // Keep draining, so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, host }
-    }
-
-    /// Resident anonymous memory (the heap; not the LMDB cache's file-backed map, which the
-    /// start-up dedupe pass fills meanwhile), in MiB.
-    fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("RssAnon:"))
-            .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
-            .map_or(0.0, |kib| kib / 1024.0)
-    }
-
-    /// CPU seconds (user + system) the server has used.
-    fn cpu_seconds(&self) -> f64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-        let fields: Vec<&str> = after_name.split_whitespace().collect();
-        // utime and stime are fields 14 and 15 of stat(5); 12 and 13 after the name.
-        let ticks: f64 = fields.get(11..13).map_or(0.0, |f| {
-            f.iter().filter_map(|v| v.parse::<f64>().ok()).sum()
-        });
-        // SAFETY: sysconf takes and returns plain integers.
-        ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start(berth: &Path, root: &Path, background: bool) -> Process {
+    Process::berth(berth, &config(root, background))
 }
 
 fn digest_of(bytes: &[u8]) -> String {
@@ -220,7 +162,7 @@ fn within<T: Send + 'static>(
 
 fn head_bomb(args: &Args) {
     let root = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(&args.berth, root.path(), true);
+    let server = start(&args.berth, root.path(), true);
     let mut c = http::Connection::new(&server.host);
     let m = push_image(&mut c, "bomb/head", 1);
     let z = index_over(&m, args.fan);
@@ -284,7 +226,7 @@ fn head_bomb(args: &Args) {
 
 fn put_bomb(args: &Args) {
     let root = tempfile::tempdir().expect("tempdir");
-    let server = Server::start(&args.berth, root.path(), true);
+    let server = start(&args.berth, root.path(), true);
     let mut c = http::Connection::new(&server.host);
     let m = push_image(&mut c, "bomb/put", 2);
     let x = index_over(&m, args.wide);
@@ -331,7 +273,7 @@ fn offline(args: &Args, command: &str, config: &Path) -> (f64, Option<i32>) {
 fn scrub_dag(args: &Args) {
     // Laid on disk, as a layout made by another tool: berth refuses such nesting at PUT.
     let root = tempfile::tempdir().expect("tempdir");
-    let config = Server::config(root.path(), true);
+    let config = config(root.path(), true);
     let dir = root.path().join("store/bomb/dag");
     std::fs::create_dir_all(dir.join("blobs/sha256")).expect("dirs");
     let (config_blob, layer, manifest) = image(3, json!({}));
@@ -375,7 +317,7 @@ fn lay_repo(dir: &Path, listed: &[Value]) {
 
 fn gc_chain(args: &Args) {
     let root = tempfile::tempdir().expect("tempdir");
-    let config = Server::config(root.path(), true);
+    let config = config(root.path(), true);
     let dir = root.path().join("store/bomb/chain");
     std::fs::create_dir_all(dir.join("blobs/sha256")).expect("dirs");
     let old = Duration::from_secs(2 * 3600);
@@ -429,7 +371,7 @@ fn referrers(args: &Args) {
         listed.push(descriptor(OCI_MANIFEST, &manifest));
     }
     lay_repo(&dir, &listed);
-    let server = Server::start(&args.berth, root.path(), false);
+    let server = start(&args.berth, root.path(), false);
     let path = format!("/v2/many/referrers/referrers/{subject_digest}");
     let rss_start = server.rss_mib();
     let mut c = http::Connection::new(&server.host);
@@ -483,7 +425,7 @@ fn catalog(args: &Args) {
         std::fs::create_dir_all(&dir).expect("dirs");
         lay_repo(&dir, &[]);
     }
-    let server = Server::start(&args.berth, root.path(), false);
+    let server = start(&args.berth, root.path(), false);
     let mut c = http::Connection::new(&server.host);
     let started = Instant::now();
     let mut first = 0.0;
