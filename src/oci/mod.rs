@@ -4,5 +4,5 @@
 pub mod manifest;
 pub mod name;
 
-pub use manifest::{Descriptor, ImageIndex, Manifest, ManifestKind, media_type};
+pub use manifest::{Annotations, Descriptor, ImageIndex, Manifest, ManifestKind, media_type};
 pub use name::{Reference, RepoName, Tag};

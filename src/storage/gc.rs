@@ -18,10 +18,11 @@
 
 use super::driver::{ObjectMeta, StoragePath};
 use super::layout::UploadId;
+use super::listing::Listing;
 use super::{Store, StoreError, layout};
 use crate::config::gc::{GcConfig, KeepTags, Policy};
 use crate::digest::Digest;
-use crate::oci::{Descriptor, ImageIndex, Manifest, ManifestKind, RepoName, media_type};
+use crate::oci::{Descriptor, Manifest, ManifestKind, RepoName, media_type};
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime};
@@ -435,12 +436,8 @@ impl Store {
         let removals = plan.removals.clone();
         if !removals.is_empty() {
             self.update_index(repo, move |index| {
-                let before = index.manifests.len();
                 let dropped = descriptor_set(&removals);
-                index
-                    .manifests
-                    .retain(|d| !dropped.contains(&(&d.digest, d.tag())));
-                Ok(index.manifests.len() != before)
+                Ok(index.retain(|d| !dropped.contains(&(&d.digest, d.tag()))))
             })?;
         }
         self.delete_unmarked(repo, &mut graph, &mut plan, settings.delay, now)?;
@@ -521,7 +518,7 @@ impl Store {
             let _guard = self.repo_locks.lock(repo);
             let index = self.read_index(repo)?;
             let new: Vec<&Descriptor> = index
-                .manifests
+                .manifests()
                 .iter()
                 .filter(|d| !plan.listed.contains(&d.digest))
                 .collect();
@@ -557,7 +554,7 @@ impl Store {
         // writers waiting behind a waiting remover would stall (std's RwLock queues readers
         // behind a waiting writer) while one of them waits on a long dedupe decision.
         match self.read_index(repo) {
-            Ok(index) if !index.manifests.is_empty() => return Ok(false),
+            Ok(index) if !index.manifests().is_empty() => return Ok(false),
             Ok(_) => {}
             Err(StoreError::NameUnknown(_)) => return Ok(false),
             Err(e) => return Err(e),
@@ -571,7 +568,7 @@ impl Store {
             Err(StoreError::NameUnknown(_)) => return Ok(false),
             Err(e) => return Err(e),
         };
-        if !index.manifests.is_empty() || !self.holds_only_layout(repo)? {
+        if !index.manifests().is_empty() || !self.holds_only_layout(repo)? {
             return Ok(false);
         }
         // Every write into a repository shares its presence (`Store::in_repo`), so nothing
@@ -584,13 +581,13 @@ impl Store {
 /// whose subject is gone and untagged manifests nothing references. Marks what stays.
 fn plan_index(
     graph: &mut Graph<'_>,
-    index: &ImageIndex,
+    index: &Listing,
     policy: &Policy,
     settings: &GcConfig,
     times: &TagTimes,
     now: SystemTime,
 ) -> Result<Plan, StoreError> {
-    let mut listed: Vec<Descriptor> = index.manifests.clone();
+    let mut listed: Vec<Descriptor> = index.manifests().to_vec();
     let mut collected = Collected::default();
     let mut removals: Vec<(Digest, Option<String>)> = Vec::new();
     // Every listed manifest is read before anything is decided: fail closed.

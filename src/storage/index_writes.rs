@@ -5,15 +5,16 @@
 
 use super::StoreError;
 use super::driver::DriverError;
+use super::listing::Listing;
 use super::locks::Striped;
-use crate::oci::{ImageIndex, RepoName};
+use crate::oci::RepoName;
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Mutex, PoisonError};
 
 /// A change to an index: returns whether it changed anything. A change that returns an error
 /// must leave the index as it found it, since others' changes are applied to the same copy.
-pub(super) type IndexChange = Box<dyn FnOnce(&mut ImageIndex) -> Result<bool, StoreError> + Send>;
+pub(super) type IndexChange = Box<dyn FnOnce(&mut Listing) -> Result<bool, StoreError> + Send>;
 
 /// A queued change and where to report its outcome.
 pub(super) struct Pending {

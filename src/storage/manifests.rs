@@ -7,11 +7,12 @@
 //! lands with one atomic `put`; readers never lock.
 
 use super::driver::{Driver, DriverError};
+use super::listing::Listing;
 use super::referrers::ReferrersPage;
 use super::{Store, StoreError, index_writes, layout, not_found_as};
 use crate::digest::Digest;
 use crate::oci::{Descriptor, ImageIndex, Manifest, Reference, RepoName, Tag, media_type};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// A manifest as served: its descriptor (media type, digest, size) and, for GET, its bytes.
@@ -47,12 +48,12 @@ const PUT_ATTEMPTS: usize = 3;
 impl Store {
     /// The parsed `index.json` of `repo`, or `NameUnknown`. Served from the cache while the
     /// file's fingerprint is unchanged.
-    pub(super) fn read_index(&self, repo: &RepoName) -> Result<Arc<ImageIndex>, StoreError> {
+    pub(super) fn read_index(&self, repo: &RepoName) -> Result<Arc<Listing>, StoreError> {
         self.read_index_version(repo).map(|(_, index)| index)
     }
 
     /// `read_index`, with the fingerprint of the file version it was parsed from.
-    fn read_index_version(&self, repo: &RepoName) -> Result<(u64, Arc<ImageIndex>), StoreError> {
+    fn read_index_version(&self, repo: &RepoName) -> Result<(u64, Arc<Listing>), StoreError> {
         let path = layout::index_json(repo)?;
         let meta = self
             .driver
@@ -65,13 +66,12 @@ impl Store {
             .driver
             .get(&path)
             .map_err(|e| not_found_as(e, || StoreError::NameUnknown(repo.clone())))?;
-        let index: Arc<ImageIndex> =
-            Arc::new(
-                serde_json::from_slice(&bytes).map_err(|e| StoreError::CorruptLayout {
-                    path: path.to_string(),
-                    reason: e.to_string(),
-                })?,
-            );
+        let index = Arc::new(
+            Listing::parse(&bytes).map_err(|e| StoreError::CorruptLayout {
+                path: path.to_string(),
+                reason: e.to_string(),
+            })?,
+        );
         // The file may have been replaced between the stat and the read; then the next
         // lookup sees a new fingerprint and parses again, so caching here is always safe.
         self.indexes.put(repo, meta.fingerprint, Arc::clone(&index));
@@ -84,7 +84,7 @@ impl Store {
     pub(super) fn update_index(
         &self,
         repo: &RepoName,
-        change: impl FnOnce(&mut ImageIndex) -> Result<bool, StoreError> + Send + 'static,
+        change: impl FnOnce(&mut Listing) -> Result<bool, StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
         let outcome = self.pending.push(repo, Box::new(change));
         let guard = self.repo_locks.lock(repo);
@@ -144,10 +144,10 @@ impl Store {
         }
     }
 
-    fn write_index(&self, repo: &RepoName, index: Arc<ImageIndex>) -> Result<(), StoreError> {
+    fn write_index(&self, repo: &RepoName, mut index: Arc<Listing>) -> Result<(), StoreError> {
         let path = layout::index_json(repo)?;
-        let bytes = serde_json::to_vec(&*index).expect("an index always serializes");
-        self.driver.replace(&path, &bytes)?;
+        self.driver
+            .replace(&path, Arc::make_mut(&mut index).render())?;
         if let Some(meta) = self.driver.stat(&path)? {
             self.indexes.put(repo, meta.fingerprint, index);
         }
@@ -259,14 +259,9 @@ impl Store {
         let index = self.read_index(repo)?;
         let unknown = || StoreError::ManifestUnknown(reference.to_string());
         match reference {
-            Reference::Tag(tag) => index
-                .manifests
-                .iter()
-                .find(|d| d.tag() == Some(tag.as_str()))
-                .cloned()
-                .ok_or_else(unknown),
+            Reference::Tag(tag) => index.tagged(tag.as_str()).cloned().ok_or_else(unknown),
             Reference::Digest(digest) => self
-                .find_by_digest(repo, &index.manifests, digest)?
+                .find_by_digest(repo, index.manifests(), digest)?
                 .ok_or_else(unknown),
         }
     }
@@ -361,16 +356,11 @@ impl Store {
             Reference::Tag(tag) => {
                 let tag = tag.clone();
                 self.update_index(repo, move |index| {
-                    let Some(pos) = index
-                        .manifests
-                        .iter()
-                        .position(|d| d.tag() == Some(tag.as_str()))
-                    else {
-                        return Err(StoreError::ManifestUnknown(name));
-                    };
-                    let removed = index.manifests.remove(pos);
-                    keep_untagged(index, removed);
-                    Ok(true)
+                    if index.untag(tag.as_str()) {
+                        Ok(true)
+                    } else {
+                        Err(StoreError::ManifestUnknown(name))
+                    }
                 })
             }
             Reference::Digest(digest) => {
@@ -378,22 +368,17 @@ impl Store {
                 self.update_index(repo, move |index| {
                     // Checked before changing anything: a failing change must leave the index
                     // as it found it (others' changes share this copy).
-                    if !index.manifests.iter().any(|d| d.digest == target) {
-                        return Err(StoreError::ManifestUnknown(name));
+                    if index.unlist(&target) {
+                        Ok(true)
+                    } else {
+                        Err(StoreError::ManifestUnknown(name))
                     }
-                    index.manifests.retain(|d| d.digest != target);
-                    Ok(true)
                 })?;
                 // The bytes go under the repository lock, and only while the index still does
                 // not list the digest: a PUT of the same manifest may have listed it again
                 // since (issue 10: a 201 for a tag whose manifest was then deleted).
                 let _guard = self.repo_locks.lock(repo);
-                if self
-                    .read_index(repo)?
-                    .manifests
-                    .iter()
-                    .any(|d| &d.digest == digest)
-                {
+                if self.read_index(repo)?.lists(digest) {
                     return Ok(());
                 }
                 match self.blob_delete_locked(repo, digest, |_| true) {
@@ -406,15 +391,7 @@ impl Store {
 
     /// The tags of `repo`, sorted and without duplicates.
     pub fn tags(&self, repo: &RepoName) -> Result<Vec<String>, StoreError> {
-        let index = self.read_index(repo)?;
-        let mut tags: Vec<String> = index
-            .manifests
-            .iter()
-            .filter_map(|d| d.tag().map(str::to_string))
-            .collect();
-        tags.sort();
-        tags.dedup();
-        Ok(tags)
+        Ok(self.read_index(repo)?.tags())
     }
 
     /// The referrers index of `subject` in `repo`: the manifests it lists whose `subject` is
@@ -436,7 +413,9 @@ impl Store {
             Err(DriverError::NotFound { .. }) => Ok(None),
             Err(e) => Err(StoreError::from(e)),
         };
-        let referrers = self.referrers.get(repo, fingerprint, &index, read)?;
+        let referrers = self
+            .referrers
+            .get(repo, fingerprint, index.manifests(), read)?;
         Ok(referrers.page(subject, artifact_type))
     }
 }
@@ -451,7 +430,7 @@ fn list_manifest(
     required: &[Descriptor],
     entry: &Descriptor,
     tags: &[Tag],
-) -> impl FnOnce(&mut ImageIndex) -> Result<bool, StoreError> + Send + 'static {
+) -> impl FnOnce(&mut Listing) -> Result<bool, StoreError> + Send + 'static {
     let (driver, repo) = (Arc::clone(driver), repo.clone());
     let (required, entry, tags) = (required.to_vec(), entry.clone(), tags.to_vec());
     move |index| {
@@ -462,11 +441,10 @@ fn list_manifest(
         }
         let mut changed = false;
         for tag in &tags {
-            changed |= set_tag(index, tag, &entry);
+            changed |= index.set_tag(tag, &entry);
         }
-        if tags.is_empty() && !index.manifests.iter().any(|d| d.digest == entry.digest) {
-            index.manifests.push(entry);
-            changed = true;
+        if tags.is_empty() {
+            changed |= index.list_untagged(&entry);
         }
         Ok(changed)
     }
@@ -553,50 +531,4 @@ fn too_deep() -> StoreError {
     StoreError::ManifestInvalid(crate::oci::manifest::ManifestError(format!(
         "manifests nest more than {MAX_NESTING} levels deep"
     )))
-}
-
-/// Points `tag` at `entry`. The manifest the tag left keeps an untagged descriptor if nothing
-/// else lists it. Returns whether the index changed.
-fn set_tag(index: &mut ImageIndex, tag: &Tag, entry: &Descriptor) -> bool {
-    if let Some(current) = index
-        .manifests
-        .iter()
-        .find(|d| d.tag() == Some(tag.as_str()))
-        && current.digest == entry.digest
-    {
-        return false;
-    }
-    if let Some(pos) = index
-        .manifests
-        .iter()
-        .position(|d| d.tag() == Some(tag.as_str()))
-    {
-        let old = index.manifests.remove(pos);
-        keep_untagged(index, old);
-    }
-    // The digest's untagged descriptor, if any, is replaced by the tagged one.
-    index
-        .manifests
-        .retain(|d| !(d.digest == entry.digest && d.tag().is_none()));
-    let mut tagged = entry.clone();
-    tagged.annotations = Some(BTreeMap::from([(
-        media_type::REF_NAME_ANNOTATION.to_string(),
-        tag.to_string(),
-    )]));
-    index.manifests.push(tagged);
-    true
-}
-
-/// Re-adds `removed` without its tag if no other descriptor lists its digest.
-fn keep_untagged(index: &mut ImageIndex, mut removed: Descriptor) {
-    if index.manifests.iter().any(|d| d.digest == removed.digest) {
-        return;
-    }
-    if let Some(annotations) = removed.annotations.as_mut() {
-        annotations.remove(media_type::REF_NAME_ANNOTATION);
-        if annotations.is_empty() {
-            removed.annotations = None;
-        }
-    }
-    index.manifests.push(removed);
 }

@@ -19,6 +19,7 @@ mod index_cache;
 mod index_writes;
 pub mod layout;
 pub mod leftovers;
+mod listing;
 mod locks;
 mod manifests;
 mod referrers;
@@ -257,7 +258,7 @@ impl Store {
     pub fn blob_delete(&self, repo: &RepoName, digest: &Digest) -> Result<(), StoreError> {
         let _guard = self.repo_locks.lock(repo);
         let listed = match self.read_index(repo) {
-            Ok(index) => index.manifests.iter().any(|d| &d.digest == digest),
+            Ok(index) => index.lists(digest),
             Err(StoreError::NameUnknown(_)) => false,
             Err(e) => return Err(e),
         };

@@ -9,7 +9,7 @@
 
 use super::locks::Striped;
 use crate::digest::Digest;
-use crate::oci::{Descriptor, ImageIndex, Manifest, RepoName, media_type};
+use crate::oci::{Descriptor, Manifest, RepoName, media_type};
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::{Arc, PoisonError, RwLock};
@@ -56,7 +56,7 @@ impl ReferrerCache {
         &self,
         repo: &RepoName,
         fingerprint: u64,
-        index: &ImageIndex,
+        listed: &[Descriptor],
         read: impl Fn(&Digest) -> Result<Option<Vec<u8>>, E>,
     ) -> Result<Arc<RepoReferrers>, E> {
         let stripe = self.stripes.get(repo);
@@ -68,7 +68,7 @@ impl ReferrerCache {
                 None => None,
             }
         };
-        let built = Arc::new(RepoReferrers::build(index, previous.as_deref(), read)?);
+        let built = Arc::new(RepoReferrers::build(listed, previous.as_deref(), read)?);
         let mut map = stripe.write().unwrap_or_else(PoisonError::into_inner);
         if map.len() >= REPOS_PER_STRIPE && !map.contains_key(repo) {
             map.clear();
@@ -80,12 +80,12 @@ impl ReferrerCache {
 
 impl RepoReferrers {
     fn build<E>(
-        index: &ImageIndex,
+        listed: &[Descriptor],
         previous: Option<&RepoReferrers>,
         read: impl Fn(&Digest) -> Result<Option<Vec<u8>>, E>,
     ) -> Result<RepoReferrers, E> {
         let mut built = RepoReferrers::default();
-        for d in &index.manifests {
+        for d in listed {
             if built.summaries.contains_key(&d.digest) {
                 continue;
             }
@@ -274,7 +274,7 @@ mod tests {
                 streamed.extend_from_slice(&buf[..n]);
             }
             assert_eq!(streamed.len() as u64, len);
-            let parsed: ImageIndex = serde_json::from_slice(&streamed).unwrap();
+            let parsed: crate::oci::ImageIndex = serde_json::from_slice(&streamed).unwrap();
             let want = match filter {
                 None => 3,
                 Some("application/x-1") => 1,

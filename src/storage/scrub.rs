@@ -13,7 +13,7 @@ use super::driver::StoragePath;
 use super::leftovers::{Leftover, Stale};
 use super::{Registry, Store, StoreError, layout};
 use crate::digest::Digest;
-use crate::oci::{Descriptor, ImageIndex, Manifest, ManifestKind, RepoName};
+use crate::oci::{Descriptor, Manifest, ManifestKind, RepoName};
 use rayon::prelude::*;
 use serde::Serialize;
 use std::collections::{BTreeSet, HashMap};
@@ -392,13 +392,13 @@ impl Store {
     /// Walks every manifest `repo`'s images reach, checking each once as it is read. `Err`
     /// when `index.json` itself cannot be read.
     fn walk_repo(&self, repo: &RepoName, bytes: &AtomicU64) -> Result<RepoGraph, String> {
-        let index: std::sync::Arc<ImageIndex> = self.read_index(repo).map_err(|e| e.to_string())?;
+        let index = self.read_index(repo).map_err(|e| e.to_string())?;
         let mut graph = RepoGraph {
-            listed: index.manifests.clone(),
+            listed: index.manifests().to_vec(),
             nodes: HashMap::new(),
             referenced: BTreeSet::new(),
         };
-        let mut stack: Vec<Descriptor> = index.manifests.clone();
+        let mut stack: Vec<Descriptor> = index.manifests().to_vec();
         while let Some(d) = stack.pop() {
             graph.referenced.insert(d.digest.clone());
             if graph.nodes.contains_key(&d.digest) {
