@@ -212,3 +212,31 @@ fn a_tls_client_hello_is_refused_at_once() {
         );
     }
 }
+
+/// A client that sends `Connection: close` is told the connection ends (RFC 9112 9.6), as
+/// distribution does, and the server then closes it; without it the connection stays open.
+#[test]
+fn a_client_asking_to_close_is_answered_with_connection_close() {
+    let berth = Berth::start();
+    let ask = |extra: &str| {
+        let mut socket = berth.client().connect().unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        let request = format!("GET /v2/ HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+        socket.write_all(request.as_bytes()).unwrap();
+        let mut received = Vec::new();
+        let closed = socket.read_to_end(&mut received).is_ok();
+        (
+            String::from_utf8_lossy(&received).to_ascii_lowercase(),
+            closed,
+        )
+    };
+    let (answer, closed) = ask("Connection: keep-alive, Close\r\n");
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(closed, "the server closed the connection");
+    let (answer, closed) = ask("");
+    assert!(!answer.contains("connection: close"), "{answer}");
+    assert!(!closed, "a kept-alive connection stays open");
+}

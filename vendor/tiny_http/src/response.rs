@@ -374,6 +374,20 @@ where
             transfer_encoding = None;
         }
 
+        // berth patch: a client that asked to close is told the connection closes after this
+        // response, as RFC 9112 section 9.6 asks of a server that will close.
+        let client_closes = request_headers.iter().any(|h| {
+            h.field.equiv("Connection")
+                && h.value
+                    .as_str()
+                    .split(',')
+                    .any(|token| token.trim().eq_ignore_ascii_case("close"))
+        });
+        if upgrade.is_none() && client_closes {
+            self.headers
+                .push(Header::from_bytes(&b"Connection"[..], &b"close"[..]).unwrap());
+        }
+
         // if the transfer encoding is identity, the content length must be known ; therefore if
         // we don't know it, we buffer the entire response first here
         // while this is an expensive operation, it is only ever needed for clients using HTTP 1.0
