@@ -54,7 +54,7 @@ fn dispatch(registry: &Registry, req: &mut dyn HttpRequest) -> Result<Reply, Api
     match (route, method) {
         (Route::Tags(repo, page), Method::Get) => tags(store, &repo, &page),
         (Route::Manifest(repo, reference, _), Method::Get | Method::Head) => {
-            manifest_get(store, &repo, &reference, head)
+            manifest_get(store, req, &repo, &reference, head)
         }
         (Route::Manifest(repo, reference, tags), Method::Put) => {
             manifest_put(store, req, &repo, &reference, &tags)
@@ -175,10 +175,17 @@ fn tags(store: &Store, repo: &RepoName, page: &Page) -> Result<Reply, ApiError> 
 
 fn manifest_get(
     store: &Store,
+    req: &dyn HttpRequest,
     repo: &RepoName,
     reference: &Reference,
     head: bool,
 ) -> Result<Reply, ApiError> {
+    if let Some(tags) = req.header("If-None-Match") {
+        let d = store.manifest_head(repo, reference)?;
+        if etag_matches(tags, &d.digest) {
+            return Ok(not_modified(&d.digest).header("Content-Type", d.media_type));
+        }
+    }
     let (descriptor, body) = if head {
         let d = store.manifest_head(repo, reference)?;
         let size = d.size;
@@ -190,7 +197,29 @@ fn manifest_get(
     Ok(Reply::new(200)
         .header("Content-Type", descriptor.media_type.clone())
         .header("Docker-Content-Digest", descriptor.digest.to_string())
+        .header("ETag", etag(&descriptor.digest))
         .body(body))
+}
+
+/// Content named by digest never changes, so its digest is its entity tag (as distribution
+/// sends it): clients and caches revalidate with `If-None-Match` and get a 304 without a body.
+fn etag(digest: &Digest) -> String {
+    format!("\"{digest}\"")
+}
+
+/// Whether an `If-None-Match` list names `digest` (or is `*`, which any existing content
+/// matches); weak tags compare alike (RFC 9110 13.1.2).
+fn etag_matches(list: &str, digest: &Digest) -> bool {
+    let ours = etag(digest);
+    list.split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.strip_prefix("W/").unwrap_or(tag) == ours)
+}
+
+fn not_modified(digest: &Digest) -> Reply {
+    Reply::new(304)
+        .header("Docker-Content-Digest", digest.to_string())
+        .header("ETag", etag(digest))
 }
 
 fn manifest_put(
@@ -287,12 +316,20 @@ fn blob_get(
     digest: &Digest,
     head: bool,
 ) -> Result<Reply, ApiError> {
+    if let Some(tags) = req.header("If-None-Match")
+        && etag_matches(tags, digest)
+    {
+        store.blob_size(repo, digest)?;
+        return Ok(not_modified(digest));
+    }
     let spec = parse_range(req.header("Range"))?;
     let base = |status| {
         Reply::new(status)
             .header("Content-Type", "application/octet-stream")
             .header("Docker-Content-Digest", digest.to_string())
             .header("Accept-Ranges", "bytes")
+            .header("ETag", etag(digest))
+            .header("Cache-Control", "max-age=31536000")
     };
     if head && spec.is_none() {
         let size = store.blob_size(repo, digest)?;

@@ -75,6 +75,69 @@ fn monolithic_push_then_pull_is_byte_identical_and_stored_as_a_layout() {
     layout::assert_sound(berth.root());
 }
 
+/// Content named by digest carries its digest as an entity tag, as distribution sends it, and
+/// a client revalidating with `If-None-Match` gets 304 without the body; a stale tag gets the
+/// content, and an unknown manifest stays 404 whatever the client sends.
+#[test]
+fn manifests_and_blobs_revalidate_by_entity_tag() {
+    let berth = Berth::start();
+    let c = berth.client();
+    let image = Image::oci(3, &[100]);
+    push_image(&c, "etag/app", "v1", &image);
+    let layer = sha256(&image.layers[0]);
+    let targets = [
+        ("/v2/etag/app/manifests/v1".to_string(), image.digest()),
+        (
+            format!("/v2/etag/app/manifests/{}", image.digest()),
+            image.digest(),
+        ),
+        (format!("/v2/etag/app/blobs/{layer}"), layer.clone()),
+    ];
+    for (target, digest) in &targets {
+        let tag = format!("\"{digest}\"");
+        for method in ["GET", "HEAD"] {
+            let fresh = c
+                .request(method, target)
+                .header("Accept", OCI_MANIFEST)
+                .send()
+                .expect(200);
+            assert_eq!(
+                fresh.header("ETag"),
+                Some(tag.as_str()),
+                "{method} {target}"
+            );
+            for matching in [
+                tag.clone(),
+                format!("\"sha256:00\", W/{tag}"),
+                "*".to_string(),
+            ] {
+                let revalidated = c
+                    .request(method, target)
+                    .header("Accept", OCI_MANIFEST)
+                    .header("If-None-Match", &matching)
+                    .send()
+                    .expect(304);
+                assert!(revalidated.body.is_empty(), "{method} {target}");
+                assert_eq!(
+                    revalidated.header("Docker-Content-Digest"),
+                    Some(digest.as_str())
+                );
+            }
+            let stale = c
+                .request(method, target)
+                .header("Accept", OCI_MANIFEST)
+                .header("If-None-Match", "\"sha256:00\"")
+                .send()
+                .expect(200);
+            assert_eq!(stale.header("ETag"), Some(tag.as_str()));
+        }
+    }
+    c.request("GET", "/v2/etag/app/manifests/v2")
+        .header("If-None-Match", "*")
+        .send()
+        .expect_error(404, "MANIFEST_UNKNOWN");
+}
+
 #[test]
 fn chunked_upload_with_content_range_reports_progress() {
     let berth = Berth::start();
