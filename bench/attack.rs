@@ -12,8 +12,6 @@
 //!   longer tagged, all older than gcDelay (the whole chain is garbage);
 //! - `referrers`: GET referrers of a subject with `referrers` referrers laid on disk, 15
 //!   requests one after another, then 16 at once; response bytes, seconds, server heap RSS;
-//! - `catalog`: `repos` repositories laid on disk (a large mirror, issue 11), paged through
-//!   with `n=100`: the first page's and the whole walk's seconds.
 //!
 //! Run: `cargo build --release && cargo bench --bench attack -- [--berth target/release/berth]
 //! [--only head-bomb,...] [--timeout 120]`.
@@ -57,8 +55,6 @@ struct Args {
     chain: usize,
     #[arg(long, default_value_t = 50_000)]
     referrers: usize,
-    #[arg(long, default_value_t = 20_000)]
-    repos: usize,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -418,54 +414,15 @@ fn referrers(args: &Args) {
     );
 }
 
-fn catalog(args: &Args) {
-    let root = tempfile::tempdir().expect("tempdir");
-    for i in 0..args.repos {
-        let dir = root.path().join(format!("store/mirror/r{i:06}"));
-        std::fs::create_dir_all(&dir).expect("dirs");
-        lay_repo(&dir, &[]);
-    }
-    let server = start(&args.berth, root.path(), false);
-    let mut c = http::Connection::new(&server.host);
-    let started = Instant::now();
-    let mut first = 0.0;
-    let mut path = "/v2/_catalog?n=100".to_string();
-    let mut pages = 0;
-    let mut listed = 0u64;
-    loop {
-        let r = c.send("GET", &path, &[], &[], true).expect("GET _catalog");
-        assert_eq!(r.status, 200);
-        pages += 1;
-        if pages == 1 {
-            first = started.elapsed().as_secs_f64();
-        }
-        let body: Value = serde_json::from_slice(&c.body).expect("json");
-        listed += body["repositories"]
-            .as_array()
-            .map_or(0, |a| a.len() as u64);
-        let Some(next) = r.header("link").and_then(|l| l.split(['<', '>']).nth(1)) else {
-            break;
-        };
-        path = next.to_string();
-    }
-    println!(
-        "{}",
-        json!({ "scenario": "catalog", "repositories": args.repos, "pages": pages,
-                "listed": listed, "first_page_seconds": first,
-                "all_pages_seconds": started.elapsed().as_secs_f64() })
-    );
-}
-
 fn main() {
     let args = Args::parse();
     type Scenario = (&'static str, fn(&Args));
-    let scenarios: [Scenario; 6] = [
+    let scenarios: [Scenario; 5] = [
         ("head-bomb", head_bomb),
         ("put-bomb", put_bomb),
         ("scrub-dag", scrub_dag),
         ("gc-chain", gc_chain),
         ("referrers", referrers),
-        ("catalog", catalog),
     ];
     for (name, run) in scenarios {
         if args.only.is_empty() || args.only.split(',').any(|s| s == name) {

@@ -126,6 +126,29 @@ impl Process {
         }
     }
 
+    /// Reads berth's log lines until `enough` returns true for one; returns every line read,
+    /// with when each arrived, or `None` when `limit` passes first or the log closes. For
+    /// waiting on several events in any order, and keeping the lines read meanwhile.
+    pub fn log_until(
+        &mut self,
+        limit: Duration,
+        mut enough: impl FnMut(&str) -> bool,
+    ) -> Option<Vec<(Instant, String)>> {
+        let lines = self.lines.as_ref()?;
+        let deadline = Instant::now() + limit;
+        let mut read = Vec::new();
+        loop {
+            let (at, line) = lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .ok()?;
+            let done = enough(&line);
+            read.push((at, line));
+            if done {
+                return Some(read);
+            }
+        }
+    }
+
     /// Resident anonymous memory (the heap; not file-backed maps such as LMDB's), in MiB.
     pub fn rss_mib(&self) -> f64 {
         status_kib(self.child.id(), "RssAnon:") / 1024.0
@@ -158,10 +181,11 @@ impl Drop for Process {
     }
 }
 
-/// distribution's config: filesystem storage under `root/distribution`, deletes on, quiet.
+/// distribution's config: filesystem storage under `root/distribution`, deletes on, quiet, and
+/// the in-memory blob descriptor cache on, as in the config.yml Debian and upstream ship.
 pub fn distribution_config(root: &Path, port: u16) -> String {
     format!(
-        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+        "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  cache:\n    blobdescriptor: inmemory\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
         root.join("distribution").display()
     )
 }

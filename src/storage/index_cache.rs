@@ -2,8 +2,8 @@
 //! and re-parse the file on every request. Each lookup revalidates with one `stat`: an entry is
 //! used only while the file's fingerprint is unchanged, so layouts changed on disk by other
 //! tools are still served correctly. The map is striped; no lock covers the whole store. The
-//! cache holds at most `BUDGET` descriptors across all repositories (a mirror with many large
-//! repositories must not keep every index it ever read): past that, other repositories' entries
+//! cache holds about `BUDGET` bytes of listings across all repositories (a mirror must not keep
+//! every index it ever read: a gc sweep reads them all): past that, other repositories' entries
 //! are dropped, in no particular order, and parsed again when next used.
 
 use super::listing::Listing;
@@ -13,9 +13,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
-/// Descriptors the cache keeps across repositories: about 250 MB at this project's measured
-/// ~1 KB per tagged descriptor (parsed, looked up and rendered).
-const BUDGET: usize = 250_000;
+/// Bytes of listings (`Listing::weight`) the cache keeps across repositories: room for one
+/// repository of 100,000 tags (~90 MB) and many small ones.
+const BUDGET: usize = 128 << 20;
 
 /// A parsed index and the fingerprint of the file it was parsed from (or written as).
 type Entry = (u64, Arc<Listing>);
@@ -24,7 +24,7 @@ type Entry = (u64, Arc<Listing>);
 #[derive(Default)]
 pub(super) struct IndexCache {
     stripes: Striped<RwLock<HashMap<RepoName, Entry>>>,
-    /// Descriptors held by the entries now.
+    /// Bytes held by the entries now (as `Listing::weight` counts them).
     weight: AtomicUsize,
 }
 
@@ -114,10 +114,12 @@ mod tests {
     #[test]
     fn the_cache_stays_within_its_budget_and_keeps_what_was_just_put() {
         let cache = IndexCache::default();
-        let big = BUDGET / 4;
+        let big = listing(BUDGET / 4 / 700 - 2);
+        let weight = big.weight();
+        assert!(weight <= BUDGET / 4);
         for n in 0..10 {
             let repo: RepoName = format!("r{n}").parse().unwrap();
-            cache.put(&repo, 1, listing(big));
+            cache.put(&repo, 1, Arc::clone(&big));
             assert!(cache.get(&repo, 1).is_some(), "the entry just put stays");
             assert!(cache.weight.load(Ordering::Relaxed) <= BUDGET);
         }
@@ -126,6 +128,6 @@ mod tests {
             .count();
         assert_eq!(held, 4);
         cache.forget(&"r9".parse().unwrap());
-        assert_eq!(cache.weight.load(Ordering::Relaxed), 3 * big);
+        assert_eq!(cache.weight.load(Ordering::Relaxed), 3 * weight);
     }
 }

@@ -180,9 +180,13 @@ impl Listing {
         &r.bytes
     }
 
-    /// How much memory the listing holds, in descriptors (the cache's unit of account).
+    /// Roughly the bytes the listing holds: its rendering, and per descriptor what a tagged
+    /// one was measured to take parsed and looked up (~700 bytes), over a fixed cost for the
+    /// maps and the head that even a repository of one image pays.
     pub(super) fn weight(&self) -> usize {
-        self.manifests.len().max(1)
+        const FIXED: usize = 1024;
+        const PER_DESCRIPTOR: usize = 700;
+        FIXED + self.manifests.len() * PER_DESCRIPTOR + self.rendered.bytes.capacity()
     }
 
     fn tag_position(&self, tag: &str) -> Option<usize> {
