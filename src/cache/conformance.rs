@@ -1,6 +1,6 @@
-//! The conformance suite every `Cache` runs: originals and their promotion, duplicates,
-//! idempotent records, batch records, markers, concurrent writers of one digest, and usage
-//! times.
+//! The conformance suite every `Cache` runs: originals, their promotion and replacement,
+//! duplicates, idempotent records, batch records, markers, concurrent writers of one digest,
+//! and usage times.
 
 use super::{Cache, TimeKind};
 use crate::digest::Digest;
@@ -14,6 +14,7 @@ pub(crate) fn run(cache: &dyn Cache) {
     unknown_digests_have_no_paths(cache);
     first_path_is_the_original(cache);
     removing_the_original_promotes_another(cache);
+    a_new_original_replaces_a_full_one(cache);
     batch_records(cache);
     markers(cache);
     concurrent_records_of_one_digest(cache);
@@ -52,6 +53,39 @@ fn removing_the_original_promotes_another(c: &dyn Cache) {
     // A forgotten digest starts over with a new original.
     c.put(&d, "four").unwrap();
     assert_eq!(c.paths(&d).unwrap(), ["four"]);
+}
+
+fn a_new_original_replaces_a_full_one(c: &dyn Cache) {
+    let d = digest(4);
+    // An unknown digest: the same as `put`.
+    c.put_original(&d, "full").unwrap();
+    c.put(&d, "a").unwrap();
+    c.put_original(&d, "next").unwrap();
+    assert_eq!(c.original(&d).unwrap().as_deref(), Some("next"));
+    let paths = c.paths(&d).unwrap();
+    assert_eq!(paths[0], "next");
+    let mut copies = paths[1..].to_vec();
+    copies.sort();
+    assert_eq!(copies, ["a", "full"], "the previous original stays a copy");
+    // A recorded copy becomes the original without being recorded twice; `put` does not
+    // take the original back.
+    c.put_original(&d, "a").unwrap();
+    c.put(&d, "next").unwrap();
+    c.put(&d, "later").unwrap();
+    assert_eq!(c.original(&d).unwrap().as_deref(), Some("a"));
+    assert_eq!(c.paths(&d).unwrap().len(), 4);
+    // Removing a replaced original promotes a recorded copy, as for a first original.
+    c.remove(&d, "a").unwrap();
+    let promoted = c.original(&d).unwrap().expect("a copy is promoted");
+    assert!(
+        ["full", "next", "later"].contains(&promoted.as_str()),
+        "{promoted}"
+    );
+    assert_eq!(c.paths(&d).unwrap().len(), 3);
+    for p in ["full", "next", "later"] {
+        c.remove(&d, p).unwrap();
+    }
+    assert_eq!(c.original(&d).unwrap(), None);
 }
 
 fn batch_records(c: &dyn Cache) {

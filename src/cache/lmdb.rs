@@ -1,8 +1,10 @@
 //! The embedded cache: LMDB through `heed`, in a directory of the store's root. One database
-//! maps a digest to its original path, one holds a key `<digest> NUL <sha256 of path>` per
-//! recorded copy with the path as its value (a hash, so the key stays under LMDB's 511 bytes
-//! for any digest and name), one holds the markers, two hold push and pull times (decimal milliseconds). Writes
-//! are short LMDB write transactions, which LMDB serialises.
+//! maps a digest to its original path (the first recorded, or the one `put_original` named
+//! when the file system took no more links to the one before), one holds a key
+//! `<digest> NUL <sha256 of path>` per recorded copy with the path as its value (a hash, so
+//! the key stays under LMDB's 511 bytes for any digest and name), one holds the markers, two
+//! hold push and pull times (decimal milliseconds). Writes are short LMDB write transactions,
+//! which LMDB serialises.
 //!
 //! One key per copy (issue 11): the first version kept every path of a digest in one value,
 //! rewritten and scanned on every add, so a digest in 50,000 repositories made the start-up
@@ -103,8 +105,15 @@ impl LmdbCache {
         }
     }
 
-    /// Adds `path` to the record of `digest` within an open write transaction.
-    fn add(&self, txn: &mut heed::RwTxn<'_>, digest: &str, path: &str) -> Result<(), CacheError> {
+    /// Adds `path` to the record of `digest` within an open write transaction, as `role`
+    /// says.
+    fn add(
+        &self,
+        txn: &mut heed::RwTxn<'_>,
+        digest: &str,
+        path: &str,
+        role: Role,
+    ) -> Result<(), CacheError> {
         if path.contains('\0') {
             return Err(CacheError {
                 cache: NAME,
@@ -115,12 +124,15 @@ impl LmdbCache {
         self.copies
             .put(txn, &copy_key(digest, path), path)
             .map_err(err("put"))?;
-        if self
-            .originals
-            .get(txn, digest)
-            .map_err(err("get"))?
-            .is_none()
-        {
+        let becomes_original = match role {
+            Role::Original => true,
+            Role::Copy => self
+                .originals
+                .get(txn, digest)
+                .map_err(err("get"))?
+                .is_none(),
+        };
+        if becomes_original {
             self.originals.put(txn, digest, path).map_err(err("put"))?;
         }
         Ok(())
@@ -140,6 +152,15 @@ impl LmdbCache {
         }
         Ok(paths)
     }
+}
+
+/// Whether a path `add`s records becomes the original of its digest.
+#[derive(Clone, Copy)]
+enum Role {
+    /// Only when the digest has no original yet (`put`).
+    Copy,
+    /// Whatever was the original before (`put_original`).
+    Original,
 }
 
 /// The keys of the recorded copies of `digest` start with this (NUL is in no digest).
@@ -171,8 +192,14 @@ impl Cache for LmdbCache {
         }
         let mut txn = self.env.write_txn().map_err(err("begin"))?;
         for (digest, path) in records {
-            self.add(&mut txn, &digest.to_string(), path)?;
+            self.add(&mut txn, &digest.to_string(), path, Role::Copy)?;
         }
+        txn.commit().map_err(err("commit"))
+    }
+
+    fn put_original(&self, digest: &Digest, path: &str) -> Result<(), CacheError> {
+        let mut txn = self.env.write_txn().map_err(err("begin"))?;
+        self.add(&mut txn, &digest.to_string(), path, Role::Original)?;
         txn.commit().map_err(err("commit"))
     }
 

@@ -58,6 +58,12 @@ pub trait Cache: Send + Sync {
         Ok(self.paths(digest)?.into_iter().next())
     }
 
+    /// Records that `path` holds the bytes of `digest` and makes it the original, whatever
+    /// was before; the previous original stays recorded as a copy. For when the file system
+    /// allows the previous original no more names (ext4: 65,000), so new copies link to
+    /// `path` instead of each keeping bytes of its own (issue 11).
+    fn put_original(&self, digest: &Digest, path: &str) -> Result<(), CacheError>;
+
     /// Forgets that `path` holds `digest`. When it was the original, the next recorded path
     /// becomes the original; when it was the last, the digest is forgotten.
     fn remove(&self, digest: &Digest, path: &str) -> Result<(), CacheError>;

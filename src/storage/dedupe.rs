@@ -4,6 +4,11 @@
 //! instead of a second copy. Decisions for one digest are serialised by a striped per-digest
 //! lock; nothing locks the whole store.
 //!
+//! A file takes only so many names (ext4: 65,000). A copy placed past that limit keeps bytes
+//! of its own and becomes the digest's next original in the cache, so the copies after it
+//! link to it: a digest in 130,000 repositories is 2 inodes, and each push or mount into
+//! one costs a link, as into the second (issue 11).
+//!
 //! The cache may be stale or lost: a recorded path is checked before it is linked from, and a
 //! record whose file is gone is forgotten. Reads never consult the cache, so a blob deleted from
 //! one repository stays deleted there (zot #1733) and is untouched in the others.
@@ -47,7 +52,8 @@ impl Dedupe {
     }
 
     /// Puts the blob `digest` (`size` bytes) at `target`: linked from a copy the cache names
-    /// when one is still there, otherwise from `source`. Records `target` in the cache.
+    /// when one is still there, otherwise from `source`. Records `target` in the cache: as
+    /// the digest's next original when the copy it would have linked to takes no more names.
     pub(super) fn place(
         &self,
         driver: &dyn Driver,
@@ -66,50 +72,69 @@ impl Dedupe {
                 Err(DriverError::NotFound { .. }) => false,
                 Err(e) => return Err(e.into()),
             };
-        let source_used = !already_there
-            && !self.link_from_original(driver, digest, size, target)?
-            && match source {
-                Source::Staged(staged) => {
-                    driver.rename(staged, target)?;
-                    true
-                }
-                Source::Existing(path) => {
-                    match driver.link(path, target) {
-                        // The source has as many names as the file system allows: a copy.
-                        Err(e) if too_many_links(&e) => driver.copy(path, target)?,
-                        linked => linked?,
+        let from_original = if already_there {
+            None
+        } else {
+            Some(self.link_from_original(driver, digest, size, target)?)
+        };
+        // Whether `target` now holds bytes of its own while the copy it would have shared
+        // takes no more names.
+        let past_the_limit = match (source, from_original) {
+            // There already, or linked from the original: the source is not needed.
+            (Source::Staged(staged), None | Some(FromOriginal::Linked)) => {
+                let _ = driver.delete(staged);
+                false
+            }
+            (Source::Existing(_), None | Some(FromOriginal::Linked)) => false,
+            (Source::Staged(staged), Some(outcome)) => {
+                driver.rename(staged, target)?;
+                outcome == FromOriginal::Full
+            }
+            (Source::Existing(path), Some(outcome)) => {
+                let copied = match driver.link(path, target) {
+                    // The source has as many names as the file system allows: a copy.
+                    Err(e) if too_many_links(&e) => {
+                        driver.copy(path, target)?;
+                        true
                     }
-                    self.record(digest, path);
-                    true
-                }
-            };
-        if let (Source::Staged(staged), false) = (source, source_used) {
-            let _ = driver.delete(staged);
+                    linked => linked.map(|()| false)?,
+                };
+                self.record(digest, path);
+                copied || outcome == FromOriginal::Full
+            }
+        };
+        if past_the_limit {
+            // The next original: later copies link to it rather than each keeping bytes of
+            // their own, so 130,000 repositories hold 2 inodes, not 65,001 (issue 11).
+            tracing::info!(%digest, path = %target, "dedupe: the file system allows no more links to the copy of {digest}; {target} is its next original");
+            self.logged(
+                self.cache.put_original(digest, target.as_str()),
+                "record the original",
+            );
+        } else {
+            self.record(digest, target);
         }
-        self.record(digest, target);
         Ok(())
     }
 
-    /// Links `target` from a recorded copy of `digest`; false when none is left.
+    /// Links `target` from a recorded copy of `digest`.
     fn link_from_original(
         &self,
         driver: &dyn Driver,
         digest: &Digest,
         size: u64,
         target: &StoragePath,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<FromOriginal, StoreError> {
         while let Some(original) = self.original(driver, digest, size, target) {
             match driver.link(&original, target) {
-                Ok(()) => return Ok(true),
+                Ok(()) => return Ok(FromOriginal::Linked),
                 // Deleted since it was checked: forget it and look again.
                 Err(DriverError::NotFound { .. }) => self.forget(digest, &original),
-                // The file system's limit of names per file (ext4: 65,000): this copy stays
-                // a copy of its own, and the push succeeds.
-                Err(e) if too_many_links(&e) => return Ok(false),
+                Err(e) if too_many_links(&e) => return Ok(FromOriginal::Full),
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(false)
+        Ok(FromOriginal::NoCopy)
     }
 
     /// A recorded copy of `digest` other than `target` that still holds `size` bytes: the
@@ -176,6 +201,17 @@ impl Dedupe {
             .map_err(|e| tracing::warn!("dedupe: cannot {what} in the cache: {e}"))
             .ok()
     }
+}
+
+/// What linking a new copy from the recorded original came to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FromOriginal {
+    /// The new copy is a link to it.
+    Linked,
+    /// No recorded copy is left to link from.
+    NoCopy,
+    /// It has as many names as the file system allows (ext4: 65,000).
+    Full,
 }
 
 /// Whether a link failed because its source has as many names as the file system allows.

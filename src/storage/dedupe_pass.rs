@@ -8,19 +8,35 @@
 //! replaces an intact one. A marker in the cache holds a stamp of every repository's blob
 //! directories as the last pass left them; repositories whose stamp is unchanged are not
 //! walked again, and a deleted cache (no marker) means a full walk.
+//!
+//! One digest in many repositories (issue 11: a base layer in 100,000): its files are looked
+//! at and linked on every thread of the pool, not one after another, and where the file
+//! system allows the kept copy no more names (ext4: 65,000) the copy that met the limit is
+//! verified and becomes the original for the rest, and the cache's: 130,000 copies end up 2
+//! inodes. Progress is logged in blob files, so a single digest shows its progress too.
 
 use super::driver::StoragePath;
 use super::{Store, StoreError, layout};
 use crate::digest::Digest;
 use crate::oci::RepoName;
 use rayon::prelude::*;
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The cache marker holding the repository stamps of the last complete pass.
 const MARKER: &str = "dedupe-pass";
+
+/// Copies from which a digest's links are spread over the pool rather than made in one task
+/// (issue 11: one base layer in 100,000 repositories). Below this a digest's links take a
+/// fraction of a second, and the pool is better spread over digests. Each link changes the
+/// one shared inode, so threads gain less than their number: with the 2 threads of a 2-core
+/// machine, one blob in 100,000 repositories was looked at and linked in 20.6 s instead of
+/// 30.7 s, and over one blob in 20,000 the first pass took a median 8.2 s instead of 12.1 s
+/// (11 runs each, beside other work; `bench/dedupe.rs`).
+const MANY_COPIES: usize = 1_000;
 
 /// What a pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -111,19 +127,26 @@ pub fn run(store: &Store) -> Result<PassReport, StoreError> {
     );
     let by_digest = crate::background::pool().install(|| walk(store, &changed));
     report.digests = by_digest.len();
-    let progress = Progress::new(by_digest.len());
+    let files: usize = by_digest.values().map(Vec::len).sum();
+    let progress = Progress::new(files as u64, by_digest.len());
+    let (many, few): (Vec<_>, Vec<_>) = by_digest
+        .into_iter()
+        .partition(|(_, paths)| paths.len() >= MANY_COPIES);
     // The pool's threads log in the caller's span, which names the store.
     let span = tracing::Span::current();
     crate::background::pool().install(|| {
-        by_digest.par_iter().for_each(|(digest, paths)| {
+        few.into_par_iter().for_each(|(digest, paths)| {
             let _entered = span.enter();
-            let done = dedupe_digest(store, digest, paths);
-            progress
-                .repaired
-                .fetch_add(done.repaired, Ordering::Relaxed);
-            progress.add(done.linked, done.reclaimed);
+            dedupe_digest(store, &digest, paths, &progress, Linking::InThisTask);
         })
     });
+    debug_assert!(
+        rayon::current_thread_index().is_none(),
+        "the pass holds a digest lock while the pool links its copies: never from a pool thread"
+    );
+    for (digest, paths) in many {
+        dedupe_digest(store, &digest, paths, &progress, Linking::OnThePool);
+    }
     report.linked = progress.linked.load(Ordering::Relaxed);
     report.reclaimed = progress.reclaimed.load(Ordering::Relaxed);
     report.repaired = progress.repaired.load(Ordering::Relaxed);
@@ -186,23 +209,66 @@ fn walk(store: &Store, repos: &[&RepoName]) -> HashMap<Digest, Vec<StoragePath>>
     by_digest
 }
 
-/// What the pass did for one digest.
-#[derive(Default)]
-struct DigestDone {
-    linked: u64,
-    reclaimed: u64,
-    repaired: u64,
+/// One separate copy of a digest.
+struct Copy {
+    size: u64,
+    /// Every name it has, the first one looked at.
+    names: Vec<StoragePath>,
+    /// Looked at before the kept copy, and failed its check.
+    failed_check: bool,
 }
 
-/// Links every separate copy of `digest` to one verified copy and records them all.
-fn dedupe_digest(store: &Store, digest: &Digest, walked: &[StoragePath]) -> DigestDone {
+/// Where one digest's files are looked at and linked.
+#[derive(Clone, Copy)]
+enum Linking {
+    /// In the task deciding the digest, one after another: digests are spread over the pool.
+    InThisTask,
+    /// Spread over the pool, by a caller that is not one of its threads. Looking at or
+    /// linking a file takes no lock, so no pool thread ever waits for a digest lock that the
+    /// caller holds while it waits for them.
+    OnThePool,
+}
+
+impl Linking {
+    /// `f` of each of `items`, in order.
+    fn map<T: Sync, R: Send>(self, items: &[T], f: impl Fn(&T) -> R + Sync + Send) -> Vec<R> {
+        match self {
+            Linking::InThisTask => items.iter().map(f).collect(),
+            Linking::OnThePool => {
+                crate::background::pool().install(|| items.par_iter().map(f).collect())
+            }
+        }
+    }
+
+    /// `f` on each of `items`, in no particular order.
+    fn for_each<T: Sync>(self, items: &[T], f: impl Fn(&T) + Sync + Send) {
+        match self {
+            Linking::InThisTask => items.iter().for_each(f),
+            Linking::OnThePool => {
+                crate::background::pool().install(|| items.par_iter().for_each(f))
+            }
+        }
+    }
+}
+
+/// Links every separate copy of `digest` to one verified copy and records them all. A copy
+/// that meets the file system's limit of names per file (ext4: 65,000) becomes, verified, the
+/// original the copies after it link to, and the cache's (issue 11).
+fn dedupe_digest(
+    store: &Store,
+    digest: &Digest,
+    walked: Vec<StoragePath>,
+    progress: &Progress,
+    linking: Linking,
+) {
     let dedupe = store
         .dedupe
         .as_ref()
         .expect("the pass runs only with dedupe");
     let _guard = dedupe.lock(digest);
+    let files = progress.files_of(walked.len());
     // Copies recorded by pushes since the walk listed the directories count too.
-    let mut paths: Vec<StoragePath> = walked.to_vec();
+    let mut paths = walked;
     for recorded in dedupe.cache().paths(digest).unwrap_or_default() {
         if let Ok(p) = StoragePath::from_components(recorded.split('/')) {
             paths.push(p);
@@ -210,86 +276,178 @@ fn dedupe_digest(store: &Store, digest: &Digest, walked: &[StoragePath]) -> Dige
     }
     paths.sort();
     paths.dedup();
+    let metas = linking.map(&paths, |path| store.driver.stat(path));
     // Separate copies, each with every name it has: the most-named first.
-    let mut copies: Vec<(u64, u64, Vec<StoragePath>)> = Vec::new();
-    for path in paths {
-        match store.driver.stat(&path) {
-            Ok(Some(meta)) if !meta.is_dir => {
-                let identity = meta.bytes_key();
-                match copies.iter_mut().find(|(id, ..)| *id == identity) {
-                    Some((.., names)) => names.push(path),
-                    None => copies.push((identity, meta.size, vec![path])),
+    let mut copies: Vec<Copy> = Vec::new();
+    let mut by_identity: HashMap<u64, usize> = HashMap::new();
+    for (path, meta) in paths.into_iter().zip(metas) {
+        match meta {
+            Ok(Some(meta)) if !meta.is_dir => match by_identity.entry(meta.bytes_key()) {
+                Entry::Occupied(e) => copies[*e.get()].names.push(path),
+                Entry::Vacant(e) => {
+                    e.insert(copies.len());
+                    copies.push(Copy {
+                        size: meta.size,
+                        names: vec![path],
+                        failed_check: false,
+                    });
                 }
-            }
+            },
             Ok(_) => dedupe.forget(digest, &path),
             Err(e) => tracing::warn!(%digest, path = %path, "dedupe pass: cannot stat: {e}"),
         }
     }
-    copies.sort_by_key(|(.., names)| std::cmp::Reverse(names.len()));
-    let mut done = DigestDone::default();
+    drop(by_identity);
+    copies.sort_by_key(|c| std::cmp::Reverse(c.names.len()));
+    // The copy later pushes and mounts link to, when the kept one took no more names.
+    let mut next_original = None;
     if copies.len() > 1 {
-        let Some(keep) = copies
-            .iter()
-            .position(|(_, size, names)| intact(store, digest, *size, &names[0]))
-        else {
+        let Some(keep) = copies.iter_mut().position(|c| {
+            c.failed_check = !intact(store, digest, c.size, &c.names[0]);
+            !c.failed_check
+        }) else {
             tracing::error!(%digest, "dedupe pass: no copy matches its digest; left for scrub");
-            return done;
+            files.finish();
+            return;
         };
-        let original = copies[keep].2[0].clone();
-        let mut at_link_limit = false;
-        for (i, (_, size, names)) in copies.iter().enumerate() {
-            if i == keep {
-                continue;
+        let kept = &copies[keep];
+        files.add(kept.names.len(), &Tally::default());
+        let original = Original::new(&kept.names[0]);
+        // The pool's threads log in this task's span, which names the store.
+        let span = tracing::Span::current();
+        linking.for_each(&copies, |copy| {
+            if std::ptr::eq(copy, kept) {
+                return;
             }
-            // Damaged: looked at before the kept one and failed its check, or of another size
-            // (copies after the kept one are not hashed: that would cost a hash per copy).
-            let damaged = i < keep || *size != copies[keep].1;
-            let mut all_linked = true;
-            for name in names {
-                match store.driver.link(&original, name) {
-                    Ok(()) if damaged => {
-                        done.linked += 1;
-                        done.repaired += 1;
-                        tracing::warn!(
-                            %digest,
-                            path = %name,
-                            from = %original,
-                            "dedupe pass: repaired {name}: its bytes did not match {digest}; it is now a link to the verified copy {original}"
-                        );
-                    }
-                    Ok(()) => done.linked += 1,
-                    // The file system's limit of names per file (ext4: 65,000): the other
-                    // copies stay separate, said once for the digest.
-                    Err(e) if super::dedupe::too_many_links(&e) => {
-                        all_linked = false;
-                        if !at_link_limit {
-                            at_link_limit = true;
-                            tracing::warn!(%digest, from = %original, "dedupe pass: the file system allows no more links to {original}; the remaining copies of {digest} stay separate");
-                        }
-                    }
-                    Err(e) => {
-                        all_linked = false;
-                        tracing::warn!(%digest, path = %name, "dedupe pass: cannot link: {e}");
-                    }
-                }
-            }
-            if all_linked {
-                done.reclaimed += size;
-            }
-        }
+            let _entered = span.enter();
+            // Of another size: damaged too (copies after the kept one are not hashed: that
+            // would cost a hash per copy).
+            let damaged = copy.failed_check || copy.size != kept.size;
+            let tally = link_copy(store, digest, &original, copy, damaged);
+            files.add(copy.names.len(), &tally);
+        });
+        next_original = Some(original.current()).filter(|o| **o != kept.names[0]);
     }
     let records: Vec<(Digest, String)> = copies
         .iter()
-        .flat_map(|(.., names)| {
-            names
-                .iter()
-                .map(|n| (digest.clone(), n.as_str().to_string()))
-        })
+        .flat_map(|c| c.names.iter().map(|n| (digest.clone(), n.to_string())))
         .collect();
     if let Err(e) = dedupe.cache().put_many(&records) {
         tracing::warn!(%digest, "dedupe pass: cannot record: {e}");
     }
-    done
+    if let Some(original) = next_original
+        && let Err(e) = dedupe.cache().put_original(digest, original.as_str())
+    {
+        tracing::warn!(%digest, "dedupe pass: cannot record the original: {e}");
+    }
+    files.finish();
+}
+
+/// The copy the others of a digest link to, shared by the threads linking them, and replaced
+/// when the file system allows it no more names.
+struct Original {
+    current: Mutex<Arc<StoragePath>>,
+}
+
+impl Original {
+    fn new(path: &StoragePath) -> Original {
+        Original {
+            current: Mutex::new(Arc::new(path.clone())),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Arc<StoragePath>> {
+        self.current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn current(&self) -> Arc<StoragePath> {
+        self.lock().clone()
+    }
+}
+
+/// What linking copies did.
+#[derive(Default)]
+struct Tally {
+    linked: u64,
+    reclaimed: u64,
+    repaired: u64,
+}
+
+/// Links every name of `copy` to the original. When the original takes no more names, this
+/// copy becomes the next one (unless another thread's copy just did): as it is when it
+/// matches `digest`, else with the verified bytes copied over it, so a damaged copy is never
+/// an original.
+fn link_copy(
+    store: &Store,
+    digest: &Digest,
+    original: &Original,
+    copy: &Copy,
+    mut damaged: bool,
+) -> Tally {
+    let mut tally = Tally::default();
+    let mut all_linked = true;
+    let mut from = original.current();
+    for name in &copy.names {
+        loop {
+            let err = match store.driver.link(&from, name) {
+                Ok(()) => {
+                    tally.linked += 1;
+                    if damaged {
+                        tally.repaired += 1;
+                        tracing::warn!(
+                            %digest,
+                            path = %name,
+                            from = %from,
+                            "dedupe pass: repaired {name}: its bytes did not match {digest}; it is now a link to the verified copy {from}"
+                        );
+                    }
+                    break;
+                }
+                Err(e) => e,
+            };
+            if !super::dedupe::too_many_links(&err) {
+                all_linked = false;
+                tracing::warn!(%digest, path = %name, "dedupe pass: cannot link: {err}");
+                break;
+            }
+            let mut current = original.lock();
+            if *current != from {
+                // Another copy became the original meanwhile: link to that.
+                from = current.clone();
+                continue;
+            }
+            // A name of this copy becomes the next original: none of it is reclaimed.
+            all_linked = false;
+            if !damaged && intact(store, digest, copy.size, name) {
+                tracing::info!(%digest, path = %name, full = %from, "dedupe pass: the file system allows no more links to {from}; {name} is the next original of {digest}");
+                *current = Arc::new(name.clone());
+                // Every other name of this copy is a name of the new original already.
+                return tally;
+            }
+            damaged = true;
+            match store.driver.copy(&from, name) {
+                Ok(()) => {
+                    tally.repaired += 1;
+                    tracing::warn!(
+                        %digest,
+                        path = %name,
+                        from = %from,
+                        "dedupe pass: repaired {name}: its bytes did not match {digest}; it now holds a copy of the verified {from}, and is the next original: the file system allows no more links to that"
+                    );
+                    *current = Arc::new(name.clone());
+                    from = current.clone();
+                }
+                Err(e) => tracing::warn!(%digest, path = %name, "dedupe pass: cannot copy: {e}"),
+            }
+            break;
+        }
+    }
+    if all_linked {
+        tally.reclaimed = copy.size;
+    }
+    tally
 }
 
 /// Whether the file at `path` holds `size` bytes that hash to `digest`.
@@ -300,10 +458,14 @@ fn intact(store: &Store, digest: &Digest, size: u64, path: &StoragePath) -> bool
     }
 }
 
-/// Counts for the progress lines, logged at every tenth of the digests.
+/// Counts for the progress lines, in blob files of the walk: one is logged at every tenth of
+/// them, so a digest held in 100,000 repositories shows its progress too, and one when the
+/// last digest is done.
 struct Progress {
-    total: usize,
-    done: AtomicUsize,
+    files_total: u64,
+    digests_total: usize,
+    files: AtomicU64,
+    digests: AtomicUsize,
     linked: AtomicU64,
     reclaimed: AtomicU64,
     repaired: AtomicU64,
@@ -311,10 +473,12 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(total: usize) -> Progress {
+    fn new(files_total: u64, digests_total: usize) -> Progress {
         Progress {
-            total,
-            done: AtomicUsize::new(0),
+            files_total,
+            digests_total,
+            files: AtomicU64::new(0),
+            digests: AtomicUsize::new(0),
             linked: AtomicU64::new(0),
             reclaimed: AtomicU64::new(0),
             repaired: AtomicU64::new(0),
@@ -322,21 +486,74 @@ impl Progress {
         }
     }
 
-    fn add(&self, linked: u64, reclaimed: u64) {
-        let linked = self.linked.fetch_add(linked, Ordering::Relaxed) + linked;
-        let reclaimed = self.reclaimed.fetch_add(reclaimed, Ordering::Relaxed) + reclaimed;
-        let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
-        let step = (self.total / 10).max(1);
-        if done.is_multiple_of(step) || done == self.total {
-            tracing::info!(
-                done,
-                total = self.total,
-                linked,
-                reclaimed_bytes = reclaimed,
-                elapsed = ?Duration::from_millis(self.started.elapsed().as_millis() as u64),
-                "dedupe pass: {done}/{} digests",
-                self.total
-            );
+    /// The progress of one digest, `walked` of whose files the walk listed.
+    fn files_of(&self, walked: usize) -> DigestProgress<'_> {
+        DigestProgress {
+            progress: self,
+            walked: walked as u64,
+            counted: AtomicU64::new(0),
         }
+    }
+
+    fn add(&self, files: u64, tally: &Tally) {
+        self.linked.fetch_add(tally.linked, Ordering::Relaxed);
+        self.reclaimed.fetch_add(tally.reclaimed, Ordering::Relaxed);
+        self.repaired.fetch_add(tally.repaired, Ordering::Relaxed);
+        let before = self.files.fetch_add(files, Ordering::Relaxed);
+        let step = (self.files_total / 10).max(1);
+        let now = before + files;
+        if now / step > before / step && now < self.files_total {
+            self.log(now, self.digests.load(Ordering::Relaxed));
+        }
+    }
+
+    fn digest_done(&self) {
+        let digests = self.digests.fetch_add(1, Ordering::Relaxed) + 1;
+        if digests == self.digests_total {
+            self.log(self.files.load(Ordering::Relaxed), digests);
+        }
+    }
+
+    fn log(&self, files: u64, digests: usize) {
+        tracing::info!(
+            files,
+            total_files = self.files_total,
+            digests,
+            total = self.digests_total,
+            linked = self.linked.load(Ordering::Relaxed),
+            reclaimed_bytes = self.reclaimed.load(Ordering::Relaxed),
+            elapsed = ?Duration::from_millis(self.started.elapsed().as_millis() as u64),
+            "dedupe pass: {files}/{} blob files, {digests}/{} digests",
+            self.files_total,
+            self.digests_total
+        );
+    }
+}
+
+/// One digest's share of the progress: exactly the files the walk listed for it, however
+/// many more the cache recorded since.
+struct DigestProgress<'a> {
+    progress: &'a Progress,
+    walked: u64,
+    counted: AtomicU64,
+}
+
+impl DigestProgress<'_> {
+    /// `names` more files handled, with what was done to them.
+    fn add(&self, names: usize, tally: &Tally) {
+        let before = self
+            .counted
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |counted| {
+                Some(self.walked.min(counted.saturating_add(names as u64)))
+            })
+            .expect("the update always succeeds");
+        let files = self.walked.min(before.saturating_add(names as u64)) - before;
+        self.progress.add(files, tally);
+    }
+
+    /// The digest is done: the rest of its files count.
+    fn finish(self) {
+        self.add(usize::MAX, &Tally::default());
+        self.progress.digest_done();
     }
 }

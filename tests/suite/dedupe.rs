@@ -1,5 +1,6 @@
-//! Inline deduplication and the start-up pass (issue 4, points 1 to 3), measured on disk:
-//! copies are counted as distinct inodes and space as allocated blocks, never as file sizes.
+//! Inline deduplication and the start-up pass (issue 4, points 1 to 3; past the file system's
+//! link limit, issue 11), measured on disk: copies are counted as distinct inodes and space
+//! as allocated blocks, never as file sizes.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 
 use crate::util::http::Client;
-use crate::util::layout::{blob_path, disk_usage, inode};
+use crate::util::layout::{blob_path, disk_usage, inode, write_layout};
 use crate::util::oci::*;
 use crate::util::server::{Berth, Settings, temp_dir};
 
@@ -278,7 +279,7 @@ fn a_store_written_without_dedupe_is_linked_at_start_while_pulls_go_on() {
     let logs = berth.logs();
     let total = copies.len();
     assert!(
-        logs.contains(&format!("dedupe pass: {total}/{total} digests")),
+        logs.contains(&format!("blob files, {total}/{total} digests")),
         "no final progress line:\n{logs}"
     );
     assert!(
@@ -347,4 +348,178 @@ fn deleting_the_cache_while_stopped_loses_nothing() {
         inode(&blob_file(&root, "keep/b", &fresh_digest))
     );
     assert_image(&client, "keep/d", "v1", &image);
+}
+
+/// Names per file a link-limit test gives up at: ext4 allows 65,000; tmpfs, xfs and btrfs
+/// allow so many more that reaching them would take minutes and prove nothing new.
+const LINK_CAP: u64 = 100_000;
+
+/// Adds names of `file` in `names` (a new directory on the same file system, outside the
+/// store) until the file system refuses one with EMLINK; returns how many names the file then
+/// has. `None`, with the names removed, when `LINK_CAP` names were given without a refusal.
+fn fill_to_link_limit(file: &Path, names: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::create_dir(names).unwrap();
+    let mut nlink = std::fs::metadata(file).unwrap().nlink();
+    while nlink < LINK_CAP {
+        match std::fs::hard_link(file, names.join(nlink.to_string())) {
+            Ok(()) => nlink += 1,
+            Err(e) if e.raw_os_error() == Some(libc::EMLINK) => return Some(nlink),
+            Err(e) => panic!("linking {} into {}: {e}", file.display(), names.display()),
+        }
+    }
+    std::fs::remove_dir_all(names).unwrap();
+    None
+}
+
+/// Says why a link-limit test did not run, so a file system without a reachable limit is a
+/// visible skip rather than a silent pass.
+fn skip_without_link_limit(dir: &Path) {
+    eprintln!(
+        "SKIPPED: the file system of {} took {LINK_CAP} names of one file without EMLINK",
+        dir.display()
+    );
+}
+
+/// How many names the file at `path` has.
+fn nlink(path: &Path) -> u64 {
+    std::os::unix::fs::MetadataExt::nlink(&std::fs::metadata(path).unwrap())
+}
+
+#[test]
+fn past_the_link_limit_a_new_copy_becomes_the_original_later_copies_link_to() {
+    let berth = Berth::start();
+    let client = berth.client();
+    let root = berth.root();
+    let blob = random_bytes(4100, 10_000);
+    let digest = push_blob(&client, "limit/r0", &blob);
+    let full = blob_file(root, "limit/r0", &digest);
+    let scratch = root.parent().unwrap();
+    let Some(limit) = fill_to_link_limit(&full, &scratch.join("names")) else {
+        return skip_without_link_limit(scratch);
+    };
+
+    // Pushes and mounts (from the full copy's repository, from another, and without
+    // `from`) past the limit: the first keeps its bytes, every later one links to it.
+    push_blob(&client, "limit/r1", &blob);
+    push_blob(&client, "limit/r2", &blob);
+    mount(&client, "limit/r3", &digest, Some("limit/r0")).expect(201);
+    mount(&client, "limit/r4", &digest, Some("limit/r2")).expect(201);
+    mount(&client, "limit/r5", &digest, None).expect(201);
+    let new = ["limit/r1", "limit/r2", "limit/r3", "limit/r4", "limit/r5"];
+    let next = inode(&blob_file(root, new[0], &digest));
+    for repo in new {
+        let file = blob_file(root, repo, &digest);
+        assert_eq!(
+            (inode(&file), nlink(&file)),
+            (next, new.len() as u64),
+            "{repo}: a link to the next original, not a copy of its own"
+        );
+        assert_eq!(get_blob(&client, repo, &digest), blob, "{repo}");
+    }
+    assert_ne!(next, inode(&full));
+    assert_eq!(nlink(&full), limit, "the full copy keeps its names");
+    let usage = disk_usage(root);
+    assert_eq!(
+        (usage.blob_files, usage.blob_inodes),
+        (1 + new.len(), 2),
+        "{usage:?}"
+    );
+
+    // Deleting the next original: as for a first original, pushes go on deduplicating.
+    client
+        .delete(&format!("/v2/limit/r1/blobs/{digest}"))
+        .expect(202);
+    push_blob(&client, "limit/r6", &blob);
+    push_blob(&client, "limit/r7", &blob);
+    let r6 = blob_file(root, "limit/r6", &digest);
+    assert_eq!(inode(&r6), inode(&blob_file(root, "limit/r7", &digest)));
+    assert!(nlink(&r6) > 1);
+    for repo in ["limit/r0", "limit/r2", "limit/r5", "limit/r6", "limit/r7"] {
+        assert_eq!(get_blob(&client, repo, &digest), blob, "{repo}");
+    }
+}
+
+#[test]
+fn the_pass_past_the_link_limit_makes_a_verified_copy_the_next_original() {
+    let Some(logs) = pass_past_the_link_limit(3) else {
+        return;
+    };
+    // Linked one after another, the damaged copy is the first to meet the limit: the pass
+    // hashes it to see whether it can be the next original.
+    assert!(
+        logs.contains("dedupe pass: repaired pass/b/blobs/sha256/"),
+        "the damaged copy was not repaired:\n{logs}"
+    );
+}
+
+/// As above, with as many copies as a pass links on several threads at once, which race to
+/// replace the full original.
+#[test]
+fn the_pass_past_the_link_limit_linking_in_parallel_makes_one_next_original() {
+    pass_past_the_link_limit(1_200);
+}
+
+/// A pass over separate copies of a layer: the one it keeps is at the file system's link
+/// limit, one is damaged, and `intact` more are fine. All but the full one end up one inode
+/// with the right bytes, which the cache then names to pushes. Returns berth's log, or `None`
+/// when the file system has no link limit to test.
+fn pass_past_the_link_limit(intact: usize) -> Option<String> {
+    let dir = temp_dir();
+    let root = dir.path().join("root");
+    let image = Image::oci(4200, &[30_000]);
+    let layer = image.blobs()[1];
+    let digest = sha256(layer);
+    // Separate copies as another registry leaves them; the first has two names in the store
+    // (so the pass keeps it) and is filled to the limit; the next is damaged.
+    let (full, damaged) = (["pass/a", "pass/a2"], "pass/b");
+    let fine: Vec<String> = (0..intact).map(|i| format!("pass/c{i:04}")).collect();
+    let mut repos: Vec<&str> = full.to_vec();
+    repos.push(damaged);
+    repos.extend(fine.iter().map(String::as_str));
+    for repo in &repos {
+        write_layout(&root.join(repo), "v1", &image);
+    }
+    let layer_of = |repo: &str| blob_file(&root, repo, &digest);
+    std::fs::remove_file(layer_of(full[1])).unwrap();
+    std::fs::hard_link(layer_of(full[0]), layer_of(full[1])).unwrap();
+    let Some(limit) = fill_to_link_limit(&layer_of(full[0]), &dir.path().join("names")) else {
+        skip_without_link_limit(dir.path());
+        return None;
+    };
+    let mut bytes = layer.to_vec();
+    bytes[100] ^= 0xff;
+    std::fs::write(layer_of(damaged), &bytes).unwrap();
+
+    let berth = Berth::start_on(&root, Settings::default());
+    assert!(
+        berth.wait_for_log(PASS_DONE, PASS_TIMEOUT),
+        "the pass did not finish:\n{}",
+        berth.logs()
+    );
+    let full_inode = inode(&layer_of(full[0]));
+    assert_eq!(inode(&layer_of(full[1])), full_inode);
+    assert_eq!(nlink(&layer_of(full[0])), limit);
+    let next = inode(&layer_of(damaged));
+    assert_ne!(next, full_inode);
+    let others = repos.len() as u64 - 2;
+    for repo in &repos[2..] {
+        assert_eq!(
+            (inode(&layer_of(repo)), nlink(&layer_of(repo))),
+            (next, others),
+            "{repo}: linked to the next original:\n{}",
+            berth.logs()
+        );
+    }
+    assert_eq!(std::fs::read(layer_of(damaged)).unwrap(), layer);
+    let client = berth.client();
+    for repo in &repos[..4] {
+        assert_image(&client, repo, "v1", &image);
+    }
+
+    // The cache names the next original: a push links to it, not to the full copy.
+    push_blob(&client, "pass/e", layer);
+    assert_eq!(inode(&layer_of("pass/e")), next);
+    assert_eq!(nlink(&layer_of("pass/e")), others + 1);
+    Some(berth.logs())
 }
