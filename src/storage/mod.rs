@@ -63,7 +63,10 @@ pub struct Store {
     pending: index_writes::PendingChanges,
     dedupe: Option<dedupe::Dedupe>,
     usage: Option<usage::Usage>,
-    scrub: std::sync::Mutex<scrub::ScrubState>,
+    /// The last recorded scrub and the start ticket of the scrub that recorded it.
+    scrub: std::sync::Mutex<(u64, scrub::ScrubState)>,
+    /// Tickets handed to scrubs as they start, so overlapping ones are ordered exactly.
+    scrub_starts: std::sync::atomic::AtomicU64,
     /// Paths the walk has already logged as skipped, so a directory that stays unreadable
     /// is logged once per process, not at every catalog request and sweep.
     walk_noted: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -141,7 +144,8 @@ impl Store {
             pending: index_writes::PendingChanges::default(),
             dedupe,
             usage: None,
-            scrub: std::sync::Mutex::new(scrub::ScrubState::default()),
+            scrub: std::sync::Mutex::new((0, scrub::ScrubState::default())),
+            scrub_starts: std::sync::atomic::AtomicU64::new(0),
             walk_noted: std::sync::Mutex::default(),
         }
     }

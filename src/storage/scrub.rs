@@ -203,19 +203,20 @@ impl Store {
     /// Scrubs every repository of this store; `key` names it in the report and the log, and
     /// upload sessions idle for `stale_after` are reported.
     pub fn scrub(&self, key: &str, stale_after: Duration) -> Result<ScrubReport, StoreError> {
+        let ticket = 1 + self
+            .scrub_starts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let scrubbed = self.scrub_unrecorded(key, stale_after);
-        let mut state = self
+        let mut recorded = self
             .scrub
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         // Two scrubs may overlap (the dedupe pass scrubs again after repairs): the one that
-        // started later saw the newer store, and its report stays.
-        let newer_recorded = match (&*state, &scrubbed) {
-            (ScrubState::Done(recorded), Ok(report)) => recorded.started > report.started,
-            _ => false,
-        };
-        if !newer_recorded {
-            *state = match &scrubbed {
+        // started later saw the newer store, and its outcome stays. Start tickets order them
+        // even within one second, which the report's `started` cannot.
+        if ticket > recorded.0 {
+            recorded.0 = ticket;
+            recorded.1 = match &scrubbed {
                 Ok(report) => ScrubState::Done(Arc::new(report.clone())),
                 Err(e) => ScrubState::Failed {
                     store: key.to_string(),
@@ -223,7 +224,7 @@ impl Store {
                 },
             };
         }
-        drop(state);
+        drop(recorded);
         scrubbed
     }
 
@@ -234,8 +235,8 @@ impl Store {
             .scrub
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if matches!(*state, ScrubState::Unscheduled) {
-            *state = ScrubState::Pending(key.to_string());
+        if matches!(state.1, ScrubState::Unscheduled) {
+            state.1 = ScrubState::Pending(key.to_string());
         }
     }
 
@@ -243,6 +244,7 @@ impl Store {
         self.scrub
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
             .clone()
     }
 
