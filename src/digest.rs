@@ -18,6 +18,9 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
+    /// Every algorithm berth stores blobs under.
+    pub const ALL: [Algorithm; 2] = [Algorithm::Sha256, Algorithm::Sha512];
+
     /// The name used in digest strings and as the blob directory name.
     pub fn as_str(self) -> &'static str {
         match self {

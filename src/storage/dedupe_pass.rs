@@ -1,7 +1,8 @@
 //! The start-up dedupe pass: with dedupe on, links every duplicate copy of a blob in the store
 //! to one copy and records every blob in the cache, in ONE walk of the store (zot walks the
-//! whole store once per digest). It runs in the background while berth serves, and takes each
-//! digest's dedupe lock only while deciding and linking that digest, so pushes and pulls go on.
+//! whole store once per digest), in batches of repositories so its memory does not grow with
+//! the store. It runs in the background while berth serves, and takes each digest's dedupe
+//! lock only while deciding and linking that digest (in one batch), so pushes and pulls go on.
 //!
 //! Hashing is only needed where two separate copies of a digest exist: the copy kept is
 //! verified against its digest first (on the background rayon pool), so a damaged copy never
@@ -13,11 +14,11 @@
 //! at and linked on every thread of the pool, not one after another, and where the file
 //! system allows the kept copy no more names (ext4: 65,000) the copy that met the limit is
 //! verified and becomes the original for the rest, and the cache's: 130,000 copies end up 2
-//! inodes. Progress is logged in blob files, so a single digest shows its progress too.
+//! inodes. Progress is logged per tenth of the repositories walked.
 
 use super::driver::StoragePath;
 use super::{Store, StoreError, layout};
-use crate::digest::Digest;
+use crate::digest::{Algorithm, Digest};
 use crate::oci::RepoName;
 use rayon::prelude::*;
 use std::collections::hash_map::Entry;
@@ -38,6 +39,18 @@ const MARKER: &str = "dedupe-pass";
 /// (11 runs each, beside other work; `bench/dedupe.rs`).
 const MANY_COPIES: usize = 1_000;
 
+/// Blob files a batch holds before it is deduped: the pass's memory is one batch's names and
+/// the stamps, whatever the size of the store (issue 11: 100,000 repositories sharing blobs
+/// grew it past 2 GB). A digest in several batches is linked to the same original: the
+/// cache's, which the first batch recorded.
+const BATCH_FILES: usize = 16 * 1024;
+
+/// Repositories listed at once while a batch fills.
+const LISTED_AT_ONCE: usize = 256;
+
+/// Verified originals remembered, so a digest in many batches is hashed once, not per batch.
+const VERIFIED_KEPT: usize = 4096;
+
 /// What a pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PassReport {
@@ -45,7 +58,7 @@ pub struct PassReport {
     pub repositories: usize,
     /// Repositories walked (changed since the last pass).
     pub walked: usize,
-    /// Distinct digests looked at.
+    /// Digests looked at, once per batch of repositories holding them.
     pub digests: usize,
     /// Blob files that became links to another copy.
     pub linked: u64,
@@ -88,6 +101,11 @@ pub fn spawn(store: Arc<Store>, key: &str, rescrub: Option<Duration>) {
 
 /// Runs the pass for `store` and reports what it did (nothing when the store does not dedupe).
 pub fn run(store: &Store) -> Result<PassReport, StoreError> {
+    run_in_batches(store, BATCH_FILES)
+}
+
+/// `run`, deduping whenever the repositories walked hold `batch_files` blob files.
+fn run_in_batches(store: &Store, batch_files: usize) -> Result<PassReport, StoreError> {
     let Some(dedupe) = &store.dedupe else {
         return Ok(PassReport::default());
     };
@@ -97,17 +115,33 @@ pub fn run(store: &Store) -> Result<PassReport, StoreError> {
         .iter()
         .filter_map(|name| name.parse().ok())
         .collect();
-    let previous: BTreeMap<String, String> = dedupe
+    let mut previous: HashMap<String, String> = dedupe
         .cache()
         .marker(MARKER)
         .ok()
         .flatten()
         .and_then(|m| serde_json::from_str(&m).ok())
         .unwrap_or_default();
-    let changed: Vec<&RepoName> = repos
-        .iter()
-        .filter(|r| previous.get(r.as_str()) != Some(&stamp(store, r)))
-        .collect();
+    // Stamps of repositories not walked carry over; a walked one is stamped after its batch.
+    let mut stamps: BTreeMap<String, String> = BTreeMap::new();
+    let changed: Vec<&RepoName> = if previous.is_empty() {
+        // A first pass, or a lost cache: nothing to compare with.
+        repos.iter().collect()
+    } else {
+        let now: Vec<String> = crate::background::pool()
+            .install(|| repos.par_iter().map(|r| stamp(store, r)).collect());
+        let mut changed = Vec::new();
+        for (repo, now) in repos.iter().zip(now) {
+            match previous.remove(repo.as_str()) {
+                Some(before) if before == now => {
+                    stamps.insert(repo.to_string(), now);
+                }
+                _ => changed.push(repo),
+            }
+        }
+        changed
+    };
+    drop(previous);
     let mut report = PassReport {
         repositories: repos.len(),
         walked: changed.len(),
@@ -125,36 +159,21 @@ pub fn run(store: &Store) -> Result<PassReport, StoreError> {
         walking = changed.len(),
         "dedupe pass: started"
     );
-    let by_digest = crate::background::pool().install(|| walk(store, &changed));
-    report.digests = by_digest.len();
-    let files: usize = by_digest.values().map(Vec::len).sum();
-    let progress = Progress::new(files as u64, by_digest.len());
-    let (many, few): (Vec<_>, Vec<_>) = by_digest
-        .into_iter()
-        .partition(|(_, paths)| paths.len() >= MANY_COPIES);
-    // The pool's threads log in the caller's span, which names the store.
-    let span = tracing::Span::current();
-    crate::background::pool().install(|| {
-        few.into_par_iter().for_each(|(digest, paths)| {
-            let _entered = span.enter();
-            dedupe_digest(store, &digest, paths, &progress, Linking::InThisTask);
-        })
-    });
-    debug_assert!(
-        rayon::current_thread_index().is_none(),
-        "the pass holds a digest lock while the pool links its copies: never from a pool thread"
-    );
-    for (digest, paths) in many {
-        dedupe_digest(store, &digest, paths, &progress, Linking::OnThePool);
+    let progress = Progress::new(changed.len());
+    let verified = Verified::default();
+    let mut batch = Batch::default();
+    for (i, listed_at_once) in changed.chunks(LISTED_AT_ONCE).enumerate() {
+        batch.add(store, listed_at_once);
+        let last = (i + 1) * LISTED_AT_ONCE >= changed.len();
+        if batch.files >= batch_files || last {
+            let batch = std::mem::take(&mut batch);
+            stamps.extend(dedupe_batch(store, batch, &verified, &progress));
+        }
     }
+    report.digests = progress.digests.load(Ordering::Relaxed);
     report.linked = progress.linked.load(Ordering::Relaxed);
     report.reclaimed = progress.reclaimed.load(Ordering::Relaxed);
     report.repaired = progress.repaired.load(Ordering::Relaxed);
-    // Stamped after the pass, whose links changed the directories it walked.
-    let stamps: BTreeMap<String, String> = repos
-        .iter()
-        .map(|r| (r.to_string(), stamp(store, r)))
-        .collect();
     let marker = serde_json::to_string(&stamps).expect("stamps serialize");
     if let Err(e) = dedupe.cache().set_marker(MARKER, &marker) {
         tracing::warn!("dedupe pass: cannot save its marker, the next start walks again: {e}");
@@ -170,47 +189,100 @@ pub fn run(store: &Store) -> Result<PassReport, StoreError> {
     Ok(report)
 }
 
+/// Repositories walked, and their blob files by digest: what the pass holds at once.
+#[derive(Default)]
+struct Batch<'r> {
+    repos: Vec<&'r RepoName>,
+    by_digest: HashMap<Digest, Vec<StoragePath>>,
+    files: usize,
+}
+
+impl<'r> Batch<'r> {
+    /// Lists the blob files of `repos` into the batch. File names that are not digests are
+    /// skipped.
+    fn add(&mut self, store: &Store, repos: &[&'r RepoName]) {
+        let listed: Vec<(Digest, StoragePath)> = crate::background::pool().install(|| {
+            repos
+                .par_iter()
+                .flat_map_iter(|repo| {
+                    store.blob_files(repo).unwrap_or_else(|e| {
+                        tracing::warn!(repository = %repo, "dedupe pass: cannot list blobs: {e}");
+                        Vec::new()
+                    })
+                })
+                .collect()
+        });
+        self.files += listed.len();
+        for (digest, path) in listed {
+            self.by_digest.entry(digest).or_default().push(path);
+        }
+        self.repos.extend_from_slice(repos);
+    }
+}
+
+/// Dedupes one batch and returns the stamps of its repositories, taken after their links.
+fn dedupe_batch(
+    store: &Store,
+    batch: Batch<'_>,
+    verified: &Verified,
+    progress: &Progress,
+) -> Vec<(String, String)> {
+    let (many, few): (Vec<_>, Vec<_>) = batch
+        .by_digest
+        .into_iter()
+        .partition(|(_, paths)| paths.len() >= MANY_COPIES);
+    let decide = |(digest, paths): (Digest, Vec<StoragePath>), linking| {
+        dedupe_digest(store, &digest, paths, verified, progress, linking)
+    };
+    // The pool's threads log in the caller's span, which names the store.
+    let span = tracing::Span::current();
+    crate::background::pool().install(|| {
+        few.into_par_iter().for_each(|copies| {
+            let _entered = span.enter();
+            decide(copies, Linking::InThisTask);
+        })
+    });
+    debug_assert!(
+        rayon::current_thread_index().is_none(),
+        "the pass holds a digest lock while the pool links its copies: never from a pool thread"
+    );
+    for copies in many {
+        decide(copies, Linking::OnThePool);
+    }
+    let stamps = crate::background::pool().install(|| {
+        batch
+            .repos
+            .par_iter()
+            .map(|r| (r.to_string(), stamp(store, r)))
+            .collect()
+    });
+    progress.walked(batch.repos.len(), batch.files);
+    stamps
+}
+
 /// A stamp of `repo`'s blob directories: it changes whenever a blob file is added, removed or
-/// replaced in them.
+/// replaced in them. Directories of other names hold no blob files the pass would walk.
 fn stamp(store: &Store, repo: &RepoName) -> String {
     let Ok(blobs) = layout::blobs_root(repo) else {
         return String::new();
     };
-    let mut algorithms = store.driver.list(Some(&blobs)).unwrap_or_default();
-    algorithms.sort();
     let mut stamp = String::new();
-    for name in algorithms {
+    for algorithm in Algorithm::ALL.map(Algorithm::as_str) {
         let meta = blobs
-            .join(&name)
+            .join(algorithm)
             .ok()
             .and_then(|d| store.driver.stat(&d).ok().flatten());
         if let Some(meta) = meta {
-            stamp.push_str(&format!("{name}:{:x};", meta.fingerprint));
+            stamp.push_str(&format!("{algorithm}:{:x};", meta.fingerprint));
         }
     }
     stamp
 }
 
-/// Lists the blob files of `repos`, by digest. File names that are not digests are skipped.
-fn walk(store: &Store, repos: &[&RepoName]) -> HashMap<Digest, Vec<StoragePath>> {
-    let listed: Vec<(Digest, StoragePath)> = repos
-        .par_iter()
-        .flat_map_iter(|repo| {
-            store.blob_files(repo).unwrap_or_else(|e| {
-                tracing::warn!(repository = %repo, "dedupe pass: cannot list blobs: {e}");
-                Vec::new()
-            })
-        })
-        .collect();
-    let mut by_digest: HashMap<Digest, Vec<StoragePath>> = HashMap::new();
-    for (digest, path) in listed {
-        by_digest.entry(digest).or_default().push(path);
-    }
-    by_digest
-}
-
 /// One separate copy of a digest.
 struct Copy {
+    /// Equal for names of the same stored bytes.
+    bytes_key: u64,
     size: u64,
     /// Every name it has, the first one looked at.
     names: Vec<StoragePath>,
@@ -258,6 +330,7 @@ fn dedupe_digest(
     store: &Store,
     digest: &Digest,
     walked: Vec<StoragePath>,
+    verified: &Verified,
     progress: &Progress,
     linking: Linking,
 ) {
@@ -266,14 +339,17 @@ fn dedupe_digest(
         .as_ref()
         .expect("the pass runs only with dedupe");
     let _guard = dedupe.lock(digest);
-    let files = progress.files_of(walked.len());
-    // Copies recorded by pushes since the walk listed the directories count too.
+    progress.digests.fetch_add(1, Ordering::Relaxed);
+    // The copy that earlier batches, pushes and mounts linked to joins, first in line to be
+    // kept, so a digest in many batches ends up one file.
+    let original = dedupe
+        .cache()
+        .original(digest)
+        .ok()
+        .flatten()
+        .and_then(|recorded| StoragePath::from_components(recorded.split('/')).ok());
     let mut paths = walked;
-    for recorded in dedupe.cache().paths(digest).unwrap_or_default() {
-        if let Ok(p) = StoragePath::from_components(recorded.split('/')) {
-            paths.push(p);
-        }
-    }
+    paths.extend(original.clone());
     paths.sort();
     paths.dedup();
     let metas = linking.map(&paths, |path| store.driver.stat(path));
@@ -287,6 +363,7 @@ fn dedupe_digest(
                 Entry::Vacant(e) => {
                     e.insert(copies.len());
                     copies.push(Copy {
+                        bytes_key: meta.bytes_key(),
                         size: meta.size,
                         names: vec![path],
                         failed_check: false,
@@ -299,19 +376,24 @@ fn dedupe_digest(
     }
     drop(by_identity);
     copies.sort_by_key(|c| std::cmp::Reverse(c.names.len()));
+    if let Some(original) = &original
+        && let Some(at) = copies.iter().position(|c| c.names.contains(original))
+    {
+        copies[..=at].rotate_right(1);
+    }
     // The copy later pushes and mounts link to, when the kept one took no more names.
     let mut next_original = None;
     if copies.len() > 1 {
         let Some(keep) = copies.iter_mut().position(|c| {
-            c.failed_check = !intact(store, digest, c.size, &c.names[0]);
+            c.failed_check =
+                !verified.holds(digest, c.bytes_key) && !intact(store, digest, c.size, &c.names[0]);
             !c.failed_check
         }) else {
             tracing::error!(%digest, "dedupe pass: no copy matches its digest; left for scrub");
-            files.finish();
             return;
         };
         let kept = &copies[keep];
-        files.add(kept.names.len(), &Tally::default());
+        verified.insert(digest, kept.bytes_key);
         let original = Original::new(&kept.names[0]);
         // The pool's threads log in this task's span, which names the store.
         let span = tracing::Span::current();
@@ -323,8 +405,7 @@ fn dedupe_digest(
             // Of another size: damaged too (copies after the kept one are not hashed: that
             // would cost a hash per copy).
             let damaged = copy.failed_check || copy.size != kept.size;
-            let tally = link_copy(store, digest, &original, copy, damaged);
-            files.add(copy.names.len(), &tally);
+            progress.add(&link_copy(store, digest, &original, copy, damaged));
         });
         next_original = Some(original.current()).filter(|o| **o != kept.names[0]);
     }
@@ -340,7 +421,6 @@ fn dedupe_digest(
     {
         tracing::warn!(%digest, "dedupe pass: cannot record the original: {e}");
     }
-    files.finish();
 }
 
 /// The copy the others of a digest link to, shared by the threads linking them, and replaced
@@ -458,13 +538,38 @@ fn intact(store: &Store, digest: &Digest, size: u64, path: &StoragePath) -> bool
     }
 }
 
-/// Counts for the progress lines, in blob files of the walk: one is logged at every tenth of
-/// them, so a digest held in 100,000 repositories shows its progress too, and one when the
-/// last digest is done.
+/// Originals that matched their digest in this pass, by digest and bytes: a digest held in
+/// many batches is hashed in the first only. Bounded: forgetting one costs a hash.
+#[derive(Default)]
+struct Verified(Mutex<HashMap<Digest, u64>>);
+
+impl Verified {
+    fn holds(&self, digest: &Digest, bytes_key: u64) -> bool {
+        self.lock().get(digest) == Some(&bytes_key)
+    }
+
+    fn insert(&self, digest: &Digest, bytes_key: u64) {
+        let mut verified = self.lock();
+        if verified.len() >= VERIFIED_KEPT {
+            verified.clear();
+        }
+        verified.insert(digest.clone(), bytes_key);
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Digest, u64>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Counts for the progress lines: one when a batch takes the walk past a tenth of the
+/// repositories, and one at the end.
 struct Progress {
-    files_total: u64,
-    digests_total: usize,
-    files: AtomicU64,
+    repos_total: usize,
+    repos: AtomicUsize,
+    files: AtomicUsize,
+    /// Digests decided, once per batch holding them.
     digests: AtomicUsize,
     linked: AtomicU64,
     reclaimed: AtomicU64,
@@ -473,11 +578,11 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(files_total: u64, digests_total: usize) -> Progress {
+    fn new(repos_total: usize) -> Progress {
         Progress {
-            files_total,
-            digests_total,
-            files: AtomicU64::new(0),
+            repos_total,
+            repos: AtomicUsize::new(0),
+            files: AtomicUsize::new(0),
             digests: AtomicUsize::new(0),
             linked: AtomicU64::new(0),
             reclaimed: AtomicU64::new(0),
@@ -486,74 +591,117 @@ impl Progress {
         }
     }
 
-    /// The progress of one digest, `walked` of whose files the walk listed.
-    fn files_of(&self, walked: usize) -> DigestProgress<'_> {
-        DigestProgress {
-            progress: self,
-            walked: walked as u64,
-            counted: AtomicU64::new(0),
-        }
-    }
-
-    fn add(&self, files: u64, tally: &Tally) {
+    fn add(&self, tally: &Tally) {
         self.linked.fetch_add(tally.linked, Ordering::Relaxed);
         self.reclaimed.fetch_add(tally.reclaimed, Ordering::Relaxed);
         self.repaired.fetch_add(tally.repaired, Ordering::Relaxed);
-        let before = self.files.fetch_add(files, Ordering::Relaxed);
-        let step = (self.files_total / 10).max(1);
-        let now = before + files;
-        if now / step > before / step && now < self.files_total {
-            self.log(now, self.digests.load(Ordering::Relaxed));
-        }
     }
 
-    fn digest_done(&self) {
-        let digests = self.digests.fetch_add(1, Ordering::Relaxed) + 1;
-        if digests == self.digests_total {
-            self.log(self.files.load(Ordering::Relaxed), digests);
+    /// A batch of `repos` repositories holding `files` blob files is done.
+    fn walked(&self, repos: usize, files: usize) {
+        let before = self.repos.fetch_add(repos, Ordering::Relaxed);
+        let files = self.files.fetch_add(files, Ordering::Relaxed) + files;
+        let now = before + repos;
+        let step = (self.repos_total / 10).max(1);
+        if now / step > before / step || now == self.repos_total {
+            tracing::info!(
+                repositories = now,
+                total = self.repos_total,
+                files,
+                linked = self.linked.load(Ordering::Relaxed),
+                reclaimed_bytes = self.reclaimed.load(Ordering::Relaxed),
+                elapsed = ?Duration::from_millis(self.started.elapsed().as_millis() as u64),
+                "dedupe pass: {now}/{} repositories, {files} blob files",
+                self.repos_total
+            );
         }
-    }
-
-    fn log(&self, files: u64, digests: usize) {
-        tracing::info!(
-            files,
-            total_files = self.files_total,
-            digests,
-            total = self.digests_total,
-            linked = self.linked.load(Ordering::Relaxed),
-            reclaimed_bytes = self.reclaimed.load(Ordering::Relaxed),
-            elapsed = ?Duration::from_millis(self.started.elapsed().as_millis() as u64),
-            "dedupe pass: {files}/{} blob files, {digests}/{} digests",
-            self.files_total,
-            self.digests_total
-        );
     }
 }
 
-/// One digest's share of the progress: exactly the files the walk listed for it, however
-/// many more the cache recorded since.
-struct DigestProgress<'a> {
-    progress: &'a Progress,
-    walked: u64,
-    counted: AtomicU64,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::lmdb::LmdbCache;
+    use crate::storage::driver::local::{LocalDriver, WriterChoice};
+    use sha2::{Digest as _, Sha256};
+    use std::collections::HashSet;
+    use std::os::unix::fs::MetadataExt;
+    use std::path::Path;
 
-impl DigestProgress<'_> {
-    /// `names` more files handled, with what was done to them.
-    fn add(&self, names: usize, tally: &Tally) {
-        let before = self
-            .counted
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |counted| {
-                Some(self.walked.min(counted.saturating_add(names as u64)))
+    fn lay_repo(root: &Path, name: &str, blobs: &[&[u8]]) -> Vec<std::path::PathBuf> {
+        let dir = root.join(name);
+        std::fs::create_dir_all(dir.join("blobs/sha256")).unwrap();
+        std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+        std::fs::write(
+            dir.join("index.json"),
+            br#"{"schemaVersion":2,"manifests":[]}"#,
+        )
+        .unwrap();
+        blobs
+            .iter()
+            .map(|bytes| {
+                let path = dir.join("blobs/sha256").join(hex(bytes));
+                std::fs::write(&path, bytes).unwrap();
+                path
             })
-            .expect("the update always succeeds");
-        let files = self.walked.min(before.saturating_add(names as u64)) - before;
-        self.progress.add(files, tally);
+            .collect()
     }
 
-    /// The digest is done: the rest of its files count.
-    fn finish(self) {
-        self.add(usize::MAX, &Tally::default());
-        self.progress.digest_done();
+    fn hex(bytes: &[u8]) -> String {
+        Sha256::digest(bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// A digest in every batch is linked to the one original the first batch chose, and a
+    /// damaged copy in a later batch is repaired from it.
+    #[test]
+    fn a_digest_spread_over_batches_ends_one_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let shared: &[u8] = b"a base layer held by every repository";
+        let mut shared_copies = Vec::new();
+        for r in 0..12 {
+            let own = format!("repository {r}'s own layer");
+            let paths = lay_repo(&root, &format!("r{r:02}"), &[shared, own.as_bytes()]);
+            shared_copies.push(paths[0].clone());
+        }
+        // Damaged, in the last batch: shorter than its digest's bytes.
+        std::fs::write(shared_copies.last().unwrap(), &shared[..10]).unwrap();
+        let driver = LocalDriver::new(&root, false, WriterChoice::Buffered).unwrap();
+        let cache = LmdbCache::open(&dir.path().join("cache"), false).unwrap();
+        let store = Store::new(Arc::new(driver), Some(Arc::new(cache)));
+
+        // Three repositories' files per batch: four batches.
+        let report = run_in_batches(&store, 5).unwrap();
+
+        let inodes: HashSet<u64> = shared_copies
+            .iter()
+            .map(|p| std::fs::metadata(p).unwrap().ino())
+            .collect();
+        assert_eq!(inodes.len(), 1, "one file for the shared digest");
+        assert_eq!(
+            std::fs::read(shared_copies.last().unwrap()).unwrap(),
+            shared
+        );
+        assert_eq!(report.repositories, 12);
+        assert_eq!(report.linked, 11);
+        assert_eq!(report.repaired, 1);
+        // Ten intact copies and the damaged one's ten bytes are no longer stored.
+        assert_eq!(report.reclaimed, 10 * shared.len() as u64 + 10);
+        // Every copy is recorded, and a second pass finds nothing changed.
+        let digest: Digest = format!("sha256:{}", hex(shared)).parse().unwrap();
+        let recorded = store
+            .dedupe
+            .as_ref()
+            .unwrap()
+            .cache()
+            .paths(&digest)
+            .unwrap();
+        assert_eq!(recorded.len(), 12);
+        let again = run_in_batches(&store, 5).unwrap();
+        assert_eq!((again.walked, again.linked), (0, 0));
     }
 }

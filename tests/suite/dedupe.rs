@@ -277,9 +277,9 @@ fn a_store_written_without_dedupe_is_linked_at_start_while_pulls_go_on() {
     );
     let reclaimed: u64 = copies.values().map(|(size, n)| size * (n - 1)).sum();
     let logs = berth.logs();
-    let total = copies.len();
+    let total = repos.len();
     assert!(
-        logs.contains(&format!("blob files, {total}/{total} digests")),
+        logs.contains(&format!("{total}/{total} repositories, {files} blob files")),
         "no final progress line:\n{logs}"
     );
     assert!(

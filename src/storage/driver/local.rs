@@ -220,6 +220,56 @@ impl LocalDriver {
         std::mem::forget(guard);
         self.sync_dir(parent)
     }
+
+    /// Makes `dst`, a name another file holds, a name of `src`: a link beside it renamed over
+    /// it, so readers of `dst` see one file or the other. Nothing to do when it already is.
+    fn link_over(&self, src: &Path, dst: &Path) -> Result<(), DriverError> {
+        let source = fs::metadata(src).map_err(|e| io_err("stat", src, e))?;
+        let already_linked = fs::metadata(dst).is_ok_and(|m| identity(&m) == identity(&source));
+        // The bytes are marked new before the temporary name exists, so it is never older
+        // than the link: a collector judging leftovers by age cannot take it for one (the
+        // inode's time is the source's, maybe old). `dst` is then the same inode.
+        touch(src)?;
+        if !already_linked {
+            let parent = dst.parent().expect("storage paths have a parent");
+            let temp = parent.join(format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
+            fs::hard_link(src, &temp).map_err(|e| io_err("link", src, e))?;
+            let guard = TempGuard(&temp);
+            fs::rename(&temp, dst).map_err(|e| io_err("rename", dst, e))?;
+            std::mem::forget(guard);
+        }
+        self.sync_dir(dst.parent().expect("storage paths have a parent"))
+    }
+}
+
+/// Sets a file's modification time to now, by name (one system call).
+fn touch(path: &Path) -> Result<(), DriverError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| {
+        io_err(
+            "touch",
+            path,
+            io::Error::new(io::ErrorKind::InvalidInput, e),
+        )
+    })?;
+    let times = [
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+    ];
+    // SAFETY: `c_path` is a NUL-terminated string and `times` two timespecs, both alive for
+    // the call.
+    let rc = unsafe { libc::utimensat(libc::AT_FDCWD, c_path.as_ptr(), times.as_ptr(), 0) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io_err("touch", path, io::Error::last_os_error()))
+    }
 }
 
 /// A write lease on a file (fcntl F_SETLEASE), which the kernel grants only when no one else
@@ -585,35 +635,27 @@ impl Driver for LocalDriver {
         if !self.hard_links {
             return self.copy(from, to);
         }
+        // The common cases cost few path walks (the start-up pass links 300,000 names over
+        // 100,000 repositories): a new name is one link and one touch; a name held by a
+        // separate copy is a link beside it and a rename over it.
         let (src, dst) = (self.full(from), self.full(to));
-        let source = fs::metadata(&src).map_err(|e| io_err("stat", &src, e))?;
-        self.ensure_parent(&dst)?;
-        let already_linked = fs::metadata(&dst).is_ok_and(|m| identity(&m) == identity(&source));
-        if !already_linked {
+        let mut made_parent = false;
+        loop {
             match fs::hard_link(&src, &dst) {
-                Ok(()) => {}
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !made_parent => {
+                    // Either the source is gone or the target's directory does not exist yet.
+                    fs::symlink_metadata(&src).map_err(|e| io_err("stat", &src, e))?;
+                    self.ensure_parent(&dst)?;
+                    made_parent = true;
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    // Another file holds the name: link beside it and rename over it. The
-                    // bytes are marked new first (as they are below anyway), so the temporary
-                    // name is never older than the link: a collector judging leftovers by age
-                    // cannot take it for one (the inode's time is the source's, maybe old).
-                    File::open(&src)
-                        .and_then(|f| f.set_modified(std::time::SystemTime::now()))
-                        .map_err(|e| io_err("touch", &src, e))?;
-                    let parent = dst.parent().expect("storage paths have a parent");
-                    let temp =
-                        parent.join(format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
-                    fs::hard_link(&src, &temp).map_err(|e| io_err("link", &src, e))?;
-                    let guard = TempGuard(&temp);
-                    fs::rename(&temp, &dst).map_err(|e| io_err("rename", &dst, e))?;
-                    std::mem::forget(guard);
+                    return self.link_over(&src, &dst);
                 }
                 Err(e) => return Err(io_err("link", &src, e)),
             }
         }
-        File::open(&dst)
-            .and_then(|f| f.set_modified(std::time::SystemTime::now()))
-            .map_err(|e| io_err("touch", &dst, e))?;
+        touch(&dst)?;
         self.sync_dir(dst.parent().expect("storage paths have a parent"))
     }
 
