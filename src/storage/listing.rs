@@ -2,9 +2,10 @@
 //! digest without a scan, and the file's bytes as last rendered, so that a change re-renders
 //! only the descriptors from the first one it touched. A tag pushed appends one descriptor; a
 //! moved or deleted one takes the last descriptor into its place. The layout wants one file
-//! listing every manifest, so every change still writes the whole file, but the unchanged part
-//! is copied, not serialised again (issue 11: at 100,000 tags, scanning and re-serialising the
-//! index was 80% of a manifest PUT).
+//! listing every manifest, so every change makes a whole new file, but the unchanged part is
+//! copied, not serialised again (issue 11: at 100,000 tags, scanning and re-serialising the
+//! index was 80% of a manifest PUT), and the rendering says how long that part is, so a driver
+//! that recycles the file's storage need not write it again either.
 
 use crate::digest::Digest;
 use crate::oci::{Annotations, Descriptor, ImageIndex, Tag, media_type};
@@ -37,7 +38,9 @@ struct Head {
 }
 
 /// `index.json` as last rendered: the head, then descriptor `i` ending at `ends[i]`, then the
-/// closing `]}`. Descriptors before `clean` are rendered as they are now.
+/// closing `]}`. Descriptors before `clean` are rendered as they are now: every change lowers
+/// it to the first position it touched, so between two renderings it is the least of them,
+/// and the bytes up to the end of descriptor `clean - 1` are what the last rendering wrote.
 #[derive(Clone, Debug, Default)]
 struct Rendered {
     bytes: Vec<u8>,
@@ -155,10 +158,14 @@ impl Listing {
     }
 
     /// The bytes of `index.json` as the descriptors stand now, rendering only what changed
-    /// since the last call.
-    pub(super) fn render(&mut self) -> &[u8] {
+    /// since the last call, and how many of their leading bytes are the same as the last
+    /// call's (0 for the first): what `Driver::replace` takes as its unchanged prefix, so a
+    /// tag pushed into a large repository rewrites only the file's tail, not 21 MB at
+    /// 100,000 tags.
+    pub(super) fn render(&mut self) -> (&[u8], usize) {
         let r = &mut self.rendered;
-        if r.head_len == 0 {
+        let first = r.head_len == 0;
+        if first {
             r.bytes = self.head.render();
             r.head_len = r.bytes.len();
             r.ends.clear();
@@ -177,7 +184,7 @@ impl Listing {
         }
         r.clean = self.manifests.len();
         r.bytes.extend_from_slice(b"]}");
-        &r.bytes
+        (&r.bytes, if first { 0 } else { keep })
     }
 
     /// Roughly the bytes the listing holds: its rendering, and per descriptor what a tagged
@@ -361,7 +368,7 @@ mod tests {
 
     /// What the rendered bytes say, parsed by serde as any reader would.
     fn on_disk(listing: &mut Listing) -> ImageIndex {
-        serde_json::from_slice(listing.render()).unwrap()
+        serde_json::from_slice(listing.render().0).unwrap()
     }
 
     /// The listing's lookups agree with a scan of its descriptors, and its rendering with a
@@ -434,6 +441,50 @@ mod tests {
             "other fields are kept"
         );
         assert_eq!(index.schema_version, 2);
+    }
+
+    /// Renders `l`, checks that the unchanged prefix it reports is the same in `previous`,
+    /// and makes the rendering the new `previous`. Returns the prefix's length.
+    fn rerender(l: &mut Listing, previous: &mut Vec<u8>, what: &str) -> usize {
+        let (bytes, unchanged) = l.render();
+        assert!(unchanged <= previous.len().min(bytes.len()), "{what}");
+        assert_eq!(bytes[..unchanged], previous[..unchanged], "{what}");
+        *previous = bytes.to_vec();
+        unchanged
+    }
+
+    /// The unchanged prefix a rendering reports is the same as the previous rendering, after
+    /// every kind of change and after several changes between two renderings; a pushed tag
+    /// leaves all but the closing `]}` unchanged.
+    #[test]
+    fn the_unchanged_prefix_is_the_previous_rendering() {
+        let mut l = Listing::from(ImageIndex::empty());
+        let (first, unchanged) = l.render();
+        assert_eq!(unchanged, 0, "the first rendering has nothing to share");
+        let mut previous = first.to_vec();
+        let prev = &mut previous;
+        for n in 0..30u8 {
+            let before = prev.len();
+            l.set_tag(&tag(&format!("t{n}")), &entry(n));
+            assert_eq!(rerender(&mut l, prev, "push a tag"), before - 2);
+        }
+        l.set_tag(&tag("t3"), &entry(40));
+        rerender(&mut l, prev, "move a tag");
+        l.untag("t5");
+        rerender(&mut l, prev, "untag, the last descriptor taking its place");
+        l.list_untagged(&entry(41));
+        l.unlist(&digest(7));
+        l.set_tag(&tag("t20"), &entry(42));
+        rerender(&mut l, prev, "three changes between renderings");
+        l.retain(|d| d.size % 3 != 0);
+        rerender(&mut l, prev, "retain");
+        l.unlist(&digest(29));
+        rerender(&mut l, prev, "unlist the last descriptor");
+        assert!(!l.untag("t5"));
+        let before = prev.len();
+        assert_eq!(rerender(&mut l, prev, "no change"), before - 2);
+        let mut parsed = Listing::parse(prev).unwrap();
+        assert_eq!(parsed.render().1, 0, "a parsed listing was never rendered");
     }
 
     #[test]

@@ -146,8 +146,11 @@ impl Store {
 
     fn write_index(&self, repo: &RepoName, mut index: Arc<Listing>) -> Result<(), StoreError> {
         let path = layout::index_json(repo)?;
-        self.driver
-            .replace(&path, Arc::make_mut(&mut index).render())?;
+        // The listing's previous rendering, if it has one, is what the previous `replace` of
+        // this path wrote: the cache takes a listing freshly parsed (never rendered) or once
+        // written, under the repository lock, and drops one whose write failed.
+        let (bytes, unchanged) = Arc::make_mut(&mut index).render();
+        self.driver.replace(&path, bytes, unchanged)?;
         if let Some(meta) = self.driver.stat(&path)? {
             self.indexes.put(repo, meta.fingerprint, index);
         }

@@ -21,6 +21,7 @@ pub(crate) fn run(driver: &dyn Driver) {
     missing_objects_are_not_found(driver);
     put_get_replace(driver);
     replacing_documents(driver);
+    replacing_with_unchanged_prefixes(driver);
     ranged_reads(driver);
     listing(driver);
     appending(driver);
@@ -92,7 +93,7 @@ fn version_of(doc: &[u8]) -> usize {
 
 fn replacing_documents(d: &dyn Driver) {
     let p = path("docs/repo/index.json");
-    d.replace(&p, &document(0)).unwrap();
+    d.replace(&p, &document(0), 0).unwrap();
     assert_eq!(version_of(&d.get(&p).unwrap()), 0);
     const VERSIONS: usize = 300;
     let done = std::sync::atomic::AtomicBool::new(false);
@@ -109,7 +110,7 @@ fn replacing_documents(d: &dyn Driver) {
             });
         }
         for n in 1..=VERSIONS {
-            d.replace(&p, &document(n)).unwrap();
+            d.replace(&p, &document(n), 0).unwrap();
         }
         done.store(true, std::sync::atomic::Ordering::Release);
     });
@@ -121,7 +122,7 @@ fn replacing_documents(d: &dyn Driver) {
             let p = &p;
             s.spawn(move || {
                 for n in 0..100 {
-                    d.replace(p, &document(1000 + writer * 100 + n)).unwrap();
+                    d.replace(p, &document(1000 + writer * 100 + n), 0).unwrap();
                     version_of(&d.get(p).unwrap());
                 }
             });
@@ -130,7 +131,7 @@ fn replacing_documents(d: &dyn Driver) {
     assert!([1099, 1199].contains(&version_of(&d.get(&p).unwrap())));
     // A path that did not exist is created.
     let fresh = path("docs/other/index.json");
-    d.replace(&fresh, &document(7)).unwrap();
+    d.replace(&fresh, &document(7), 0).unwrap();
     assert_eq!(version_of(&d.get(&fresh).unwrap()), 7);
     // Whatever storage replacing keeps is the document's: not listed, and no leftover.
     assert_eq!(d.list(Some(&path("docs/repo"))).unwrap(), ["index.json"]);
@@ -139,6 +140,46 @@ fn replacing_documents(d: &dyn Driver) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// `replace` with honest `unchanged_prefix` hints, the way `index.json` is written: each
+/// version keeps some prefix of the last and changes the rest, growing or shrinking, and the
+/// hint is at most what really is unchanged. Every read is exactly the last version, whatever
+/// the driver makes of the hints (local: it writes only the tail of a recycled file, so a hint
+/// trusted one version too far leaves bytes of an older version).
+fn replacing_with_unchanged_prefixes(d: &dyn Driver) {
+    let docs = [path("hints/a/index.json"), path("hints/b/index.json")];
+    let mut last: [Vec<u8>; 2] = Default::default();
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    // xorshift: a fixed sequence, so a failure repeats.
+    let mut below = |bound: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % bound as u64) as usize
+    };
+    for round in 0..400usize {
+        let which = below(2);
+        let old = &last[which];
+        let keep = below(old.len() + 1);
+        let mut doc = old[..keep].to_vec();
+        let tail = 1 + below(3000);
+        doc.extend((0..tail).map(|i| b'a' + ((round * 7 + i / 64) % 26) as u8));
+        let unchanged = old.iter().zip(&doc).take_while(|(a, b)| a == b).count();
+        let hint = match below(4) {
+            0 => below(unchanged + 1),
+            _ => unchanged,
+        };
+        d.replace(&docs[which], &doc, hint).unwrap();
+        assert!(
+            d.get(&docs[which]).unwrap() == doc,
+            "round {round}: the document is not the version just written"
+        );
+        last[which] = doc;
+    }
+    for (doc, bytes) in docs.iter().zip(&last) {
+        assert!(d.get(doc).unwrap() == *bytes);
+    }
 }
 
 fn ranged_reads(d: &dyn Driver) {
@@ -309,8 +350,8 @@ fn touching(d: &dyn Driver) {
 
 fn deleting_empty_directories(d: &dyn Driver) {
     // A document written with `replace` leaves nothing behind once deleted.
-    d.replace(&path("e/doc/index.json"), b"v1").unwrap();
-    d.replace(&path("e/doc/index.json"), b"v2").unwrap();
+    d.replace(&path("e/doc/index.json"), b"v1", 0).unwrap();
+    d.replace(&path("e/doc/index.json"), b"v2", 0).unwrap();
     d.delete(&path("e/doc/index.json")).unwrap();
     d.delete_dir(&path("e/doc")).unwrap();
     d.put(&path("e/full/1"), b"1").unwrap();

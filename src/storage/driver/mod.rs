@@ -232,7 +232,20 @@ pub trait Driver: Send + Sync {
     /// same path (local: the old file becomes the scratch file the next version is written
     /// into, so no inode is freed and allocated per write), so documents written this way are
     /// read with `get` only, which sees the old bytes or the new, never a part.
-    fn replace(&self, path: &StoragePath, bytes: &[u8]) -> Result<(), DriverError> {
+    ///
+    /// `unchanged_prefix` is a hint: that many leading bytes of `bytes` are the same as those
+    /// the previous `replace` of `path` on this driver was given (0 when the caller does not
+    /// know, or when another `replace` of `path` may run concurrently). A driver that recycles
+    /// storage may then leave those bytes where it can prove they already are (local: writes
+    /// only the tail of the scratch file). Drivers that write whole objects ignore it; the
+    /// result is the same either way.
+    fn replace(
+        &self,
+        path: &StoragePath,
+        bytes: &[u8],
+        unchanged_prefix: usize,
+    ) -> Result<(), DriverError> {
+        let _ = unchanged_prefix;
         self.put(path, bytes)
     }
 
