@@ -14,7 +14,9 @@ use std::sync::{Mutex, PoisonError};
 
 /// A change to an index: returns whether it changed anything. A change that returns an error
 /// must leave the index as it found it, since others' changes are applied to the same copy.
-pub(super) type IndexChange = Box<dyn FnOnce(&mut Listing) -> Result<bool, StoreError> + Send>;
+/// It may be applied more than once: again to a newer index when another writer (another
+/// process on the same store) replaced the file between the read and the write.
+pub(super) type IndexChange = Box<dyn Fn(&mut Listing) -> Result<bool, StoreError> + Send>;
 
 /// A queued change and where to report its outcome.
 pub(super) struct Pending {

@@ -4,9 +4,11 @@
 //! pullable by digest until garbage collection.
 //!
 //! Every change to `index.json` is read-modify-write under the repository's stripe lock and
-//! lands with one atomic `put`; readers never lock.
+//! lands with one atomic, conditional `replace` on the version read: a writer in another
+//! process that replaced the file meanwhile makes the swap fail, and the changes are applied
+//! again to its version. Readers never lock.
 
-use super::driver::{Driver, DriverError};
+use super::driver::{Driver, DriverError, ObjectMeta};
 use super::listing::Listing;
 use super::referrers::ReferrersPage;
 use super::{Store, StoreError, index_writes, layout, not_found_as};
@@ -41,6 +43,10 @@ const MAX_INDEX_DEPTH: usize = 4;
 /// ever follows an unbounded chain (issue 10).
 const MAX_NESTING: usize = 16;
 
+/// How often a batch of index changes is applied again to a newer `index.json` that another
+/// process wrote between the read and the write, before its writers get an error.
+const MAX_INDEX_CONFLICTS: usize = 100;
+
 /// How often a manifest PUT writes its own bytes again when a concurrent DELETE of the same
 /// digest removed them between the write and the index update.
 const PUT_ATTEMPTS: usize = 3;
@@ -52,15 +58,19 @@ impl Store {
         self.read_index_version(repo).map(|(_, index)| index)
     }
 
-    /// `read_index`, with the fingerprint of the file version it was parsed from.
-    fn read_index_version(&self, repo: &RepoName) -> Result<(u64, Arc<Listing>), StoreError> {
+    /// `read_index`, with what `stat` said of the file before it was read: a version no newer
+    /// than the bytes parsed, so a conditional replace on it fails if they are not current.
+    fn read_index_version(
+        &self,
+        repo: &RepoName,
+    ) -> Result<(ObjectMeta, Arc<Listing>), StoreError> {
         let path = layout::index_json(repo)?;
         let meta = self
             .driver
             .stat(&path)?
             .ok_or_else(|| StoreError::NameUnknown(repo.clone()))?;
         if let Some(index) = self.indexes.get(repo, meta.fingerprint) {
-            return Ok((meta.fingerprint, index));
+            return Ok((meta, index));
         }
         let bytes = self
             .driver
@@ -75,7 +85,7 @@ impl Store {
         // The file may have been replaced between the stat and the read; then the next
         // lookup sees a new fingerprint and parses again, so caching here is always safe.
         self.indexes.put(repo, meta.fingerprint, Arc::clone(&index));
-        Ok((meta.fingerprint, index))
+        Ok((meta, index))
     }
 
     /// Applies `change` to `repo`'s index and writes the index back atomically if it changed
@@ -84,7 +94,7 @@ impl Store {
     pub(super) fn update_index(
         &self,
         repo: &RepoName,
-        change: impl FnOnce(&mut Listing) -> Result<bool, StoreError> + Send + 'static,
+        change: impl Fn(&mut Listing) -> Result<bool, StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
         let outcome = self.pending.push(repo, Box::new(change));
         let guard = self.repo_locks.lock(repo);
@@ -102,58 +112,78 @@ impl Store {
     /// Applies every queued change of `repo` and answers each; called under the repo lock.
     fn apply_pending(&self, repo: &RepoName) {
         let batch = self.pending.take(repo);
-        let mut index = match self.read_index(repo) {
-            Ok(index) => {
-                // Without the cache's reference, `make_mut` below copies the index only if a
-                // reader still holds it: with thousands of tags the copy was a fifth of a
-                // manifest PUT's cost.
-                self.indexes.forget(repo);
-                index
+        let mut conflicts = 0;
+        let outcomes = loop {
+            match self.apply_once(repo, &batch) {
+                Err(StoreError::Driver(DriverError::Conflict { .. }))
+                    if conflicts < MAX_INDEX_CONFLICTS =>
+                {
+                    // Another process replaced the file since it was read: read its version
+                    // and apply the batch to that. Backing off a little more each time lets
+                    // a writer that keeps losing get through.
+                    conflicts += 1;
+                    std::thread::sleep(std::time::Duration::from_micros(100 * conflicts as u64));
+                }
+                other => break other,
+            }
+        };
+        match outcomes {
+            Ok(outcomes) => {
+                for (p, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = p.done.send(outcome);
+                }
             }
             Err(e) => {
                 for p in batch {
                     let _ = p.done.send(Err(index_writes::shared_failure(&e)));
                 }
-                return;
             }
-        };
-        let mut applied = Vec::with_capacity(batch.len());
-        let mut changed = false;
-        for p in batch {
-            match (p.change)(Arc::make_mut(&mut index)) {
-                Ok(c) => {
-                    changed |= c;
-                    applied.push(p.done);
-                }
-                Err(e) => {
-                    let _ = p.done.send(Err(e));
-                }
-            }
-        }
-        let written = if changed {
-            self.write_index(repo, index)
-        } else {
-            Ok(())
-        };
-        for done in applied {
-            let result = match &written {
-                Ok(()) => Ok(()),
-                Err(e) => Err(index_writes::shared_failure(e)),
-            };
-            let _ = done.send(result);
         }
     }
 
-    fn write_index(&self, repo: &RepoName, mut index: Arc<Listing>) -> Result<(), StoreError> {
+    /// Applies `batch` to the index as it is now and writes it if anything changed: each
+    /// change's own outcome, or the failure of the read or the write that all share.
+    fn apply_once(
+        &self,
+        repo: &RepoName,
+        batch: &[index_writes::Pending],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        let (read, mut index) = self.read_index_version(repo)?;
+        // Without the cache's reference, `make_mut` below copies the index only if a reader
+        // still holds it: with thousands of tags the copy was a fifth of a manifest PUT's
+        // cost.
+        self.indexes.forget(repo);
+        let mut changed = false;
+        let outcomes = batch
+            .iter()
+            .map(|p| {
+                let c = (p.change)(Arc::make_mut(&mut index))?;
+                changed |= c;
+                Ok(())
+            })
+            .collect();
+        if changed {
+            self.write_index(repo, index, &read)?;
+        }
+        Ok(outcomes)
+    }
+
+    /// Writes `index` over the version `read` described, and caches it as written.
+    fn write_index(
+        &self,
+        repo: &RepoName,
+        mut index: Arc<Listing>,
+        read: &ObjectMeta,
+    ) -> Result<(), StoreError> {
         let path = layout::index_json(repo)?;
         // The listing's previous rendering, if it has one, is what the previous `replace` of
         // this path wrote: the cache takes a listing freshly parsed (never rendered) or once
         // written, under the repository lock, and drops one whose write failed.
         let (bytes, unchanged) = Arc::make_mut(&mut index).render();
-        self.driver.replace(&path, bytes, unchanged)?;
-        if let Some(meta) = self.driver.stat(&path)? {
-            self.indexes.put(repo, meta.fingerprint, index);
-        }
+        let written = self
+            .driver
+            .replace(&path, bytes, unchanged, Some(&read.version))?;
+        self.indexes.put(repo, written.fingerprint, index);
         Ok(())
     }
 
@@ -362,7 +392,7 @@ impl Store {
                     if index.untag(tag.as_str()) {
                         Ok(true)
                     } else {
-                        Err(StoreError::ManifestUnknown(name))
+                        Err(StoreError::ManifestUnknown(name.clone()))
                     }
                 })
             }
@@ -374,7 +404,7 @@ impl Store {
                     if index.unlist(&target) {
                         Ok(true)
                     } else {
-                        Err(StoreError::ManifestUnknown(name))
+                        Err(StoreError::ManifestUnknown(name.clone()))
                     }
                 })?;
                 // The bytes go under the repository lock, and only while the index still does
@@ -407,7 +437,7 @@ impl Store {
         artifact_type: Option<&str>,
     ) -> Result<ReferrersPage, StoreError> {
         let (fingerprint, index) = match self.read_index_version(repo) {
-            Ok(version) => version,
+            Ok((meta, index)) => (meta.fingerprint, index),
             Err(StoreError::NameUnknown(_)) => return Ok(ReferrersPage::empty()),
             Err(e) => return Err(e),
         };
@@ -433,7 +463,7 @@ fn list_manifest(
     required: &[Descriptor],
     entry: &Descriptor,
     tags: &[Tag],
-) -> impl FnOnce(&mut Listing) -> Result<bool, StoreError> + Send + 'static {
+) -> impl Fn(&mut Listing) -> Result<bool, StoreError> + Send + 'static {
     let (driver, repo) = (Arc::clone(driver), repo.clone());
     let (required, entry, tags) = (required.to_vec(), entry.clone(), tags.to_vec());
     move |index| {
@@ -534,4 +564,68 @@ fn too_deep() -> StoreError {
     StoreError::ManifestInvalid(crate::oci::manifest::ManifestError(format!(
         "manifests nest more than {MAX_NESTING} levels deep"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::driver::local::{LocalDriver, WriterChoice};
+    use crate::storage::uploads::BodyLength;
+
+    /// Issue 12: two stores over one root with nothing shared in-process (their own drivers,
+    /// locks, queues and caches, as two processes would have), 8 threads each pushing distinct
+    /// tags into one repository at once: every acknowledged tag is listed at the end.
+    #[test]
+    fn two_stores_on_one_root_lose_no_tag() {
+        const THREADS: usize = 8;
+        const TAGS: usize = 25;
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let driver = LocalDriver::new(dir.path(), false, WriterChoice::Buffered).unwrap();
+            Store::new(Arc::new(driver), None)
+        };
+        let stores = [open(), open()];
+        let repo: RepoName = "shared/repo".parse().unwrap();
+        let config = b"{}";
+        let config_digest = Digest::sha256_of(config);
+        stores[0]
+            .blob_put(
+                &repo,
+                &config_digest,
+                &mut &config[..],
+                BodyLength::Exact(config.len() as u64),
+            )
+            .unwrap();
+        let manifest = |tag: &str| {
+            format!(
+                r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":2}},"layers":[],"annotations":{{"tag":"{tag}"}}}}"#,
+                media_type::OCI_MANIFEST
+            )
+        };
+        std::thread::scope(|s| {
+            for (i, store) in stores.iter().enumerate() {
+                for t in 0..THREADS {
+                    let (repo, manifest) = (&repo, &manifest);
+                    s.spawn(move || {
+                        for k in 0..TAGS {
+                            let tag = format!("s{i}-t{t}-{k}");
+                            let reference = Reference::Tag(tag.parse().unwrap());
+                            let bytes = manifest(&tag);
+                            store
+                                .manifest_put(
+                                    repo,
+                                    &reference,
+                                    Some(media_type::OCI_MANIFEST),
+                                    bytes.as_bytes(),
+                                    &[],
+                                )
+                                .unwrap();
+                        }
+                    });
+                }
+            }
+        });
+        let listed = open().tags(&repo).unwrap();
+        assert_eq!(listed.len(), 2 * THREADS * TAGS, "tags lost");
+    }
 }

@@ -490,7 +490,9 @@ impl Store {
                     .put(&layout::oci_layout(repo)?, layout::OCI_LAYOUT_CONTENT)?;
                 let empty = serde_json::to_vec(&crate::oci::ImageIndex::empty())
                     .expect("an index always serializes");
-                self.driver.put(&layout::index_json(repo)?, &empty)?;
+                // Created only where none is: a store in another process may have created
+                // the repository and listed a tag in it since `repo_exists` looked.
+                self.driver.create(&layout::index_json(repo)?, &empty)?;
                 self.catalog_index.changed(repo.as_str(), true);
             }
         }

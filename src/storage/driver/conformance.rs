@@ -1,8 +1,9 @@
 //! The conformance suite every `Driver` runs: the contract of each trait method (atomicity,
-//! not-found behaviour, replacing documents under concurrent readers, listing, appending, rename,
-//! copy and link) checked through the trait only.
+//! not-found behaviour, replacing documents under concurrent readers, and conditionally under
+//! concurrent writers, listing, appending, rename, copy and link) checked through the trait
+//! only.
 
-use super::{Driver, DriverError, StoragePath};
+use super::{Driver, DriverError, StoragePath, Version};
 use std::io::Read;
 
 fn path(s: &str) -> StoragePath {
@@ -22,6 +23,8 @@ pub(crate) fn run(driver: &dyn Driver) {
     put_get_replace(driver);
     replacing_documents(driver);
     replacing_with_unchanged_prefixes(driver);
+    replacing_conditionally(driver);
+    creating(driver);
     ranged_reads(driver);
     listing(driver);
     appending(driver);
@@ -93,7 +96,7 @@ fn version_of(doc: &[u8]) -> usize {
 
 fn replacing_documents(d: &dyn Driver) {
     let p = path("docs/repo/index.json");
-    d.replace(&p, &document(0), 0).unwrap();
+    d.replace(&p, &document(0), 0, None).unwrap();
     assert_eq!(version_of(&d.get(&p).unwrap()), 0);
     const VERSIONS: usize = 300;
     let done = std::sync::atomic::AtomicBool::new(false);
@@ -110,7 +113,7 @@ fn replacing_documents(d: &dyn Driver) {
             });
         }
         for n in 1..=VERSIONS {
-            d.replace(&p, &document(n), 0).unwrap();
+            d.replace(&p, &document(n), 0, None).unwrap();
         }
         done.store(true, std::sync::atomic::Ordering::Release);
     });
@@ -122,7 +125,8 @@ fn replacing_documents(d: &dyn Driver) {
             let p = &p;
             s.spawn(move || {
                 for n in 0..100 {
-                    d.replace(p, &document(1000 + writer * 100 + n), 0).unwrap();
+                    d.replace(p, &document(1000 + writer * 100 + n), 0, None)
+                        .unwrap();
                     version_of(&d.get(p).unwrap());
                 }
             });
@@ -131,7 +135,7 @@ fn replacing_documents(d: &dyn Driver) {
     assert!([1099, 1199].contains(&version_of(&d.get(&p).unwrap())));
     // A path that did not exist is created.
     let fresh = path("docs/other/index.json");
-    d.replace(&fresh, &document(7), 0).unwrap();
+    d.replace(&fresh, &document(7), 0, None).unwrap();
     assert_eq!(version_of(&d.get(&fresh).unwrap()), 7);
     // Whatever storage replacing keeps is the document's: not listed, and no leftover.
     assert_eq!(d.list(Some(&path("docs/repo"))).unwrap(), ["index.json"]);
@@ -139,6 +143,98 @@ fn replacing_documents(d: &dyn Driver) {
         d.scratch_files(Some(&path("docs/repo")))
             .unwrap()
             .is_empty()
+    );
+}
+
+/// `create` writes only where nothing is: of writers racing to create one object, exactly
+/// one wins and its bytes stay.
+fn creating(d: &dyn Driver) {
+    let p = path("create/repo/index.json");
+    assert!(d.create(&p, b"first").unwrap());
+    assert!(!d.create(&p, b"second").unwrap());
+    assert_eq!(d.get(&p).unwrap(), b"first");
+    for round in 0..20 {
+        let p = path(&format!("create/race/{round}"));
+        let winners: Vec<usize> = std::thread::scope(|s| {
+            let racers: Vec<_> = (0..4)
+                .map(|n| {
+                    let p = &p;
+                    s.spawn(move || d.create(p, n.to_string().as_bytes()).unwrap().then_some(n))
+                })
+                .collect();
+            racers
+                .into_iter()
+                .filter_map(|r| r.join().unwrap())
+                .collect()
+        });
+        assert_eq!(winners.len(), 1, "round {round}: {winners:?}");
+        assert_eq!(d.get(&p).unwrap(), winners[0].to_string().as_bytes());
+    }
+    assert!(
+        d.scratch_files(Some(&path("create/repo")))
+            .unwrap()
+            .is_empty(),
+        "no temporary file left"
+    );
+}
+
+/// `replace` given the version `stat` handed out: it swaps only while that version is there,
+/// so writers that read, change and replace (retrying on `Conflict`) lose no change however
+/// they interleave.
+fn replacing_conditionally(d: &dyn Driver) {
+    let p = path("cas/repo/index.json");
+    let version = |p: &StoragePath| d.stat(p).unwrap().map(|m| m.version);
+    let absent = d.replace(&p, b"0", 0, Some(&Version::new("anything")));
+    assert!(
+        matches!(absent, Err(DriverError::Conflict { .. })),
+        "{absent:?}"
+    );
+    d.replace(&p, b"0", 0, None).unwrap();
+    let first = version(&p).unwrap();
+    let written = d.replace(&p, b"1", 0, Some(&first)).unwrap();
+    let second = version(&p).unwrap();
+    assert_ne!(first, second, "a replace makes a new version");
+    assert_eq!(written.version, second, "and reports it");
+    let stale = d.replace(&p, b"stale", 0, Some(&first));
+    assert!(
+        matches!(stale, Err(DriverError::Conflict { .. })),
+        "{stale:?}"
+    );
+    assert_eq!(d.get(&p).unwrap(), b"1", "a lost race changes nothing");
+    // Counters incremented by read-modify-replace from several threads at once.
+    const WRITERS: usize = 4;
+    const INCREMENTS: usize = 50;
+    let conflicts = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..WRITERS {
+            s.spawn(|| {
+                for _ in 0..INCREMENTS {
+                    loop {
+                        // The version first, then the bytes: bytes newer than the version
+                        // make a conflict, never a lost change.
+                        let seen = version(&p).unwrap();
+                        let n: usize = String::from_utf8(d.get(&p).unwrap())
+                            .unwrap()
+                            .parse()
+                            .unwrap();
+                        let next = (n + 1).to_string();
+                        match d.replace(&p, next.as_bytes(), 0, Some(&seen)) {
+                            Ok(_) => break,
+                            Err(DriverError::Conflict { .. }) => {
+                                conflicts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(
+        d.get(&p).unwrap(),
+        (1 + WRITERS * INCREMENTS).to_string().as_bytes(),
+        "no increment lost ({} conflicts retried)",
+        conflicts.into_inner()
     );
 }
 
@@ -170,7 +266,7 @@ fn replacing_with_unchanged_prefixes(d: &dyn Driver) {
             0 => below(unchanged + 1),
             _ => unchanged,
         };
-        d.replace(&docs[which], &doc, hint).unwrap();
+        d.replace(&docs[which], &doc, hint, None).unwrap();
         assert!(
             d.get(&docs[which]).unwrap() == doc,
             "round {round}: the document is not the version just written"
@@ -350,8 +446,10 @@ fn touching(d: &dyn Driver) {
 
 fn deleting_empty_directories(d: &dyn Driver) {
     // A document written with `replace` leaves nothing behind once deleted.
-    d.replace(&path("e/doc/index.json"), b"v1", 0).unwrap();
-    d.replace(&path("e/doc/index.json"), b"v2", 0).unwrap();
+    d.replace(&path("e/doc/index.json"), b"v1", 0, None)
+        .unwrap();
+    d.replace(&path("e/doc/index.json"), b"v2", 0, None)
+        .unwrap();
     d.delete(&path("e/doc/index.json")).unwrap();
     d.delete_dir(&path("e/doc")).unwrap();
     d.put(&path("e/full/1"), b"1").unwrap();

@@ -10,7 +10,9 @@
 
 use super::direct::{DirectWriter, StagingPool};
 use super::uring::{Completion, UringWriter};
-use super::{Appender, Driver, DriverError, ObjectMeta, ObjectReader, ScratchFile, StoragePath};
+use super::{
+    Appender, Driver, DriverError, ObjectMeta, ObjectReader, ScratchFile, StoragePath, Version,
+};
 use crossbeam_channel::{Receiver, Sender};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -188,6 +190,14 @@ impl LocalDriver {
         }
     }
 
+    /// The metadata of a document `replace` just wrote, taken while it still holds the
+    /// document's lock, so no other `replace` can have swapped in a version since.
+    fn stat_locked(&self, target: &Path) -> Result<ObjectMeta, DriverError> {
+        fs::metadata(target)
+            .and_then(|m| object_meta(&m))
+            .map_err(|e| io_err("stat", target, e))
+    }
+
     fn ensure_parent(&self, target: &Path) -> Result<(), DriverError> {
         let parent = target.parent().expect("storage paths have a parent");
         fs::create_dir_all(parent).map_err(|e| io_err("create dir", parent, e))
@@ -295,13 +305,13 @@ struct ReplaceLog {
 #[derive(Clone, Copy)]
 struct Replaced {
     /// The file swapped in under the document's name, as written.
-    current: Version,
+    current: FileState,
     /// How many leading bytes the version written shares with the one it replaced (the
     /// caller's `unchanged_prefix`).
     shared: usize,
     /// The file swapped out, now the spare, as the `replace` before wrote it; `None` when
     /// that is unknown (nothing remembered, or no swap).
-    previous: Option<Version>,
+    previous: Option<FileState>,
 }
 
 impl ReplaceLog {
@@ -324,7 +334,7 @@ impl ReplaceLog {
 /// with the same size and modification time, since `replace` stamps each version later than
 /// the last, and a write by anyone else moves the time on too.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-struct Version {
+struct FileState {
     dev: u64,
     ino: u64,
     size: u64,
@@ -332,10 +342,10 @@ struct Version {
     mtime_nsec: i64,
 }
 
-impl Version {
-    fn of(m: &fs::Metadata) -> Version {
+impl FileState {
+    fn of(m: &fs::Metadata) -> FileState {
         use std::os::unix::fs::MetadataExt;
-        Version {
+        FileState {
             dev: m.dev(),
             ino: m.ino(),
             size: m.size(),
@@ -440,6 +450,22 @@ fn fingerprint(m: &fs::Metadata) -> u64 {
 }
 
 /// Device and inode: what hard links share.
+fn object_meta(m: &fs::Metadata) -> io::Result<ObjectMeta> {
+    Ok(ObjectMeta {
+        size: if m.is_dir() { 0 } else { m.len() },
+        modified: m.modified()?,
+        is_dir: m.is_dir(),
+        fingerprint: fingerprint(m),
+        identity: Some(identity(m)),
+        version: version(m),
+    })
+}
+
+/// The version `replace` compares: the fingerprint, which every rewrite or swap changes.
+fn version(m: &fs::Metadata) -> Version {
+    Version::new(format!("{:016x}", fingerprint(m)))
+}
+
 fn identity(m: &fs::Metadata) -> u64 {
     use std::hash::{Hash, Hasher};
     use std::os::unix::fs::MetadataExt;
@@ -498,13 +524,9 @@ impl Driver for LocalDriver {
     fn stat(&self, path: &StoragePath) -> Result<Option<ObjectMeta>, DriverError> {
         let full = self.full(path);
         match fs::metadata(&full) {
-            Ok(m) => Ok(Some(ObjectMeta {
-                size: if m.is_dir() { 0 } else { m.len() },
-                modified: m.modified().map_err(|e| io_err("stat", &full, e))?,
-                is_dir: m.is_dir(),
-                fingerprint: fingerprint(&m),
-                identity: Some(identity(&m)),
-            })),
+            Ok(m) => object_meta(&m)
+                .map(Some)
+                .map_err(|e| io_err("stat", &full, e)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("stat", &full, e)),
         }
@@ -514,16 +536,51 @@ impl Driver for LocalDriver {
         self.write_atomically(&self.full(path), |f| f.write_all(bytes))
     }
 
+    fn create(&self, path: &StoragePath, bytes: &[u8]) -> Result<bool, DriverError> {
+        let target = self.full(path);
+        let parent = target.parent().expect("storage paths have a parent");
+        let temp = parent.join(format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
+        // Written under a temporary name, then given the real one by a link, which, unlike a
+        // rename, fails when the name is taken.
+        self.write_atomically(&temp, |f| f.write_all(bytes))?;
+        let _temp = TempGuard(&temp);
+        match fs::hard_link(&temp, &target) {
+            Ok(()) => {
+                self.sync_dir(parent)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io_err("link", &target, e)),
+        }
+    }
+
     fn replace(
         &self,
         path: &StoragePath,
         bytes: &[u8],
         unchanged_prefix: usize,
-    ) -> Result<(), DriverError> {
+        expected: Option<&Version>,
+    ) -> Result<ObjectMeta, DriverError> {
         let target = self.full(path);
         self.ensure_parent(&target)?;
         let spare = target.with_file_name(format!("{SPARE_PREFIX}{}", path.file_name()));
+        // Every `replace` of the document, in any process, holds this lock until its swap is
+        // done, so the version compared below is still the one there when the swap happens.
         let file = self.lock_spare(&spare)?;
+        if let Some(expected) = expected {
+            let found = match fs::metadata(&target) {
+                Ok(m) => Some(version(&m)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io_err("stat", &target, e)),
+            };
+            if found.as_ref() != Some(expected) {
+                return Err(DriverError::Conflict {
+                    driver: NAME,
+                    path: target.display().to_string(),
+                    found: found.map_or_else(|| "absent".to_string(), |v| v.to_string()),
+                });
+            }
+        }
         let key = path_key(path);
         // Forgotten before either file changes: if this call fails or writes around the
         // spare, what the log said about the spare no longer holds.
@@ -535,7 +592,8 @@ impl Driver for LocalDriver {
         let Some(lease) = SoleOpener::try_take(&file) else {
             // A reader (perhaps another program reading the layout without berth's locks)
             // still has the swapped-out version open: leave it be and write a new file.
-            return self.write_atomically(&target, |f| f.write_all(bytes));
+            self.write_atomically(&target, |f| f.write_all(bytes))?;
+            return self.stat_locked(&target);
         };
         let fill = || {
             // Stat under the lease: nobody else has the file open, so it cannot change after.
@@ -544,7 +602,7 @@ impl Driver for LocalDriver {
             // the version before the last, whose first `shared` bytes the last version has,
             // whose first `unchanged_prefix` bytes the new one has.
             let kept = match last {
-                Some(r) if r.previous == Some(Version::of(&found)) => {
+                Some(r) if r.previous == Some(FileState::of(&found)) => {
                     r.shared.min(unchanged_prefix).min(bytes.len())
                 }
                 _ => 0,
@@ -567,7 +625,7 @@ impl Driver for LocalDriver {
                 file.sync_data()?;
             }
             // As stored: a filesystem may keep coarser times than the stamp.
-            file.metadata().map(|m| Version::of(&m))
+            file.metadata().map(|m| FileState::of(&m))
         };
         let written = fill().map_err(|e| io_err("write", &spare, e))?;
         // Released before the swap: once the file has the name, readers must open it freely.
@@ -576,6 +634,7 @@ impl Driver for LocalDriver {
         if !swapped {
             fs::rename(&spare, &target).map_err(|e| io_err("rename", &target, e))?;
         }
+        let now = self.stat_locked(&target)?;
         drop(file);
         self.sync_dir(target.parent().expect("storage paths have a parent"))?;
         self.replaced
@@ -591,7 +650,7 @@ impl Driver for LocalDriver {
                     previous: last.filter(|_| swapped).map(|r| r.current),
                 },
             );
-        Ok(())
+        Ok(now)
     }
 
     fn list(&self, dir: Option<&StoragePath>) -> Result<Vec<String>, DriverError> {
@@ -971,19 +1030,21 @@ mod tests {
         let driver = LocalDriver::new(&dir, false, WriterChoice::Buffered).unwrap();
         let doc = StoragePath::from_components(["r", "index.json"]).unwrap();
         let inode = || fs::metadata(dir.join("r/index.json")).unwrap().ino();
-        driver.replace(&doc, b"version 1", 0).unwrap();
-        driver.replace(&doc, b"version 2", 0).unwrap();
+        driver.replace(&doc, b"version 1", 0, None).unwrap();
+        driver.replace(&doc, b"version 2", 0, None).unwrap();
         let (first, second) = (inode(), {
-            driver.replace(&doc, b"version 3", 0).unwrap();
+            driver.replace(&doc, b"version 3", 0, None).unwrap();
             inode()
         });
-        driver.replace(&doc, b"version 4", 0).unwrap();
+        driver.replace(&doc, b"version 4", 0, None).unwrap();
         assert_eq!(inode(), first, "with no reader, two files take turns");
         // A reader holds version 4 open; versions 5 and 6 must leave its bytes alone.
         let mut reader = File::open(dir.join("r/index.json")).unwrap();
-        driver.replace(&doc, b"version 5", 0).unwrap();
+        driver.replace(&doc, b"version 5", 0, None).unwrap();
         assert_eq!(inode(), second);
-        driver.replace(&doc, b"version 6 is longer", 0).unwrap();
+        driver
+            .replace(&doc, b"version 6 is longer", 0, None)
+            .unwrap();
         assert_ne!(inode(), first, "the file being read was not rewritten");
         let mut held = String::new();
         reader.read_to_string(&mut held).unwrap();
@@ -1020,18 +1081,18 @@ mod tests {
         let doc = StoragePath::from_components(["r", "index.json"]).unwrap();
         let spare = dir.join("r/.spare-index.json");
         let v = |n| shared_prefix_version(b'=', n);
-        driver.replace(&doc, &v(1), 0).unwrap();
-        driver.replace(&doc, &v(2), 4096).unwrap();
+        driver.replace(&doc, &v(1), 0, None).unwrap();
+        driver.replace(&doc, &v(2), 4096, None).unwrap();
         // The spare holds version 1; changed, it must not lend its prefix to version 3.
         tamper(&spare, false);
-        driver.replace(&doc, &v(3), 4096).unwrap();
+        driver.replace(&doc, &v(3), 4096, None).unwrap();
         assert!(
             driver.get(&doc).unwrap() == v(3),
             "a tampered spare was trusted"
         );
         // The spare holds version 2, changed invisibly: version 4 keeps its first byte.
         tamper(&spare, true);
-        driver.replace(&doc, &v(4), 4096).unwrap();
+        driver.replace(&doc, &v(4), 4096, None).unwrap();
         let read = driver.get(&doc).unwrap();
         assert_eq!(read[0], b'#', "the prefix was written again");
         assert!(read[1..] == v(4)[1..]);
@@ -1046,23 +1107,23 @@ mod tests {
         let driver = LocalDriver::new(&dir, false, WriterChoice::Buffered).unwrap();
         let doc = StoragePath::from_components(["r", "index.json"]).unwrap();
         driver
-            .replace(&doc, &shared_prefix_version(b'A', 1), 0)
+            .replace(&doc, &shared_prefix_version(b'A', 1), 0, None)
             .unwrap();
         driver
-            .replace(&doc, &shared_prefix_version(b'A', 2), 4096)
+            .replace(&doc, &shared_prefix_version(b'A', 2), 4096, None)
             .unwrap();
         let reader = File::open(dir.join("r/index.json")).unwrap();
         driver
-            .replace(&doc, &shared_prefix_version(b'A', 3), 4096)
+            .replace(&doc, &shared_prefix_version(b'A', 3), 4096, None)
             .unwrap();
         // The spare is version 2's file, which the reader holds: version 4 goes around it.
         driver
-            .replace(&doc, &shared_prefix_version(b'B', 4), 0)
+            .replace(&doc, &shared_prefix_version(b'B', 4), 0, None)
             .unwrap();
         drop(reader);
         // Version 5 shares 4096 bytes with version 4, none with version 2 in the spare.
         driver
-            .replace(&doc, &shared_prefix_version(b'B', 5), 4096)
+            .replace(&doc, &shared_prefix_version(b'B', 5), 4096, None)
             .unwrap();
         assert!(driver.get(&doc).unwrap() == shared_prefix_version(b'B', 5));
         fs::remove_dir_all(&dir).unwrap();
@@ -1072,7 +1133,7 @@ mod tests {
     /// the last one put among them.
     #[test]
     fn the_replace_log_is_bounded() {
-        let version = Version {
+        let version = FileState {
             dev: 1,
             ino: 2,
             size: 3,
@@ -1103,7 +1164,7 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for version in 0..200u32 {
             driver
-                .replace(&doc, format!("{version:08}").as_bytes(), 0)
+                .replace(&doc, format!("{version:08}").as_bytes(), 0, None)
                 .unwrap();
             let meta = driver.stat(&doc).unwrap().unwrap();
             assert!(
@@ -1140,8 +1201,8 @@ mod tests {
         }
         let driver = LocalDriver::new(&dir, false, WriterChoice::Buffered).unwrap();
         let doc = StoragePath::from_components(["r", "index.json"]).unwrap();
-        driver.replace(&doc, b"v1", 0).unwrap();
-        driver.replace(&doc, b"v2", 0).unwrap();
+        driver.replace(&doc, b"v1", 0, None).unwrap();
+        driver.replace(&doc, b"v2", 0, None).unwrap();
         fs::write(dir.join("r/blobs/.tmp-live"), b"being written").unwrap();
         let names = |d: Option<&StoragePath>| {
             let mut found: Vec<(String, bool)> = driver

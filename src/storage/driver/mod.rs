@@ -85,7 +85,7 @@ impl fmt::Display for StoragePath {
 }
 
 /// What `stat` reports about an object or directory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
     /// Size in bytes (0 for directories).
     pub size: u64,
@@ -99,6 +99,27 @@ pub struct ObjectMeta {
     /// Equal for two paths that name the same stored bytes (local: device and inode), so the
     /// dedupe pass can tell linked copies from separate ones; `None` where that is unknowable.
     pub identity: Option<u64>,
+    /// The version `replace` compares against before it swaps (local: the fingerprint;
+    /// S3: the ETag).
+    pub version: Version,
+}
+
+/// A version of an object as its driver hands it out, for `replace` to compare and swap on:
+/// opaque to callers, who only pass back what `stat` gave them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Version(String);
+
+impl Version {
+    /// A version from the driver's own token for it.
+    pub fn new(token: impl Into<String>) -> Version {
+        Version(token.into())
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl ObjectMeta {
@@ -140,6 +161,18 @@ pub enum DriverError {
         path: String,
         /// Why.
         reason: &'static str,
+    },
+    /// A conditional `replace` found another version than the one it was given: someone
+    /// changed (or removed) the object since it was read. The caller reads it again and
+    /// retries.
+    #[error("{driver}: {path}: changed since it was read (now {found})")]
+    Conflict {
+        /// Driver name.
+        driver: &'static str,
+        /// The object replaced.
+        path: String,
+        /// What is there now (`absent` when nothing is).
+        found: String,
     },
     /// The backend failed.
     #[error("{driver}: {op} {path}: {source}")]
@@ -214,6 +247,11 @@ pub trait Driver: Send + Sync {
     /// Missing parent directories are created.
     fn put(&self, path: &StoragePath, bytes: &[u8]) -> Result<(), DriverError>;
 
+    /// Writes a whole object only if nothing is at `path`, in one step: of writers creating
+    /// the same object at once (in any process), exactly one gets `true` and its bytes stay;
+    /// the others get `false` and change nothing. Missing parent directories are created.
+    fn create(&self, path: &StoragePath, bytes: &[u8]) -> Result<bool, DriverError>;
+
     /// Makes `to` hold the same bytes as `from`, replacing whatever `to` held atomically, and
     /// marks `to` as just written (its modification time is now, so an age-based collector
     /// treats it as new). Drivers that `can_link` share the bytes (local: a hard link);
@@ -228,7 +266,10 @@ pub trait Driver: Send + Sync {
     }
 
     /// Rewrites a small mutable document (a repository's `index.json`) atomically, like
-    /// `put`. A driver may recycle the replaced object's storage for the next `replace` of the
+    /// `put`, if it is still at version `expected` (`None`: whatever is there), else fails
+    /// with `Conflict` and changes nothing: writers in several processes, or instances, each
+    /// read, change and replace, and none loses another's change. Returns the metadata of
+    /// the version written (not of whatever another writer put there since). A driver may recycle the replaced object's storage for the next `replace` of the
     /// same path (local: the old file becomes the scratch file the next version is written
     /// into, so no inode is freed and allocated per write), so documents written this way are
     /// read with `get` only, which sees the old bytes or the new, never a part.
@@ -244,10 +285,8 @@ pub trait Driver: Send + Sync {
         path: &StoragePath,
         bytes: &[u8],
         unchanged_prefix: usize,
-    ) -> Result<(), DriverError> {
-        let _ = unchanged_prefix;
-        self.put(path, bytes)
-    }
+        expected: Option<&Version>,
+    ) -> Result<ObjectMeta, DriverError>;
 
     /// Names of the immediate children of `dir`, in no particular order; empty when `dir`
     /// does not exist. `None` lists the root. Storage that `replace` keeps for a document is
