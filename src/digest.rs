@@ -4,6 +4,7 @@
 //! Only the two registered algorithms of the OCI image spec are accepted (sha256, sha512), with
 //! their exact hex lengths, so a `Digest` is always safe to turn into a file name.
 
+use sha2::digest::common::hazmat::SerializableState;
 use sha2::{Digest as _, Sha256, Sha512};
 use std::fmt;
 use std::str::FromStr;
@@ -175,6 +176,24 @@ impl Hasher {
         }
     }
 
+    /// The running state as bytes, to be stored beside an upload so that another process
+    /// continues the hash without reading again what it already hashed.
+    pub fn save_state(&self) -> Vec<u8> {
+        match self {
+            Hasher::Sha256(h) => h.serialize().to_vec(),
+            Hasher::Sha512(h) => h.serialize().to_vec(),
+        }
+    }
+
+    /// A hasher of `algorithm` continuing from a `save_state`, or `None` if the bytes are not
+    /// one of that algorithm.
+    pub fn restore(algorithm: Algorithm, state: &[u8]) -> Option<Hasher> {
+        Some(match algorithm {
+            Algorithm::Sha256 => Hasher::Sha256(Sha256::deserialize(state.try_into().ok()?).ok()?),
+            Algorithm::Sha512 => Hasher::Sha512(Sha512::deserialize(state.try_into().ok()?).ok()?),
+        })
+    }
+
     /// The digest of everything fed so far.
     pub fn finish(self) -> Digest {
         let (algorithm, raw): (Algorithm, Vec<u8>) = match self {
@@ -188,7 +207,8 @@ impl Hasher {
     }
 }
 
-fn to_hex(bytes: &[u8]) -> String {
+/// Bytes as lowercase hex.
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -198,9 +218,40 @@ fn to_hex(bytes: &[u8]) -> String {
     out
 }
 
+/// The bytes a hex string spells, or `None` if it is not hex of whole bytes.
+pub(crate) fn from_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hash continued from a saved state ends where the uninterrupted one does, and a
+    /// state of the other algorithm, or cut short, is refused.
+    #[test]
+    fn saved_states_continue_the_hash() {
+        for algorithm in Algorithm::ALL {
+            let mut whole = Hasher::new(algorithm);
+            let mut first = Hasher::new(algorithm);
+            whole.update(b"the first chunk, not a whole number of blocks");
+            first.update(b"the first chunk, not a whole number of blocks");
+            let state = first.save_state();
+            let mut continued = Hasher::restore(algorithm, &state).unwrap();
+            whole.update(b" and the second");
+            continued.update(b" and the second");
+            assert_eq!(continued.finish(), whole.finish());
+            assert!(Hasher::restore(algorithm, &state[..state.len() - 1]).is_none());
+        }
+        let sha256 = Hasher::new(Algorithm::Sha256).save_state();
+        assert!(Hasher::restore(Algorithm::Sha512, &sha256).is_none());
+    }
 
     #[test]
     fn known_vectors() {

@@ -2,9 +2,13 @@
 //! commit recipe (verify, sync, rename into `blobs/`).
 //!
 //! A session's running hash lives in memory with its id, so finishing an upload never re-reads
-//! the blob. After a restart (or for a digest algorithm other than the running one) the state
-//! is rebuilt by hashing the session file once. A failed chunk is rolled back: the file is cut
-//! back to its previous length and the hasher restored from a checkpoint.
+//! the blob. After each chunk, where the bytes end and the hash state there are saved beside
+//! the session (`<id>.state`), so after a restart, or on another instance, the session
+//! continues without reading again what was hashed; only bytes past the saved state (a chunk
+//! cut short by a kill) are read, and without a usable state the file is hashed once. For a
+//! digest algorithm other than the running one the file is hashed at the end. A failed chunk
+//! is rolled back: the file is cut back to its previous length and the hasher restored from a
+//! checkpoint.
 
 use super::driver::Appender;
 use super::layout::{self, UploadId};
@@ -29,6 +33,15 @@ pub enum BodyLength {
     Exact(u64),
     /// Chunked transfer encoding: read to the end.
     UntilEnd,
+}
+
+/// What `<id>.state` holds: the session's size and its running hash at that size.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SavedSession {
+    size: u64,
+    algorithm: String,
+    /// `Hasher::save_state`, in hex.
+    hash_state: String,
 }
 
 struct Session {
@@ -141,6 +154,20 @@ fn copy_hashed(
     Ok(total)
 }
 
+/// Feeds everything `reader` holds to `hasher`; returns how many bytes that was.
+fn hash_into(reader: &mut dyn Read, hasher: &mut Hasher) -> Result<u64, StoreError> {
+    let mut buf = vec![0u8; BODY_BUFFER];
+    let mut size = 0u64;
+    loop {
+        let n = fill(reader, &mut buf)?;
+        if n == 0 {
+            return Ok(size);
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+}
+
 /// Reads until `buf` is full or the body ends, so writes go out in large pieces.
 fn fill(body: &mut dyn Read, buf: &mut [u8]) -> Result<usize, StoreError> {
     let mut filled = 0;
@@ -222,16 +249,74 @@ impl Store {
         id: UploadId,
     ) -> Result<Option<Session>, StoreError> {
         let path = layout::upload(repo, &id)?;
-        if self.driver.stat(&path)?.is_none() {
+        let Some(meta) = self.driver.stat(&path)? else {
             return Ok(None);
-        }
-        let (hasher, size) = self.hash_object(&path, RUNNING_ALGORITHM)?;
+        };
+        let (hasher, size) = match self.saved_session(repo, id) {
+            Some((mut hasher, saved)) if saved <= meta.size => {
+                // Bytes past the saved size came in a chunk the process did not finish
+                // (killed mid-append): the client may resume after them, so they count.
+                let mut tail = self.driver.reader(&path, saved)?.reader;
+                let reread = hash_into(&mut tail, &mut hasher)?;
+                tracing::info!(repository = %repo, upload = %id, size = saved + reread, reread_bytes = reread, "upload session resumed from its saved state");
+                (hasher, saved + reread)
+            }
+            _ => {
+                let (hasher, size) = self.hash_object(&path, RUNNING_ALGORITHM)?;
+                tracing::info!(repository = %repo, upload = %id, size, reread_bytes = size, "upload session rebuilt by hashing its file: no usable saved state");
+                (hasher, size)
+            }
+        };
         Ok(Some(Session {
             repo: repo.clone(),
             hasher,
             size,
             ended: false,
         }))
+    }
+
+    /// The saved hash state of session `id` and the size it is for, if there is a readable
+    /// one.
+    fn saved_session(&self, repo: &RepoName, id: UploadId) -> Option<(Hasher, u64)> {
+        let bytes = self
+            .driver
+            .get(&layout::upload_state(repo, &id).ok()?)
+            .ok()?;
+        let saved: SavedSession = serde_json::from_slice(&bytes).ok()?;
+        let algorithm = Algorithm::ALL
+            .into_iter()
+            .find(|a| a.as_str() == saved.algorithm)?;
+        let state = crate::digest::from_hex(&saved.hash_state)?;
+        Some((Hasher::restore(algorithm, &state)?, saved.size))
+    }
+
+    /// Saves where session `id`'s bytes end and its hash there. A failure costs only speed
+    /// after a restart (the bytes past a stale state are hashed again), so it is logged, not
+    /// returned.
+    fn save_session(&self, repo: &RepoName, id: UploadId, session: &Session) {
+        let saved = SavedSession {
+            size: session.size,
+            algorithm: session.hasher.algorithm().as_str().to_string(),
+            hash_state: crate::digest::to_hex(&session.hasher.save_state()),
+        };
+        let bytes = serde_json::to_vec(&saved).expect("a saved session serializes");
+        let result = layout::upload_state(repo, &id)
+            .map_err(StoreError::from)
+            .and_then(|path| Ok(self.driver.replace(&path, &bytes, 0, None)?));
+        if let Err(e) = result {
+            tracing::warn!(repository = %repo, upload = %id, "cannot save the upload session's state: {e}");
+        }
+    }
+
+    /// Deletes session `id`'s file and its saved state; either may be gone already.
+    fn delete_session_files(&self, repo: &RepoName, id: UploadId) -> Result<(), StoreError> {
+        for path in [layout::upload(repo, &id)?, layout::upload_state(repo, &id)?] {
+            match self.driver.delete(&path) {
+                Ok(()) | Err(super::driver::DriverError::NotFound { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn hash_object(
@@ -241,20 +326,13 @@ impl Store {
     ) -> Result<(Hasher, u64), StoreError> {
         let mut reader = self.driver.reader(path, 0)?.reader;
         let mut hasher = Hasher::new(algorithm);
-        let mut buf = vec![0u8; BODY_BUFFER];
-        let mut size = 0u64;
-        loop {
-            let n = fill(&mut reader, &mut buf)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            size += n as u64;
-        }
+        let size = hash_into(&mut reader, &mut hasher)?;
         Ok((hasher, size))
     }
 
-    /// Upload sessions of `repo` untouched for at least `delay`: id and size.
+    /// Upload sessions of `repo` untouched for at least `delay`: id and size. A saved state
+    /// whose session file is gone (a kill between removing the two) counts as a session of
+    /// size 0.
     pub(super) fn idle_uploads(
         &self,
         repo: &RepoName,
@@ -262,21 +340,46 @@ impl Store {
         now: SystemTime,
     ) -> Result<Vec<(UploadId, u64)>, StoreError> {
         let dir = layout::uploads_dir(repo)?;
-        let mut idle = Vec::new();
+        let mut sessions = std::collections::HashSet::new();
         for name in self.driver.list(Some(&dir))? {
-            let Ok(id) = name.parse::<UploadId>() else {
-                continue;
-            };
-            if let Some(meta) = self.driver.stat(&layout::upload(repo, &id)?)?
-                && super::gc::older_than(meta.modified, now, delay)
-            {
-                idle.push((id, meta.size));
+            let id = name
+                .strip_suffix(layout::UPLOAD_STATE_SUFFIX)
+                .unwrap_or(&name);
+            if let Ok(id) = id.parse::<UploadId>() {
+                sessions.insert(id);
+            }
+        }
+        let mut idle = Vec::new();
+        for id in sessions {
+            if let Some(size) = self.idle_size(repo, id, delay, now)? {
+                idle.push((id, size));
             }
         }
         Ok(idle)
     }
 
-    /// Ends the session `id` of `repo` and deletes its file if it is still idle for `delay`.
+    /// The size of session `id` if neither its file nor its saved state changed for `delay`
+    /// (and at least one of them is there).
+    fn idle_size(
+        &self,
+        repo: &RepoName,
+        id: UploadId,
+        delay: Duration,
+        now: SystemTime,
+    ) -> Result<Option<u64>, StoreError> {
+        let file = self.driver.stat(&layout::upload(repo, &id)?)?;
+        let state = self.driver.stat(&layout::upload_state(repo, &id)?)?;
+        let idle = |meta: &Option<super::driver::ObjectMeta>| {
+            meta.as_ref()
+                .is_none_or(|m| super::gc::older_than(m.modified, now, delay))
+        };
+        if (file.is_none() && state.is_none()) || !idle(&file) || !idle(&state) {
+            return Ok(None);
+        }
+        Ok(Some(file.map_or(0, |m| m.size)))
+    }
+
+    /// Ends the session `id` of `repo` and deletes its files if it is still idle for `delay`.
     /// A session a request is using (its lock is held) is not idle, whatever its file's time
     /// says (bytes may sit in the writer's buffer): it is skipped at once, so the collector
     /// never waits on a client (issue 10: a trickling PATCH held a sweep for 21 s). Returns
@@ -309,13 +412,9 @@ impl Store {
         delay: Duration,
         now: SystemTime,
     ) -> Result<bool, StoreError> {
-        let path = layout::upload(repo, &id)?;
-        let idle = self
-            .driver
-            .stat(&path)?
-            .is_some_and(|m| super::gc::older_than(m.modified, now, delay));
+        let idle = self.idle_size(repo, id, delay, now)?.is_some();
         if idle {
-            self.driver.delete(&path)?;
+            self.delete_session_files(repo, id)?;
             // Requests that wait for this lock next find the session gone.
             *session = None;
         }
@@ -373,6 +472,7 @@ impl Store {
             let mut out = self.driver.appender(&path)?;
             self.check_session_file(repo, id, session, &path, out.as_mut())?;
             session.size += append_body(body, length, &mut session.hasher, out.as_mut())?;
+            self.save_session(repo, id, session);
             Ok(session.size)
         })
     }
@@ -408,6 +508,10 @@ impl Store {
             drop(out);
             self.place_blob(repo, digest, session.size, &path)?;
             session.ended = true;
+            // The blob is in place: a state left behind is removed with the idle uploads.
+            if let Err(e) = self.delete_session_files(repo, id) {
+                tracing::warn!(repository = %repo, upload = %id, "cannot remove the finished upload's state: {e}");
+            }
             Ok(())
         })
     }
@@ -415,7 +519,7 @@ impl Store {
     /// Abandons an upload session and its bytes.
     pub fn upload_cancel(&self, repo: &RepoName, id: UploadId) -> Result<(), StoreError> {
         self.with_session(repo, id, |session| {
-            self.driver.delete(&layout::upload(repo, &id)?)?;
+            self.delete_session_files(repo, id)?;
             session.ended = true;
             Ok(())
         })
@@ -466,6 +570,82 @@ impl Store {
 mod tests {
     use super::*;
     use crate::storage::driver::local::{LocalDriver, WriterChoice};
+
+    /// Issue 12: a session continues in another store over the same root (as after a
+    /// restart) from its saved state, hashing only bytes a killed append left past it; a
+    /// saved state whose session file is gone is collected as an idle session.
+    #[test]
+    fn sessions_continue_from_their_saved_state_in_another_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let driver = LocalDriver::new(dir.path(), false, WriterChoice::Buffered).unwrap();
+            Store::new(Arc::new(driver), None)
+        };
+        let repo: RepoName = "a".parse().unwrap();
+        let (acked, cut, last) = (
+            &b"acknowledged "[..],
+            &b"cut short "[..],
+            &b"and the end"[..],
+        );
+        let first = open();
+        let id = first.upload_start(&repo).unwrap();
+        let len = |b: &[u8]| BodyLength::Exact(b.len() as u64);
+        first
+            .upload_append(&repo, id, Some(0), &mut &acked[..], len(acked))
+            .unwrap();
+        // A process killed while appending: bytes past the saved state, never acknowledged.
+        let file = dir.path().join(format!("a/.uploads/{id}"));
+        let mut raw = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap();
+        std::io::Write::write_all(&mut raw, cut).unwrap();
+        drop(first);
+
+        let second = open();
+        let had = (acked.len() + cut.len()) as u64;
+        assert_eq!(second.upload_size(&repo, id).unwrap(), had);
+        let whole = [acked, cut, last].concat();
+        let digest = Digest::sha256_of(&whole);
+        second
+            .upload_finish(&repo, id, &digest, &mut &last[..], len(last))
+            .unwrap();
+        assert_eq!(
+            second.blob_size(&repo, &digest).unwrap(),
+            whole.len() as u64
+        );
+        let uploads = dir.path().join("a/.uploads");
+        assert_eq!(
+            std::fs::read_dir(&uploads).unwrap().count(),
+            0,
+            "nothing left"
+        );
+
+        // A state left without its session (a kill between the two deletions).
+        let id = second.upload_start(&repo).unwrap();
+        second
+            .upload_append(&repo, id, Some(0), &mut &acked[..], len(acked))
+            .unwrap();
+        std::fs::remove_file(uploads.join(id.to_string())).unwrap();
+        let state = uploads.join(format!("{id}.state"));
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        std::fs::File::options()
+            .write(true)
+            .open(&state)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let third = open();
+        let hour = Duration::from_secs(3600);
+        let idle = third.idle_uploads(&repo, hour, SystemTime::now()).unwrap();
+        assert_eq!(idle, [(id, 0)]);
+        assert!(
+            third
+                .end_idle_upload(&repo, id, hour, SystemTime::now())
+                .unwrap()
+        );
+        assert!(!state.exists());
+    }
 
     /// Issue 10: a request for a session whose lookup failed left its slot in the map for
     /// good (~400 bytes per request, from any client).

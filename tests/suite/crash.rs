@@ -1,7 +1,8 @@
 //! `kill -9` in the middle of concurrent pushes, then a restart on the same root (issue 2,
 //! point 4): every blob and tag that was acknowledged is there and verifies, no partial blob
 //! is visible under any `blobs/`, and every `index.json` parses. Run with `commit` off (a
-//! process crash keeps the page cache) and on (the fsync path must not break anything).
+//! process crash keeps the page cache) and on (the fsync path must not break anything). And
+//! a chunked upload cut by `kill -9` continues after the restart without re-reading (issue 12).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -165,4 +166,64 @@ fn kill_9_during_concurrent_pushes_loses_nothing_acknowledged() {
 #[test]
 fn kill_9_during_concurrent_pushes_with_commit_loses_nothing_acknowledged() {
     crash_and_recover(true);
+}
+
+/// Issue 12: a chunked upload interrupted by `kill -9` between two PATCHes continues after a
+/// restart from the offset the registry reports and finishes with the right digest; the
+/// restarted registry reads none of the bytes it already had again (its log says so).
+#[test]
+fn a_chunked_upload_cut_by_kill_9_continues_without_rereading() {
+    let dir = temp_dir();
+    let root = dir.path().join("root");
+    let mut berth = Berth::start_on(&root, Settings::default());
+    let client = berth.client();
+    let blob: Vec<u8> = (0..3_000_017u32).map(|i| (i * 31 % 251) as u8).collect();
+    let digest = sha256(&blob);
+    let (first, rest) = blob.split_at(2 * 1024 * 1024 + 5);
+    let location = client
+        .request("POST", "/v2/resume/r/blobs/uploads/")
+        .send()
+        .expect(202)
+        .location();
+    let patch = |client: &Client, location: &str, start: usize, chunk: &[u8]| {
+        client
+            .request("PATCH", location)
+            .header("Content-Type", "application/octet-stream")
+            .header(
+                "Content-Range",
+                &format!("{start}-{}", start + chunk.len() - 1),
+            )
+            .body(chunk)
+            .send()
+            .expect(202)
+            .location()
+    };
+    let location = patch(&client, &location, 0, first);
+    berth.kill9();
+    drop(berth);
+
+    let berth = Berth::start_on(&root, Settings::default());
+    let client = berth.client();
+    let status = client.get(&location).expect(204);
+    assert_eq!(
+        status.header("Range"),
+        Some(format!("0-{}", first.len() - 1).as_str()),
+        "the offset reported after the restart"
+    );
+    let location = patch(&client, &location, first.len(), rest);
+    client
+        .request(
+            "PUT",
+            &crate::util::http::with_query(&location, &format!("digest={digest}")),
+        )
+        .send()
+        .expect(201);
+    assert_eq!(get_blob(&client, "resume/r", &digest), blob);
+    let logs = berth.logs();
+    assert!(
+        logs.contains("upload session resumed from its saved state")
+            && logs.contains(&format!("size={}", first.len()))
+            && logs.contains("reread_bytes=0"),
+        "the session was not resumed from its saved state without re-reading:\n{logs}"
+    );
 }
