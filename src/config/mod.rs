@@ -65,7 +65,7 @@ pub struct StorageConfig {
     pub default: StoreConfig,
     /// zot's `subPaths`: a route (`/a` or `/a/b`) and its store.
     #[serde(serialize_with = "serialize_routes")]
-    pub sub_paths: Vec<(Route, StoreConfig)>,
+    pub sub_paths: Vec<(SubPath, StoreConfig)>,
 }
 
 /// The settings of one store (one root directory).
@@ -85,24 +85,24 @@ pub struct StoreConfig {
     pub gc: gc::GcConfig,
 }
 
-/// A sub-path route: the leading repository-name segments it matches (`/a/b` → `a`, `b`).
+/// One `subPaths` entry: the leading repository-name segments it matches (`/a/b` → `a`, `b`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    /// The route as written in the config file, for messages.
+pub struct SubPath {
+    /// The entry as written in the config file, for messages.
     pub key: String,
     /// Its segments.
     pub segments: Vec<String>,
 }
 
 fn serialize_routes<S: serde::Serializer>(
-    routes: &[(Route, StoreConfig)],
+    routes: &[(SubPath, StoreConfig)],
     s: S,
 ) -> Result<S::Ok, S::Error> {
     s.collect_map(routes.iter().map(|(r, c)| (&r.key, c)))
 }
 
-impl Route {
-    fn parse(key: &str) -> Result<Route, String> {
+impl SubPath {
+    fn parse(key: &str) -> Result<SubPath, String> {
         let bad = |why: &str| format!("storage.subPaths.{key}: {why}");
         let Some(rest) = key.strip_prefix('/') else {
             return Err(bad("a route starts with '/', as in \"/a\""));
@@ -123,7 +123,7 @@ impl Route {
                 "{s:?} cannot begin a repository name (lower-case letters, digits and separators)"
             )));
         }
-        Ok(Route {
+        Ok(SubPath {
             key: key.to_string(),
             segments,
         })
@@ -402,9 +402,9 @@ fn resolve_storage(
     let default = resolve_store(&storage, "storage", true, warnings)?;
     refuse_present(&storage.fast_restart, "storage.fastRestart", "zot's metaDB")?;
     refuse_present(&storage.max_repos, "storage.maxRepos", "a repository limit")?;
-    let mut sub_paths: Vec<(Route, StoreConfig)> = Vec::new();
+    let mut sub_paths: Vec<(SubPath, StoreConfig)> = Vec::new();
     for (key, sub) in storage.sub_paths.iter().flatten() {
-        let route = Route::parse(key)?;
+        let route = SubPath::parse(key)?;
         let prefix = format!("storage.subPaths.{key}");
         for (present, name) in [
             (sub.sub_paths.is_some(), "subPaths"),

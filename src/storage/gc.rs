@@ -16,7 +16,7 @@
 //!   manifest PUT re-checks its blobs under the same lock, so it never lands on a blob this
 //!   deleted. Hard-linked copies in other repositories are separate names and stay.
 
-use super::driver::{ObjectMeta, StoragePath};
+use super::driver::ObjectMeta;
 use super::layout::UploadId;
 use super::listing::Listing;
 use super::{Store, StoreError, layout};
@@ -477,29 +477,6 @@ impl Store {
             .map(|(id, size)| (id.to_string(), *size))
             .collect();
         Ok(())
-    }
-
-    /// Every `blobs/<alg>/<hex>` file of `repo`; names that are not digests are skipped.
-    pub(super) fn blob_files(
-        &self,
-        repo: &RepoName,
-    ) -> Result<Vec<(Digest, StoragePath)>, StoreError> {
-        let blobs = layout::blobs_root(repo)?;
-        let mut files = Vec::new();
-        for algorithm in self.driver.list(Some(&blobs))? {
-            let Ok(dir) = blobs.join(&algorithm) else {
-                continue;
-            };
-            for hex in self.driver.list(Some(&dir))? {
-                if let (Ok(digest), Ok(path)) = (
-                    format!("{algorithm}:{hex}").parse::<Digest>(),
-                    dir.join(&hex),
-                ) {
-                    files.push((digest, path));
-                }
-            }
-        }
-        Ok(files)
     }
 
     /// Deletes the planned blobs in short steps under the repository lock. Before each step

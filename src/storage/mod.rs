@@ -8,6 +8,7 @@
 //!   (see `manifests`); reads take no lock.
 //! - Nothing locks the whole store.
 
+mod blobs;
 mod catalog;
 pub mod collector;
 mod dedupe;

@@ -155,7 +155,7 @@ fn copy_hashed(
 }
 
 /// Feeds everything `reader` holds to `hasher`; returns how many bytes that was.
-fn hash_into(reader: &mut dyn Read, hasher: &mut Hasher) -> Result<u64, StoreError> {
+pub(super) fn hash_into(reader: &mut dyn Read, hasher: &mut Hasher) -> Result<u64, StoreError> {
     let mut buf = vec![0u8; BODY_BUFFER];
     let mut size = 0u64;
     loop {
@@ -317,17 +317,6 @@ impl Store {
             }
         }
         Ok(())
-    }
-
-    pub(super) fn hash_object(
-        &self,
-        path: &super::driver::StoragePath,
-        algorithm: Algorithm,
-    ) -> Result<(Hasher, u64), StoreError> {
-        let mut reader = self.driver.reader(path, 0)?.reader;
-        let mut hasher = Hasher::new(algorithm);
-        let size = hash_into(&mut reader, &mut hasher)?;
-        Ok((hasher, size))
     }
 
     /// Upload sessions of `repo` untouched for at least `delay`: id and size. A saved state

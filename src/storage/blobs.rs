@@ -1,0 +1,46 @@
+//! The blob files a repository stores: listing them by digest (the collector, scrub and the
+//! dedupe pass walk them) and hashing one as stored (scrub, the pass, and an upload finished
+//! under another algorithm than the running one).
+
+use super::driver::StoragePath;
+use super::uploads::hash_into;
+use super::{Store, StoreError, layout};
+use crate::digest::{Algorithm, Digest, Hasher};
+use crate::oci::RepoName;
+
+impl Store {
+    /// Every `blobs/<alg>/<hex>` file of `repo`; names that are not digests are skipped.
+    pub(super) fn blob_files(
+        &self,
+        repo: &RepoName,
+    ) -> Result<Vec<(Digest, StoragePath)>, StoreError> {
+        let blobs = layout::blobs_root(repo)?;
+        let mut files = Vec::new();
+        for algorithm in self.driver.list(Some(&blobs))? {
+            let Ok(dir) = blobs.join(&algorithm) else {
+                continue;
+            };
+            for hex in self.driver.list(Some(&dir))? {
+                if let (Ok(digest), Ok(path)) = (
+                    format!("{algorithm}:{hex}").parse::<Digest>(),
+                    dir.join(&hex),
+                ) {
+                    files.push((digest, path));
+                }
+            }
+        }
+        Ok(files)
+    }
+
+    /// The hash of the object at `path` under `algorithm`, and its size, read once.
+    pub(super) fn hash_object(
+        &self,
+        path: &StoragePath,
+        algorithm: Algorithm,
+    ) -> Result<(Hasher, u64), StoreError> {
+        let mut reader = self.driver.reader(path, 0)?.reader;
+        let mut hasher = Hasher::new(algorithm);
+        let size = hash_into(&mut reader, &mut hasher)?;
+        Ok((hasher, size))
+    }
+}
