@@ -17,13 +17,14 @@ impl Store {
         let blobs = layout::blobs_root(repo)?;
         let mut files = Vec::new();
         for algorithm in self.driver.list(Some(&blobs))? {
-            let Ok(dir) = blobs.join(&algorithm) else {
+            let Ok(dir) = blobs.join(&algorithm.name) else {
                 continue;
             };
-            for hex in self.driver.list(Some(&dir))? {
-                if let (Ok(digest), Ok(path)) = (
-                    format!("{algorithm}:{hex}").parse::<Digest>(),
-                    dir.join(&hex),
+            for file in self.driver.list(Some(&dir))? {
+                if let (false, Ok(digest), Ok(path)) = (
+                    file.is_prefix(),
+                    format!("{}:{}", algorithm.name, file.name).parse::<Digest>(),
+                    dir.join(&file.name),
                 ) {
                     files.push((digest, path));
                 }

@@ -102,7 +102,7 @@ impl Store {
         let mut dirs = vec![layout::repo_dir(repo)?, layout::uploads_dir(repo)?];
         for algorithm in self.driver.list(Some(&blobs))? {
             // A name that cannot be a path component holds nothing berth wrote.
-            if let Ok(d) = blobs.join(&algorithm) {
+            if let Ok(d) = blobs.join(&algorithm.name) {
                 dirs.push(d);
             }
         }
@@ -201,27 +201,27 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let dir = layout::repo_dir(repo)?;
         let empty = |d: &StoragePath| -> Result<bool, StoreError> {
-            let names = self.driver.list(Some(d))?;
-            Ok(names.iter().all(|n| {
-                d.join(n)
+            let entries = self.driver.list(Some(d))?;
+            Ok(entries.iter().all(|e| {
+                d.join(&e.name)
                     .is_ok_and(|p| ignored.iter().any(|i| i == p.as_str()))
             }))
         };
-        for name in self.driver.list(Some(&dir))? {
+        for entry in self.driver.list(Some(&dir))? {
             // A name that cannot be a path component is not berth's: it keeps the directory.
-            let Ok(path) = dir.join(&name) else {
+            let Ok(path) = dir.join(&entry.name) else {
                 return Ok(false);
             };
-            let fine = match name.as_str() {
+            let fine = match entry.name.as_str() {
                 layout::OCI_LAYOUT | layout::INDEX_JSON => true,
-                layout::UPLOADS => self.is_dir(&path)? && empty(&path)?,
+                layout::UPLOADS => entry.is_prefix() && empty(&path)?,
                 layout::BLOBS => {
-                    let mut fine = self.is_dir(&path)?;
+                    let mut fine = entry.is_prefix();
                     for algorithm in self.driver.list(Some(&path))? {
-                        let Ok(sub) = path.join(&algorithm) else {
+                        let Ok(sub) = path.join(&algorithm.name) else {
                             return Ok(false);
                         };
-                        fine = fine && self.is_dir(&sub)? && empty(&sub)?;
+                        fine = fine && algorithm.is_prefix() && empty(&sub)?;
                     }
                     fine
                 }
@@ -232,10 +232,6 @@ impl Store {
             }
         }
         Ok(true)
-    }
-
-    fn is_dir(&self, path: &StoragePath) -> Result<bool, StoreError> {
-        Ok(self.driver.stat(path)?.is_some_and(|m| m.is_dir))
     }
 
     /// Removes `repo`, which `holds_only_layout` found empty under the repository lock the
@@ -251,7 +247,7 @@ impl Store {
         let blobs = layout::blobs_root(repo)?;
         let mut empty_dirs = Vec::new();
         for algorithm in self.driver.list(Some(&blobs))? {
-            empty_dirs.push(blobs.join(&algorithm)?);
+            empty_dirs.push(blobs.join(&algorithm.name)?);
         }
         empty_dirs.push(blobs);
         empty_dirs.push(layout::uploads_dir(repo)?);

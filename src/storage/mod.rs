@@ -407,31 +407,25 @@ impl Store {
                 .as_ref()
                 .and_then(|d| d.as_str().parse::<RepoName>().ok())
             {
-                let has = |name: &str| entries.iter().any(|e| e == name);
+                let has = |name: &str| entries.iter().any(|e| e.name == name);
                 if has(layout::INDEX_JSON) && has(layout::OCI_LAYOUT) {
                     walk.repos.push(repo.to_string());
                 } else if has(layout::OCI_LAYOUT) && !has(layout::INDEX_JSON) {
                     walk.remnants.push(repo);
                 }
             }
-            for name in entries {
-                if layout::is_layout_entry(&name) {
+            // The listing says which children are directories: no `stat` per child (issue
+            // 12: 100,000 of them on a large mirror's first walk).
+            for entry in entries.iter().filter(|e| e.is_prefix()) {
+                if layout::is_layout_entry(&entry.name) {
                     continue;
                 }
                 let child = match &dir {
-                    Some(d) => d.join(&name),
-                    None => StoragePath::from_components([name.as_str()]),
+                    Some(d) => d.join(&entry.name),
+                    None => StoragePath::from_components([entry.name.as_str()]),
                 };
                 // Names that cannot be path components cannot be repositories either.
                 let Ok(child) = child else { continue };
-                match self.driver.stat(&child) {
-                    Ok(Some(meta)) if meta.is_dir => {}
-                    Ok(_) => continue,
-                    Err(e) => {
-                        self.note_unreadable(&mut walk, &child, &e);
-                        continue;
-                    }
-                }
                 // Every prefix of a repository name is one too, so below a directory whose
                 // path is none there is no repository: it is not read at all.
                 if child.as_str().parse::<RepoName>().is_ok() {

@@ -330,10 +330,11 @@ impl Store {
     ) -> Result<Vec<(UploadId, u64)>, StoreError> {
         let dir = layout::uploads_dir(repo)?;
         let mut sessions = std::collections::HashSet::new();
-        for name in self.driver.list(Some(&dir))? {
+        for entry in self.driver.list(Some(&dir))? {
+            let name = entry.name.as_str();
             let id = name
                 .strip_suffix(layout::UPLOAD_STATE_SUFFIX)
-                .unwrap_or(&name);
+                .unwrap_or(name);
             if let Ok(id) = id.parse::<UploadId>() {
                 sessions.insert(id);
             }

@@ -3,11 +3,18 @@
 //! concurrent writers, listing, appending, rename, copy and link) checked through the trait
 //! only.
 
-use super::{Driver, DriverError, StoragePath, Version};
+use super::{Driver, DriverError, EntryKind, StoragePath, Version};
 use std::io::Read;
 
 fn path(s: &str) -> StoragePath {
     StoragePath::from_components(s.split('/')).unwrap()
+}
+
+/// The names `list` gives for `dir`, sorted.
+fn names(d: &dyn Driver, dir: Option<&StoragePath>) -> Vec<String> {
+    let mut names: Vec<String> = d.list(dir).unwrap().into_iter().map(|e| e.name).collect();
+    names.sort();
+    names
 }
 
 fn read_from(driver: &dyn Driver, p: &StoragePath, offset: u64) -> (Vec<u8>, u64) {
@@ -66,10 +73,7 @@ fn put_get_replace(d: &dyn Driver) {
     assert_eq!(meta.size, 14);
     assert!(!meta.is_dir);
     // No temporary file is left beside the object.
-    assert_eq!(
-        d.list(Some(&path("a/b"))).unwrap(),
-        vec!["c.json".to_string()]
-    );
+    assert_eq!(names(d, Some(&path("a/b"))), ["c.json"]);
 }
 
 /// Version `n` of the document `replacing_documents` writes: its length varies with `n`, so a
@@ -138,7 +142,7 @@ fn replacing_documents(d: &dyn Driver) {
     d.replace(&fresh, &document(7), 0, None).unwrap();
     assert_eq!(version_of(&d.get(&fresh).unwrap()), 7);
     // Whatever storage replacing keeps is the document's: not listed, and no leftover.
-    assert_eq!(d.list(Some(&path("docs/repo"))).unwrap(), ["index.json"]);
+    assert_eq!(names(d, Some(&path("docs/repo"))), ["index.json"]);
     assert!(
         d.scratch_files(Some(&path("docs/repo")))
             .unwrap()
@@ -300,11 +304,26 @@ fn listing(d: &dyn Driver) {
     d.put(&path("l/one"), b"1").unwrap();
     d.put(&path("l/two"), b"2").unwrap();
     d.put(&path("l/sub/three"), b"3").unwrap();
-    let mut names = d.list(Some(&path("l"))).unwrap();
-    names.sort();
-    assert_eq!(names, ["one", "sub", "two"]);
+    let mut listed = d.list(Some(&path("l"))).unwrap();
+    listed.sort_by(|a, b| a.name.cmp(&b.name));
+    let kinds: Vec<(&str, Option<u64>)> = listed
+        .iter()
+        .map(|e| match e.kind {
+            EntryKind::Object { size, modified } => {
+                let age = std::time::SystemTime::now().duration_since(modified);
+                assert!(age.is_ok_and(|a| a.as_secs() < 60), "{e:?}");
+                (e.name.as_str(), Some(size))
+            }
+            EntryKind::Prefix => (e.name.as_str(), None),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [("one", Some(1)), ("sub", None), ("two", Some(1))],
+        "objects with their size and time, and prefixes, from the listing alone"
+    );
     assert!(d.stat(&path("l/sub")).unwrap().unwrap().is_dir);
-    assert!(d.list(None).unwrap().contains(&"l".to_string()));
+    assert!(names(d, None).contains(&"l".to_string()));
 }
 
 fn appending(d: &dyn Driver) {
@@ -404,7 +423,7 @@ fn linking(d: &dyn Driver) {
             assert_eq!(meta.identity, d.stat(&original).unwrap().unwrap().identity);
         }
     }
-    assert_eq!(d.list(Some(&path("k/c/blobs"))).unwrap(), ["x"]);
+    assert_eq!(names(d, Some(&path("k/c/blobs"))), ["x"]);
     assert!(matches!(
         d.link(&path("k/none"), &path("k/d/blobs/x")),
         Err(DriverError::NotFound { .. })

@@ -11,7 +11,8 @@
 use super::direct::{DirectWriter, StagingPool};
 use super::uring::{Completion, UringWriter};
 use super::{
-    Appender, Driver, DriverError, ObjectMeta, ObjectReader, ScratchFile, StoragePath, Version,
+    Appender, Driver, DriverError, Entry, EntryKind, ObjectMeta, ObjectReader, ScratchFile,
+    StoragePath, Version,
 };
 use crossbeam_channel::{Receiver, Sender};
 use std::fs::{self, File, OpenOptions};
@@ -653,7 +654,7 @@ impl Driver for LocalDriver {
         Ok(now)
     }
 
-    fn list(&self, dir: Option<&StoragePath>) -> Result<Vec<String>, DriverError> {
+    fn list(&self, dir: Option<&StoragePath>) -> Result<Vec<Entry>, DriverError> {
         let full = dir.map_or_else(|| self.root.clone(), |d| self.full(d));
         let entries = match fs::read_dir(&full) {
             Ok(entries) => entries,
@@ -671,20 +672,45 @@ impl Driver for LocalDriver {
         for entry in entries {
             let entry = entry.map_err(|e| io_err("list", &full, e))?;
             // Non-UTF-8 names cannot be repository names, tags or digests: skip them.
-            if let Ok(name) = entry.file_name().into_string() {
-                names.push(name);
-            }
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            // The directory entry's own type: no `stat` for a directory; a file's size and
+            // time come from a `stat` relative to the open directory, not a path walk.
+            let kind = match entry.file_type() {
+                Ok(t) if t.is_dir() => EntryKind::Prefix,
+                file_type => {
+                    // A symbolic link is listed as what it points to, as `stat` sees it.
+                    let meta = if file_type.is_ok_and(|t| t.is_symlink()) {
+                        fs::metadata(entry.path())
+                    } else {
+                        entry.metadata()
+                    };
+                    match meta {
+                        Ok(m) if m.is_dir() => EntryKind::Prefix,
+                        Ok(m) => EntryKind::Object {
+                            size: m.len(),
+                            modified: m.modified().map_err(|e| io_err("stat", &entry.path(), e))?,
+                        },
+                        // Removed since the directory was read, or a dangling link.
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(io_err("stat", &entry.path(), e)),
+                    }
+                }
+            };
+            names.push(Entry { name, kind });
         }
         // A document's spare is part of the document (`delete` removes both), so a directory
         // holding only documents lists as just those. A spare whose document is gone stays
         // listed: it is a leftover (`scratch_files`) and keeps the directory from being empty.
         let documents: std::collections::HashSet<String> = names
             .iter()
-            .filter(|n| !n.starts_with(SPARE_PREFIX))
-            .cloned()
+            .filter(|e| !e.name.starts_with(SPARE_PREFIX))
+            .map(|e| e.name.clone())
             .collect();
-        names.retain(|n| {
-            n.strip_prefix(SPARE_PREFIX)
+        names.retain(|e| {
+            e.name
+                .strip_prefix(SPARE_PREFIX)
                 .is_none_or(|document| !documents.contains(document))
         });
         Ok(names)
@@ -692,7 +718,7 @@ impl Driver for LocalDriver {
 
     fn scratch_files(&self, dir: Option<&StoragePath>) -> Result<Vec<ScratchFile>, DriverError> {
         let mut found = Vec::new();
-        for name in self.list(dir)? {
+        for name in self.list(dir)?.into_iter().map(|e| e.name) {
             // Spares still listed have lost their document (see `list`).
             if !name.starts_with(TEMP_PREFIX) && !name.starts_with(SPARE_PREFIX) {
                 continue;
@@ -1227,7 +1253,12 @@ mod tests {
             names(None),
             [(".tmp-link-probe-x.second".to_string(), true)]
         );
-        let mut listed = driver.list(Some(&r)).unwrap();
+        let mut listed: Vec<String> = driver
+            .list(Some(&r))
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
         listed.sort();
         assert_eq!(listed, [".spare-gone.json", "blobs", "index.json"]);
         fs::remove_dir_all(&dir).unwrap();

@@ -130,6 +130,38 @@ impl ObjectMeta {
     }
 }
 
+/// One child of a listed directory, typed as the listing itself says (no `stat` per entry):
+/// an object with its size and time, or a prefix (a directory; on an object store, a common
+/// prefix) under which more is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The child's name (one path component).
+    pub name: String,
+    /// What it is.
+    pub kind: EntryKind,
+}
+
+/// What a listed child is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// An object.
+    Object {
+        /// Size in bytes.
+        size: u64,
+        /// Last modification time.
+        modified: SystemTime,
+    },
+    /// A prefix with more below it.
+    Prefix,
+}
+
+impl Entry {
+    /// Whether more is stored below it.
+    pub fn is_prefix(&self) -> bool {
+        self.kind == EntryKind::Prefix
+    }
+}
+
 /// One of a driver's own temporary files (see `Driver::scratch_files`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScratchFile {
@@ -288,11 +320,11 @@ pub trait Driver: Send + Sync {
         expected: Option<&Version>,
     ) -> Result<ObjectMeta, DriverError>;
 
-    /// Names of the immediate children of `dir`, in no particular order; empty when `dir`
-    /// does not exist. `None` lists the root. Storage that `replace` keeps for a document is
+    /// The immediate children of `dir`, typed, in one call and in no particular order; empty
+    /// when `dir` does not exist. `None` lists the root. Storage that `replace` keeps for a document is
     /// part of that document, not a child of its own; temporary files of writes (see
     /// `scratch_files`) are listed, since they occupy the directory.
-    fn list(&self, dir: Option<&StoragePath>) -> Result<Vec<String>, DriverError>;
+    fn list(&self, dir: Option<&StoragePath>) -> Result<Vec<Entry>, DriverError>;
 
     /// The driver's own temporary files directly in `dir` (`None`: the root): the scratch
     /// names of writes in progress, and those a process killed mid-write left behind, which
