@@ -45,11 +45,7 @@ fn store(root: &std::path::Path, dedupe: bool) -> Store {
         let cache = Lmdb::open(&root.join(".berth/cache"), LmdbOptions::new(false))
             .and_then(|env| env.namespace(&Namespace::new("storage")))
             .expect("cache");
-        let cache = Arc::new(cache);
-        DedupeCache {
-            index: cache.clone(),
-            markers: cache,
-        }
+        DedupeCache::of(Arc::new(cache))
     });
     Store::new(Arc::new(driver), cache)
 }

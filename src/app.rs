@@ -2,7 +2,7 @@
 //! `Registry`, the background start-up dedupe pass, and a bound server.
 
 use crate::cache::lmdb::{Lmdb, LmdbCache, LmdbOptions};
-use crate::cache::{DedupeCache, Namespace};
+use crate::cache::{CacheError, DedupeCache, Namespace};
 use crate::config::{Config, StoreConfig};
 use crate::http::server::{BindError, Server};
 use crate::root_lock::{LockError, RootLock};
@@ -268,10 +268,7 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
     let dedupe_cache = cache
         .clone()
         .filter(|_| settings.dedupe)
-        .map(|cache| DedupeCache {
-            index: cache.clone(),
-            markers: cache,
-        });
+        .map(DedupeCache::of);
     let mut store = Store::new(Arc::new(driver), dedupe_cache);
     if let Some(cache) = cache {
         store = store.with_usage(cache, record_pushes, record_pulls);
@@ -314,6 +311,8 @@ fn open_cache(key: &str, root: &Path, durable: bool) -> Result<Arc<LmdbCache>, S
                 unsafe { libc::getuid() }
             )));
         }
+        // Full (disk or map): nothing is damaged either, and a fresh cache would not fit.
+        Err(e @ CacheError::Unavailable { .. }) => return Err(failed(e.to_string())),
         Err(e) => tracing::warn!(dir = %dir.display(), "dedupe cache unusable, rebuilding it: {e}"),
     }
     let aside = dir.with_file_name(format!("cache.damaged-{}", uuid::Uuid::new_v4().simple()));

@@ -100,34 +100,35 @@ fn err(op: &'static str) -> impl FnOnce(heed::Error) -> CacheError {
     move |e| {
         let unavailable = match &e {
             heed::Error::Mdb(MdbError::MapFull | MdbError::ReadersFull) => true,
-            heed::Error::Io(io) => matches!(
-                io.raw_os_error(),
-                Some(libc::ENOSPC | libc::EDQUOT | libc::EACCES | libc::EROFS)
-            ),
+            heed::Error::Io(io) => refused_now(io),
             _ => false,
         };
-        let message = e.to_string();
-        if unavailable {
-            CacheError::Unavailable {
-                cache: NAME,
-                op,
-                message,
-            }
-        } else {
-            CacheError::Failed {
-                cache: NAME,
-                op,
-                message,
-            }
-        }
+        cache_error(op, e.to_string(), unavailable)
     }
 }
 
-fn damaged(op: &'static str, message: String) -> CacheError {
-    CacheError::Failed {
-        cache: NAME,
-        op,
-        message,
+/// Whether an I/O error says the disk refuses writes now: full, over quota, read-only or
+/// not ours to write (an operator can fix each without restarting berth).
+fn refused_now(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EACCES | libc::EROFS)
+    )
+}
+
+fn cache_error(op: &'static str, message: String, unavailable: bool) -> CacheError {
+    if unavailable {
+        CacheError::Unavailable {
+            cache: NAME,
+            op,
+            message,
+        }
+    } else {
+        CacheError::Failed {
+            cache: NAME,
+            op,
+            message,
+        }
     }
 }
 
@@ -135,10 +136,8 @@ impl Lmdb {
     /// Opens (creating) the environment in `dir`.
     pub fn open(dir: &Path, options: LmdbOptions) -> Result<Lmdb, CacheError> {
         std::fs::create_dir_all(dir).map_err(|e| {
-            err("create directory")(heed::Error::Io(std::io::Error::new(
-                e.kind(),
-                format!("{}: {e}", dir.display()),
-            )))
+            let message = format!("{}: {e}", dir.display());
+            cache_error("create directory", message, refused_now(&e))
         })?;
         let mut env_options = EnvOpenOptions::new();
         env_options
@@ -394,7 +393,7 @@ enum Role {
 
 fn parse_path(recorded: &str) -> Result<StoragePath, CacheError> {
     StoragePath::from_components(recorded.split('/'))
-        .map_err(|e| damaged("read a path", format!("{recorded:?}: {e}")))
+        .map_err(|e| cache_error("read a path", format!("{recorded:?}: {e}"), false))
 }
 
 fn millis(t: SystemTime) -> u64 {
@@ -586,16 +585,28 @@ mod tests {
             .unwrap()
     }
 
-    #[test]
-    fn lmdb_conformance() {
+    /// Runs `suite` over a fresh environment, durable and not.
+    fn conformance(suite: impl Fn(&dyn Fn(&Namespace) -> LmdbCache)) {
         for durable in [false, true] {
             let dir = tempfile::tempdir().unwrap();
             let env = Lmdb::open(&dir.path().join("cache"), LmdbOptions::new(durable)).unwrap();
-            let open = |ns: &Namespace| env.namespace(ns).unwrap();
-            conformance::dedupe_index(open);
-            conformance::usage_log(open);
-            conformance::markers(open);
+            suite(&|ns| env.namespace(ns).unwrap());
         }
+    }
+
+    #[test]
+    fn lmdb_dedupe_index_conformance() {
+        conformance(|open| conformance::dedupe_index(open));
+    }
+
+    #[test]
+    fn lmdb_usage_log_conformance() {
+        conformance(|open| conformance::usage_log(open));
+    }
+
+    #[test]
+    fn lmdb_markers_conformance() {
+        conformance(|open| conformance::markers(open));
     }
 
     #[test]

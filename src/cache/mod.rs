@@ -160,3 +160,13 @@ pub struct DedupeCache {
     /// The start-up pass's stamps.
     pub markers: Arc<dyn Markers>,
 }
+
+impl DedupeCache {
+    /// Both from one backend that keeps them (LMDB), in one namespace.
+    pub fn of<C: DedupeIndex + Markers + 'static>(cache: Arc<C>) -> DedupeCache {
+        DedupeCache {
+            index: cache.clone(),
+            markers: cache,
+        }
+    }
+}

@@ -292,13 +292,7 @@ mod tests {
             .and_then(|env| env.namespace(&Namespace::new("storage")))
             .unwrap();
         let cache = Arc::new(cache);
-        let store = Store::new(
-            Arc::new(driver),
-            Some(DedupeCache {
-                index: cache.clone(),
-                markers: cache.clone(),
-            }),
-        );
+        let store = Store::new(Arc::new(driver), Some(DedupeCache::of(cache.clone())));
         let full = cache.fill_map();
         let blob = b"a layer pushed into several repositories";
         let digest = Digest::sha256_of(blob);

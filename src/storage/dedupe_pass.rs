@@ -669,12 +669,7 @@ mod tests {
             .unwrap()
             .namespace(&Namespace::new("storage"))
             .unwrap();
-        let cache = Arc::new(cache);
-        let dedupe = DedupeCache {
-            index: cache.clone(),
-            markers: cache,
-        };
-        let store = Store::new(Arc::new(driver), Some(dedupe));
+        let store = Store::new(Arc::new(driver), Some(DedupeCache::of(Arc::new(cache))));
 
         // Three repositories' files per batch: four batches.
         let report = run_in_batches(&store, 5).unwrap();
