@@ -13,7 +13,8 @@
 //! repositories sharing few blobs (issue 11): `--blobs 100000 --repos 100000` is one blob in
 //! 100,000 repositories, `--blobs 400000 --repos 100000` four.
 
-use berth::cache::lmdb::LmdbCache;
+use berth::cache::lmdb::{Lmdb, LmdbOptions};
+use berth::cache::{DedupeCache, Namespace};
 use berth::digest::Digest;
 use berth::oci::RepoName;
 use berth::storage::driver::local::{LocalDriver, WriterChoice};
@@ -41,8 +42,10 @@ struct Args {
 fn store(root: &std::path::Path, dedupe: bool) -> Store {
     let driver = LocalDriver::new(root, false, WriterChoice::Auto).expect("driver");
     let cache = dedupe.then(|| {
-        Arc::new(LmdbCache::open(&root.join(".berth/cache"), false).expect("cache"))
-            as Arc<dyn berth::cache::Cache>
+        let cache = Lmdb::open(&root.join(".berth/cache"), LmdbOptions::new(false))
+            .and_then(|env| env.namespace(&Namespace::new("storage")))
+            .expect("cache");
+        DedupeCache::of(Arc::new(cache))
     });
     Store::new(Arc::new(driver), cache)
 }

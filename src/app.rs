@@ -1,8 +1,8 @@
 //! The composition root: turns a resolved `Config` into drivers, caches and stores routed by a
 //! `Registry`, the background start-up dedupe pass, and a bound server.
 
-use crate::cache::Cache;
-use crate::cache::lmdb::LmdbCache;
+use crate::cache::lmdb::{Lmdb, LmdbCache, LmdbOptions};
+use crate::cache::{CacheError, DedupeCache, Namespace};
 use crate::config::{Config, StoreConfig};
 use crate::http::server::{BindError, Server};
 use crate::root_lock::{LockError, RootLock};
@@ -265,7 +265,10 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
         "storage ready; upload writer: {}",
         driver.writer_name()
     );
-    let dedupe_cache = cache.clone().filter(|_| settings.dedupe);
+    let dedupe_cache = cache
+        .clone()
+        .filter(|_| settings.dedupe)
+        .map(DedupeCache::of);
     let mut store = Store::new(Arc::new(driver), dedupe_cache);
     if let Some(cache) = cache {
         store = store.with_usage(cache, record_pushes, record_pulls);
@@ -287,16 +290,18 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
     Ok(store)
 }
 
-/// Opens a store's LMDB cache; one that cannot be opened (damaged by a power loss without
-/// `commit`, say) is moved aside and started afresh, since the start-up pass rebuilds it.
-fn open_cache(key: &str, root: &Path, durable: bool) -> Result<Arc<dyn Cache>, StartError> {
+/// Opens a store's LMDB cache, in its root, for the store's namespace (its config key); one
+/// that cannot be opened (damaged by a power loss without `commit`, say) is moved aside and
+/// started afresh, since the start-up pass rebuilds it.
+fn open_cache(key: &str, root: &Path, durable: bool) -> Result<Arc<LmdbCache>, StartError> {
     let dir = root.join(BERTH_DIR).join("cache");
     let failed = |message: String| StartError::Cache {
         key: format!("{key}.rootDirectory"),
         dir: dir.clone(),
         message,
     };
-    match LmdbCache::open(&dir, durable) {
+    let open = || Lmdb::open(&dir, LmdbOptions::new(durable))?.namespace(&Namespace::new(key));
+    match open() {
         Ok(cache) => return Ok(Arc::new(cache)),
         // Moving it aside would not help, nor is anything damaged: say what is wrong.
         Err(e) if !accessible(&dir) => {
@@ -306,15 +311,15 @@ fn open_cache(key: &str, root: &Path, durable: bool) -> Result<Arc<dyn Cache>, S
                 unsafe { libc::getuid() }
             )));
         }
+        // Full (disk or map): nothing is damaged either, and a fresh cache would not fit.
+        Err(e @ CacheError::Unavailable { .. }) => return Err(failed(e.to_string())),
         Err(e) => tracing::warn!(dir = %dir.display(), "dedupe cache unusable, rebuilding it: {e}"),
     }
     let aside = dir.with_file_name(format!("cache.damaged-{}", uuid::Uuid::new_v4().simple()));
     let reopened = std::fs::rename(&dir, &aside)
         .map_err(|e| e.to_string())
-        .and_then(|()| LmdbCache::open(&dir, durable).map_err(|e| e.to_string()));
-    reopened
-        .map(|cache| Arc::new(cache) as Arc<dyn Cache>)
-        .map_err(failed)
+        .and_then(|()| open().map_err(|e| e.to_string()));
+    reopened.map(Arc::new).map_err(failed)
 }
 
 /// Whether this process may read, write and enter `dir` and its parent (an absent `dir`

@@ -10,7 +10,9 @@
 //!   pass; `storage::Registry` routes repositories to stores (`subPaths`).
 //! - `http`: `Route::parse`, handlers returning `Reply` values, the error table, and the
 //!   tiny_http front end with its request workers.
-//! - `cache`: the dedupe `Cache` trait (digest → paths) and its embedded LMDB implementation.
+//! - `cache`: the caches a store keeps, by concern (`DedupeIndex`: digest → paths;
+//!   `UsageLog`: push and pull times; `Markers`), namespaced per store, with the embedded LMDB
+//!   implementation and `Outage`, how a store degrades when a cache is unavailable.
 //! - `background`: the one bounded rayon pool for background fan-out.
 //! - `app`: wires a config into stores, caches and a running registry.
 //! - `root_lock`: one berth process per storage root.

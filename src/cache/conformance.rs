@@ -1,99 +1,121 @@
-//! The conformance suite every `Cache` runs: originals, their promotion and replacement,
-//! duplicates, idempotent records, batch records, markers, concurrent writers of one digest,
-//! and usage times.
+//! The conformance suites every cache backend runs, one per trait: `dedupe_index` (originals,
+//! their promotion and replacement, duplicates, idempotent records, batch records, concurrent
+//! writers of one digest), `usage_log` (later time wins, pushes and pulls apart, repositories
+//! apart) and `markers`. Each takes a function opening the backend's records of a namespace
+//! (all over ONE backend instance, which must start empty), and checks that two namespaces
+//! never see each other's records.
 
-use super::{Cache, TimeKind};
+use super::{DedupeIndex, MarkerKey, Markers, Namespace, UsageLog};
 use crate::digest::Digest;
+use crate::oci::{RepoName, Tag};
+use crate::storage::driver::StoragePath;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 fn digest(n: u32) -> Digest {
     Digest::sha256_of(&n.to_le_bytes())
 }
 
-/// Runs every check against `cache`, which must start empty.
-pub(crate) fn run(cache: &dyn Cache) {
-    unknown_digests_have_no_paths(cache);
-    first_path_is_the_original(cache);
-    removing_the_original_promotes_another(cache);
-    a_new_original_replaces_a_full_one(cache);
-    batch_records(cache);
-    markers(cache);
-    concurrent_records_of_one_digest(cache);
-    usage_times(cache);
+fn path(s: &str) -> StoragePath {
+    StoragePath::from_components(s.split('/')).unwrap()
 }
 
-fn unknown_digests_have_no_paths(c: &dyn Cache) {
+fn paths(list: &[&str]) -> Vec<StoragePath> {
+    list.iter().map(|s| path(s)).collect()
+}
+
+fn ns(name: &str) -> Namespace {
+    Namespace::new(name)
+}
+
+/// Runs every `DedupeIndex` check over namespaces that `open` opens in one backend.
+pub(crate) fn dedupe_index<I: DedupeIndex>(open: impl Fn(&Namespace) -> I) {
+    let c = open(&ns("storage"));
+    unknown_digests_have_no_paths(&c);
+    first_path_is_the_original(&c);
+    removing_the_original_promotes_another(&c);
+    a_new_original_replaces_a_full_one(&c);
+    batch_records(&c);
+    concurrent_records_of_one_digest(&c);
+    namespaces_keep_their_own_paths(&c, &open(&ns("storage.subPaths./a")));
+}
+
+fn unknown_digests_have_no_paths(c: &dyn DedupeIndex) {
     assert!(c.paths(&digest(0)).unwrap().is_empty());
     assert_eq!(c.original(&digest(0)).unwrap(), None);
     // Forgetting what was never recorded is not an error.
-    c.remove(&digest(0), "a/blobs/sha256/x").unwrap();
+    c.remove(&digest(0), &path("a/blobs/sha256/x")).unwrap();
 }
 
-fn first_path_is_the_original(c: &dyn Cache) {
+fn first_path_is_the_original(c: &dyn DedupeIndex) {
     let d = digest(1);
-    c.put(&d, "a/blobs/x").unwrap();
-    c.put(&d, "b/blobs/x").unwrap();
-    c.put(&d, "a/blobs/x").unwrap();
-    assert_eq!(c.original(&d).unwrap().as_deref(), Some("a/blobs/x"));
-    assert_eq!(c.paths(&d).unwrap(), ["a/blobs/x", "b/blobs/x"]);
+    c.put(&d, &path("a/blobs/x")).unwrap();
+    c.put(&d, &path("b/blobs/x")).unwrap();
+    c.put(&d, &path("a/blobs/x")).unwrap();
+    assert_eq!(c.original(&d).unwrap(), Some(path("a/blobs/x")));
+    assert_eq!(c.paths(&d).unwrap(), paths(&["a/blobs/x", "b/blobs/x"]));
     // Another digest is independent.
     assert!(c.paths(&digest(2)).unwrap().is_empty());
 }
 
-fn removing_the_original_promotes_another(c: &dyn Cache) {
+fn removing_the_original_promotes_another(c: &dyn DedupeIndex) {
     let d = digest(3);
     for p in ["one", "two", "three"] {
-        c.put(&d, p).unwrap();
+        c.put(&d, &path(p)).unwrap();
     }
-    c.remove(&d, "two").unwrap();
-    assert_eq!(c.paths(&d).unwrap(), ["one", "three"]);
-    c.remove(&d, "one").unwrap();
-    assert_eq!(c.original(&d).unwrap().as_deref(), Some("three"));
-    c.remove(&d, "three").unwrap();
+    c.remove(&d, &path("two")).unwrap();
+    assert_eq!(c.paths(&d).unwrap(), paths(&["one", "three"]));
+    c.remove(&d, &path("one")).unwrap();
+    assert_eq!(c.original(&d).unwrap(), Some(path("three")));
+    c.remove(&d, &path("three")).unwrap();
     assert!(c.paths(&d).unwrap().is_empty());
     // A forgotten digest starts over with a new original.
-    c.put(&d, "four").unwrap();
-    assert_eq!(c.paths(&d).unwrap(), ["four"]);
+    c.put(&d, &path("four")).unwrap();
+    assert_eq!(c.paths(&d).unwrap(), paths(&["four"]));
 }
 
-fn a_new_original_replaces_a_full_one(c: &dyn Cache) {
+fn a_new_original_replaces_a_full_one(c: &dyn DedupeIndex) {
     let d = digest(4);
     // An unknown digest: the same as `put`.
-    c.put_original(&d, "full").unwrap();
-    c.put(&d, "a").unwrap();
-    c.put_original(&d, "next").unwrap();
-    assert_eq!(c.original(&d).unwrap().as_deref(), Some("next"));
-    let paths = c.paths(&d).unwrap();
-    assert_eq!(paths[0], "next");
-    let mut copies = paths[1..].to_vec();
+    c.put_original(&d, &path("full")).unwrap();
+    c.put(&d, &path("a")).unwrap();
+    c.put_original(&d, &path("next")).unwrap();
+    assert_eq!(c.original(&d).unwrap(), Some(path("next")));
+    let recorded = c.paths(&d).unwrap();
+    assert_eq!(recorded[0], path("next"));
+    let mut copies = recorded[1..].to_vec();
     copies.sort();
-    assert_eq!(copies, ["a", "full"], "the previous original stays a copy");
+    assert_eq!(
+        copies,
+        paths(&["a", "full"]),
+        "the previous original stays a copy"
+    );
     // A recorded copy becomes the original without being recorded twice; `put` does not
     // take the original back.
-    c.put_original(&d, "a").unwrap();
-    c.put(&d, "next").unwrap();
-    c.put(&d, "later").unwrap();
-    assert_eq!(c.original(&d).unwrap().as_deref(), Some("a"));
+    c.put_original(&d, &path("a")).unwrap();
+    c.put(&d, &path("next")).unwrap();
+    c.put(&d, &path("later")).unwrap();
+    assert_eq!(c.original(&d).unwrap(), Some(path("a")));
     assert_eq!(c.paths(&d).unwrap().len(), 4);
     // Removing a replaced original promotes a recorded copy, as for a first original.
-    c.remove(&d, "a").unwrap();
+    c.remove(&d, &path("a")).unwrap();
     let promoted = c.original(&d).unwrap().expect("a copy is promoted");
     assert!(
-        ["full", "next", "later"].contains(&promoted.as_str()),
+        paths(&["full", "next", "later"]).contains(&promoted),
         "{promoted}"
     );
     assert_eq!(c.paths(&d).unwrap().len(), 3);
     for p in ["full", "next", "later"] {
-        c.remove(&d, p).unwrap();
+        c.remove(&d, &path(p)).unwrap();
     }
     assert_eq!(c.original(&d).unwrap(), None);
 }
 
-fn batch_records(c: &dyn Cache) {
-    let records: Vec<(Digest, String)> = (100..400)
+fn batch_records(c: &dyn DedupeIndex) {
+    let records: Vec<(Digest, StoragePath)> = (100..400)
         .flat_map(|n| {
             [
-                (digest(n), format!("r{n}/a")),
-                (digest(n), format!("r{n}/b")),
+                (digest(n), path(&format!("r{n}/a"))),
+                (digest(n), path(&format!("r{n}/b"))),
             ]
         })
         .collect();
@@ -102,66 +124,141 @@ fn batch_records(c: &dyn Cache) {
     for n in 100..400 {
         assert_eq!(
             c.paths(&digest(n)).unwrap(),
-            [format!("r{n}/a"), format!("r{n}/b")]
+            [path(&format!("r{n}/a")), path(&format!("r{n}/b"))]
         );
     }
 }
 
-fn markers(c: &dyn Cache) {
-    assert_eq!(c.marker("pass").unwrap(), None);
-    c.set_marker("pass", "1").unwrap();
-    c.set_marker("pass", "2").unwrap();
-    assert_eq!(c.marker("pass").unwrap().as_deref(), Some("2"));
-    assert_eq!(c.marker("other").unwrap(), None);
-}
-
-fn concurrent_records_of_one_digest(c: &dyn Cache) {
+fn concurrent_records_of_one_digest(c: &dyn DedupeIndex) {
     let d = digest(500);
     std::thread::scope(|s| {
         for t in 0..4 {
             let d = &d;
             s.spawn(move || {
                 for i in 0..50 {
-                    c.put(d, &format!("t{t}/{i}")).unwrap();
+                    c.put(d, &path(&format!("t{t}/{i}"))).unwrap();
                 }
             });
         }
     });
-    let mut paths = c.paths(&d).unwrap();
-    assert_eq!(paths.len(), 200, "no record is lost to a concurrent writer");
-    paths.sort();
-    paths.dedup();
-    assert_eq!(paths.len(), 200);
+    let mut recorded = c.paths(&d).unwrap();
+    assert_eq!(
+        recorded.len(),
+        200,
+        "no record is lost to a concurrent writer"
+    );
+    recorded.sort();
+    recorded.dedup();
+    assert_eq!(recorded.len(), 200);
 }
 
-fn usage_times(c: &dyn Cache) {
-    assert!(c.times(TimeKind::Pushed, "app\n").unwrap().is_empty());
-    c.record_times(
-        TimeKind::Pushed,
-        &[
-            ("app\nv1".into(), 100),
-            ("app\nv2".into(), 200),
-            ("app2\nv1".into(), 300),
-        ],
-    )
+/// `a` holds the records above; `b`, another namespace of the same backend, starts empty.
+fn namespaces_keep_their_own_paths(a: &dyn DedupeIndex, b: &dyn DedupeIndex) {
+    let d = digest(1);
+    assert!(
+        b.paths(&d).unwrap().is_empty(),
+        "b sees none of a's records"
+    );
+    assert_eq!(b.original(&d).unwrap(), None);
+    b.put(&d, &path("b/blobs/x")).unwrap();
+    b.put_many(&[(d.clone(), path("c/blobs/x"))]).unwrap();
+    // Forgetting in b touches nothing of a, though the path is the same.
+    b.remove(&d, &path("a/blobs/x")).unwrap();
+    assert_eq!(b.paths(&d).unwrap(), paths(&["b/blobs/x", "c/blobs/x"]));
+    assert_eq!(a.paths(&d).unwrap(), paths(&["a/blobs/x", "b/blobs/x"]));
+    b.put_original(&d, &path("c/blobs/x")).unwrap();
+    assert_eq!(a.original(&d).unwrap(), Some(path("a/blobs/x")));
+    b.remove(&d, &path("b/blobs/x")).unwrap();
+    b.remove(&d, &path("c/blobs/x")).unwrap();
+    assert!(b.paths(&d).unwrap().is_empty());
+    assert_eq!(a.paths(&d).unwrap().len(), 2);
+}
+
+fn at(millis: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(millis)
+}
+
+fn repo(s: &str) -> RepoName {
+    s.parse().unwrap()
+}
+
+fn tag(s: &str) -> Tag {
+    s.parse().unwrap()
+}
+
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+/// Runs every `UsageLog` check over namespaces that `open` opens in one backend.
+pub(crate) fn usage_log<L: UsageLog>(open: impl Fn(&Namespace) -> L) {
+    let c = open(&ns("storage"));
+    let (app, app2, nested) = (repo("app"), repo("app2"), repo("app/nested"));
+    assert!(c.pushes(&app).unwrap().is_empty());
+    assert!(c.pulls(&app).unwrap().is_empty());
+    c.record_pushes(&[
+        (app.clone(), tag("v1"), at(100)),
+        (app.clone(), tag("v2"), at(200)),
+        (app2.clone(), tag("v1"), at(300)),
+        (nested.clone(), tag("v1"), at(400)),
+    ])
     .unwrap();
-    // A key keeps the later time; the kinds are separate.
-    c.record_times(
-        TimeKind::Pushed,
-        &[("app\nv1".into(), 150), ("app\nv2".into(), 50)],
-    )
+    // A record keeps the later time, whatever order batches come in.
+    c.record_pushes(&[
+        (app.clone(), tag("v1"), at(150)),
+        (app.clone(), tag("v2"), at(50)),
+    ])
     .unwrap();
-    c.record_times(TimeKind::Pulled, &[("app\nsha256:00".into(), 7)])
+    c.record_pushes(&[]).unwrap();
+    // Pulls are apart from pushes; a digest in a pull is not a tag.
+    let m = digest(7);
+    c.record_pulls(&[(app.clone(), m.clone(), at(7))]).unwrap();
+    c.record_pulls(&[(app.clone(), m.clone(), at(5))]).unwrap();
+    c.record_pulls(&[]).unwrap();
+    // Milliseconds are kept; finer parts may not be.
+    let now = at(1_700_000_000_123) + Duration::from_micros(456);
+    c.record_pushes(&[(app2.clone(), tag("now"), now)]).unwrap();
+    assert_eq!(
+        sorted(c.pushes(&app).unwrap()),
+        [(tag("v1"), at(150)), (tag("v2"), at(200))],
+        "a repository's records only, not those of app2 or app/nested"
+    );
+    assert_eq!(c.pulls(&app).unwrap(), [(m.clone(), at(7))]);
+    assert!(c.pulls(&app2).unwrap().is_empty());
+    assert_eq!(
+        sorted(c.pushes(&app2).unwrap()),
+        [(tag("now"), at(1_700_000_000_123)), (tag("v1"), at(300))]
+    );
+    assert_eq!(c.pushes(&nested).unwrap(), [(tag("v1"), at(400))]);
+    // Another namespace: empty, and its records stay its own.
+    let b = open(&ns("storage.subPaths./a"));
+    assert!(b.pushes(&app).unwrap().is_empty());
+    assert!(b.pulls(&app).unwrap().is_empty());
+    b.record_pushes(&[(app.clone(), tag("v1"), at(10_000))])
         .unwrap();
-    c.record_times(TimeKind::Pulled, &[]).unwrap();
-    let mut pushed = c.times(TimeKind::Pushed, "app\n").unwrap();
-    pushed.sort();
+    b.record_pulls(&[(app.clone(), m.clone(), at(10_000))])
+        .unwrap();
+    assert_eq!(b.pushes(&app).unwrap(), [(tag("v1"), at(10_000))]);
     assert_eq!(
-        pushed,
-        [("app\nv1".to_string(), 150), ("app\nv2".to_string(), 200)]
+        sorted(c.pushes(&app).unwrap()),
+        [(tag("v1"), at(150)), (tag("v2"), at(200))]
     );
-    assert_eq!(
-        c.times(TimeKind::Pulled, "app\n").unwrap(),
-        [("app\nsha256:00".to_string(), 7)]
-    );
+    assert_eq!(c.pulls(&app).unwrap(), [(m, at(7))]);
+}
+
+/// Runs every `Markers` check over namespaces that `open` opens in one backend.
+pub(crate) fn markers<M: Markers>(open: impl Fn(&Namespace) -> M) {
+    let (pass, other) = (MarkerKey::new("pass"), MarkerKey::new("other"));
+    let c = open(&ns("storage"));
+    assert_eq!(c.marker(pass).unwrap(), None);
+    c.set_marker(pass, "1").unwrap();
+    c.set_marker(pass, "2").unwrap();
+    assert_eq!(c.marker(pass).unwrap().as_deref(), Some("2"));
+    assert_eq!(c.marker(other).unwrap(), None);
+    let b = open(&ns("storage.subPaths./a"));
+    assert_eq!(b.marker(pass).unwrap(), None);
+    b.set_marker(pass, "b's").unwrap();
+    assert_eq!(c.marker(pass).unwrap().as_deref(), Some("2"));
+    assert_eq!(b.marker(pass).unwrap().as_deref(), Some("b's"));
 }

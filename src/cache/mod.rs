@@ -1,60 +1,97 @@
-//! The `Cache` trait: which paths of a store hold the bytes of a digest, one of them the
-//! "original" that new copies link to (dedupe); a few named markers (the start-up pass's
-//! stamp); and when tags were pushed and manifests pulled (retention's `keepTags` rules).
+//! The caches a store keeps beside its layouts, split by concern into three small traits:
+//! - `DedupeIndex`: which paths of a store hold the bytes of a digest, one of them the
+//!   "original" that new copies link to (dedupe);
+//! - `UsageLog`: when tags were pushed and manifests pulled (retention's `keepTags` rules);
+//! - `Markers`: a few named values (the start-up pass's stamps).
 //!
-//! The cache only accelerates: the layouts on disk are the truth, every record may be stale
-//! (callers check the path still holds the blob and forget it when not), and a lost cache is
-//! rebuilt by the start-up pass. Every implementation runs the suite in `conformance`.
+//! Every record belongs to a `Namespace`, one per store: several stores may share one backend
+//! (one LMDB environment, later one Redis database or DynamoDB table) and never see each
+//! other's records. A backend that cannot be reached or refuses writes now says
+//! `CacheError::Unavailable`, and the store goes on without it (`Outage`: full copies instead
+//! of links, logged once per outage) rather than failing a push.
+//!
+//! Caches only accelerate: the layouts on disk are the truth, every record may be stale
+//! (callers check a path still holds the blob and forget it when not), and a lost cache is
+//! rebuilt by the start-up pass. Each trait has its suite in `conformance`, which every
+//! implementation runs.
 
 pub mod lmdb;
+mod outage;
 
 #[cfg(test)]
 pub(crate) mod conformance;
 
+pub use outage::{Access, Outage};
+
 use crate::digest::Digest;
+use crate::oci::{RepoName, Tag};
+use crate::storage::driver::StoragePath;
+use std::sync::Arc;
+use std::time::SystemTime;
 
-/// A cache backend failed.
+/// Why a cache call failed.
 #[derive(Debug, thiserror::Error)]
-#[error("{cache} cache: {op}: {message}")]
-pub struct CacheError {
-    /// The cache's name (`lmdb`, `redis`, `dynamodb`).
-    pub cache: &'static str,
-    /// What was being done.
-    pub op: &'static str,
-    /// The backend's message.
-    pub message: String,
+pub enum CacheError {
+    /// The backend cannot be reached or refuses the call now (LMDB: its map or its disk is
+    /// full); it may work again later. The store degrades: it stores without dedupe.
+    #[error("{cache} cache unavailable: {op}: {message}")]
+    Unavailable {
+        /// The cache's name (`lmdb`, `redis`, `dynamodb`).
+        cache: &'static str,
+        /// What was being done.
+        op: &'static str,
+        /// The backend's message.
+        message: String,
+    },
+    /// Any other failure, such as a damaged record.
+    #[error("{cache} cache: {op}: {message}")]
+    Failed {
+        /// The cache's name.
+        cache: &'static str,
+        /// What was being done.
+        op: &'static str,
+        /// The backend's message.
+        message: String,
+    },
 }
 
-/// Which time a usage record holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TimeKind {
-    /// When a tag was last pushed; keys are `<repository>\n<tag>`.
-    Pushed,
-    /// When a manifest was last pulled; keys are `<repository>\n<digest>`.
-    Pulled,
+/// Whose records a cache call reads and writes: one store's. Stores sharing a backend have
+/// different namespaces; instances serving one store use the same one. berth names a store
+/// by its config key (`storage`, `storage.subPaths./a`), which stays the same when its root
+/// directory moves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Namespace(String);
+
+impl Namespace {
+    /// The namespace called `name` (any string; backends encode it as they need).
+    pub fn new(name: &str) -> Namespace {
+        Namespace(name.to_string())
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
-/// Digest → paths records of one store, and its usage times. Paths are the store's `StoragePath` strings. All
-/// methods are blocking and safe to call concurrently.
-pub trait Cache: Send + Sync {
-    /// A short name for logs and errors.
-    fn name(&self) -> &'static str;
-
+/// The dedupe index of one namespace: digest → the paths holding its bytes. All methods are
+/// blocking and safe to call concurrently; each is atomic where the backend has transactions.
+pub trait DedupeIndex: Send + Sync {
     /// Records that `path` holds the bytes of `digest`. The first path recorded for a digest
     /// becomes its original; recording a path twice changes nothing.
-    fn put(&self, digest: &Digest, path: &str) -> Result<(), CacheError>;
+    fn put(&self, digest: &Digest, path: &StoragePath) -> Result<(), CacheError>;
 
     /// `put` for many records at once (the start-up pass), in one transaction where the
     /// backend has them.
-    fn put_many(&self, records: &[(Digest, String)]) -> Result<(), CacheError> {
+    fn put_many(&self, records: &[(Digest, StoragePath)]) -> Result<(), CacheError> {
         records.iter().try_for_each(|(d, p)| self.put(d, p))
     }
 
     /// Every path recorded for `digest`, the original first; empty when none.
-    fn paths(&self, digest: &Digest) -> Result<Vec<String>, CacheError>;
+    fn paths(&self, digest: &Digest) -> Result<Vec<StoragePath>, CacheError>;
 
-    /// The path new copies of `digest` link to.
-    fn original(&self, digest: &Digest) -> Result<Option<String>, CacheError> {
+    /// The path new copies of `digest` link to, if any is recorded.
+    fn original(&self, digest: &Digest) -> Result<Option<StoragePath>, CacheError> {
         Ok(self.paths(digest)?.into_iter().next())
     }
 
@@ -62,22 +99,74 @@ pub trait Cache: Send + Sync {
     /// was before; the previous original stays recorded as a copy. For when the file system
     /// allows the previous original no more names (ext4: 65,000), so new copies link to
     /// `path` instead of each keeping bytes of its own (issue 11).
-    fn put_original(&self, digest: &Digest, path: &str) -> Result<(), CacheError>;
+    fn put_original(&self, digest: &Digest, path: &StoragePath) -> Result<(), CacheError>;
 
-    /// Forgets that `path` holds `digest`. When it was the original, the next recorded path
-    /// becomes the original; when it was the last, the digest is forgotten.
-    fn remove(&self, digest: &Digest, path: &str) -> Result<(), CacheError>;
+    /// Forgets that `path` holds `digest`; forgetting what was never recorded is no error.
+    /// When it was the original, another recorded path becomes the original; when it was the
+    /// last, the digest is forgotten.
+    fn remove(&self, digest: &Digest, path: &StoragePath) -> Result<(), CacheError>;
+}
 
-    /// A named marker's value.
-    fn marker(&self, name: &str) -> Result<Option<String>, CacheError>;
+/// The usage log of one namespace: when each tag was last pushed and each manifest last
+/// pulled, per repository. Times are kept to the millisecond; a record keeps the later of
+/// its old and new time, so batches may arrive in any order. Blocking, safe to call
+/// concurrently.
+pub trait UsageLog: Send + Sync {
+    /// Records push times of tags, in one transaction where the backend has them.
+    fn record_pushes(&self, pushes: &[(RepoName, Tag, SystemTime)]) -> Result<(), CacheError>;
 
-    /// Sets a named marker.
-    fn set_marker(&self, name: &str, value: &str) -> Result<(), CacheError>;
+    /// Records pull times of manifests, in one transaction where the backend has them.
+    fn record_pulls(&self, pulls: &[(RepoName, Digest, SystemTime)]) -> Result<(), CacheError>;
 
-    /// Records times (milliseconds since the Unix epoch) of `kind` under their keys, in one
-    /// transaction where the backend has them; a key keeps the later of its old and new time.
-    fn record_times(&self, kind: TimeKind, times: &[(String, u64)]) -> Result<(), CacheError>;
+    /// Every recorded push time of `repo`'s tags (of `repo` only, not of repositories nested
+    /// in it), in no particular order.
+    fn pushes(&self, repo: &RepoName) -> Result<Vec<(Tag, SystemTime)>, CacheError>;
 
-    /// Every recorded time of `kind` whose key starts with `prefix`.
-    fn times(&self, kind: TimeKind, prefix: &str) -> Result<Vec<(String, u64)>, CacheError>;
+    /// Every recorded pull time of `repo`'s manifests, in no particular order.
+    fn pulls(&self, repo: &RepoName) -> Result<Vec<(Digest, SystemTime)>, CacheError>;
+}
+
+/// The name of a marker: a constant declared by the code that owns the marker, so no two
+/// owners pick the same string by accident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarkerKey(&'static str);
+
+impl MarkerKey {
+    /// The marker called `name`.
+    pub const fn new(name: &'static str) -> MarkerKey {
+        MarkerKey(name)
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &'static str {
+        self.0
+    }
+}
+
+/// Named values of one namespace. Blocking, safe to call concurrently.
+pub trait Markers: Send + Sync {
+    /// The marker's value; `None` when never set.
+    fn marker(&self, key: MarkerKey) -> Result<Option<String>, CacheError>;
+
+    /// Sets the marker, replacing any value it had.
+    fn set_marker(&self, key: MarkerKey, value: &str) -> Result<(), CacheError>;
+}
+
+/// What a deduplicating store keeps in caches: its index and the pass's marker.
+#[derive(Clone)]
+pub struct DedupeCache {
+    /// Digest → paths.
+    pub index: Arc<dyn DedupeIndex>,
+    /// The start-up pass's stamps.
+    pub markers: Arc<dyn Markers>,
+}
+
+impl DedupeCache {
+    /// Both from one backend that keeps them (LMDB), in one namespace.
+    pub fn of<C: DedupeIndex + Markers + 'static>(cache: Arc<C>) -> DedupeCache {
+        DedupeCache {
+            index: cache.clone(),
+            markers: cache,
+        }
+    }
 }

@@ -11,18 +11,20 @@
 //!
 //! The cache may be stale or lost: a recorded path is checked before it is linked from, and a
 //! record whose file is gone is forgotten. Reads never consult the cache, so a blob deleted from
-//! one repository stays deleted there (zot #1733) and is untouched in the others.
+//! one repository stays deleted there (zot #1733) and is untouched in the others. A cache that
+//! is unavailable costs only dedupe: blobs land as full copies (`cache::Outage`).
 
 use super::StoreError;
 use super::driver::{Driver, DriverError, StoragePath};
 use super::locks::Striped;
-use crate::cache::{Cache, CacheError};
+use crate::cache::{Access, CacheError, DedupeCache, DedupeIndex, MarkerKey, Outage};
 use crate::digest::Digest;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 /// The dedupe state of one store.
 pub(super) struct Dedupe {
-    cache: Arc<dyn Cache>,
+    cache: DedupeCache,
+    outage: Outage,
     digest_locks: Striped<Mutex<()>>,
 }
 
@@ -35,15 +37,29 @@ pub(super) enum Source<'a> {
 }
 
 impl Dedupe {
-    pub(super) fn new(cache: Arc<dyn Cache>) -> Dedupe {
+    pub(super) fn new(cache: DedupeCache) -> Dedupe {
         Dedupe {
             cache,
+            outage: Outage::new("dedupe"),
             digest_locks: Striped::default(),
         }
     }
 
-    pub(super) fn cache(&self) -> &dyn Cache {
-        &*self.cache
+    /// The index, for the calls `logged` wraps.
+    pub(super) fn index(&self) -> &dyn DedupeIndex {
+        &*self.cache.index
+    }
+
+    /// A marker's value; `None` when unset or unreadable.
+    pub(super) fn marker(&self, key: MarkerKey) -> Option<String> {
+        let value = self.cache.markers.marker(key);
+        self.logged(Access::Read, value, "read a marker").flatten()
+    }
+
+    /// Sets a marker; false when it could not be saved.
+    pub(super) fn set_marker(&self, key: MarkerKey, value: &str) -> bool {
+        let set = self.cache.markers.set_marker(key, value);
+        self.logged(Access::Write, set, "save a marker").is_some()
     }
 
     /// Serialises dedupe decisions about `digest`.
@@ -108,7 +124,8 @@ impl Dedupe {
             // their own, so 130,000 repositories hold 2 inodes, not 65,001 (issue 11).
             tracing::info!(%digest, path = %target, "dedupe: the file system allows no more links to the copy of {digest}; {target} is its next original");
             self.logged(
-                self.cache.put_original(digest, target.as_str()),
+                Access::Write,
+                self.index().put_original(digest, target),
                 "record the original",
             );
         } else {
@@ -148,9 +165,8 @@ impl Dedupe {
         target: &StoragePath,
     ) -> Option<StoragePath> {
         let original = self
-            .logged(self.cache.original(digest), "look up")
-            .flatten()
-            .and_then(|o| StoragePath::from_components(o.split('/')).ok());
+            .logged(Access::Read, self.index().original(digest), "look up")
+            .flatten();
         if let Some(path) = original.filter(|p| p != target)
             && driver
                 .stat(&path)
@@ -161,13 +177,9 @@ impl Dedupe {
             return Some(path);
         }
         let paths = self
-            .logged(self.cache.paths(digest), "look up")
+            .logged(Access::Read, self.index().paths(digest), "look up")
             .unwrap_or_default();
-        for recorded in paths {
-            let Ok(path) = StoragePath::from_components(recorded.split('/')) else {
-                self.forget_recorded(digest, &recorded);
-                continue;
-            };
+        for path in paths {
             if &path == target {
                 continue;
             }
@@ -184,22 +196,23 @@ impl Dedupe {
 
     /// Records that `path` holds `digest`; a cache failure costs only a later dedupe.
     pub(super) fn record(&self, digest: &Digest, path: &StoragePath) {
-        self.logged(self.cache.put(digest, path.as_str()), "record");
+        self.logged(Access::Write, self.index().put(digest, path), "record");
     }
 
     /// Forgets that `path` holds `digest`.
     pub(super) fn forget(&self, digest: &Digest, path: &StoragePath) {
-        self.forget_recorded(digest, path.as_str());
+        self.logged(Access::Write, self.index().remove(digest, path), "forget");
     }
 
-    fn forget_recorded(&self, digest: &Digest, path: &str) {
-        self.logged(self.cache.remove(digest, path), "forget");
-    }
-
-    fn logged<T>(&self, result: Result<T, CacheError>, what: &str) -> Option<T> {
-        result
-            .map_err(|e| tracing::warn!("dedupe: cannot {what} in the cache: {e}"))
-            .ok()
+    /// The result of a cache call, or `None` when it failed; logged once per outage when
+    /// the cache is unavailable, each time otherwise.
+    pub(super) fn logged<T>(
+        &self,
+        access: Access,
+        result: Result<T, CacheError>,
+        what: &str,
+    ) -> Option<T> {
+        self.outage.call(access, what, result)
     }
 }
 
@@ -217,4 +230,100 @@ enum FromOriginal {
 /// Whether a link failed because its source has as many names as the file system allows.
 pub(super) fn too_many_links(e: &DriverError) -> bool {
     matches!(e, DriverError::Io { source, .. } if source.raw_os_error() == Some(libc::EMLINK))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Namespace;
+    use crate::cache::lmdb::{Lmdb, LmdbOptions};
+    use crate::oci::RepoName;
+    use crate::storage::driver::local::{LocalDriver, WriterChoice};
+    use crate::storage::{BodyLength, Store};
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::Arc;
+
+    /// What the test's log lines say.
+    #[derive(Clone, Default)]
+    struct Logs(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Logs {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Logs {
+        fn lines_with(&self, text: &str) -> usize {
+            let logs = self.0.lock().unwrap();
+            String::from_utf8_lossy(&logs)
+                .lines()
+                .filter(|l| l.contains(text))
+                .count()
+        }
+    }
+
+    /// Issue 12: a cache that refuses writes (LMDB's map is full: a real condition, not a
+    /// fake cache) costs dedupe, not pushes: blobs land as full copies, a mount still links
+    /// its source, the outage is logged once, and a line says when the cache works again.
+    #[test]
+    fn a_full_cache_costs_dedupe_not_pushes() {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _logging = tracing::subscriber::set_default(subscriber);
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        let driver = LocalDriver::new(&root, false, WriterChoice::Buffered).unwrap();
+        let small = LmdbOptions {
+            durable: false,
+            map_size: 1 << 20,
+        };
+        let cache = Lmdb::open(&dir.path().join("cache"), small)
+            .and_then(|env| env.namespace(&Namespace::new("storage")))
+            .unwrap();
+        let cache = Arc::new(cache);
+        let store = Store::new(Arc::new(driver), Some(DedupeCache::of(cache.clone())));
+        let full = cache.fill_map();
+        let blob = b"a layer pushed into several repositories";
+        let digest = Digest::sha256_of(blob);
+        let inode = |repo: &RepoName| {
+            let file = root
+                .join(repo.as_str())
+                .join("blobs/sha256")
+                .join(digest.hex());
+            std::fs::metadata(file).unwrap().ino()
+        };
+        let push = |name: &str| {
+            let repo: RepoName = name.parse().unwrap();
+            let length = BodyLength::Exact(blob.len() as u64);
+            store
+                .blob_put(&repo, &digest, &mut &blob[..], length)
+                .unwrap();
+            inode(&repo)
+        };
+
+        let (a, b) = (push("a"), push("b"));
+        assert_ne!(a, b, "without the cache, a full copy");
+        let (c, from) = ("c".parse().unwrap(), "a".parse().unwrap());
+        assert!(store.blob_mount(&c, &digest, Some(&from)).unwrap());
+        assert_eq!(inode(&c), a, "a mount links its source");
+        assert_eq!(logs.lines_with("the cache is unavailable"), 1);
+
+        // Pages free again.
+        drop(full);
+        let d = push("d");
+        assert_eq!(logs.lines_with("the cache is available again"), 1);
+        assert_eq!(push("e"), d, "deduplicated again");
+        assert_eq!(logs.lines_with("the cache is unavailable"), 1);
+    }
 }

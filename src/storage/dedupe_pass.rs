@@ -18,6 +18,7 @@
 
 use super::driver::StoragePath;
 use super::{Store, StoreError, layout};
+use crate::cache::{Access, MarkerKey};
 use crate::digest::{Algorithm, Digest};
 use crate::oci::RepoName;
 use rayon::prelude::*;
@@ -28,7 +29,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The cache marker holding the repository stamps of the last complete pass.
-const MARKER: &str = "dedupe-pass";
+const MARKER: MarkerKey = MarkerKey::new("dedupe-pass");
 
 /// Copies from which a digest's links are spread over the pool rather than made in one task
 /// (issue 11: one base layer in 100,000 repositories). Below this a digest's links take a
@@ -116,10 +117,7 @@ fn run_in_batches(store: &Store, batch_files: usize) -> Result<PassReport, Store
         .filter_map(|name| name.parse().ok())
         .collect();
     let mut previous: HashMap<String, String> = dedupe
-        .cache()
         .marker(MARKER)
-        .ok()
-        .flatten()
         .and_then(|m| serde_json::from_str(&m).ok())
         .unwrap_or_default();
     // Stamps of repositories not walked carry over; a walked one is stamped after its batch.
@@ -175,8 +173,8 @@ fn run_in_batches(store: &Store, batch_files: usize) -> Result<PassReport, Store
     report.reclaimed = progress.reclaimed.load(Ordering::Relaxed);
     report.repaired = progress.repaired.load(Ordering::Relaxed);
     let marker = serde_json::to_string(&stamps).expect("stamps serialize");
-    if let Err(e) = dedupe.cache().set_marker(MARKER, &marker) {
-        tracing::warn!("dedupe pass: cannot save its marker, the next start walks again: {e}");
+    if !dedupe.set_marker(MARKER, &marker) {
+        tracing::warn!("dedupe pass: its marker is not saved, the next start walks again");
     }
     tracing::info!(
         digests = report.digests,
@@ -343,11 +341,8 @@ fn dedupe_digest(
     // The copy that earlier batches, pushes and mounts linked to joins, first in line to be
     // kept, so a digest in many batches ends up one file.
     let original = dedupe
-        .cache()
-        .original(digest)
-        .ok()
-        .flatten()
-        .and_then(|recorded| StoragePath::from_components(recorded.split('/')).ok());
+        .logged(Access::Read, dedupe.index().original(digest), "look up")
+        .flatten();
     let mut paths = walked;
     paths.extend(original.clone());
     paths.sort();
@@ -409,17 +404,15 @@ fn dedupe_digest(
         });
         next_original = Some(original.current()).filter(|o| **o != kept.names[0]);
     }
-    let records: Vec<(Digest, String)> = copies
+    let records: Vec<(Digest, StoragePath)> = copies
         .iter()
-        .flat_map(|c| c.names.iter().map(|n| (digest.clone(), n.to_string())))
+        .flat_map(|c| c.names.iter().map(|n| (digest.clone(), n.clone())))
         .collect();
-    if let Err(e) = dedupe.cache().put_many(&records) {
-        tracing::warn!(%digest, "dedupe pass: cannot record: {e}");
-    }
-    if let Some(original) = next_original
-        && let Err(e) = dedupe.cache().put_original(digest, original.as_str())
-    {
-        tracing::warn!(%digest, "dedupe pass: cannot record the original: {e}");
+    let recorded = dedupe.index().put_many(&records);
+    dedupe.logged(Access::Write, recorded, "record the pass's copies");
+    if let Some(original) = next_original {
+        let recorded = dedupe.index().put_original(digest, &original);
+        dedupe.logged(Access::Write, recorded, "record the pass's original");
     }
 }
 
@@ -621,7 +614,8 @@ impl Progress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cache::lmdb::LmdbCache;
+    use crate::cache::lmdb::{Lmdb, LmdbOptions};
+    use crate::cache::{DedupeCache, Namespace};
     use crate::storage::driver::local::{LocalDriver, WriterChoice};
     use sha2::{Digest as _, Sha256};
     use std::collections::HashSet;
@@ -671,8 +665,11 @@ mod tests {
         // Damaged, in the last batch: shorter than its digest's bytes.
         std::fs::write(shared_copies.last().unwrap(), &shared[..10]).unwrap();
         let driver = LocalDriver::new(&root, false, WriterChoice::Buffered).unwrap();
-        let cache = LmdbCache::open(&dir.path().join("cache"), false).unwrap();
-        let store = Store::new(Arc::new(driver), Some(Arc::new(cache)));
+        let cache = Lmdb::open(&dir.path().join("cache"), LmdbOptions::new(false))
+            .unwrap()
+            .namespace(&Namespace::new("storage"))
+            .unwrap();
+        let store = Store::new(Arc::new(driver), Some(DedupeCache::of(Arc::new(cache))));
 
         // Three repositories' files per batch: four batches.
         let report = run_in_batches(&store, 5).unwrap();
@@ -697,7 +694,7 @@ mod tests {
             .dedupe
             .as_ref()
             .unwrap()
-            .cache()
+            .index()
             .paths(&digest)
             .unwrap();
         assert_eq!(recorded.len(), 12);

@@ -247,7 +247,7 @@ impl Store {
         }
         if let Some(usage) = &self.usage {
             for tag in &pushed_tags {
-                usage.pushed(repo, tag.as_str());
+                usage.pushed(repo, tag);
             }
         }
         Ok(ManifestPut {

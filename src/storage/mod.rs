@@ -36,7 +36,7 @@ pub use referrers::ReferrersPage;
 pub use registry::Registry;
 pub use uploads::BodyLength;
 
-use crate::cache::Cache;
+use crate::cache::{Access, DedupeCache, UsageLog};
 use crate::digest::Digest;
 use crate::oci::RepoName;
 use driver::{Driver, DriverError, ObjectMeta, ObjectReader, StoragePath};
@@ -122,7 +122,7 @@ pub struct BlobRead {
 impl Store {
     /// A store over `driver`, deduplicating blobs through `cache` when one is given and the
     /// driver can link (otherwise dedupe is off, with a warning).
-    pub fn new(driver: Arc<dyn Driver>, cache: Option<Arc<dyn Cache>>) -> Store {
+    pub fn new(driver: Arc<dyn Driver>, cache: Option<DedupeCache>) -> Store {
         let dedupe = match cache {
             Some(_) if !driver.can_link() => {
                 tracing::warn!(
@@ -151,10 +151,10 @@ impl Store {
         }
     }
 
-    /// Records tag push times and/or manifest pull times in `cache`, for retention rules.
-    pub fn with_usage(mut self, cache: Arc<dyn Cache>, pushes: bool, pulls: bool) -> Store {
+    /// Records tag push times and/or manifest pull times in `log`, for retention rules.
+    pub fn with_usage(mut self, log: Arc<dyn UsageLog>, pushes: bool, pulls: bool) -> Store {
         if pushes || pulls {
-            self.usage = Some(usage::Usage::new(cache, pushes, pulls));
+            self.usage = Some(usage::Usage::new(log, pushes, pulls));
         }
         self
     }
@@ -320,13 +320,13 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let source = match (from, &self.dedupe) {
             (Some(from), _) => layout::blob(from, digest)?,
-            (None, Some(d)) => match d.cache().original(digest) {
-                Ok(Some(path)) => match StoragePath::from_components(path.split('/')) {
-                    Ok(path) => path,
-                    Err(_) => return Ok(false),
-                },
-                _ => return Ok(false),
-            },
+            (None, Some(d)) => {
+                let original = d.index().original(digest);
+                match d.logged(Access::Read, original, "look up") {
+                    Some(Some(path)) => path,
+                    _ => return Ok(false),
+                }
+            }
             (None, None) => return Ok(false),
         };
         let size = match self.driver.stat(&source)? {
