@@ -10,17 +10,20 @@
 //! Covered: monolithic, chunked (in and out of order) and resumed uploads, digest mismatches,
 //! ranged pulls, mounts (from a repository and, with dedupe, from anywhere), manifests by tag
 //! and digest, tags, referrers, blob deletes, garbage collection (down to removing a
-//! repository left empty), the catalog, and two stores tagging one repository at once. Not
-//! yet: retention rules, scrub, the dedupe pass, and placeholder dedupe (later in issue 12).
+//! repository left empty), retention (`keepTags`), hard-link dedupe and the start-up pass
+//! linking a copy written behind the store's back, scrub finding a damaged layer, the catalog,
+//! and two stores tagging one repository at once. Not yet: placeholder dedupe and restoring
+//! copies when dedupe is turned off (later in issue 12).
 
 use super::driver::Driver;
 use super::driver::local::{LocalDriver, WriterChoice};
 use super::driver::memory::MemoryDriver;
-use super::layout::UploadId;
-use super::{BlobBody, BodyLength, ByteRange, Collected, Store, StoreError, TagTimes};
+use super::layout::{self, UploadId};
+use super::{BlobBody, BodyLength, ByteRange, Collected, Store, StoreError, TagTimes, dedupe_pass};
 use crate::cache::Cache;
 use crate::cache::lmdb::LmdbCache;
-use crate::config::gc::{GcConfig, Retention};
+use crate::config::Config;
+use crate::config::gc::GcConfig;
 use crate::digest::Digest;
 use crate::oci::{Reference, RepoName, media_type};
 use std::io::Read;
@@ -45,6 +48,9 @@ pub(super) fn run(open: &dyn Fn() -> Store) {
     deleting_blobs(&store);
     collecting(&store);
     collecting_a_repository_away(&store);
+    retaining(&store);
+    deduplicating(&store);
+    scrubbing(&store);
     listing_the_catalog(&store);
     two_stores_lose_no_tag(&open(), &open());
 }
@@ -428,24 +434,123 @@ fn collecting(store: &Store) {
     );
 }
 
-/// Collects `repo` with no grace delay and the default retention (untagged manifests go).
-fn collect_now(store: &Store, repo: &RepoName) -> Collected {
-    let settings = GcConfig {
-        enabled: true,
-        delay: Duration::ZERO,
-        interval: None,
-        time_window: None,
-        retention: Retention {
-            dry_run: false,
-            delay: Duration::ZERO,
-            policies: Vec::new(),
-        },
-    };
-    // A moment ahead, so what was written just now is old enough on any clock.
-    let now = SystemTime::now() + Duration::from_secs(1);
-    store
-        .collect(repo, &settings, &TagTimes::default(), now, false)
+/// Collector settings as a config file gives them, with retention `policies` (none:
+/// untagged manifests go, tags stay), but no grace delays: a config refuses a zero `gcDelay`
+/// (a client mid-push would lose its blobs), and the suite has no client mid-push.
+fn gc_settings(policies: serde_json::Value) -> GcConfig {
+    let config = serde_json::json!({ "storage": {
+        "rootDirectory": "/store-suite", "gc": true,
+        "retention": { "policies": policies },
+    }});
+    let mut settings = Config::parse(&config.to_string(), "store suite")
         .unwrap()
+        .storage
+        .default
+        .gc;
+    settings.delay = Duration::ZERO;
+    settings.retention.delay = Duration::ZERO;
+    settings
+}
+
+/// Collects `repo` as `settings` say, a moment ahead of now, so what was written just now is
+/// old enough on any clock.
+fn collect(store: &Store, repo: &RepoName, settings: &GcConfig, times: &TagTimes) -> Collected {
+    let now = SystemTime::now() + Duration::from_secs(1);
+    store.collect(repo, settings, times, now, false).unwrap()
+}
+
+fn collect_now(store: &Store, repo: &RepoName) -> Collected {
+    collect(
+        store,
+        repo,
+        &gc_settings(serde_json::json!([])),
+        &TagTimes::default(),
+    )
+}
+
+/// A `keepTags` rule keeps the most recently pushed tag it selects; the other tags go, and
+/// with them the manifests and layers only they held.
+fn retaining(store: &Store) {
+    let repo = repo("retention");
+    let mut times = TagTimes::default();
+    let start = SystemTime::now() - Duration::from_secs(3600);
+    for (n, tag) in ["v1", "v2", "dev"].into_iter().enumerate() {
+        let layer = format!("layer of {tag}");
+        let manifest = image(store, &repo, &[layer.as_bytes()], tag);
+        put_manifest(store, &repo, tag, &manifest);
+        let pushed = start + Duration::from_secs(60 * n as u64);
+        times.pushed.insert(tag.to_string(), pushed);
+    }
+    let settings = gc_settings(serde_json::json!([{
+        "repositories": [repo.as_str()],
+        "keepTags": [{ "patterns": ["^v"], "mostRecentlyPushedCount": 1 }],
+    }]));
+    let collected = collect(store, &repo, &settings, &times);
+    let mut removed: Vec<&str> = collected.tags.iter().map(|(t, _)| t.as_str()).collect();
+    removed.sort();
+    assert_eq!(removed, ["dev", "v1"]);
+    assert_eq!(store.tags(&repo).unwrap(), ["v2"]);
+    for (tag, kept) in [("v1", false), ("v2", true), ("dev", false)] {
+        let layer = Digest::sha256_of(format!("layer of {tag}").as_bytes());
+        assert_eq!(
+            store.blob_size(&repo, &layer).is_ok(),
+            kept,
+            "{tag}'s layer"
+        );
+    }
+}
+
+/// With dedupe, repositories holding one digest share its bytes, whether pushed so or linked
+/// by the start-up pass from a copy written behind the store's back (by a store without
+/// dedupe, or a restore); without dedupe each keeps a copy of its own.
+fn deduplicating(store: &Store) {
+    let (one, other, restored) = (
+        repo("dedupe-one"),
+        repo("dedupe-other"),
+        repo("dedupe-restored"),
+    );
+    let bytes = b"pushed into every repository";
+    let digest = push(store, &one, bytes);
+    push(store, &other, bytes);
+    let bytes_key = |repo: &RepoName| {
+        let path = layout::blob(repo, &digest).unwrap();
+        store.driver.stat(&path).unwrap().unwrap().bytes_key()
+    };
+    assert_eq!(bytes_key(&one) == bytes_key(&other), store.dedupes());
+    push(store, &restored, b"makes it a repository");
+    let copy = layout::blob(&restored, &digest).unwrap();
+    store.driver.put(&copy, bytes).unwrap();
+    assert_ne!(bytes_key(&one), bytes_key(&restored));
+    let report = dedupe_pass::run(store).unwrap();
+    assert_eq!(report.linked > 0, store.dedupes(), "{report:?}");
+    assert_eq!(bytes_key(&one) == bytes_key(&restored), store.dedupes());
+    assert_eq!(pull(store, &restored, &digest, None), bytes);
+}
+
+/// Scrub finds a layer whose bytes changed behind the store's back, in the one repository
+/// that holds it, and nothing in the others.
+fn scrubbing(store: &Store) {
+    let repo = repo("scrub");
+    let layer = b"a layer damaged later";
+    let manifest = image(store, &repo, &[layer], "scrub");
+    put_manifest(store, &repo, "v1", &manifest);
+    let affected = || -> Vec<(String, Vec<Digest>)> {
+        let report = store.scrub("storage", Duration::from_secs(3600)).unwrap();
+        report
+            .repositories
+            .into_iter()
+            .filter(|r| r.status != "ok")
+            .map(|r| {
+                let blobs = r.images.into_iter().flat_map(|i| i.affected);
+                (r.repository, blobs.map(|b| b.digest).collect())
+            })
+            .collect()
+    };
+    assert!(affected().is_empty());
+    let damaged = Digest::sha256_of(layer);
+    let path = layout::blob(&repo, &damaged).unwrap();
+    store.driver.put(&path, b"damaged").unwrap();
+    assert_eq!(affected(), [(repo.to_string(), vec![damaged])]);
 }
 
 /// A repository the collector leaves with nothing (an orphan blob, an idle upload) is
