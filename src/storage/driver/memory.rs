@@ -15,7 +15,8 @@
 //! - An appender keeps the parts it was given (the registry's own buffers, not copies) and
 //!   publishes them as the object's new version on `flush`, `sync` and drop, like the parts of
 //!   a multipart upload. `truncate` (which an object store cannot do to an object) drops or
-//!   shortens the parts not yet published; issue 12 removes it from the contract.
+//!   shortens the appender's parts, and the next publish makes the shorter version; issue 12
+//!   removes it from the contract.
 //!
 //! Locks: objects are spread over striped maps by path, and the prefix index over striped
 //! maps by directory. A lock is held only to look up, insert or remove map entries; bytes are
@@ -57,7 +58,7 @@ impl MemoryDriver {
 
 struct Objects {
     /// Path -> object, striped by path.
-    stripes: Box<[RwLock<HashMap<String, Object>>]>,
+    stripes: Box<[RwLock<Stripe>]>,
     /// Directory ("" for the root) -> the names one level below it, each with the number of
     /// objects under it, striped by directory: `list` and the `stat` of a prefix read one
     /// entry instead of scanning every object. A directory is a key only while something is
