@@ -666,24 +666,6 @@ mod tests {
         );
     }
 
-    /// An appender whose object was deleted, or replaced by another write, publishes
-    /// nothing: it would bring back or overwrite what came later.
-    #[test]
-    fn appenders_do_not_undo_later_writes() {
-        let driver = MemoryDriver::new();
-        let path = StoragePath::from_components(["r", ".uploads", "s"]).unwrap();
-        let mut w = driver.appender(&path).unwrap();
-        driver.delete(&path).unwrap();
-        w.append(b"late".to_vec()).unwrap();
-        w.flush().unwrap();
-        assert!(driver.stat(&path).unwrap().is_none());
-        let mut w = driver.appender(&path).unwrap();
-        driver.put(&path, b"newer").unwrap();
-        w.append(b"late".to_vec()).unwrap();
-        drop(w);
-        assert_eq!(driver.get(&path).unwrap(), b"newer");
-    }
-
     /// A reader is a snapshot of the version it opened, and parts are neither copied nor
     /// lost across truncation and reopening.
     #[test]
