@@ -143,6 +143,12 @@ fn pushing_in_chunks(store: &Store) {
         append(7, second),
         Err(StoreError::UploadOutOfOrder { expected, got: 7 }) if expected == first.len() as u64
     ));
+    // A chunk whose body ends early is undone: the session holds what it held before.
+    let other = pattern(second.len(), 9);
+    let declared = BodyLength::Exact(other.len() as u64 + 1);
+    let cut = store.upload_append(&repo, id, None, &mut &other[..], declared);
+    assert!(matches!(cut, Err(StoreError::BodyInvalid(_))), "{cut:?}");
+    assert_eq!(store.upload_size(&repo, id).unwrap(), first.len() as u64);
     // A chunk without Content-Range, streamed to its end.
     let streamed = store
         .upload_append(&repo, id, None, &mut &second[..], BodyLength::UntilEnd)
