@@ -615,10 +615,11 @@ fn two_stores_lose_no_tag(first: &Store, second: &Store) {
     assert_eq!(second.tags(&repo).unwrap().len(), 2 * THREADS * TAGS);
 }
 
-/// A fresh local root: each driver opened is a separate `LocalDriver` over it.
+/// A fresh local root: each driver opened is a separate `LocalDriver` over it, writing
+/// uploads as berth does by default.
 fn local(dir: &Path) -> Storage {
     let dir = dir.to_path_buf();
-    Box::new(move || Arc::new(LocalDriver::new(&dir, false, WriterChoice::Buffered).unwrap()))
+    Box::new(move || Arc::new(LocalDriver::new(&dir, false, WriterChoice::Auto).unwrap()))
 }
 
 /// A fresh memory store: each driver opened is another handle to the same objects.
