@@ -26,6 +26,8 @@ mod manifests;
 mod referrers;
 mod registry;
 pub mod scrub;
+#[cfg(test)]
+mod store_suite;
 mod uploads;
 mod usage;
 

@@ -37,6 +37,7 @@ pub(crate) fn run(driver: &dyn Driver) {
     appending(driver);
     appending_many(driver);
     appending_in_place(driver);
+    appending_after_the_object_went(driver);
     rename_and_copy(driver);
     linking(driver);
     delete_trees(driver);
@@ -389,6 +390,30 @@ fn appending_in_place(d: &dyn Driver) {
     assert_eq!(w.size(), expected.len() as u64);
     drop(w);
     assert_eq!(d.get(&p).unwrap(), expected);
+}
+
+/// An appender whose object was deleted, or replaced by another write, while it was open
+/// changes nothing any more: like bytes written to an unlinked file, what it appends has no
+/// name, and giving it one would bring back or overwrite what came later (an upload the
+/// collector ended, a session cancelled).
+fn appending_after_the_object_went(d: &dyn Driver) {
+    let p = path("u/.uploads/gone");
+    let mut w = d.appender(&p).unwrap();
+    d.delete(&p).unwrap();
+    w.append(b"late".to_vec()).unwrap();
+    w.sync().unwrap();
+    drop(w);
+    assert!(
+        d.stat(&p).unwrap().is_none(),
+        "a deleted upload stays deleted"
+    );
+    let mut w = d.appender(&p).unwrap();
+    d.put(&p, b"newer").unwrap();
+    w.append(b"late".to_vec()).unwrap();
+    w.sync().unwrap();
+    drop(w);
+    assert_eq!(d.get(&p).unwrap(), b"newer", "a later write stays");
+    d.delete(&p).unwrap();
 }
 
 fn rename_and_copy(d: &dyn Driver) {

@@ -6,6 +6,10 @@
 
 mod direct;
 pub mod local;
+// Compiled for the suites only until the configuration can name a storage backend (the
+// composition-root part of issue 12) and select it; until then it would be dead code.
+#[cfg(test)]
+pub(crate) mod memory;
 mod uring;
 
 #[cfg(test)]
@@ -228,7 +232,9 @@ pub struct ObjectReader {
     pub size: u64,
 }
 
-/// Append-only scratch object for an upload in progress.
+/// Append-only scratch object for an upload in progress. Once its object is deleted or
+/// replaced by another write, nothing it appends appears at the path (as with bytes written
+/// to an unlinked file): it never brings back or overwrites what came later.
 pub trait Appender: Send {
     /// Bytes written so far.
     fn size(&self) -> u64;

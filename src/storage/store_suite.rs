@@ -1,0 +1,673 @@
+//! The store-level suite (DESIGN decision 8): registry semantics checked through `Store`'s own
+//! API, in-process, over every storage driver x dedupe cache pair, so a backend is judged by
+//! what a client of the registry would see rather than by its files.
+//!
+//! `run` takes a way to open stores over one storage and one cache; each check works in
+//! repositories of its own, so they share one store without seeing each other. The matrix at
+//! the end makes one test per pair (`storage::store_suite::<driver>::<cache>`): a new driver
+//! or cache joins with one line there.
+//!
+//! Covered: monolithic, chunked (in and out of order) and resumed uploads, digest mismatches,
+//! ranged pulls, mounts (from a repository and, with dedupe, from anywhere), manifests by tag
+//! and digest, tags, referrers, blob deletes, garbage collection (down to removing a
+//! repository left empty), retention (`keepTags`), hard-link dedupe and the start-up pass
+//! linking a copy written behind the store's back, scrub finding a damaged layer, the catalog,
+//! and two stores tagging one repository at once. Not yet: placeholder dedupe and restoring
+//! copies when dedupe is turned off (later in issue 12).
+
+use super::driver::Driver;
+use super::driver::local::{LocalDriver, WriterChoice};
+use super::driver::memory::MemoryDriver;
+use super::layout::{self, UploadId};
+use super::{BlobBody, BodyLength, ByteRange, Collected, Store, StoreError, TagTimes, dedupe_pass};
+use crate::cache::lmdb::{Lmdb, LmdbOptions};
+use crate::cache::{DedupeCache, Namespace};
+use crate::config::Config;
+use crate::config::gc::GcConfig;
+use crate::digest::Digest;
+use crate::oci::{Reference, RepoName, media_type};
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Opens a driver over one storage each time it is called: a new client of the same files or
+/// objects, as another process would have.
+type Storage = Box<dyn Fn() -> Arc<dyn Driver>>;
+
+/// Runs every check on stores `open` returns, which all see the same, initially empty,
+/// storage and cache.
+pub(super) fn run(open: &dyn Fn() -> Store) {
+    let store = open();
+    pushing_whole_blobs(&store);
+    pushing_in_chunks(&store);
+    resuming_uploads(&store, &open());
+    mounting(&store);
+    manifests_and_tags(&store);
+    referrers(&store);
+    deleting_blobs(&store);
+    collecting(&store);
+    collecting_a_repository_away(&store);
+    retaining(&store);
+    deduplicating(&store);
+    scrubbing(&store);
+    listing_the_catalog(&store);
+    two_stores_lose_no_tag(&open(), &open());
+}
+
+fn repo(name: &str) -> RepoName {
+    format!("suite/{name}").parse().unwrap()
+}
+
+fn push(store: &Store, repo: &RepoName, bytes: &[u8]) -> Digest {
+    let digest = Digest::sha256_of(bytes);
+    store
+        .blob_put(repo, &digest, &mut &bytes[..], exactly(bytes))
+        .unwrap();
+    digest
+}
+
+fn exactly(bytes: &[u8]) -> BodyLength {
+    BodyLength::Exact(bytes.len() as u64)
+}
+
+fn pull(store: &Store, repo: &RepoName, digest: &Digest, range: Option<ByteRange>) -> Vec<u8> {
+    let (read, _) = store.blob_read(repo, digest, range).unwrap();
+    let mut bytes = Vec::new();
+    match read.body {
+        BlobBody::File { file, offset, len } => {
+            use std::os::unix::fs::FileExt;
+            bytes.resize(len as usize, 0);
+            file.read_exact_at(&mut bytes, offset).unwrap();
+        }
+        BlobBody::Stream(mut reader, len) => {
+            reader.read_to_end(&mut bytes).unwrap();
+            assert_eq!(bytes.len() as u64, len, "a stream is as long as it says");
+        }
+    }
+    bytes
+}
+
+/// Bytes that differ at every offset (a misplaced part shows), `len` of them.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ (i >> 8) as u8 ^ seed)
+        .collect()
+}
+
+fn pushing_whole_blobs(store: &Store) {
+    let repo = repo("whole");
+    let bytes = pattern(3 * 1024 * 1024 + 17, 1);
+    let digest = push(store, &repo, &bytes);
+    assert_eq!(store.blob_size(&repo, &digest).unwrap(), bytes.len() as u64);
+    assert!(pull(store, &repo, &digest, None) == bytes);
+    let range = ByteRange { start: 5, end: 9 };
+    assert_eq!(pull(store, &repo, &digest, Some(range)), bytes[5..=9]);
+    let past = ByteRange {
+        start: bytes.len() as u64,
+        end: bytes.len() as u64 + 5,
+    };
+    assert!(matches!(
+        store.blob_read(&repo, &digest, Some(past)),
+        Err(StoreError::RangeNotSatisfiable { .. })
+    ));
+    // Content that does not hash to its name, or ends early, is not stored.
+    let wrong = Digest::sha256_of(b"something else");
+    let mismatch = store.blob_put(&repo, &wrong, &mut &b"bytes"[..], exactly(b"bytes"));
+    assert!(matches!(mismatch, Err(StoreError::DigestMismatch { .. })));
+    let short = store.blob_put(
+        &repo,
+        &Digest::sha256_of(b"bytes"),
+        &mut &b"byt"[..],
+        BodyLength::Exact(5),
+    );
+    assert!(matches!(short, Err(StoreError::BodyInvalid(_))));
+    for digest in [wrong, Digest::sha256_of(b"bytes")] {
+        assert!(matches!(
+            store.blob_size(&repo, &digest),
+            Err(StoreError::BlobUnknown(_))
+        ));
+    }
+}
+
+fn pushing_in_chunks(store: &Store) {
+    let repo = repo("chunked");
+    let bytes = pattern(2 * 1024 * 1024 + 999, 2);
+    let (first, second) = bytes.split_at(1024 * 1024 + 3);
+    let id = store.upload_start(&repo).unwrap();
+    let append = |start: u64, chunk: &[u8]| {
+        store.upload_append(&repo, id, Some(start), &mut &chunk[..], exactly(chunk))
+    };
+    assert_eq!(append(0, first).unwrap(), first.len() as u64);
+    assert!(matches!(
+        append(7, second),
+        Err(StoreError::UploadOutOfOrder { expected, got: 7 }) if expected == first.len() as u64
+    ));
+    // A chunk whose body ends early is undone: the session holds what it held before.
+    let other = pattern(second.len(), 9);
+    let declared = BodyLength::Exact(other.len() as u64 + 1);
+    let cut = store.upload_append(&repo, id, None, &mut &other[..], declared);
+    assert!(matches!(cut, Err(StoreError::BodyInvalid(_))), "{cut:?}");
+    assert_eq!(store.upload_size(&repo, id).unwrap(), first.len() as u64);
+    // A chunk without Content-Range, streamed to its end.
+    let streamed = store
+        .upload_append(&repo, id, None, &mut &second[..], BodyLength::UntilEnd)
+        .unwrap();
+    assert_eq!(streamed, bytes.len() as u64);
+    assert_eq!(store.upload_size(&repo, id).unwrap(), bytes.len() as u64);
+    // A wrong digest leaves the session as it was.
+    let wrong = Digest::sha256_of(b"not these bytes");
+    let mismatch = store.upload_finish(&repo, id, &wrong, &mut &[][..], BodyLength::Exact(0));
+    assert!(matches!(mismatch, Err(StoreError::DigestMismatch { .. })));
+    let digest = Digest::sha256_of(&bytes);
+    store
+        .upload_finish(&repo, id, &digest, &mut &[][..], BodyLength::Exact(0))
+        .unwrap();
+    assert!(pull(store, &repo, &digest, None) == bytes);
+    assert!(matches!(
+        store.upload_size(&repo, id),
+        Err(StoreError::UploadUnknown(_))
+    ));
+    // A cancelled session is gone, with its bytes.
+    let id = store.upload_start(&repo).unwrap();
+    store
+        .upload_append(&repo, id, Some(0), &mut &first[..], exactly(first))
+        .unwrap();
+    store.upload_cancel(&repo, id).unwrap();
+    assert!(matches!(
+        store.upload_size(&repo, id),
+        Err(StoreError::UploadUnknown(_))
+    ));
+    assert!(matches!(
+        store.upload_size(&repo, UploadId::new()),
+        Err(StoreError::UploadUnknown(_))
+    ));
+}
+
+/// A session started by one store continues in another over the same storage (a restart, or
+/// another instance), from what the storage holds.
+fn resuming_uploads(first: &Store, second: &Store) {
+    let repo = repo("resumed");
+    let bytes = pattern(1024 * 1024 + 5, 3);
+    let (head, tail) = bytes.split_at(700_000);
+    let id = first.upload_start(&repo).unwrap();
+    first
+        .upload_append(&repo, id, Some(0), &mut &head[..], exactly(head))
+        .unwrap();
+    assert_eq!(second.upload_size(&repo, id).unwrap(), head.len() as u64);
+    let digest = Digest::sha256_of(&bytes);
+    second
+        .upload_finish(&repo, id, &digest, &mut &tail[..], exactly(tail))
+        .unwrap();
+    assert!(pull(first, &repo, &digest, None) == bytes);
+}
+
+fn mounting(store: &Store) {
+    let (from, to) = (repo("mount-from"), repo("mount-to"));
+    let bytes = b"a mounted layer";
+    let digest = push(store, &from, bytes);
+    assert!(store.blob_mount(&to, &digest, Some(&from)).unwrap());
+    assert_eq!(pull(store, &to, &digest, None), bytes);
+    assert!(
+        store.blob_mount(&to, &digest, Some(&from)).unwrap(),
+        "mounting again is fine"
+    );
+    // Nothing to mount: nothing changes.
+    let unknown = Digest::sha256_of(b"never pushed");
+    assert!(!store.blob_mount(&to, &unknown, Some(&from)).unwrap());
+    assert!(matches!(
+        store.blob_size(&to, &unknown),
+        Err(StoreError::BlobUnknown(_))
+    ));
+    // Without a source repository, only dedupe knows where a digest is.
+    let anywhere = repo("mount-anywhere");
+    assert_eq!(
+        store.blob_mount(&anywhere, &digest, None).unwrap(),
+        store.dedupes()
+    );
+}
+
+/// An image manifest with a 2-byte config and `layers`, pushed into `repo` first.
+fn image(store: &Store, repo: &RepoName, layers: &[&[u8]], annotation: &str) -> Vec<u8> {
+    let config = push(store, repo, b"{}");
+    let layers: Vec<_> = layers
+        .iter()
+        .map(|bytes| (push(store, repo, bytes), bytes.len()))
+        .collect();
+    image_json(&config, &layers, annotation)
+}
+
+/// The bytes of an image manifest naming `config` and `layers` (digest and size).
+fn image_json(config: &Digest, layers: &[(Digest, usize)], annotation: &str) -> Vec<u8> {
+    let layers: Vec<_> = layers
+        .iter()
+        .map(|(digest, size)| {
+            serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": digest.to_string(),
+                "size": size,
+            })
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type::OCI_MANIFEST,
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": config.to_string(),
+            "size": 2,
+        },
+        "layers": layers,
+        "annotations": { "suite": annotation },
+    }))
+    .unwrap()
+}
+
+fn put_manifest(store: &Store, repo: &RepoName, reference: &str, bytes: &[u8]) -> Digest {
+    let reference: Reference = reference.parse().unwrap();
+    let put = store
+        .manifest_put(repo, &reference, Some(media_type::OCI_MANIFEST), bytes, &[])
+        .unwrap();
+    assert_eq!(put.digest, Digest::sha256_of(bytes));
+    put.digest
+}
+
+fn manifest_bytes(store: &Store, repo: &RepoName, reference: &str) -> Result<Vec<u8>, StoreError> {
+    let reference: Reference = reference.parse().unwrap();
+    store.manifest_get(repo, &reference).map(|m| m.bytes)
+}
+
+fn manifests_and_tags(store: &Store) {
+    let repo = repo("manifests");
+    let manifest = image(store, &repo, &[b"layer one"], "tags");
+    let digest = put_manifest(store, &repo, "v1", &manifest);
+    put_manifest(store, &repo, "v2", &manifest);
+    assert_eq!(manifest_bytes(store, &repo, "v1").unwrap(), manifest);
+    assert_eq!(
+        manifest_bytes(store, &repo, &digest.to_string()).unwrap(),
+        manifest
+    );
+    let head = store
+        .manifest_head(&repo, &Reference::Digest(digest.clone()))
+        .unwrap();
+    assert_eq!(head.size, manifest.len() as u64);
+    assert_eq!(store.tags(&repo).unwrap(), ["v1", "v2"]);
+    // Untagging keeps the manifest; deleting by digest removes it and every tag on it.
+    store
+        .manifest_delete(&repo, &"v1".parse().unwrap())
+        .unwrap();
+    assert_eq!(store.tags(&repo).unwrap(), ["v2"]);
+    assert!(manifest_bytes(store, &repo, &digest.to_string()).is_ok());
+    store
+        .manifest_delete(&repo, &Reference::Digest(digest.clone()))
+        .unwrap();
+    assert!(store.tags(&repo).unwrap().is_empty());
+    for reference in ["v2".to_string(), digest.to_string()] {
+        assert!(matches!(
+            manifest_bytes(store, &repo, &reference),
+            Err(StoreError::ManifestUnknown(_))
+        ));
+    }
+    // A manifest naming content the repository does not hold is refused.
+    let elsewhere = image(store, &self::repo("manifests-elsewhere"), &[b"away"], "x");
+    let refused = store.manifest_put(
+        &repo,
+        &"v3".parse().unwrap(),
+        Some(media_type::OCI_MANIFEST),
+        &elsewhere,
+        &[],
+    );
+    assert!(matches!(refused, Err(StoreError::ManifestBlobUnknown(_))));
+    assert!(matches!(
+        store.tags(&self::repo("never-pushed")),
+        Err(StoreError::NameUnknown(_))
+    ));
+}
+
+fn referrers(store: &Store) {
+    let repo = repo("referrers");
+    let subject_bytes = image(store, &repo, &[b"subject layer"], "subject");
+    let subject = put_manifest(store, &repo, "latest", &subject_bytes);
+    let empty = push(store, &repo, b"{}");
+    let signature = b"a signature";
+    let artifact = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type::OCI_MANIFEST,
+        "artifactType": "application/vnd.example.signature",
+        "config": {
+            "mediaType": media_type::OCI_EMPTY,
+            "digest": empty.to_string(),
+            "size": 2,
+        },
+        "layers": [{
+            "mediaType": "application/octet-stream",
+            "digest": push(store, &repo, signature).to_string(),
+            "size": signature.len(),
+        }],
+        "subject": {
+            "mediaType": media_type::OCI_MANIFEST,
+            "digest": subject.to_string(),
+            "size": subject_bytes.len(),
+        },
+    }))
+    .unwrap();
+    let artifact_digest = Digest::sha256_of(&artifact);
+    put_manifest(store, &repo, &artifact_digest.to_string(), &artifact);
+    let listed = |artifact_type: Option<&str>| -> Vec<String> {
+        let mut page = store.referrers(&repo, &subject, artifact_type).unwrap();
+        let mut bytes = Vec::new();
+        page.read_to_end(&mut bytes).unwrap();
+        let index: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["digest"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(listed(None), [artifact_digest.to_string()]);
+    assert_eq!(
+        listed(Some("application/vnd.example.signature")),
+        [artifact_digest.to_string()]
+    );
+    assert!(listed(Some("application/vnd.example.other")).is_empty());
+    let unknown = store
+        .referrers(&self::repo("never-pushed"), &subject, None)
+        .unwrap();
+    assert!(unknown.is_empty(), "an unknown repository has no referrers");
+    store
+        .manifest_delete(&repo, &Reference::Digest(artifact_digest))
+        .unwrap();
+    assert!(listed(None).is_empty());
+}
+
+fn deleting_blobs(store: &Store) {
+    let (one, other) = (repo("delete-one"), repo("delete-other"));
+    let bytes = b"deleted from one repository";
+    let digest = push(store, &one, bytes);
+    assert!(store.blob_mount(&other, &digest, Some(&one)).unwrap());
+    store.blob_delete(&one, &digest).unwrap();
+    assert!(matches!(
+        store.blob_size(&one, &digest),
+        Err(StoreError::BlobUnknown(_))
+    ));
+    assert!(matches!(
+        store.blob_delete(&one, &digest),
+        Err(StoreError::BlobUnknown(_))
+    ));
+    assert_eq!(
+        pull(store, &other, &digest, None),
+        bytes,
+        "other repositories keep theirs"
+    );
+    // A manifest's bytes go with the manifest, not as a blob.
+    let manifest = image(store, &one, &[b"a layer"], "delete");
+    let manifest = put_manifest(store, &one, "v1", &manifest);
+    assert!(matches!(
+        store.blob_delete(&one, &manifest),
+        Err(StoreError::BlobIsManifest(_))
+    ));
+}
+
+fn collecting(store: &Store) {
+    let repo = repo("gc");
+    let orphan = push(store, &repo, b"referenced by nothing");
+    let tagged = image(store, &repo, &[b"kept layer"], "tagged");
+    let tagged = put_manifest(store, &repo, "kept", &tagged);
+    let untagged = image(store, &repo, &[b"collected layer"], "untagged");
+    let untagged = put_manifest(
+        store,
+        &repo,
+        &Digest::sha256_of(&untagged).to_string(),
+        &untagged,
+    );
+    let collected = collect_now(store, &repo);
+    let removed: Vec<&Digest> = collected.blobs.iter().map(|(d, _)| d).collect();
+    let collected_layer = Digest::sha256_of(b"collected layer");
+    for gone in [&orphan, &untagged, &collected_layer] {
+        assert!(removed.contains(&gone), "{gone} collected");
+        assert!(matches!(
+            store.blob_size(&repo, gone),
+            Err(StoreError::BlobUnknown(_))
+        ));
+    }
+    assert_eq!(removed.len(), 3, "{removed:?}");
+    assert_eq!(store.tags(&repo).unwrap(), ["kept"]);
+    assert!(manifest_bytes(store, &repo, &tagged.to_string()).is_ok());
+    assert_eq!(
+        pull(store, &repo, &Digest::sha256_of(b"kept layer"), None),
+        b"kept layer"
+    );
+}
+
+/// Collector settings as a config file gives them, with retention `policies` (none:
+/// untagged manifests go, tags stay), but no grace delays: a config refuses a zero `gcDelay`
+/// (a client mid-push would lose its blobs), and the suite has no client mid-push.
+fn gc_settings(policies: serde_json::Value) -> GcConfig {
+    let config = serde_json::json!({ "storage": {
+        "rootDirectory": "/store-suite", "gc": true,
+        "retention": { "policies": policies },
+    }});
+    let mut settings = Config::parse(&config.to_string(), "store suite")
+        .unwrap()
+        .storage
+        .default
+        .gc;
+    settings.delay = Duration::ZERO;
+    settings.retention.delay = Duration::ZERO;
+    settings
+}
+
+/// Collects `repo` as `settings` say, a moment ahead of now, so what was written just now is
+/// old enough on any clock.
+fn collect(store: &Store, repo: &RepoName, settings: &GcConfig, times: &TagTimes) -> Collected {
+    let now = SystemTime::now() + Duration::from_secs(1);
+    store.collect(repo, settings, times, now, false).unwrap()
+}
+
+fn collect_now(store: &Store, repo: &RepoName) -> Collected {
+    collect(
+        store,
+        repo,
+        &gc_settings(serde_json::json!([])),
+        &TagTimes::default(),
+    )
+}
+
+/// A `keepTags` rule keeps the most recently pushed tag it selects; the other tags go, and
+/// with them the manifests and layers only they held.
+fn retaining(store: &Store) {
+    let repo = repo("retention");
+    let mut times = TagTimes::default();
+    let start = SystemTime::now() - Duration::from_secs(3600);
+    for (n, tag) in ["v1", "v2", "dev"].into_iter().enumerate() {
+        let layer = format!("layer of {tag}");
+        let manifest = image(store, &repo, &[layer.as_bytes()], tag);
+        put_manifest(store, &repo, tag, &manifest);
+        let pushed = start + Duration::from_secs(60 * n as u64);
+        times.pushed.insert(tag.to_string(), pushed);
+    }
+    let settings = gc_settings(serde_json::json!([{
+        "repositories": [repo.as_str()],
+        "keepTags": [{ "patterns": ["^v"], "mostRecentlyPushedCount": 1 }],
+    }]));
+    let collected = collect(store, &repo, &settings, &times);
+    let mut removed: Vec<&str> = collected.tags.iter().map(|(t, _)| t.as_str()).collect();
+    removed.sort();
+    assert_eq!(removed, ["dev", "v1"]);
+    assert_eq!(store.tags(&repo).unwrap(), ["v2"]);
+    for (tag, kept) in [("v1", false), ("v2", true), ("dev", false)] {
+        let layer = Digest::sha256_of(format!("layer of {tag}").as_bytes());
+        assert_eq!(
+            store.blob_size(&repo, &layer).is_ok(),
+            kept,
+            "{tag}'s layer"
+        );
+    }
+}
+
+/// With dedupe, repositories holding one digest share its bytes, whether pushed so or linked
+/// by the start-up pass from a copy written behind the store's back (by a store without
+/// dedupe, or a restore); without dedupe each keeps a copy of its own.
+fn deduplicating(store: &Store) {
+    let (one, other, restored) = (
+        repo("dedupe-one"),
+        repo("dedupe-other"),
+        repo("dedupe-restored"),
+    );
+    let bytes = b"pushed into every repository";
+    let digest = push(store, &one, bytes);
+    push(store, &other, bytes);
+    let bytes_key = |repo: &RepoName| {
+        let path = layout::blob(repo, &digest).unwrap();
+        store.driver.stat(&path).unwrap().unwrap().bytes_key()
+    };
+    assert_eq!(bytes_key(&one) == bytes_key(&other), store.dedupes());
+    push(store, &restored, b"makes it a repository");
+    let copy = layout::blob(&restored, &digest).unwrap();
+    store.driver.put(&copy, bytes).unwrap();
+    assert_ne!(bytes_key(&one), bytes_key(&restored));
+    let report = dedupe_pass::run(store).unwrap();
+    assert_eq!(report.linked > 0, store.dedupes(), "{report:?}");
+    assert_eq!(bytes_key(&one) == bytes_key(&restored), store.dedupes());
+    assert_eq!(pull(store, &restored, &digest, None), bytes);
+}
+
+/// Scrub finds a layer whose bytes changed behind the store's back, in the one repository
+/// that holds it, and nothing in the others.
+fn scrubbing(store: &Store) {
+    let repo = repo("scrub");
+    let layer = b"a layer damaged later";
+    let manifest = image(store, &repo, &[layer], "scrub");
+    put_manifest(store, &repo, "v1", &manifest);
+    let affected = || -> Vec<(String, Vec<Digest>)> {
+        let report = store.scrub("storage", Duration::from_secs(3600)).unwrap();
+        report
+            .repositories
+            .into_iter()
+            .filter(|r| r.status != "ok")
+            .map(|r| {
+                let blobs = r.images.into_iter().flat_map(|i| i.affected);
+                (r.repository, blobs.map(|b| b.digest).collect())
+            })
+            .collect()
+    };
+    assert!(affected().is_empty());
+    let damaged = Digest::sha256_of(layer);
+    let path = layout::blob(&repo, &damaged).unwrap();
+    store.driver.put(&path, b"damaged").unwrap();
+    assert_eq!(affected(), [(repo.to_string(), vec![damaged])]);
+}
+
+/// A repository the collector leaves with nothing (an orphan blob, an idle upload) is
+/// removed, whatever directories its backend has or lacks.
+fn collecting_a_repository_away(store: &Store) {
+    let repo = repo("gc-emptied");
+    push(store, &repo, b"nothing references this");
+    store.upload_start(&repo).unwrap();
+    let collected = collect_now(store, &repo);
+    assert_eq!((collected.blobs.len(), collected.uploads.len()), (1, 1));
+    assert!(collected.repository_removed);
+    assert!(!store.repo_exists(&repo).unwrap());
+    assert!(!store.catalog().unwrap().contains(&repo.to_string()));
+}
+
+fn listing_the_catalog(store: &Store) {
+    let catalog = store.catalog().unwrap();
+    for name in ["chunked", "gc", "manifests", "mount-to", "resumed", "whole"] {
+        assert!(
+            catalog.contains(&repo(name).to_string()),
+            "{name}: {catalog:?}"
+        );
+    }
+    let mut sorted = catalog.clone();
+    sorted.sort();
+    assert_eq!(catalog, sorted);
+}
+
+/// Issue 12: two stores over one storage with nothing shared in-process (their own drivers,
+/// locks, queues and index caches, as two instances would have), 8 threads each pushing
+/// distinct tags into one repository at once: every acknowledged tag is listed at the end,
+/// since every index change is a compare-and-swap on the driver's version.
+fn two_stores_lose_no_tag(first: &Store, second: &Store) {
+    const THREADS: usize = 8;
+    const TAGS: usize = 25;
+    let repo = repo("two-stores");
+    let config = push(first, &repo, b"{}");
+    let layer = b"shared layer";
+    let layers = [(push(first, &repo, layer), layer.len())];
+    let manifests: Vec<Vec<u8>> = (0..2 * THREADS * TAGS)
+        .map(|n| image_json(&config, &layers, &format!("t{n}")))
+        .collect();
+    std::thread::scope(|s| {
+        for (i, store) in [first, second].into_iter().enumerate() {
+            for t in 0..THREADS {
+                let (repo, manifests) = (&repo, &manifests);
+                s.spawn(move || {
+                    for k in 0..TAGS {
+                        let n = (i * THREADS + t) * TAGS + k;
+                        put_manifest(store, repo, &format!("t{n}"), &manifests[n]);
+                    }
+                });
+            }
+        }
+    });
+    assert_eq!(second.tags(&repo).unwrap().len(), 2 * THREADS * TAGS);
+}
+
+/// A fresh local root: each driver opened is a separate `LocalDriver` over it, writing
+/// uploads as berth does by default.
+fn local(dir: &Path) -> Storage {
+    let dir = dir.to_path_buf();
+    Box::new(move || Arc::new(LocalDriver::new(&dir, false, WriterChoice::Auto).unwrap()))
+}
+
+/// A fresh memory store: each driver opened is another handle to the same objects.
+fn memory(_: &Path) -> Storage {
+    let driver = MemoryDriver::new();
+    Box::new(move || Arc::new(driver.clone()))
+}
+
+fn no_cache(_: &Path) -> Option<DedupeCache> {
+    None
+}
+
+fn lmdb(dir: &Path) -> Option<DedupeCache> {
+    let lmdb = Lmdb::open(dir, LmdbOptions::new(false)).unwrap();
+    let store = lmdb.namespace(&Namespace::new("storage")).unwrap();
+    Some(DedupeCache::of(Arc::new(store)))
+}
+
+/// Runs the suite over a new storage and cache made by the two factories. The cache is
+/// opened once and shared by every store (LMDB opens a directory once per process).
+fn run_pair(storage: fn(&Path) -> Storage, cache: fn(&Path) -> Option<DedupeCache>) {
+    let dir = tempfile::tempdir().unwrap();
+    let driver = storage(&dir.path().join("storage"));
+    let cache = cache(&dir.path().join("cache"));
+    let dedupes = cache.is_some() && driver().can_link();
+    let open = || Store::new(driver(), cache.clone());
+    assert_eq!(open().dedupes(), dedupes, "dedupe is on where it can be");
+    run(&open);
+}
+
+/// One test per driver x cache pair, named `<driver>::<cache>`.
+macro_rules! matrix {
+    (drivers { $($driver:ident),* } caches $caches:tt) => {
+        $( matrix!(@driver $driver $caches); )*
+    };
+    (@driver $driver:ident { $($cache:ident),* }) => {
+        mod $driver {
+            $(
+                #[test]
+                fn $cache() {
+                    super::run_pair(super::$driver, super::$cache);
+                }
+            )*
+        }
+    };
+}
+
+matrix! {
+    drivers { local, memory }
+    caches { no_cache, lmdb }
+}
