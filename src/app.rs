@@ -3,11 +3,11 @@
 
 use crate::cache::lmdb::{Lmdb, LmdbCache, LmdbOptions};
 use crate::cache::{CacheError, DedupeCache, Namespace};
-use crate::config::{Config, StoreConfig};
+use crate::config::{CacheBackend, Config, StorageBackend, StoreConfig, UploadWriter};
 use crate::http::server::{BindError, Server};
 use crate::root_lock::{LockError, RootLock};
-use crate::storage::driver::DriverError;
-use crate::storage::driver::local::LocalDriver;
+use crate::storage::driver::local::{LocalDriver, WriterChoice};
+use crate::storage::driver::{Driver, DriverError};
 use crate::storage::{Registry, Store, collector, dedupe_pass};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -240,18 +240,29 @@ fn spawn_scrub(opened: &[OpenedStore], interval: std::time::Duration) {
 /// and a thread that flushes usage times.
 fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartError> {
     let root = &settings.root_directory;
-    let driver = LocalDriver::new(root, settings.commit, settings.writer).map_err(|source| {
-        StartError::Storage {
-            key: format!("{key}.rootDirectory"),
-            source,
+    let (driver, described): (Arc<dyn Driver>, String) = match settings.backend {
+        StorageBackend::Local { writer } => {
+            let driver = LocalDriver::new(root, settings.commit, local_writer(writer)).map_err(
+                |source| StartError::Storage {
+                    key: format!("{key}.rootDirectory"),
+                    source,
+                },
+            )?;
+            let described = format!(
+                "local files, upload writer {} ({writer:?} requested)",
+                driver.writer_name()
+            );
+            (Arc::new(driver), described)
         }
-    })?;
+    };
     let retention = &settings.gc.retention;
     let record_pushes =
         settings.gc.enabled && retention.policies.iter().any(|p| !p.keep_tags.is_empty());
     let record_pulls = settings.gc.enabled && retention.uses_pull_times();
     let cache = if settings.dedupe || record_pushes || record_pulls {
-        Some(open_cache(key, root, settings.commit)?)
+        match settings.cache {
+            CacheBackend::Lmdb => Some(open_cache(key, root, settings.commit)?),
+        }
     } else {
         None
     };
@@ -261,15 +272,13 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
         commit = settings.commit,
         dedupe = settings.dedupe,
         gc = settings.gc.enabled,
-        requested = ?settings.writer,
-        "storage ready; upload writer: {}",
-        driver.writer_name()
+        "storage ready: {described}"
     );
     let dedupe_cache = cache
         .clone()
         .filter(|_| settings.dedupe)
         .map(DedupeCache::of);
-    let mut store = Store::new(Arc::new(driver), dedupe_cache);
+    let mut store = Store::new(driver, dedupe_cache);
     if let Some(cache) = cache {
         store = store.with_usage(cache, record_pushes, record_pulls);
     }
@@ -288,6 +297,16 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
             .expect("spawning the usage flusher");
     }
     Ok(store)
+}
+
+/// The local driver's writer for the configured one.
+fn local_writer(writer: UploadWriter) -> WriterChoice {
+    match writer {
+        UploadWriter::Auto => WriterChoice::Auto,
+        UploadWriter::Direct => WriterChoice::Direct,
+        UploadWriter::Buffered => WriterChoice::Buffered,
+        UploadWriter::IoUring => WriterChoice::IoUring,
+    }
 }
 
 /// Opens a store's LMDB cache, in its root, for the store's namespace (its config key); one

@@ -8,7 +8,6 @@ pub mod duration;
 pub mod gc;
 pub mod raw;
 
-use crate::storage::driver::local::WriterChoice;
 use raw::{RawConfig, RawPort};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -78,11 +77,49 @@ pub struct StoreConfig {
     pub commit: bool,
     /// Keep one copy of each blob in the store: hard links plus the embedded cache.
     pub dedupe: bool,
-    /// How upload bytes are written.
-    pub writer: WriterChoice,
+    /// Where the store keeps its layouts, and how.
+    #[serde(flatten)]
+    pub backend: StorageBackend,
+    /// Where its dedupe index, usage times and markers live. Printed by nothing: the embedded
+    /// cache is what a config without `cacheDriver` (or with zot's `boltdb`) means.
+    #[serde(skip)]
+    pub cache: CacheBackend,
     /// Garbage collection and retention (zot's `gc*` keys and `retention`).
     #[serde(flatten)]
     pub gc: gc::GcConfig,
+}
+
+/// A store's storage backend, as the composition root (`app`) builds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum StorageBackend {
+    /// Files under `rootDirectory`.
+    Local {
+        /// How upload bytes are written (`storage.writer`, berth only).
+        writer: UploadWriter,
+    },
+}
+
+/// How a local store's upload bytes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadWriter {
+    /// `direct` where the filesystem supports O_DIRECT, else `buffered`.
+    Auto,
+    /// Whole blocks with O_DIRECT, the tail buffered.
+    Direct,
+    /// Positioned buffered writes.
+    Buffered,
+    /// Writes submitted to an io_uring ring.
+    IoUring,
+}
+
+/// A store's cache backend, as the composition root builds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheBackend {
+    /// The embedded LMDB cache in `<rootDirectory>/.berth/cache` (zot's `boltdb` place).
+    #[default]
+    Lmdb,
 }
 
 /// One `subPaths` entry: the leading repository-name segments it matches (`/a/b` → `a`, `b`).
@@ -390,7 +427,10 @@ fn resolve_store(
         root_directory: PathBuf::from(root_directory),
         commit: storage.commit.unwrap_or(false),
         dedupe: storage.dedupe.unwrap_or(true),
-        writer: storage.writer.unwrap_or(WriterChoice::Auto),
+        backend: StorageBackend::Local {
+            writer: storage.writer.unwrap_or(UploadWriter::Auto),
+        },
+        cache: CacheBackend::Lmdb,
         gc: gc::resolve(storage, prefix, top, warnings)?,
     })
 }

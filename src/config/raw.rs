@@ -69,7 +69,7 @@ pub struct RawStorage {
     #[serde(alias = "fastrestart")]
     pub fast_restart: Option<Value>,
     /// berth only: how upload bytes are written (`auto`, `io_uring`, `std`).
-    pub writer: Option<crate::storage::driver::local::WriterChoice>,
+    pub writer: Option<super::UploadWriter>,
     /// zot's repository count limit.
     #[serde(alias = "maxrepos")]
     pub max_repos: Option<Value>,

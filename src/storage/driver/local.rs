@@ -34,9 +34,8 @@ pub const TEMP_PREFIX: &str = ".tmp-";
 /// so where `replace` can prove that (`ReplaceLog`), it writes only the bytes that differ.
 const SPARE_PREFIX: &str = ".spare-";
 
-/// How upload bytes reach the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// How upload bytes reach the disk (the config's `storage.writer`, mapped by `app`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriterChoice {
     /// `direct` where the filesystem supports O_DIRECT, else `buffered`. Measured here
     /// (bench/writer.rs, bench/load.rs, flamegraphs/index.md): buffered writes into new
