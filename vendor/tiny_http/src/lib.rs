@@ -756,16 +756,23 @@ mod berth_tests {
             body_rate: BodyRate::NONE,
         };
         let server = Server::from_listener_with_limits(listener, None, limits).unwrap();
+        let head = "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+        // The accept thread takes connections in order, so the held one is counted first.
         let held = TcpStream::connect(addr).unwrap();
-        // Let the accept thread count the held connection.
-        thread::sleep(Duration::from_millis(100));
-        let refused = exchange(addr, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let refused = exchange(addr, head);
         assert!(refused.starts_with("HTTP/1.1 503 "), "{:?}", refused);
         assert!(refused.contains("\r\nConnection: close\r\n"), "{:?}", refused);
         drop(held);
-        thread::sleep(Duration::from_millis(100));
+        // The held connection's place is free once its thread has seen it close.
         let client = thread::spawn(move || {
-            exchange(addr, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            for _ in 0..100 {
+                let response = exchange(addr, head);
+                if !response.starts_with("HTTP/1.1 503 ") {
+                    return response;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            panic!("still refused after 5 s");
         });
         let request = server.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
         request.respond(Response::from_string("served")).unwrap();
