@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 
 scripts/install-test-deps.sh
 export BERTH_REQUIRE_CLIENTS=1
-# The vendored tiny_http's own unit tests (request framing, body rate, throttled logs).
+# The vendored tiny_http's own unit tests: upstream's, and one or more for each of berth's
+# patches (vendor/tiny_http/patches/series names them).
 cargo test -p tiny_http --lib
 # Every target but the benches: the load generator (bench/load.rs, harness = false) is a
 # program that needs --target arguments, and `cargo test --all-targets` would run it bare

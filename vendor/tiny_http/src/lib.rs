@@ -551,3 +551,318 @@ impl Drop for Server {
         }
     }
 }
+
+/// berth patch: tests of the patches to how connections are accepted and answered, over
+/// loopback TCP (127.0.0.1 only). Each names its patch in vendor/tiny_http/patches/series.
+#[cfg(test)]
+mod berth_tests {
+    use crate::{Response, Server};
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::thread;
+    use std::time::Duration;
+
+    /// Sends `head` on a new connection and returns all the server sends until it closes (or
+    /// 5 s pass); `head` should ask to close.
+    fn exchange(addr: SocketAddr, head: &str) -> String {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        stream.write_all(head.as_bytes()).unwrap();
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response);
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
+    /// Patch 0002: accept(2) failing with EAGAIN (a nonblocking listener here; in berth, the
+    /// timeout the listener's SO_RCVTIMEO sets) leaves the server accepting.
+    #[test]
+    fn an_accept_timeout_does_not_stop_the_listener() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = Server::from_listener(listener, None).unwrap();
+        let client = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(50));
+            exchange(addr, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        });
+        let request = server.recv_timeout(Duration::from_secs(5));
+        let request = request.expect("no accept error").expect("a request within 5 s");
+        request.respond(Response::from_string("still accepting")).unwrap();
+        let response = client.join().unwrap();
+        assert!(response.ends_with("still accepting"), "{:?}", response);
+    }
+
+    /// Patch 0004: when a request body stops arriving and its read times out, the connection
+    /// ends right after the response; upstream held it for another timeout (draining the rest
+    /// of the body) first. The timeout comes from the listener's SO_RCVTIMEO, which accepted
+    /// sockets inherit, as in berth.
+    #[test]
+    fn a_stalled_body_ends_the_connection_after_the_response() {
+        use std::io::ErrorKind;
+        use std::os::fd::OwnedFd;
+        use std::time::Instant;
+
+        const TIMEOUT: Duration = Duration::from_millis(300);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // A second descriptor on the listening socket, to set its receive timeout.
+        let socket = TcpStream::from(OwnedFd::from(listener.try_clone().unwrap()));
+        socket.set_read_timeout(Some(TIMEOUT)).unwrap();
+        drop(socket);
+        let server = Server::from_listener(listener, None).unwrap();
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let head = "PUT / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n";
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(&[b'x'; 10]).unwrap();
+        let mut request = server.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+        let mut body = Vec::new();
+        let read = request.as_reader().read_to_end(&mut body);
+        assert!(
+            matches!(&read, Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)),
+            "{:?}",
+            read
+        );
+        request.respond(Response::from_string("cut off")).unwrap();
+        let mut response = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !response.ends_with(b"cut off") {
+            let n = stream.read(&mut buf).unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&response));
+            response.extend_from_slice(&buf[..n]);
+        }
+        let answered = Instant::now();
+        let mut rest = Vec::new();
+        let end = stream.read_to_end(&mut rest);
+        let closed = answered.elapsed();
+        assert!(end.is_ok() && rest.is_empty(), "{:?} then {:?}", end, String::from_utf8_lossy(&rest));
+        assert!(closed < TIMEOUT / 2, "closed {:?} after the response", closed);
+    }
+
+    /// Patch 0005: bytes that cannot start an HTTP/1.x head (a TLS ClientHello) are refused
+    /// with 400 at once; upstream waited for a line end that never came.
+    #[test]
+    fn a_head_that_cannot_be_http_is_refused_at_once() {
+        let server = Server::http("127.0.0.1:0").unwrap();
+        let addr = server.server_addr().to_ip().unwrap();
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        stream.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01]).unwrap();
+        let mut response = vec![0u8; 12];
+        let read = stream.read_exact(&mut response);
+        let response = String::from_utf8_lossy(&response);
+        assert!(read.is_ok() && response == "HTTP/1.1 400", "{:?} {:?}", read, response);
+    }
+
+    /// Patch 0006: a client still sending when it is refused (a 1 MiB header line, refused
+    /// with 431 after 16 KiB) can finish sending and then read the refusal and an orderly end
+    /// of the connection; upstream closed the socket with the input unread, which resets the
+    /// connection and fails the client's next write before it reads anything.
+    #[test]
+    fn a_refusal_reaches_a_client_still_sending() {
+        let server = Server::http("127.0.0.1:0").unwrap();
+        let addr = server.server_addr().to_ip().unwrap();
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut head = b"GET / HTTP/1.1\r\nHost: t\r\nX-Long: ".to_vec();
+        head.resize(head.len() + (1 << 20), b'a');
+        head.extend_from_slice(b"\r\n\r\n");
+        let (first, rest) = head.split_at(32 * 1024);
+        stream.write_all(first).unwrap();
+        // The server refuses after reading 16 KiB, while the client is still sending.
+        thread::sleep(Duration::from_millis(300));
+        let sent = stream.write_all(rest);
+        let mut response = Vec::new();
+        let end = stream.read_to_end(&mut response);
+        let response = String::from_utf8_lossy(&response);
+        assert!(sent.is_ok(), "sending the rest: {:?}", sent);
+        assert!(response.starts_with("HTTP/1.1 431 "), "{:?}", response);
+        assert!(end.is_ok(), "{:?} after {:?}", end, response);
+    }
+
+    /// Patch 0010: respond_with_file sends the head, then exactly the asked range of the file
+    /// (with sendfile(2) on TCP); a HEAD request gets the head only.
+    #[test]
+    fn respond_with_file_sends_the_range_and_head_sends_none() {
+        use crate::StatusCode;
+
+        let name = format!("tiny-http-respond-with-file-{}", std::process::id());
+        let path = std::env::temp_dir().join(name);
+        std::fs::write(&path, b"0123456789").unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let server = Server::http("127.0.0.1:0").unwrap();
+        let addr = server.server_addr().to_ip().unwrap();
+        for (method, body) in [("GET", "34567"), ("HEAD", "")] {
+            let head = format!("{} / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n", method);
+            let client = thread::spawn(move || exchange(addr, &head));
+            let request = server.recv().unwrap();
+            let response = Response::new(StatusCode(200), vec![], std::io::empty(), Some(5), None);
+            request.respond_with_file(response, &file, 3, 5).unwrap();
+            let response = client.join().unwrap();
+            let (head, sent) = response.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with("HTTP/1.1 200 "), "{:?}", head);
+            assert!(head.split("\r\n").any(|h| h == "Content-Length: 5"), "{:?}", head);
+            assert_eq!(sent, body, "{}", method);
+        }
+    }
+
+    /// Patch 0011: a Content-Length that is not a number is refused with 400 and the
+    /// connection closed; upstream read it as "no body", so what followed was taken for the
+    /// next request.
+    #[test]
+    fn a_content_length_that_is_not_a_number_is_refused() {
+        let server = Server::http("127.0.0.1:0").unwrap();
+        let addr = server.server_addr().to_ip().unwrap();
+        let head = "POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 1x\r\nConnection: close\r\n\r\nx";
+        let client = thread::spawn(move || exchange(addr, head));
+        // Only a request read as valid reaches the handler.
+        if let Ok(Some(request)) = server.recv_timeout(Duration::from_secs(1)) {
+            request.respond(Response::from_string("served")).unwrap();
+        }
+        let response = client.join().unwrap();
+        assert!(response.starts_with("HTTP/1.1 400 "), "{:?}", response);
+    }
+
+    /// Patch 0012: a request's chunked body is decoded strictly: a chunk size with a sign
+    /// (which a front end may read differently) fails the body; chunked_transfer's decoder
+    /// read `+5` as 5.
+    #[test]
+    fn a_chunk_size_with_a_sign_fails_the_body() {
+        let server = Server::http("127.0.0.1:0").unwrap();
+        let addr = server.server_addr().to_ip().unwrap();
+        let head = "POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\
+                    Connection: close\r\n\r\n+5\r\nhello\r\n0\r\n\r\n";
+        let client = thread::spawn(move || exchange(addr, head));
+        let mut request = server.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+        let mut body = Vec::new();
+        let read = request.as_reader().read_to_end(&mut body);
+        request.respond(Response::from_string("done")).unwrap();
+        client.join().unwrap();
+        let refused = matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::InvalidData);
+        assert!(refused, "{:?} after {:?}", read, String::from_utf8_lossy(&body));
+    }
+
+    /// Patch 0016: over Limits::max_connections a new connection is answered 503 with
+    /// Connection: close, and the listener goes on serving once a place is free.
+    #[test]
+    fn connections_over_the_limit_get_503_and_the_listener_goes_on() {
+        use crate::{BodyRate, Limits};
+
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            max_connections: 1,
+            body_rate: BodyRate::NONE,
+        };
+        let server = Server::from_listener_with_limits(listener, None, limits).unwrap();
+        let head = "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+        // The accept thread takes connections in order, so the held one is counted first.
+        let held = TcpStream::connect(addr).unwrap();
+        let refused = exchange(addr, head);
+        assert!(refused.starts_with("HTTP/1.1 503 "), "{:?}", refused);
+        assert!(refused.contains("\r\nConnection: close\r\n"), "{:?}", refused);
+        drop(held);
+        // The held connection's place is free once its thread has seen it close.
+        let client = thread::spawn(move || {
+            for _ in 0..100 {
+                let response = exchange(addr, head);
+                if !response.starts_with("HTTP/1.1 503 ") {
+                    return response;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+            panic!("still refused after 5 s");
+        });
+        let request = server.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+        request.respond(Response::from_string("served")).unwrap();
+        let served = client.join().unwrap();
+        assert!(served.ends_with("served"), "{:?}", served);
+    }
+
+    /// Patch 0017: small responses on a kept-alive connection do not wait for the client's
+    /// delayed ACK (about 40 ms each on Linux) behind Nagle's algorithm.
+    #[test]
+    fn kept_alive_small_responses_do_not_wait_for_a_delayed_ack() {
+        use std::time::Instant;
+
+        let server = Server::http("127.0.0.1:0").unwrap();
+        let addr = server.server_addr().to_ip().unwrap();
+        let serving = thread::spawn(move || {
+            for _ in 0..5 {
+                let request = server.recv().unwrap();
+                request.respond(Response::from_data(vec![b'x'; 2048])).unwrap();
+            }
+        });
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut took = Vec::new();
+        for _ in 0..5 {
+            let start = Instant::now();
+            stream.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            // The head and the 2 KiB body, read until the body's last byte.
+            let mut response = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !response.ends_with(&[b'x'; 2048][..]) {
+                let n = stream.read(&mut buf).unwrap();
+                assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&response));
+                response.extend_from_slice(&buf[..n]);
+            }
+            took.push(start.elapsed());
+        }
+        serving.join().unwrap();
+        // Each exchange takes well under a millisecond without the delay; the median leaves
+        // room for a busy machine.
+        let mut sorted = took.clone();
+        sorted.sort();
+        assert!(sorted[2] < Duration::from_millis(20), "exchanges took {:?}", took);
+    }
+
+    /// Patch 0018: a request with Connection: close is answered with Connection: close.
+    #[test]
+    fn a_client_asking_to_close_is_told_the_connection_closes() {
+        let server = Server::http("127.0.0.1:0").unwrap();
+        let addr = server.server_addr().to_ip().unwrap();
+        let client = thread::spawn(move || {
+            exchange(addr, "GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        });
+        let request = server.recv().unwrap();
+        request.respond(Response::from_string("bye")).unwrap();
+        let response = client.join().unwrap();
+        let head = response.split("\r\n\r\n").next().unwrap();
+        let close = head.split("\r\n").any(|h| h.eq_ignore_ascii_case("Connection: close"));
+        assert!(close, "{:?}", response);
+    }
+
+    /// Patch 0019: an HTTP/1.1 request without a Host is refused with 400 (RFC 9112 section
+    /// 3.2); upstream served it.
+    #[test]
+    fn a_request_without_host_is_refused() {
+        let server = Server::http("127.0.0.1:0").unwrap();
+        let addr = server.server_addr().to_ip().unwrap();
+        let head = "GET / HTTP/1.1\r\nConnection: close\r\n\r\n";
+        let client = thread::spawn(move || exchange(addr, head));
+        // Only a request read as valid reaches the handler.
+        if let Ok(Some(request)) = server.recv_timeout(Duration::from_secs(1)) {
+            request.respond(Response::from_string("served")).unwrap();
+        }
+        let response = client.join().unwrap();
+        assert!(response.starts_with("HTTP/1.1 400 "), "{:?}", response);
+    }
+
+    /// Patch 0019: a folded header line is refused with 400 (RFC 9112 section 5.2); upstream
+    /// trimmed it into a header of its own (here a Connection header a front end that unfolds
+    /// would not see).
+    #[test]
+    fn a_folded_header_line_is_refused() {
+        let server = Server::http("127.0.0.1:0").unwrap();
+        let addr = server.server_addr().to_ip().unwrap();
+        let head = "GET / HTTP/1.1\r\nHost: t\r\nX-A: b\r\n Connection: close\r\n\r\n";
+        let client = thread::spawn(move || exchange(addr, head));
+        if let Ok(Some(request)) = server.recv_timeout(Duration::from_secs(1)) {
+            request.respond(Response::from_string("served")).unwrap();
+        }
+        let response = client.join().unwrap();
+        assert!(response.starts_with("HTTP/1.1 400 "), "{:?}", response);
+    }
+}

@@ -603,3 +603,42 @@ fn copy_large<R: Read + ?Sized, W: Write + ?Sized>(reader: &mut R, writer: &mut 
         total += n as u64;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Response;
+    use crate::{HTTPVersion, StatusCode};
+    use std::io::{self, Read, Write};
+
+    /// Records the size of every write.
+    struct Writes(Vec<usize>);
+
+    impl Write for Writes {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.push(buf.len());
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Patch 0008: a 1 MiB body of known length, sent whole, reaches the socket in 256 KiB writes, not
+    /// io::copy's 8 KiB ones.
+    #[test]
+    fn a_body_is_written_in_large_pieces() {
+        const LEN: usize = 1 << 20;
+        let body = io::repeat(b'x').take(LEN as u64);
+        // Sent whole, as berth sends a blob (a chunked body is written chunk by chunk).
+        let response = Response::new(StatusCode(200), vec![], body, Some(LEN), None)
+            .with_chunked_threshold(usize::MAX);
+        let mut writes = Writes(Vec::new());
+        response
+            .raw_print(&mut writes, HTTPVersion(1, 1), &[], false, None)
+            .unwrap();
+        let largest = writes.0.iter().copied().max().unwrap_or(0);
+        assert!(largest >= 256 * 1024, "largest write {} of {:?}", largest, writes.0);
+        assert!(writes.0.iter().sum::<usize>() > LEN);
+    }
+}

@@ -132,4 +132,17 @@ mod tests {
         org_reader.read_to_string(&mut string).unwrap();
         assert_eq!(string, " world");
     }
+
+    /// Patch 0003: dropping a reader whose declared remainder is huge drains what the stream
+    /// holds through a bounded buffer (upstream allocated the remainder and failed).
+    #[test]
+    fn a_huge_unread_remainder_is_drained_in_bounded_pieces() {
+        use std::io::Cursor;
+
+        let mut source = Cursor::new(vec![7u8; 100_000]);
+        let (equal_reader, last_read) = EqualReader::new(source.by_ref(), usize::MAX);
+        drop(equal_reader);
+        assert_eq!(source.position(), 100_000);
+        assert!(last_read.recv().unwrap().is_ok());
+    }
 }

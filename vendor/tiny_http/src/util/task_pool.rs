@@ -156,3 +156,37 @@ impl<J: Send + 'static> Drop for TaskPool<J> {
         self.sharing.condvar.notify_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::TaskPool;
+    use std::sync::{mpsc, Arc, Barrier};
+    use std::thread;
+    use std::time::Duration;
+
+    /// Patch 0007: a burst of jobs that each hold their thread gets a thread each, even while
+    /// the pool's idle threads are still waking up; none waits behind another.
+    #[test]
+    fn a_burst_of_jobs_gets_a_thread_each() {
+        const JOBS: usize = 16;
+        let pool = TaskPool::new(|job: Box<dyn FnOnce() + Send>| job());
+        // Let the threads started in advance reach their wait.
+        thread::sleep(Duration::from_millis(100));
+        let (started, starts) = mpsc::channel();
+        let release = Arc::new(Barrier::new(JOBS + 1));
+        for _ in 0..JOBS {
+            let started = started.clone();
+            let release = Arc::clone(&release);
+            let job = pool.spawn(Box::new(move || {
+                started.send(()).unwrap();
+                release.wait();
+            }));
+            assert!(job.is_ok());
+        }
+        for n in 0..JOBS {
+            let start = starts.recv_timeout(Duration::from_secs(5));
+            assert!(start.is_ok(), "only {} of {} jobs started", n, JOBS);
+        }
+        release.wait();
+    }
+}
