@@ -345,32 +345,7 @@ fn dedupe_digest(
         .flatten();
     let mut paths = walked;
     paths.extend(original.clone());
-    paths.sort();
-    paths.dedup();
-    let metas = linking.map(&paths, |path| store.driver.stat(path));
-    // Separate copies, each with every name it has: the most-named first.
-    let mut copies: Vec<Copy> = Vec::new();
-    let mut by_identity: HashMap<u64, usize> = HashMap::new();
-    for (path, meta) in paths.into_iter().zip(metas) {
-        match meta {
-            Ok(Some(meta)) if !meta.is_dir => match by_identity.entry(meta.bytes_key()) {
-                Entry::Occupied(e) => copies[*e.get()].names.push(path),
-                Entry::Vacant(e) => {
-                    e.insert(copies.len());
-                    copies.push(Copy {
-                        bytes_key: meta.bytes_key(),
-                        size: meta.size,
-                        names: vec![path],
-                        failed_check: false,
-                    });
-                }
-            },
-            Ok(_) => dedupe.forget(digest, &path),
-            Err(e) => tracing::warn!(%digest, path = %path, "dedupe pass: cannot stat: {e}"),
-        }
-    }
-    drop(by_identity);
-    copies.sort_by_key(|c| std::cmp::Reverse(c.names.len()));
+    let mut copies = separate_copies(store, digest, paths, linking);
     if let Some(original) = &original
         && let Some(at) = copies.iter().position(|c| c.names.contains(original))
     {
@@ -414,6 +389,45 @@ fn dedupe_digest(
         let recorded = dedupe.index().put_original(digest, &original);
         dedupe.logged(Access::Write, recorded, "record the pass's original");
     }
+}
+
+/// The separate copies among `paths` (files of `digest`), each with every name it has, the
+/// most-named first. Paths that hold no file any more are forgotten by the cache.
+fn separate_copies(
+    store: &Store,
+    digest: &Digest,
+    mut paths: Vec<StoragePath>,
+    linking: Linking,
+) -> Vec<Copy> {
+    let dedupe = store
+        .dedupe
+        .as_ref()
+        .expect("the pass runs only with dedupe");
+    paths.sort();
+    paths.dedup();
+    let metas = linking.map(&paths, |path| store.driver.stat(path));
+    let mut copies: Vec<Copy> = Vec::new();
+    let mut by_identity: HashMap<u64, usize> = HashMap::new();
+    for (path, meta) in paths.into_iter().zip(metas) {
+        match meta {
+            Ok(Some(meta)) if !meta.is_dir => match by_identity.entry(meta.bytes_key()) {
+                Entry::Occupied(e) => copies[*e.get()].names.push(path),
+                Entry::Vacant(e) => {
+                    e.insert(copies.len());
+                    copies.push(Copy {
+                        bytes_key: meta.bytes_key(),
+                        size: meta.size,
+                        names: vec![path],
+                        failed_check: false,
+                    });
+                }
+            },
+            Ok(_) => dedupe.forget(digest, &path),
+            Err(e) => tracing::warn!(%digest, path = %path, "dedupe pass: cannot stat: {e}"),
+        }
+    }
+    copies.sort_by_key(|c| std::cmp::Reverse(c.names.len()));
+    copies
 }
 
 /// The copy the others of a digest link to, shared by the threads linking them, and replaced

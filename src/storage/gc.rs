@@ -285,106 +285,133 @@ fn kept_manifests(
     settings: &GcConfig,
     now: SystemTime,
 ) -> Result<Vec<Result<(), &'static str>>, StoreError> {
-    let retention = &settings.retention;
-    let mut keep = Keep {
-        listed,
-        needs: Vec::with_capacity(listed.len()),
-        kept: Vec::with_capacity(listed.len()),
-        kept_listed: HashMap::new(),
-        reached: HashMap::new(),
-        children: HashMap::new(),
-        by_subject: HashMap::new(),
-        by_digest: HashMap::new(),
-    };
-    for (i, d) in listed.iter().enumerate() {
-        let node = graph.node(d)?;
-        let old = |delay| older_than(node.modified, now, delay);
-        let mut needs = Vec::new();
-        let subject = node.manifest.subject.as_ref().map(|s| s.digest.clone());
-        if policy.delete_referrers {
-            let referrer = match subject.clone() {
-                Some(s) => old(retention.delay).then_some(s),
-                None => d
-                    .tag()
-                    .and_then(legacy_subject)
-                    .filter(|_| old(settings.delay)),
-            };
-            if let Some(s) = referrer {
-                keep.by_subject.entry(s.clone()).or_default().push(i);
-                needs.push(Need::Subject(s));
+    let mut keep = Keep::with_needs(graph, listed, policy, settings, now)?;
+    keep.find_edges(graph)?;
+    keep.drop_unmet();
+    Ok(keep.kept)
+}
+
+impl<'l> Keep<'l> {
+    /// What each listed manifest needs to be kept, under `policy`.
+    fn with_needs(
+        graph: &mut Graph<'_>,
+        listed: &'l [Descriptor],
+        policy: &Policy,
+        settings: &GcConfig,
+        now: SystemTime,
+    ) -> Result<Keep<'l>, StoreError> {
+        let retention = &settings.retention;
+        let mut keep = Keep {
+            listed,
+            needs: Vec::with_capacity(listed.len()),
+            kept: Vec::with_capacity(listed.len()),
+            kept_listed: HashMap::new(),
+            reached: HashMap::new(),
+            children: HashMap::new(),
+            by_subject: HashMap::new(),
+            by_digest: HashMap::new(),
+        };
+        for (i, d) in listed.iter().enumerate() {
+            let node = graph.node(d)?;
+            let old = |delay| older_than(node.modified, now, delay);
+            let mut needs = Vec::new();
+            let subject = node.manifest.subject.as_ref().map(|s| s.digest.clone());
+            if policy.delete_referrers {
+                let referrer = match subject.clone() {
+                    Some(s) => old(retention.delay).then_some(s),
+                    None => d
+                        .tag()
+                        .and_then(legacy_subject)
+                        .filter(|_| old(settings.delay)),
+                };
+                if let Some(s) = referrer {
+                    keep.by_subject.entry(s.clone()).or_default().push(i);
+                    needs.push(Need::Subject(s));
+                }
             }
+            if policy.delete_untagged
+                && d.tag().is_none()
+                && subject.is_none()
+                && old(retention.delay)
+            {
+                needs.push(Need::Reached);
+            }
+            keep.needs.push(needs);
+            keep.kept.push(Ok(()));
+            keep.by_digest.entry(d.digest.clone()).or_default().push(i);
+            *keep.kept_listed.entry(d.digest.clone()).or_default() += 1;
         }
-        if policy.delete_untagged && d.tag().is_none() && subject.is_none() && old(retention.delay)
-        {
-            needs.push(Need::Reached);
-        }
-        keep.needs.push(needs);
-        keep.kept.push(Ok(()));
-        keep.by_digest.entry(d.digest.clone()).or_default().push(i);
-        *keep.kept_listed.entry(d.digest.clone()).or_default() += 1;
+        Ok(keep)
     }
-    // Edges from every present digest, found once each.
-    let mut stack: Vec<(Descriptor, bool)> = listed.iter().map(|d| (d.clone(), true)).collect();
-    while let Some((d, is_listed)) = stack.pop() {
-        if keep.children.contains_key(&d.digest) || !media_type::is_manifest(&d.media_type) {
-            continue;
-        }
-        let node = if is_listed {
-            Some(graph.node(&d)?)
-        } else {
-            graph.child(&d)?
-        };
-        let children: Vec<Descriptor> = match node {
-            Some(n) if n.manifest.kind == ManifestKind::Index => n.manifest.children.clone(),
-            _ => Vec::new(),
-        };
-        for child in &children {
-            *keep.reached.entry(child.digest.clone()).or_default() += 1;
-            stack.push((child.clone(), false));
-        }
-        keep.children.insert(d.digest.clone(), children);
-    }
-    // Every listed manifest whose needs fail goes; what it supported is checked again.
-    let mut check: Vec<usize> = (0..listed.len()).collect();
-    let mut gone: Vec<Digest> = Vec::new();
-    while !check.is_empty() || !gone.is_empty() {
-        while let Some(i) = check.pop() {
-            if keep.kept[i].is_err() || keep.needs_met(i) {
+
+    /// Edges from every present digest, found once each.
+    fn find_edges(&mut self, graph: &mut Graph<'_>) -> Result<(), StoreError> {
+        let mut stack: Vec<(Descriptor, bool)> =
+            self.listed.iter().map(|d| (d.clone(), true)).collect();
+        while let Some((d, is_listed)) = stack.pop() {
+            if self.children.contains_key(&d.digest) || !media_type::is_manifest(&d.media_type) {
                 continue;
             }
-            let subject_gone = keep.needs[i]
-                .iter()
-                .any(|n| matches!(n, Need::Subject(s) if !keep.present(s)));
-            keep.kept[i] = Err(if subject_gone {
-                "its subject is gone"
+            let node = if is_listed {
+                Some(graph.node(&d)?)
             } else {
-                "untagged"
-            });
-            let digest = &listed[i].digest;
-            let count = keep.kept_listed.get_mut(digest).expect("counted above");
-            *count -= 1;
-            if !keep.present(digest) {
-                gone.push(digest.clone());
+                graph.child(&d)?
+            };
+            let children: Vec<Descriptor> = match node {
+                Some(n) if n.manifest.kind == ManifestKind::Index => n.manifest.children.clone(),
+                _ => Vec::new(),
+            };
+            for child in &children {
+                *self.reached.entry(child.digest.clone()).or_default() += 1;
+                stack.push((child.clone(), false));
             }
+            self.children.insert(d.digest.clone(), children);
         }
-        // A digest no longer present: its referrers lose their subject, and its children an
-        // edge each (those left without any are no longer reached, nor, unless listed and
-        // kept, present).
-        while let Some(digest) = gone.pop() {
-            check.extend(keep.by_subject.get(&digest).into_iter().flatten());
-            for child in keep.children.get(&digest).cloned().unwrap_or_default() {
-                let edges = keep.reached.get_mut(&child.digest).expect("counted above");
-                *edges -= 1;
-                if *edges == 0 {
-                    check.extend(keep.by_digest.get(&child.digest).into_iter().flatten());
-                    if !keep.present(&child.digest) {
-                        gone.push(child.digest.clone());
+        Ok(())
+    }
+
+    /// Drops every listed manifest whose needs fail; what it supported is checked again.
+    fn drop_unmet(&mut self) {
+        let mut check: Vec<usize> = (0..self.listed.len()).collect();
+        let mut gone: Vec<Digest> = Vec::new();
+        while !check.is_empty() || !gone.is_empty() {
+            while let Some(i) = check.pop() {
+                if self.kept[i].is_err() || self.needs_met(i) {
+                    continue;
+                }
+                let subject_gone = self.needs[i]
+                    .iter()
+                    .any(|n| matches!(n, Need::Subject(s) if !self.present(s)));
+                self.kept[i] = Err(if subject_gone {
+                    "its subject is gone"
+                } else {
+                    "untagged"
+                });
+                let digest = &self.listed[i].digest;
+                let count = self.kept_listed.get_mut(digest).expect("counted above");
+                *count -= 1;
+                if !self.present(digest) {
+                    gone.push(digest.clone());
+                }
+            }
+            // A digest no longer present: its referrers lose their subject, and its children an
+            // edge each (those left without any are no longer reached, nor, unless listed and
+            // kept, present).
+            while let Some(digest) = gone.pop() {
+                check.extend(self.by_subject.get(&digest).into_iter().flatten());
+                for child in self.children.get(&digest).cloned().unwrap_or_default() {
+                    let edges = self.reached.get_mut(&child.digest).expect("counted above");
+                    *edges -= 1;
+                    if *edges == 0 {
+                        check.extend(self.by_digest.get(&child.digest).into_iter().flatten());
+                        if !self.present(&child.digest) {
+                            gone.push(child.digest.clone());
+                        }
                     }
                 }
             }
         }
     }
-    Ok(keep.kept)
 }
 
 /// The plan for one repository: descriptors to drop from the index, and what stays marked.

@@ -193,6 +193,15 @@ struct RepoGraph {
 /// A repository and its walk, or why its index is unreadable.
 type WalkedRepo = (RepoName, Result<RepoGraph, String>);
 
+/// What hashing the walked repositories' files found: each (repository index, digest)'s file
+/// identity, or why it has none, and each (identity, digest)'s problem, if any.
+struct HashedFiles {
+    identity_of: HashMap<(usize, Digest), Result<u64, String>>,
+    verdicts: HashMap<(u64, Digest), Option<String>>,
+    /// Files hashed.
+    files: u64,
+}
+
 fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -265,89 +274,12 @@ impl Store {
             walked.push((repo, graph));
         }
 
-        // One hash per physical file: group every (repository, digest) by the file's identity.
-        // Keyed by file and digest, so a file that wrongly has names under two digests is
-        // checked against each.
-        let mut by_file: HashMap<(u64, Digest), StoragePath> = HashMap::new();
-        let mut identity_of: HashMap<(usize, Digest), Result<u64, String>> = HashMap::new();
-        for (i, (repo, graph)) in walked.iter().enumerate() {
-            let Ok(graph) = graph else { continue };
-            let blobs = graph.nodes.values().flatten().flat_map(|n| &n.blobs);
-            for digest in blobs {
-                if identity_of.contains_key(&(i, digest.clone())) {
-                    continue;
-                }
-                let identity = self.file_identity(repo, digest);
-                if let Ok((id, path)) = &identity {
-                    by_file
-                        .entry((*id, digest.clone()))
-                        .or_insert_with(|| path.clone());
-                }
-                identity_of.insert((i, digest.clone()), identity.map(|(id, _)| id));
-            }
-        }
-        let files: Vec<((u64, Digest), StoragePath)> = by_file.into_iter().collect();
-        let verdicts: HashMap<(u64, Digest), Option<String>> =
-            crate::background::pool().install(|| {
-                files
-                    .par_iter()
-                    .map(|(key, path)| (key.clone(), self.check_blob(&key.1, path, &bytes)))
-                    .collect()
-            });
-
-        let mut repositories = Vec::new();
-        for (i, (repo, graph)) in walked.into_iter().enumerate() {
-            let mut scrubbed = RepoScrub {
-                repository: repo.to_string(),
-                status: "ok",
-                error: None,
-                images: Vec::new(),
-                orphans: Vec::new(),
-                stale_uploads: Vec::new(),
-            };
-            match graph {
-                Err(e) => {
-                    scrubbed.status = "affected";
-                    scrubbed.error = Some(e);
-                }
-                Ok(graph) => {
-                    let blob_problem = |digest: &Digest| match &identity_of[&(i, digest.clone())] {
-                        Err(e) => Some(e.clone()),
-                        Ok(id) => verdicts.get(&(*id, digest.clone())).cloned().flatten(),
-                    };
-                    let tainted = tainted_nodes(&graph.nodes, &blob_problem);
-                    for descriptor in &graph.listed {
-                        let affected = if tainted.contains(&descriptor.digest) {
-                            affected_blobs(
-                                &graph.nodes,
-                                &tainted,
-                                &descriptor.digest,
-                                &blob_problem,
-                            )
-                        } else {
-                            Vec::new()
-                        };
-                        let image = ImageScrub {
-                            tag: descriptor.tag().map(str::to_string),
-                            digest: descriptor.digest.clone(),
-                            status: if affected.is_empty() {
-                                "ok"
-                            } else {
-                                "affected"
-                            },
-                            affected,
-                        };
-                        log_image(key, &repo, &image);
-                        if image.status != "ok" {
-                            scrubbed.status = "affected";
-                        }
-                        scrubbed.images.push(image);
-                    }
-                    self.warnings(&repo, &graph.referenced, stale_after, &mut scrubbed);
-                }
-            }
-            repositories.push(scrubbed);
-        }
+        let hashed = self.hash_distinct_files(&walked, &bytes);
+        let repositories = walked
+            .into_iter()
+            .enumerate()
+            .map(|(i, (repo, graph))| self.repo_report(key, i, repo, graph, &hashed, stale_after))
+            .collect();
         let leftovers = self.leftovers(&walk, Stale::Either(stale_after), true);
         for file in &leftovers.files {
             tracing::warn!(store = key, path = %file.path, bytes = file.bytes, component = "scrub", "scrub: leftover temporary file");
@@ -367,7 +299,7 @@ impl Store {
             started,
             finished: now_secs(),
             bytes_hashed: bytes.load(Ordering::Relaxed),
-            files_hashed: files.len() as u64,
+            files_hashed: hashed.files,
             status: "ok",
             repositories,
             unreadable,
@@ -389,6 +321,104 @@ impl Store {
             "scrub: done"
         );
         Ok(report)
+    }
+
+    /// Hashes every physical file the walked repositories' images name once: every
+    /// (repository, digest) is grouped by the file's identity, keyed by file and digest, so a
+    /// file that wrongly has names under two digests is checked against each.
+    fn hash_distinct_files(&self, walked: &[WalkedRepo], bytes: &AtomicU64) -> HashedFiles {
+        let mut by_file: HashMap<(u64, Digest), StoragePath> = HashMap::new();
+        let mut identity_of: HashMap<(usize, Digest), Result<u64, String>> = HashMap::new();
+        for (i, (repo, graph)) in walked.iter().enumerate() {
+            let Ok(graph) = graph else { continue };
+            let blobs = graph.nodes.values().flatten().flat_map(|n| &n.blobs);
+            for digest in blobs {
+                if identity_of.contains_key(&(i, digest.clone())) {
+                    continue;
+                }
+                let identity = self.file_identity(repo, digest);
+                if let Ok((id, path)) = &identity {
+                    by_file
+                        .entry((*id, digest.clone()))
+                        .or_insert_with(|| path.clone());
+                }
+                identity_of.insert((i, digest.clone()), identity.map(|(id, _)| id));
+            }
+        }
+        let files: Vec<((u64, Digest), StoragePath)> = by_file.into_iter().collect();
+        let verdicts = crate::background::pool().install(|| {
+            files
+                .par_iter()
+                .map(|(key, path)| (key.clone(), self.check_blob(&key.1, path, bytes)))
+                .collect()
+        });
+        HashedFiles {
+            identity_of,
+            verdicts,
+            files: files.len() as u64,
+        }
+    }
+
+    /// The report of the `i`th walked repository: each listed image ok or affected (with the
+    /// blobs that make it so), then orphans and stale uploads.
+    fn repo_report(
+        &self,
+        key: &str,
+        i: usize,
+        repo: RepoName,
+        graph: Result<RepoGraph, String>,
+        hashed: &HashedFiles,
+        stale_after: Duration,
+    ) -> RepoScrub {
+        let mut scrubbed = RepoScrub {
+            repository: repo.to_string(),
+            status: "ok",
+            error: None,
+            images: Vec::new(),
+            orphans: Vec::new(),
+            stale_uploads: Vec::new(),
+        };
+        let graph = match graph {
+            Err(e) => {
+                scrubbed.status = "affected";
+                scrubbed.error = Some(e);
+                return scrubbed;
+            }
+            Ok(graph) => graph,
+        };
+        let blob_problem = |digest: &Digest| match &hashed.identity_of[&(i, digest.clone())] {
+            Err(e) => Some(e.clone()),
+            Ok(id) => hashed
+                .verdicts
+                .get(&(*id, digest.clone()))
+                .cloned()
+                .flatten(),
+        };
+        let tainted = tainted_nodes(&graph.nodes, &blob_problem);
+        for descriptor in &graph.listed {
+            let affected = if tainted.contains(&descriptor.digest) {
+                affected_blobs(&graph.nodes, &tainted, &descriptor.digest, &blob_problem)
+            } else {
+                Vec::new()
+            };
+            let image = ImageScrub {
+                tag: descriptor.tag().map(str::to_string),
+                digest: descriptor.digest.clone(),
+                status: if affected.is_empty() {
+                    "ok"
+                } else {
+                    "affected"
+                },
+                affected,
+            };
+            log_image(key, &repo, &image);
+            if image.status != "ok" {
+                scrubbed.status = "affected";
+            }
+            scrubbed.images.push(image);
+        }
+        self.warnings(&repo, &graph.referenced, stale_after, &mut scrubbed);
+        scrubbed
     }
 
     /// Walks every manifest `repo`'s images reach, checking each once as it is read. `Err`

@@ -190,6 +190,47 @@ impl LocalDriver {
         }
     }
 
+    /// Writes `bytes` into the spare `file`, which the caller holds under a write lease, and
+    /// stamps it newer than before; returns what it left there. Only the bytes past what the
+    /// spare provably holds already are written.
+    fn rewrite_spare(
+        &self,
+        file: &File,
+        bytes: &[u8],
+        unchanged_prefix: usize,
+        last: Option<Replaced>,
+    ) -> io::Result<FileState> {
+        // Stat under the lease: nobody else has the file open, so it cannot change after.
+        let found = file.metadata()?;
+        // The spare is the file the last `replace` swapped out, untouched since: it holds the
+        // version before the last, whose first `shared` bytes the last version has, whose
+        // first `unchanged_prefix` bytes the new one has.
+        let kept = match last {
+            Some(r) if r.previous == Some(FileState::of(&found)) => {
+                r.shared.min(unchanged_prefix).min(bytes.len())
+            }
+            _ => 0,
+        };
+        let previous = found.modified()?;
+        file.write_all_at(&bytes[kept..], kept as u64)?;
+        file.set_len(bytes.len() as u64)?;
+        // Each version of a recycled file gets a later modification time than the one it
+        // replaces, even within one tick of a coarse filesystem clock and at the same size:
+        // `stat` fingerprints (the index cache's key) must never repeat for different content.
+        let now = std::time::SystemTime::now();
+        let stamp = if now > previous {
+            now
+        } else {
+            previous + std::time::Duration::from_nanos(1)
+        };
+        file.set_modified(stamp)?;
+        if self.commit {
+            file.sync_data()?;
+        }
+        // As stored: a filesystem may keep coarser times than the stamp.
+        file.metadata().map(|m| FileState::of(&m))
+    }
+
     /// The metadata of a document `replace` just wrote, taken while it still holds the
     /// document's lock, so no other `replace` can have swapped in a version since.
     fn stat_locked(&self, target: &Path) -> Result<ObjectMeta, DriverError> {
@@ -461,6 +502,23 @@ fn object_meta(m: &fs::Metadata) -> io::Result<ObjectMeta> {
     })
 }
 
+/// `Conflict` unless the document at `target` is at version `expected`.
+fn check_version(target: &Path, expected: &Version) -> Result<(), DriverError> {
+    let found = match fs::metadata(target) {
+        Ok(m) => Some(version(&m)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io_err("stat", target, e)),
+    };
+    if found.as_ref() == Some(expected) {
+        return Ok(());
+    }
+    Err(DriverError::Conflict {
+        driver: NAME,
+        path: target.display().to_string(),
+        found: found.map_or_else(|| "absent".to_string(), |v| v.to_string()),
+    })
+}
+
 /// The version `replace` compares: the fingerprint, which every rewrite or swap changes.
 fn version(m: &fs::Metadata) -> Version {
     Version::new(format!("{:016x}", fingerprint(m)))
@@ -568,18 +626,7 @@ impl Driver for LocalDriver {
         // done, so the version compared below is still the one there when the swap happens.
         let file = self.lock_spare(&spare)?;
         if let Some(expected) = expected {
-            let found = match fs::metadata(&target) {
-                Ok(m) => Some(version(&m)),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-                Err(e) => return Err(io_err("stat", &target, e)),
-            };
-            if found.as_ref() != Some(expected) {
-                return Err(DriverError::Conflict {
-                    driver: NAME,
-                    path: target.display().to_string(),
-                    found: found.map_or_else(|| "absent".to_string(), |v| v.to_string()),
-                });
-            }
+            check_version(&target, expected)?;
         }
         let key = path_key(path);
         // Forgotten before either file changes: if this call fails or writes around the
@@ -595,39 +642,9 @@ impl Driver for LocalDriver {
             self.write_atomically(&target, |f| f.write_all(bytes))?;
             return self.stat_locked(&target);
         };
-        let fill = || {
-            // Stat under the lease: nobody else has the file open, so it cannot change after.
-            let found = file.metadata()?;
-            // The spare is the file the last `replace` swapped out, untouched since: it holds
-            // the version before the last, whose first `shared` bytes the last version has,
-            // whose first `unchanged_prefix` bytes the new one has.
-            let kept = match last {
-                Some(r) if r.previous == Some(FileState::of(&found)) => {
-                    r.shared.min(unchanged_prefix).min(bytes.len())
-                }
-                _ => 0,
-            };
-            let previous = found.modified()?;
-            file.write_all_at(&bytes[kept..], kept as u64)?;
-            file.set_len(bytes.len() as u64)?;
-            // Each version of a recycled file gets a later modification time than the one it
-            // replaces, even within one tick of a coarse filesystem clock and at the same
-            // size: `stat` fingerprints (the index cache's key) must never repeat for
-            // different content.
-            let now = std::time::SystemTime::now();
-            let stamp = if now > previous {
-                now
-            } else {
-                previous + std::time::Duration::from_nanos(1)
-            };
-            file.set_modified(stamp)?;
-            if self.commit {
-                file.sync_data()?;
-            }
-            // As stored: a filesystem may keep coarser times than the stamp.
-            file.metadata().map(|m| FileState::of(&m))
-        };
-        let written = fill().map_err(|e| io_err("write", &spare, e))?;
+        let written = self
+            .rewrite_spare(&file, bytes, unchanged_prefix, last)
+            .map_err(|e| io_err("write", &spare, e))?;
         // Released before the swap: once the file has the name, readers must open it freely.
         drop(lease);
         let swapped = exchange(&spare, &target).map_err(|e| io_err("exchange", &target, e))?;
