@@ -126,7 +126,7 @@ impl Store {
     /// driver can link (otherwise dedupe is off, with a warning).
     pub fn new(driver: Arc<dyn Driver>, cache: Option<DedupeCache>) -> Store {
         let dedupe = match cache {
-            Some(_) if !driver.can_link() => {
+            Some(_) if !driver.capabilities().hard_links => {
                 tracing::warn!(
                     driver = driver.name(),
                     "dedupe is off: the storage cannot hard-link files"
@@ -243,11 +243,14 @@ impl Store {
         let offset = range.map_or(0, |r| r.start);
         let len = range.map_or(size, |r| r.end - r.start + 1);
         let missing = || StoreError::BlobUnknown(digest.clone());
-        if let Some(file) = self
-            .driver
-            .file(&path)
-            .map_err(|e| not_found_as(e, missing))?
-        {
+        let file = if self.driver.capabilities().local_files {
+            self.driver
+                .file(&path)
+                .map_err(|e| not_found_as(e, missing))?
+        } else {
+            None
+        };
+        if let Some(file) = file {
             let body = BlobBody::File { file, offset, len };
             return Ok((BlobRead { size, body }, range));
         }

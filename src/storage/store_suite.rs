@@ -644,7 +644,7 @@ fn run_pair(storage: fn(&Path) -> Storage, cache: fn(&Path) -> Option<DedupeCach
     let dir = tempfile::tempdir().unwrap();
     let driver = storage(&dir.path().join("storage"));
     let cache = cache(&dir.path().join("cache"));
-    let dedupes = cache.is_some() && driver().can_link();
+    let dedupes = cache.is_some() && driver().capabilities().hard_links;
     let open = || Store::new(driver(), cache.clone());
     assert_eq!(open().dedupes(), dedupes, "dedupe is on where it can be");
     run(&open);

@@ -11,8 +11,8 @@
 use super::direct::{DirectWriter, StagingPool};
 use super::uring::{Completion, UringWriter};
 use super::{
-    Appender, Driver, DriverError, Entry, EntryKind, ObjectMeta, ObjectReader, ScratchFile,
-    StoragePath, Version,
+    Appender, Capabilities, Driver, DriverError, Entry, EntryKind, ObjectMeta, ObjectReader,
+    ScratchFile, StoragePath, Version,
 };
 use crossbeam_channel::{Receiver, Sender};
 use std::fs::{self, File, OpenOptions};
@@ -880,8 +880,12 @@ impl Driver for LocalDriver {
         self.sync_dir(dst.parent().expect("storage paths have a parent"))
     }
 
-    fn can_link(&self) -> bool {
-        self.hard_links
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            hard_links: self.hard_links,
+            local_files: true,
+            recycled_documents: true,
+        }
     }
 
     fn file(&self, path: &StoragePath) -> Result<Option<File>, DriverError> {

@@ -24,7 +24,8 @@
 //! Lock order: object stripes in ascending order, then prefix stripes one at a time.
 
 use super::{
-    Appender, Driver, DriverError, Entry, EntryKind, ObjectMeta, ObjectReader, StoragePath, Version,
+    Appender, Capabilities, Driver, DriverError, Entry, EntryKind, ObjectMeta, ObjectReader,
+    StoragePath, Version,
 };
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -452,6 +453,11 @@ impl Driver for MemoryDriver {
         }
         let object = self.objects.object(content);
         Ok(self.objects.insert(&mut stripe, path.as_str(), object))
+    }
+
+    /// None: no links (`link` copies, sharing the parts), no local files, whole objects.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
     }
 
     fn list(&self, dir: Option<&StoragePath>) -> Result<Vec<Entry>, DriverError> {

@@ -166,6 +166,21 @@ impl Entry {
     }
 }
 
+/// What a driver can do beyond the contract every driver keeps, declared so that the store
+/// asks for a capability instead of any driver pretending to one it lacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// `link` gives a second name to the same stored bytes (local: a hard link), which is
+    /// what dedupe by links needs; without it `link` copies.
+    pub hard_links: bool,
+    /// `file` hands out an object as a local file, so a body goes out with sendfile(2);
+    /// without it bodies stream through `reader`.
+    pub local_files: bool,
+    /// `replace` recycles a document's storage and uses its `unchanged_prefix` hint; without
+    /// it every `replace` writes the whole object.
+    pub recycled_documents: bool,
+}
+
 /// One of a driver's own temporary files (see `Driver::scratch_files`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScratchFile {
@@ -292,16 +307,14 @@ pub trait Driver: Send + Sync {
 
     /// Makes `to` hold the same bytes as `from`, replacing whatever `to` held atomically, and
     /// marks `to` as just written (its modification time is now, so an age-based collector
-    /// treats it as new). Drivers that `can_link` share the bytes (local: a hard link);
+    /// treats it as new). Drivers with `hard_links` share the bytes (local: a hard link);
     /// others copy them. `NotFound` if `from` is absent.
     fn link(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError> {
         self.copy(from, to)
     }
 
-    /// Whether `link` shares bytes rather than copying them, which is what dedupe needs.
-    fn can_link(&self) -> bool {
-        false
-    }
+    /// What this driver can do beyond the contract (see `Capabilities`).
+    fn capabilities(&self) -> Capabilities;
 
     /// Rewrites a small mutable document (a repository's `index.json`) atomically, like
     /// `put`, if it is still at version `expected` (`None`: whatever is there), else fails
@@ -368,8 +381,8 @@ pub trait Driver: Send + Sync {
     fn copy(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError>;
 
     /// The object as an open local file, so the front end can send it with sendfile(2)
-    /// instead of copying it through user space. `Ok(None)` for drivers without local files
-    /// (the caller then uses `reader`); `NotFound` if absent.
+    /// instead of copying it through user space: what `local_files` declares. `Ok(None)`
+    /// for drivers without local files (the caller then uses `reader`); `NotFound` if absent.
     fn file(&self, path: &StoragePath) -> Result<Option<std::fs::File>, DriverError> {
         let _ = path;
         Ok(None)
