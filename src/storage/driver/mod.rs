@@ -4,13 +4,11 @@
 //! Drivers know nothing of repositories, digests or tags; `storage::layout` is the only code
 //! that turns those into paths. Every driver runs the shared suite in `conformance`.
 
-mod direct;
 pub mod local;
 // Compiled for the suites only until the configuration can name a storage backend (the
 // composition-root part of issue 12) and select it; until then it would be dead code.
 #[cfg(test)]
 pub(crate) mod memory;
-mod uring;
 
 #[cfg(test)]
 pub(crate) mod conformance;

@@ -5,21 +5,25 @@
 //! directory after it, so an acknowledged write survives power loss, not only a crash.
 //!
 //! Upload appends are written one of three ways (`WriterChoice`): whole blocks with O_DIRECT
-//! (`super::direct`, the default where supported), positioned buffered `std::fs` writes, or
-//! buffered writes through the io_uring writer (`super::uring`, two in flight per upload).
+//! (`direct`, the default where supported), positioned buffered `std::fs` writes, or
+//! buffered writes through the io_uring writer (`uring`, two in flight per upload); both live
+//! in this folder, since only this driver has local files to write them into.
 
-use super::direct::{DirectWriter, StagingPool};
-use super::uring::{Completion, UringWriter};
+mod direct;
+mod uring;
+
 use super::{
     Appender, Capabilities, Driver, DriverError, Entry, EntryKind, ObjectMeta, ObjectReader,
     ScratchFile, StoragePath, Version,
 };
 use crossbeam_channel::{Receiver, Sender};
+use direct::{DirectWriter, StagingPool};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use uring::{Completion, UringWriter};
 
 const NAME: &str = "local";
 
