@@ -24,7 +24,7 @@ pub mod background;
 pub mod cache;
 pub mod config;
 pub mod digest;
-pub mod http;
+mod http;
 pub mod oci;
 pub mod root_lock;
 pub mod storage;

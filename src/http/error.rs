@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 
 /// The kinds of error the API reports. Each maps to exactly one code and status in `wire`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     /// Blob unknown to the repository.
     BlobUnknown,
     /// Upload invalid (bad body, bad Content-Range).
@@ -42,15 +42,13 @@ pub enum ErrorKind {
     PaginationNumberInvalid,
     /// A query string that cannot be decoded.
     QueryInvalid,
-    /// Request too large or malformed in a way no other code covers.
-    Unsupported,
     /// A fault on our side.
     Internal,
 }
 
 impl ErrorKind {
     /// The one table: kind -> (OCI code, HTTP status).
-    pub fn wire(self) -> (&'static str, u16) {
+    pub(crate) fn wire(self) -> (&'static str, u16) {
         match self {
             ErrorKind::BlobUnknown => ("BLOB_UNKNOWN", 404),
             ErrorKind::BlobUploadInvalid => ("BLOB_UPLOAD_INVALID", 400),
@@ -68,7 +66,6 @@ impl ErrorKind {
             ErrorKind::RangeInvalid => ("RANGE_INVALID", 416),
             ErrorKind::PaginationNumberInvalid => ("PAGINATION_NUMBER_INVALID", 400),
             ErrorKind::QueryInvalid => ("UNSUPPORTED", 400),
-            ErrorKind::Unsupported => ("UNSUPPORTED", 415),
             ErrorKind::Internal => ("UNKNOWN", 500),
         }
     }
@@ -76,7 +73,7 @@ impl ErrorKind {
 
 /// An error as the API reports it: a kind, a human message and optional detail.
 #[derive(Debug, Clone)]
-pub struct ApiError {
+pub(crate) struct ApiError {
     /// What kind of error (selects code and status).
     pub kind: ErrorKind,
     /// Human-readable message.
@@ -92,7 +89,7 @@ pub struct ApiError {
 
 impl ApiError {
     /// An error of `kind` with `message`.
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> ApiError {
         ApiError {
             kind,
             message: message.into(),
@@ -103,24 +100,24 @@ impl ApiError {
     }
 
     /// Adds structured detail.
-    pub fn with_detail(mut self, detail: Value) -> ApiError {
+    pub(crate) fn with_detail(mut self, detail: Value) -> ApiError {
         self.detail = Some(detail);
         self
     }
 
     /// Adds a response header.
-    pub fn with_header(mut self, name: &'static str, value: String) -> ApiError {
+    pub(crate) fn with_header(mut self, name: &'static str, value: String) -> ApiError {
         self.headers.push((name, value));
         self
     }
 
     /// The HTTP status.
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         self.kind.wire().1
     }
 
     /// The spec's error body: `{"errors":[{"code","message","detail"}]}`.
-    pub fn body(&self) -> Vec<u8> {
+    pub(crate) fn body(&self) -> Vec<u8> {
         let (code, _) = self.kind.wire();
         let mut entry = json!({"code": code, "message": self.message});
         if let Some(detail) = &self.detail {

@@ -17,7 +17,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// Answers one request. A panic in a handler is caught and answered with a 500 (the store's
 /// data is only ever replaced atomically, so an unwound handler leaves nothing half-written).
-pub fn handle(registry: &Registry, req: &mut dyn HttpRequest) -> Reply {
+pub(crate) fn handle(registry: &Registry, req: &mut dyn HttpRequest) -> Reply {
     match catch_unwind(AssertUnwindSafe(|| dispatch(registry, req))) {
         Ok(Ok(reply)) => reply,
         Ok(Err(e)) => {

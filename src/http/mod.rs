@@ -2,12 +2,12 @@
 //! the one error table (`error`), the request abstraction (`request`) and the tiny_http
 //! front end with its worker pool (`server`).
 
-pub mod error;
-pub mod handlers;
-pub mod request;
-pub mod response;
-pub mod route;
-pub mod server;
+pub(crate) mod error;
+pub(crate) mod handlers;
+pub(crate) mod request;
+pub(crate) mod response;
+pub(crate) mod route;
+pub(crate) mod server;
 
 #[cfg(test)]
 mod tests;

@@ -5,7 +5,7 @@ use super::route::Method;
 use std::io::Read;
 
 /// A request as handlers see it.
-pub trait HttpRequest {
+pub(crate) trait HttpRequest {
     /// The method.
     fn method(&self) -> Method;
     /// The URL as sent: path and query, not decoded.

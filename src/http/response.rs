@@ -5,7 +5,7 @@ use super::error::ApiError;
 use std::io::Read;
 
 /// A response body.
-pub enum Body {
+pub(crate) enum Body {
     /// No body.
     Empty,
     /// A small body held in memory (JSON, manifests).
@@ -19,7 +19,7 @@ pub enum Body {
 }
 
 /// A complete response: status, headers and body.
-pub struct Reply {
+pub(crate) struct Reply {
     /// HTTP status code.
     pub status: u16,
     /// Headers in order.
@@ -30,7 +30,7 @@ pub struct Reply {
 
 impl Reply {
     /// A reply with `status` and no body.
-    pub fn new(status: u16) -> Reply {
+    pub(crate) fn new(status: u16) -> Reply {
         Reply {
             status,
             headers: Vec::new(),
@@ -39,30 +39,31 @@ impl Reply {
     }
 
     /// Adds a header.
-    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+    pub(crate) fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
         self.headers.push((name, value.into()));
         self
     }
 
     /// Sets a JSON body.
-    pub fn json(self, bytes: Vec<u8>) -> Reply {
+    pub(crate) fn json(self, bytes: Vec<u8>) -> Reply {
         self.bytes("application/json", bytes)
     }
 
     /// Sets an in-memory body with its Content-Type.
-    pub fn bytes(mut self, content_type: &str, bytes: Vec<u8>) -> Reply {
+    pub(crate) fn bytes(mut self, content_type: &str, bytes: Vec<u8>) -> Reply {
         self.body = Body::Bytes(bytes);
         self.header("Content-Type", content_type)
     }
 
     /// Sets the body.
-    pub fn body(mut self, body: Body) -> Reply {
+    pub(crate) fn body(mut self, body: Body) -> Reply {
         self.body = body;
         self
     }
 
-    /// Looks a header up by name (case-insensitive); for tests and logging.
-    pub fn header_value(&self, name: &str) -> Option<&str> {
+    /// Looks a header up by name (case-insensitive).
+    #[cfg(test)]
+    pub(crate) fn header_value(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))

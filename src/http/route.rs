@@ -12,7 +12,7 @@ use crate::storage::layout::UploadId;
 
 /// The HTTP methods the API uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Method {
+pub(crate) enum Method {
     /// GET
     Get,
     /// HEAD
@@ -31,7 +31,7 @@ pub enum Method {
 
 impl Method {
     /// From the request line's method token.
-    pub fn parse(s: &str) -> Method {
+    pub(crate) fn parse(s: &str) -> Method {
         match s {
             "GET" => Method::Get,
             "HEAD" => Method::Head,
@@ -46,7 +46,7 @@ impl Method {
 
 /// Pagination parameters of list endpoints.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Page {
+pub(crate) struct Page {
     /// Maximum entries to return (`n`).
     pub n: Option<usize>,
     /// Return entries after this one (`last`).
@@ -55,7 +55,7 @@ pub struct Page {
 
 /// Which way a POST to `/blobs/uploads/` goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UploadStart {
+pub(crate) enum UploadStart {
     /// Open a session.
     Session,
     /// `?digest=`: the whole blob is in this request.
@@ -71,7 +71,7 @@ pub enum UploadStart {
 
 /// Every endpoint of the distribution API.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub(crate) enum Route {
     /// `/v2/`
     Base,
     /// `/v2/_catalog`
@@ -94,7 +94,7 @@ pub enum Route {
 
 impl Route {
     /// The repository the route addresses, if any.
-    pub fn repo(&self) -> Option<&RepoName> {
+    pub(crate) fn repo(&self) -> Option<&RepoName> {
         match self {
             Route::Base | Route::Catalog(_) | Route::Scrub => None,
             Route::Tags(repo, _)
@@ -112,7 +112,7 @@ fn route_unknown(path: &str) -> ApiError {
 }
 
 /// Decodes `%XX` escapes; `None` for a broken escape or a non-UTF-8 result.
-pub fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -130,7 +130,7 @@ pub fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// Percent-encodes a query value (everything but unreserved characters).
-pub fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
@@ -201,7 +201,7 @@ impl Route {
     /// errors to answer with: unknown endpoint, invalid name, digest or reference. The method
     /// matters only for a malformed tag: a PUT of one is invalid (400), while reading or
     /// deleting one asks for a manifest that cannot exist (404, as the conformance suite expects).
-    pub fn parse(method: Method, url: &str) -> Result<Route, ApiError> {
+    pub(crate) fn parse(method: Method, url: &str) -> Result<Route, ApiError> {
         let (path, query) = url.split_once('?').unwrap_or((url, ""));
         let query = Query::parse(query)?;
         let rest = path
