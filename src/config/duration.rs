@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 /// Parses a Go duration string. Fractions (`"1.5h"`) are accepted, signs are not.
-pub fn parse(s: &str) -> Result<Duration, String> {
+pub(super) fn parse(s: &str) -> Result<Duration, String> {
     let text = s.trim();
     if text == "0" {
         return Ok(Duration::ZERO);
@@ -46,7 +46,7 @@ pub fn parse(s: &str) -> Result<Duration, String> {
 }
 
 /// Prints a duration the way Go does for whole units (`1h30m0s` becomes `1h30m`).
-pub fn format(d: Duration) -> String {
+pub(super) fn format(d: Duration) -> String {
     let total = d.as_secs();
     let millis = d.subsec_millis();
     if total == 0 && millis == 0 {

@@ -4,9 +4,9 @@
 //! Errors name the file and the full key path. zot keys whose feature berth does not build
 //! yet are refused by name rather than ignored, so a zot config never silently means less.
 
-pub mod duration;
+mod duration;
 pub mod gc;
-pub mod raw;
+mod raw;
 
 use raw::{RawConfig, RawPort};
 use serde::Serialize;

@@ -11,7 +11,7 @@ use serde_json::Value;
 /// The whole file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawConfig {
+pub(super) struct RawConfig {
     /// Informational in zot too.
     #[serde(alias = "distspecversion")]
     pub dist_spec_version: Option<String>,
@@ -138,7 +138,7 @@ pub struct RawScrub {
 /// zot's `http.port` is a string in its examples and a number in some configs.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-pub enum RawPort {
+pub(super) enum RawPort {
     /// `"port": 5000`
     Number(u64),
     /// `"port": "5000"`
@@ -148,7 +148,7 @@ pub enum RawPort {
 /// The `http` section.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawHttp {
+pub(super) struct RawHttp {
     /// Listen address.
     pub address: Option<String>,
     /// Listen port.
@@ -197,7 +197,7 @@ pub struct RawHttp {
 /// The `log` section.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct RawLog {
+pub(super) struct RawLog {
     /// debug, info, warn, error.
     pub level: Option<String>,
     /// A file to append to instead of stderr.

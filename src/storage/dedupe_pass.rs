@@ -261,17 +261,13 @@ fn dedupe_batch(
 /// A stamp of `repo`'s blob directories: it changes whenever a blob file is added, removed or
 /// replaced in them. Directories of other names hold no blob files the pass would walk.
 fn stamp(store: &Store, repo: &RepoName) -> String {
-    let Ok(blobs) = layout::blobs_root(repo) else {
-        return String::new();
-    };
     let mut stamp = String::new();
-    for algorithm in Algorithm::ALL.map(Algorithm::as_str) {
-        let meta = blobs
-            .join(algorithm)
+    for algorithm in Algorithm::ALL {
+        let meta = layout::blob_dir(repo, algorithm)
             .ok()
             .and_then(|d| store.driver.stat(&d).ok().flatten());
         if let Some(meta) = meta {
-            stamp.push_str(&format!("{algorithm}:{:x};", meta.fingerprint));
+            stamp.push_str(&format!("{}:{:x};", algorithm.as_str(), meta.fingerprint));
         }
     }
     stamp

@@ -19,11 +19,11 @@ use crate::oci::RepoName;
 use std::fmt;
 use std::str::FromStr;
 
-pub use crate::oci::name::layout_entries::{BLOBS, INDEX_JSON, OCI_LAYOUT};
+pub(crate) use crate::oci::name::layout_entries::{BLOBS, INDEX_JSON, OCI_LAYOUT};
 /// The `oci-layout` file content berth writes.
-pub const OCI_LAYOUT_CONTENT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+pub(crate) const OCI_LAYOUT_CONTENT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 /// The upload session directory name.
-pub const UPLOADS: &str = ".uploads";
+pub(crate) const UPLOADS: &str = ".uploads";
 
 /// An upload session id: a UUID, so it is safe as a file name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,57 +61,57 @@ fn repo_path(repo: &RepoName, rest: &[&str]) -> Result<StoragePath, DriverError>
 }
 
 /// `<repo>/`
-pub fn repo_dir(repo: &RepoName) -> Result<StoragePath, DriverError> {
+pub(crate) fn repo_dir(repo: &RepoName) -> Result<StoragePath, DriverError> {
     repo_path(repo, &[])
 }
 
 /// `<repo>/oci-layout`
-pub fn oci_layout(repo: &RepoName) -> Result<StoragePath, DriverError> {
+pub(crate) fn oci_layout(repo: &RepoName) -> Result<StoragePath, DriverError> {
     repo_path(repo, &[OCI_LAYOUT])
 }
 
 /// `<repo>/index.json`
-pub fn index_json(repo: &RepoName) -> Result<StoragePath, DriverError> {
+pub(crate) fn index_json(repo: &RepoName) -> Result<StoragePath, DriverError> {
     repo_path(repo, &[INDEX_JSON])
 }
 
 /// `<repo>/blobs/<alg>/<hex>`
-pub fn blob(repo: &RepoName, digest: &Digest) -> Result<StoragePath, DriverError> {
+pub(crate) fn blob(repo: &RepoName, digest: &Digest) -> Result<StoragePath, DriverError> {
     repo_path(repo, &[BLOBS, digest.algorithm().as_str(), digest.hex()])
 }
 
 /// `<repo>/blobs/<alg>/`
-pub fn blob_dir(repo: &RepoName, algorithm: Algorithm) -> Result<StoragePath, DriverError> {
+pub(crate) fn blob_dir(repo: &RepoName, algorithm: Algorithm) -> Result<StoragePath, DriverError> {
     repo_path(repo, &[BLOBS, algorithm.as_str()])
 }
 
 /// `<repo>/blobs/`
-pub fn blobs_root(repo: &RepoName) -> Result<StoragePath, DriverError> {
+pub(crate) fn blobs_root(repo: &RepoName) -> Result<StoragePath, DriverError> {
     repo_path(repo, &[BLOBS])
 }
 
 /// `<repo>/.uploads/`
-pub fn uploads_dir(repo: &RepoName) -> Result<StoragePath, DriverError> {
+pub(crate) fn uploads_dir(repo: &RepoName) -> Result<StoragePath, DriverError> {
     repo_path(repo, &[UPLOADS])
 }
 
 /// `<repo>/.uploads/<id>`
-pub fn upload(repo: &RepoName, id: &UploadId) -> Result<StoragePath, DriverError> {
+pub(crate) fn upload(repo: &RepoName, id: &UploadId) -> Result<StoragePath, DriverError> {
     repo_path(repo, &[UPLOADS, &id.to_string()])
 }
 
 /// `<repo>/.uploads/<upload-id>.state`: where an upload session's bytes end and its running
 /// hash there, so it continues after a restart (or on another instance) without re-reading.
-pub fn upload_state(repo: &RepoName, id: &UploadId) -> Result<StoragePath, DriverError> {
+pub(crate) fn upload_state(repo: &RepoName, id: &UploadId) -> Result<StoragePath, DriverError> {
     repo_path(repo, &[UPLOADS, &format!("{id}{UPLOAD_STATE_SUFFIX}")])
 }
 
 /// The suffix of an upload session's state file.
-pub const UPLOAD_STATE_SUFFIX: &str = ".state";
+pub(crate) const UPLOAD_STATE_SUFFIX: &str = ".state";
 
 /// Whether a directory entry inside a repository directory belongs to the layout itself
 /// (and so is never a nested repository).
-pub fn is_layout_entry(name: &str) -> bool {
+pub(crate) fn is_layout_entry(name: &str) -> bool {
     name == BLOBS || name.starts_with('.') || name == OCI_LAYOUT || name == INDEX_JSON
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 /// Which temporary files count as left over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stale {
+pub(crate) enum Stale {
     /// Last written before this process opened the store: at start-up, while berth already
     /// serves, no write of this process can be using them.
     BeforeOpen,

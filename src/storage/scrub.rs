@@ -134,7 +134,7 @@ impl ScrubReport {
 /// scrubbed and is clean, and null otherwise (scrub off, or a first scrub still running), and
 /// `status` says the same in a word: a store that was not scrubbed never reads as healthy
 /// (issue 10: before any scrub the answer was `{"affected":false,"stores":[]}`).
-pub fn summary(registry: &Registry) -> serde_json::Value {
+pub(crate) fn summary(registry: &Registry) -> serde_json::Value {
     let mut stores = Vec::new();
     let (mut affected, mut pending, mut unscheduled) = (false, false, false);
     for store in registry.stores() {
