@@ -26,5 +26,5 @@ pub mod config;
 pub mod digest;
 mod http;
 pub mod oci;
-pub mod root_lock;
+mod root_lock;
 pub mod storage;

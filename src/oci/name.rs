@@ -15,7 +15,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// Longest repository name accepted; the spec bounds host plus name to 255 characters.
-pub const MAX_NAME_LEN: usize = 255;
+pub(crate) const MAX_NAME_LEN: usize = 255;
 
 /// A validated repository name such as `library/alpine`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -90,13 +90,13 @@ impl RepoName {
 }
 
 /// The OCI image layout's own entries in a repository directory (image-spec `image-layout.md`).
-pub mod layout_entries {
+pub(crate) mod layout_entries {
     /// The marker file.
-    pub const OCI_LAYOUT: &str = "oci-layout";
+    pub(crate) const OCI_LAYOUT: &str = "oci-layout";
     /// The index.
-    pub const INDEX_JSON: &str = "index.json";
+    pub(crate) const INDEX_JSON: &str = "index.json";
     /// The blob directory.
-    pub const BLOBS: &str = "blobs";
+    pub(crate) const BLOBS: &str = "blobs";
 }
 
 /// Why a name component would collide with its parent's OCI layout, if it would.
