@@ -49,6 +49,8 @@ pub(super) fn run(open: &dyn Fn() -> Store) {
     collecting(&store);
     collecting_a_repository_away(&store);
     retaining(&store);
+    retaining_by_pulls(&store);
+    deleting_referrers(&store);
     deduplicating(&store);
     scrubbing(&store);
     listing_the_catalog(&store);
@@ -504,6 +506,76 @@ fn retaining(store: &Store) {
             "{tag}'s layer"
         );
     }
+}
+
+/// A `keepTags` rule on pull times keeps the tag whose manifest was pulled last; the tag of a
+/// manifest never pulled goes.
+fn retaining_by_pulls(store: &Store) {
+    let repo = repo("retention-pulls");
+    let mut times = TagTimes::default();
+    let an_hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    let mut manifests = Vec::new();
+    for tag in ["pulled-long-ago", "pulled-lately", "never-pulled"] {
+        let manifest = image(store, &repo, &[tag.as_bytes()], tag);
+        manifests.push(put_manifest(store, &repo, tag, &manifest));
+        times.pushed.insert(tag.to_string(), an_hour_ago);
+    }
+    times.pulled.insert(manifests[0].clone(), an_hour_ago);
+    times.pulled.insert(
+        manifests[1].clone(),
+        an_hour_ago + Duration::from_secs(1800),
+    );
+    let settings = gc_settings(serde_json::json!([{
+        "repositories": [repo.as_str()],
+        "keepTags": [{ "patterns": [".*"], "mostRecentlyPulledCount": 1 }],
+    }]));
+    collect(store, &repo, &settings, &times);
+    assert_eq!(store.tags(&repo).unwrap(), ["pulled-lately"]);
+}
+
+/// With `deleteReferrers`, a referrer whose subject was deleted is collected; the referrer
+/// of a subject still there stays.
+fn deleting_referrers(store: &Store) {
+    let repo = repo("delete-referrers");
+    let empty = push(store, &repo, b"{}");
+    let referrer_of = |store: &Store, subject: &Digest, subject_size: usize, note: &str| {
+        let artifact = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media_type::OCI_MANIFEST,
+            "artifactType": "application/vnd.example.note",
+            "config": { "mediaType": media_type::OCI_EMPTY, "digest": empty.to_string(), "size": 2 },
+            "layers": [],
+            "annotations": { "note": note },
+            "subject": {
+                "mediaType": media_type::OCI_MANIFEST,
+                "digest": subject.to_string(),
+                "size": subject_size,
+            },
+        }))
+        .unwrap();
+        let digest = Digest::sha256_of(&artifact);
+        put_manifest(store, &repo, &digest.to_string(), &artifact)
+    };
+    let kept_bytes = image(store, &repo, &[b"kept subject"], "kept");
+    let kept = put_manifest(store, &repo, "kept", &kept_bytes);
+    let gone_bytes = image(store, &repo, &[b"deleted subject"], "gone");
+    let gone = put_manifest(store, &repo, "gone", &gone_bytes);
+    let of_kept = referrer_of(store, &kept, kept_bytes.len(), "of the kept subject");
+    let of_gone = referrer_of(store, &gone, gone_bytes.len(), "of the deleted subject");
+    store
+        .manifest_delete(&repo, &Reference::Digest(gone.clone()))
+        .unwrap();
+    let settings = gc_settings(serde_json::json!([{
+        "repositories": [repo.as_str()],
+        "deleteReferrers": true,
+    }]));
+    collect(store, &repo, &settings, &TagTimes::default());
+    assert!(manifest_bytes(store, &repo, &of_kept.to_string()).is_ok());
+    assert!(matches!(
+        manifest_bytes(store, &repo, &of_gone.to_string()),
+        Err(StoreError::ManifestUnknown(_))
+    ));
+    assert!(manifest_bytes(store, &repo, "kept").is_ok());
 }
 
 /// With dedupe, repositories holding one digest share its bytes, whether pushed so or linked
