@@ -648,3 +648,91 @@ fn plan_index(
         collected,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    /// The `keepTags` rules of a config's first retention policy.
+    fn rules(keep_tags: serde_json::Value) -> Vec<KeepTags> {
+        let config = serde_json::json!({ "storage": {
+            "rootDirectory": "/retention", "gc": true,
+            "retention": { "policies": [{ "repositories": ["**"], "keepTags": keep_tags }] },
+        }});
+        let mut config = Config::parse(&config.to_string(), "retention test").unwrap();
+        config
+            .storage
+            .default
+            .gc
+            .retention
+            .policies
+            .remove(0)
+            .keep_tags
+    }
+
+    fn at(minutes_ago: u64) -> SystemTime {
+        SystemTime::now() - Duration::from_secs(60 * minutes_ago)
+    }
+
+    /// Tags, each of a manifest of its own made the given minutes ago.
+    fn tags(made: &[(&str, u64)]) -> Vec<(String, Digest, SystemTime)> {
+        made.iter()
+            .map(|(tag, minutes_ago)| {
+                let digest = Digest::sha256_of(tag.as_bytes());
+                (tag.to_string(), digest, at(*minutes_ago))
+            })
+            .collect()
+    }
+
+    fn kept(
+        keep: &[KeepTags],
+        tags: &[(String, Digest, SystemTime)],
+        times: &TagTimes,
+    ) -> Vec<String> {
+        let mut kept: Vec<String> = retained_tags(keep, tags, times, SystemTime::now())
+            .into_iter()
+            .collect();
+        kept.sort();
+        kept
+    }
+
+    /// Each tag is judged by the first rule whose patterns match it; tags no rule selects go.
+    #[test]
+    fn the_first_matching_rule_judges_a_tag() {
+        let keep = rules(serde_json::json!([
+            { "patterns": ["^v"], "mostRecentlyPushedCount": 1 },
+            { "patterns": [".*"] },
+        ]));
+        let made = tags(&[("v1", 30), ("v2", 20), ("latest", 10)]);
+        // v1 is selected by the first rule and loses there; the second rule never sees it.
+        assert_eq!(kept(&keep, &made, &TagTimes::default()), ["latest", "v2"]);
+        let only_v = rules(serde_json::json!([{ "patterns": ["^v"] }]));
+        assert_eq!(kept(&only_v, &made, &TagTimes::default()), ["v1", "v2"]);
+    }
+
+    /// Within a rule the counts and the ages are ORed; push times fall back to the manifest's
+    /// time, and a tag never pulled counts as pulled at the epoch.
+    #[test]
+    fn counts_and_ages_within_a_rule_are_ored() {
+        let keep = rules(serde_json::json!([{
+            "patterns": [".*"],
+            "mostRecentlyPulledCount": 1,
+            "pushedWithin": "1h",
+        }]));
+        let made = tags(&[("old-pulled", 600), ("old", 500), ("new", 5)]);
+        let mut times = TagTimes::default();
+        times.pulled.insert(made[0].1.clone(), at(1));
+        // `old` was pushed again lately, whatever its manifest's time.
+        times.pushed.insert("old".to_string(), at(2));
+        assert_eq!(kept(&keep, &made, &times), ["new", "old", "old-pulled"]);
+        times.pushed.clear();
+        assert_eq!(kept(&keep, &made, &times), ["new", "old-pulled"]);
+        // Never pulled: all at the epoch, so the count keeps one of them, and the push age
+        // keeps `new`.
+        times.pulled.clear();
+        let never_pulled = kept(&keep, &made, &times);
+        assert_eq!(never_pulled.len(), 2, "{never_pulled:?}");
+        assert!(never_pulled.contains(&"new".to_string()));
+    }
+}
