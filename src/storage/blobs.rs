@@ -2,18 +2,25 @@
 //! dedupe pass walk them) and hashing one as stored (scrub, the pass, and an upload finished
 //! under another algorithm than the running one).
 
-use super::driver::StoragePath;
+use super::driver::{EntryKind, StoragePath};
 use super::uploads::hash_into;
 use super::{Store, StoreError, layout};
 use crate::digest::{Algorithm, Digest, Hasher};
 use crate::oci::RepoName;
+use std::time::SystemTime;
+
+/// One blob file of a repository, as its directory's listing gave it.
+pub(super) struct BlobFile {
+    pub(super) digest: Digest,
+    pub(super) path: StoragePath,
+    pub(super) size: u64,
+    pub(super) modified: SystemTime,
+}
 
 impl Store {
-    /// Every `blobs/<alg>/<hex>` file of `repo`; names that are not digests are skipped.
-    pub(super) fn blob_files(
-        &self,
-        repo: &RepoName,
-    ) -> Result<Vec<(Digest, StoragePath)>, StoreError> {
+    /// Every `blobs/<alg>/<hex>` file of `repo`, with the size and time its listing gave;
+    /// names that are not digests are skipped.
+    pub(super) fn blob_files(&self, repo: &RepoName) -> Result<Vec<BlobFile>, StoreError> {
         let blobs = layout::blobs_root(repo)?;
         let mut files = Vec::new();
         for algorithm in self.driver.list(Some(&blobs))? {
@@ -21,12 +28,17 @@ impl Store {
                 continue;
             };
             for file in self.driver.list(Some(&dir))? {
-                if let (false, Ok(digest), Ok(path)) = (
-                    file.is_prefix(),
+                if let (EntryKind::Object { size, modified }, Ok(digest), Ok(path)) = (
+                    file.kind,
                     format!("{}:{}", algorithm.name, file.name).parse::<Digest>(),
                     dir.join(&file.name),
                 ) {
-                    files.push((digest, path));
+                    files.push(BlobFile {
+                        digest,
+                        path,
+                        size,
+                        modified,
+                    });
                 }
             }
         }

@@ -16,6 +16,7 @@
 //! verified and becomes the original for the rest, and the cache's: 130,000 copies end up 2
 //! inodes. Progress is logged per tenth of the repositories walked.
 
+use super::blobs::BlobFile;
 use super::driver::StoragePath;
 use super::{Store, StoreError, layout};
 use crate::cache::{Access, MarkerKey};
@@ -199,7 +200,7 @@ impl<'r> Batch<'r> {
     /// Lists the blob files of `repos` into the batch. File names that are not digests are
     /// skipped.
     fn add(&mut self, store: &Store, repos: &[&'r RepoName]) {
-        let listed: Vec<(Digest, StoragePath)> = crate::background::pool().install(|| {
+        let listed: Vec<BlobFile> = crate::background::pool().install(|| {
             repos
                 .par_iter()
                 .flat_map_iter(|repo| {
@@ -211,8 +212,11 @@ impl<'r> Batch<'r> {
                 .collect()
         });
         self.files += listed.len();
-        for (digest, path) in listed {
-            self.by_digest.entry(digest).or_default().push(path);
+        for file in listed {
+            self.by_digest
+                .entry(file.digest)
+                .or_default()
+                .push(file.path);
         }
         self.repos.extend_from_slice(repos);
     }

@@ -486,15 +486,11 @@ impl Store {
         now: SystemTime,
         plan: &mut Plan,
     ) -> Result<(), StoreError> {
-        for (digest, path) in self.blob_files(repo)? {
-            if plan.marked.contains(&digest) {
-                continue;
-            }
-            if let Some(meta) = self.driver.stat(&path)?
-                && !meta.is_dir
-                && older_than(meta.modified, now, delay)
-            {
-                plan.collected.blobs.push((digest, meta.size));
+        // The listing's times are enough to plan: deleting checks each time again under the
+        // blob's lock.
+        for file in self.blob_files(repo)? {
+            if !plan.marked.contains(&file.digest) && older_than(file.modified, now, delay) {
+                plan.collected.blobs.push((file.digest, file.size));
             }
         }
         plan.uploads = self.idle_uploads(repo, delay, now)?;

@@ -520,7 +520,12 @@ impl Store {
         stale_after: Duration,
         scrubbed: &mut RepoScrub,
     ) {
-        for (digest, _) in self.blob_files(repo).unwrap_or_default() {
+        for digest in self
+            .blob_files(repo)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|f| f.digest)
+        {
             if !referenced.contains(&digest) {
                 tracing::warn!(repository = %repo, %digest, component = "scrub", "scrub: orphan blob");
                 scrubbed.orphans.push(digest);

@@ -254,6 +254,19 @@ impl LocalDriver {
         target: &Path,
         fill: impl FnOnce(&mut File) -> io::Result<()>,
     ) -> Result<(), DriverError> {
+        self.write_then_name(target, Naming::Replace, fill)
+            .map(drop)
+    }
+
+    /// Writes `fill`'s output to a temporary sibling of `target` and gives it `target`'s name
+    /// as `naming` says; false when `Naming::IfAbsent` found the name taken (the temporary
+    /// is removed).
+    fn write_then_name(
+        &self,
+        target: &Path,
+        naming: Naming,
+        fill: impl FnOnce(&mut File) -> io::Result<()>,
+    ) -> Result<bool, DriverError> {
         let parent = target.parent().expect("storage paths have a parent");
         let temp = parent.join(format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
         let guard = TempGuard(&temp);
@@ -275,9 +288,21 @@ impl LocalDriver {
             file.sync_all().map_err(|e| io_err("fsync", &temp, e))?;
         }
         drop(file);
-        fs::rename(&temp, target).map_err(|e| io_err("rename", target, e))?;
-        std::mem::forget(guard);
-        self.sync_dir(parent)
+        match naming {
+            Naming::Replace => {
+                fs::rename(&temp, target).map_err(|e| io_err("rename", target, e))?;
+                std::mem::forget(guard);
+            }
+            // A link, unlike a rename, fails when the name is taken; the guard then removes
+            // the temporary name, and otherwise the second name of the new file.
+            Naming::IfAbsent => match fs::hard_link(&temp, target) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+                Err(e) => return Err(io_err("link", target, e)),
+            },
+        }
+        self.sync_dir(parent)?;
+        Ok(true)
     }
 
     /// Makes `dst`, a name another file holds, a name of `src`: a link beside it renamed over
@@ -405,6 +430,15 @@ fn path_key(path: &StoragePath) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     path.as_str().hash(&mut h);
     h.finish()
+}
+
+/// How `write_then_name` gives a written file its name.
+#[derive(Clone, Copy)]
+enum Naming {
+    /// Over whatever holds it (rename).
+    Replace,
+    /// Only if nothing does (link).
+    IfAbsent,
 }
 
 /// A write lease on a file (fcntl F_SETLEASE), which the kernel grants only when no one else
@@ -599,21 +633,7 @@ impl Driver for LocalDriver {
     }
 
     fn create(&self, path: &StoragePath, bytes: &[u8]) -> Result<bool, DriverError> {
-        let target = self.full(path);
-        let parent = target.parent().expect("storage paths have a parent");
-        let temp = parent.join(format!("{TEMP_PREFIX}{}", uuid::Uuid::new_v4().simple()));
-        // Written under a temporary name, then given the real one by a link, which, unlike a
-        // rename, fails when the name is taken.
-        self.write_atomically(&temp, |f| f.write_all(bytes))?;
-        let _temp = TempGuard(&temp);
-        match fs::hard_link(&temp, &target) {
-            Ok(()) => {
-                self.sync_dir(parent)?;
-                Ok(true)
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
-            Err(e) => Err(io_err("link", &target, e)),
-        }
+        self.write_then_name(&self.full(path), Naming::IfAbsent, |f| f.write_all(bytes))
     }
 
     fn replace(
