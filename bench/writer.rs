@@ -1,4 +1,4 @@
-//! `writer`: upload write throughput of the local driver's appenders (buffered, direct, io_uring),
+//! `writer`: upload write throughput of the local driver's upload writers (buffered, direct, io_uring),
 //! with `commit` off and on, writing 64 MiB uploads in the 1 MiB buffers request workers use.
 //! Also prints which writer `auto` picks here. Run: `cargo bench --bench writer`.
 
@@ -17,12 +17,12 @@ fn run(writer: WriterChoice, commit: bool) -> f64 {
     let t = Instant::now();
     for u in 0..UPLOADS {
         let path = StoragePath::from_components(["r", ".uploads", &format!("u{u}")]).unwrap();
-        let mut out = driver.appender(&path).expect("appender");
+        let mut out = driver.writer(&path).expect("writer");
         for _ in 0..UPLOAD / BUFFER {
-            buf = out.append(buf).expect("append");
+            buf = out.write(buf).expect("write");
             buf.resize(BUFFER, 7);
         }
-        out.sync().expect("sync");
+        out.commit().expect("commit");
     }
     let mb_s = (UPLOAD * UPLOADS) as f64 / t.elapsed().as_secs_f64() / 1e6;
     std::fs::remove_dir_all(&root).expect("cleanup");

@@ -269,6 +269,7 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
     tracing::info!(
         store = key,
         root = %root.display(),
+        capabilities = ?driver.capabilities(),
         commit = settings.commit,
         dedupe = settings.dedupe,
         gc = settings.gc.enabled,

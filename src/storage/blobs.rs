@@ -1,8 +1,8 @@
 //! The blob files a repository stores: listing them by digest (the collector, scrub and the
-//! dedupe pass walk them) and hashing one as stored (scrub, the pass, and an upload finished
-//! under another algorithm than the running one).
+//! dedupe pass walk them), hashing one as stored (scrub, the pass, and an upload finished
+//! under another algorithm than the running one), and moving a finished upload into place.
 
-use super::driver::{EntryKind, StoragePath};
+use super::driver::{Driver, DriverError, EntryKind, StoragePath};
 use super::uploads::hash_into;
 use super::{Store, StoreError, layout};
 use crate::digest::{Algorithm, Digest, Hasher};
@@ -56,4 +56,24 @@ impl Store {
         let size = hash_into(&mut reader, &mut hasher)?;
         Ok((hasher, size))
     }
+}
+
+/// Moves a finished upload from `staged` to `target`: one atomic rename where the driver has
+/// it, else (an object store) a server-side copy, itself atomic, and a delete of the staged
+/// object.
+pub(super) fn move_into_place(
+    driver: &dyn Driver,
+    staged: &StoragePath,
+    target: &StoragePath,
+) -> Result<(), DriverError> {
+    if driver.capabilities().rename {
+        return driver.rename(staged, target);
+    }
+    driver.copy(staged, target)?;
+    match driver.delete(staged) {
+        Ok(()) | Err(DriverError::NotFound { .. }) => {}
+        // The blob is in place; the collector removes the idle upload later.
+        Err(e) => tracing::warn!(path = %staged, "cannot remove a placed upload: {e}"),
+    }
+    Ok(())
 }

@@ -103,7 +103,7 @@ impl Dedupe {
             }
             (Source::Existing(_), None | Some(FromOriginal::Linked)) => false,
             (Source::Staged(staged), Some(outcome)) => {
-                driver.rename(staged, target)?;
+                super::blobs::move_into_place(driver, staged, target)?;
                 outcome == FromOriginal::Full
             }
             (Source::Existing(path), Some(outcome)) => {

@@ -202,7 +202,7 @@ impl Store {
             ),
             None => {
                 let _guard = self.blob_lock(digest);
-                Ok(self.driver.rename(staged, &target)?)
+                Ok(blobs::move_into_place(&*self.driver, staged, &target)?)
             }
         })
     }

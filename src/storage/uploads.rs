@@ -7,10 +7,10 @@
 //! continues without reading again what was hashed; only bytes past the saved state (a chunk
 //! cut short by a kill) are read, and without a usable state the file is hashed once. For a
 //! digest algorithm other than the running one the file is hashed at the end. A failed chunk
-//! is rolled back: the file is cut back to its previous length and the hasher restored from a
-//! checkpoint.
+//! ends the session (its bytes are removed and the client starts again), since an upload is
+//! never cut back: an object store cannot cut one.
 
-use super::driver::Appender;
+use super::driver::UploadWriter;
 use super::layout::{self, UploadId};
 use super::{Store, StoreError};
 use crate::digest::{Algorithm, Digest, Hasher};
@@ -88,33 +88,15 @@ impl Sessions {
     }
 }
 
-/// Streams `body` into `out`, hashing as it goes. On any failure `out` and `hasher` are left
-/// as they were before the call.
-fn append_body(
-    body: &mut dyn Read,
-    length: BodyLength,
-    hasher: &mut Hasher,
-    out: &mut dyn Appender,
-) -> Result<u64, StoreError> {
-    let checkpoint = (hasher.clone(), out.size());
-    let result = copy_hashed(body, length, hasher, out);
-    if result.is_err() {
-        *hasher = checkpoint.0;
-        // If even the rollback fails, the session file is longer than its recorded size;
-        // the next append truncates nothing, so report the original error and let the
-        // session be rebuilt from disk.
-        let _ = out.truncate(checkpoint.1);
-    }
-    result
-}
-
+/// Streams `body` into `out`, hashing as it goes; returns how many bytes that was. On a
+/// failure, `out` and `hasher` hold part of the body: the caller ends the upload.
 fn copy_hashed(
     body: &mut dyn Read,
     length: BodyLength,
     hasher: &mut Hasher,
-    out: &mut dyn Appender,
+    out: &mut dyn UploadWriter,
 ) -> Result<u64, StoreError> {
-    // Only appenders without a buffer of their own (see `Appender::spare`) need this one.
+    // Only writers without a buffer of their own (see `UploadWriter::spare`) need this one.
     let mut buf: Vec<u8> = Vec::new();
     let mut total = 0u64;
     loop {
@@ -124,7 +106,7 @@ fn copy_hashed(
             BodyLength::UntilEnd => BODY_BUFFER,
         };
         let filled = if let Some(spare) = out.spare()? {
-            // Read straight into the appender's buffer: no copy between socket and disk.
+            // Read straight into the writer's buffer: no copy between socket and disk.
             let want = want.min(spare.len());
             let filled = fill(body, &mut spare[..want])?;
             hasher.update(&spare[..filled]);
@@ -136,7 +118,7 @@ fn copy_hashed(
             hasher.update(&buf[..filled]);
             if filled > 0 {
                 buf.truncate(filled);
-                buf = out.append(std::mem::take(&mut buf))?;
+                buf = out.write(std::mem::take(&mut buf))?;
             }
             filled
         };
@@ -189,7 +171,7 @@ impl Store {
         // Creating the file makes the session visible to status requests and to a restart,
         // and (created in `in_repo`) keeps the collector from removing the repository.
         let path = layout::upload(repo, &id)?;
-        self.in_repo(repo, || Ok(self.driver.appender(&path)?))?;
+        self.in_repo(repo, || Ok(self.driver.writer(&path)?.flush()?))?;
         *self
             .sessions
             .slot(id)
@@ -411,27 +393,59 @@ impl Store {
         Ok(idle)
     }
 
-    /// Makes the session file agree with the session before more bytes are appended. Extra
-    /// bytes (a rollback that failed) are cut. Missing bytes mean the file was removed or cut
-    /// behind the session's back: appending would leave a hole that the running hash never
-    /// saw, so the session ends as unknown instead.
-    fn check_session_file(
+    /// A writer continuing session `id`'s file, with the session brought up to date with it.
+    /// A file longer than the session was written by another instance (or by a chunk this
+    /// process was killed in): the session is rebuilt from its saved state. A shorter one was
+    /// removed or cut behind the session's back: writing on would leave a hole the running
+    /// hash never saw, so the session ends as unknown.
+    fn session_writer(
         &self,
         repo: &RepoName,
         id: UploadId,
         session: &mut Session,
-        path: &super::driver::StoragePath,
-        out: &mut dyn Appender,
-    ) -> Result<(), StoreError> {
-        if out.size() > session.size {
-            out.truncate(session.size)?;
-        } else if out.size() < session.size {
-            let _ = self.driver.delete(path);
+    ) -> Result<Box<dyn UploadWriter>, StoreError> {
+        let path = layout::upload(repo, &id)?;
+        let out = self.driver.writer(&path)?;
+        if out.size() > session.size
+            && let Some(rebuilt) = self.rebuild_session(repo, id)?
+            && rebuilt.size == out.size()
+        {
+            *session = rebuilt;
+        }
+        if out.size() != session.size {
+            let _ = out.cancel();
+            let _ = self.delete_session_files(repo, id);
             session.ended = true;
-            tracing::warn!(repository = %repo, upload = %id, "upload file lost bytes; session ended");
+            tracing::warn!(repository = %repo, upload = %id, "upload file and session disagree on its size; session ended");
             return Err(StoreError::UploadUnknown(id.to_string()));
         }
-        Ok(())
+        Ok(out)
+    }
+
+    /// Streams `body` into the session through `out`. A failure ends the session: its bytes
+    /// and saved state are removed, so the client's next request for it is `UploadUnknown`.
+    fn append_body(
+        &self,
+        repo: &RepoName,
+        id: UploadId,
+        session: &mut Session,
+        out: &mut dyn UploadWriter,
+        body: &mut dyn Read,
+        length: BodyLength,
+    ) -> Result<(), StoreError> {
+        match copy_hashed(body, length, &mut session.hasher, out) {
+            Ok(n) => {
+                session.size += n;
+                Ok(())
+            }
+            Err(e) => {
+                session.ended = true;
+                if let Err(e) = self.delete_session_files(repo, id) {
+                    tracing::warn!(repository = %repo, upload = %id, "cannot remove a failed upload: {e}");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// The number of bytes an upload holds.
@@ -458,10 +472,8 @@ impl Store {
                     got: start,
                 });
             }
-            let path = layout::upload(repo, &id)?;
-            let mut out = self.driver.appender(&path)?;
-            self.check_session_file(repo, id, session, &path, out.as_mut())?;
-            session.size += append_body(body, length, &mut session.hasher, out.as_mut())?;
+            let mut out = self.session_writer(repo, id, session)?;
+            self.append_body(repo, id, session, out.as_mut(), body, length)?;
             self.save_session(repo, id, session);
             Ok(session.size)
         })
@@ -480,22 +492,22 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.with_session(repo, id, |session| {
             let path = layout::upload(repo, &id)?;
-            let mut out = self.driver.appender(&path)?;
-            self.check_session_file(repo, id, session, &path, out.as_mut())?;
-            session.size += append_body(body, length, &mut session.hasher, out.as_mut())?;
+            let mut out = self.session_writer(repo, id, session)?;
+            self.append_body(repo, id, session, out.as_mut(), body, length)?;
             let actual = if digest.algorithm() == session.hasher.algorithm() {
                 session.hasher.clone().finish()
             } else {
                 self.hash_object(&path, digest.algorithm())?.0.finish()
             };
             if &actual != digest {
+                // The bytes stay for the client to finish with the right digest.
+                self.save_session(repo, id, session);
                 return Err(StoreError::DigestMismatch {
                     expected: digest.clone(),
                     actual,
                 });
             }
-            out.sync()?;
-            drop(out);
+            out.commit()?;
             self.place_blob(repo, digest, session.size, &path)?;
             session.ended = true;
             // The blob is in place: a state left behind is removed with the idle uploads.
@@ -526,10 +538,9 @@ impl Store {
     ) -> Result<(), StoreError> {
         let staging = layout::upload(repo, &UploadId::new())?;
         let result = (|| {
-            let mut out = self.driver.appender(&staging)?;
-            out.append(bytes.to_vec())?;
-            out.sync()?;
-            drop(out);
+            let mut out = self.driver.writer(&staging)?;
+            out.write(bytes.to_vec())?;
+            out.commit()?;
             self.place_blob(repo, digest, bytes.len() as u64, &staging)
         })();
         if result.is_err() {

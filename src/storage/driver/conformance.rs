@@ -38,6 +38,7 @@ pub(crate) fn run(driver: &dyn Driver) {
     appending_many(driver);
     appending_in_place(driver);
     appending_after_the_object_went(driver);
+    cancelling(driver);
     rename_and_copy(driver);
     linking(driver);
     delete_trees(driver);
@@ -51,10 +52,12 @@ fn missing_objects_are_not_found(d: &dyn Driver) {
     assert!(matches!(d.reader(&p, 0), Err(DriverError::NotFound { .. })));
     assert!(d.stat(&p).unwrap().is_none());
     assert!(matches!(d.delete(&p), Err(DriverError::NotFound { .. })));
-    assert!(matches!(
-        d.rename(&p, &path("nope/y")),
-        Err(DriverError::NotFound { .. })
-    ));
+    if d.capabilities().rename {
+        assert!(matches!(
+            d.rename(&p, &path("nope/y")),
+            Err(DriverError::NotFound { .. })
+        ));
+    }
     assert!(matches!(
         d.copy(&p, &path("nope/y")),
         Err(DriverError::NotFound { .. })
@@ -332,46 +335,62 @@ fn listing(d: &dyn Driver) {
 
 fn appending(d: &dyn Driver) {
     let p = path("u/.uploads/session");
-    let mut w = d.appender(&p).unwrap();
+    let mut w = d.writer(&p).unwrap();
     assert_eq!(w.size(), 0);
-    w.append(b"hello ".to_vec()).unwrap();
-    w.append(b"world".to_vec()).unwrap();
+    assert!(
+        d.stat(&p).unwrap().is_some(),
+        "a new upload is visible at once"
+    );
+    w.write(b"hello ".to_vec()).unwrap();
+    w.write(b"there".to_vec()).unwrap();
     assert_eq!(w.size(), 11);
-    w.truncate(6).unwrap();
-    w.append(b"there".to_vec()).unwrap();
-    w.sync().unwrap();
+    w.flush().unwrap();
     drop(w);
     assert_eq!(d.get(&p).unwrap(), b"hello there");
-    // Reopening continues at the end.
-    let mut w = d.appender(&p).unwrap();
+    // Reopening continues after what was stored.
+    let mut w = d.writer(&p).unwrap();
     assert_eq!(w.size(), 11);
-    w.append(b"!".to_vec()).unwrap();
-    drop(w);
+    w.write(b"!".to_vec()).unwrap();
+    w.commit().unwrap();
     assert_eq!(d.get(&p).unwrap(), b"hello there!");
 }
 
-/// Many appends of recycled buffers in flight at once land in order.
+/// A cancelled upload leaves nothing; cancelling one whose object is gone is fine.
+fn cancelling(d: &dyn Driver) {
+    let p = path("u/.uploads/cancelled");
+    let mut w = d.writer(&p).unwrap();
+    w.write(vec![9; 70_000]).unwrap();
+    w.cancel().unwrap();
+    assert!(d.stat(&p).unwrap().is_none());
+    let mut w = d.writer(&p).unwrap();
+    w.write(b"x".to_vec()).unwrap();
+    w.flush().unwrap();
+    d.delete(&p).unwrap();
+    w.cancel().unwrap();
+    assert!(d.stat(&p).unwrap().is_none());
+}
+
+/// Many writes of recycled buffers in flight at once land in order.
 fn appending_many(d: &dyn Driver) {
     let p = path("u/.uploads/many");
-    let mut w = d.appender(&p).unwrap();
+    let mut w = d.writer(&p).unwrap();
     let mut expected = Vec::new();
     let mut buf = Vec::new();
     for i in 0..64u8 {
         buf.clear();
         buf.resize(4096 + i as usize, i);
         expected.extend_from_slice(&buf);
-        buf = w.append(buf).unwrap();
+        buf = w.write(buf).unwrap();
     }
-    w.sync().unwrap();
     assert_eq!(w.size(), expected.len() as u64);
-    drop(w);
+    w.commit().unwrap();
     assert_eq!(d.get(&p).unwrap(), expected);
 }
 
-/// Bytes written in place through `spare` land in order with appended ones.
+/// Bytes written in place through `spare` land in order with written ones.
 fn appending_in_place(d: &dyn Driver) {
     let p = path("u/.uploads/in-place");
-    let mut w = d.appender(&p).unwrap();
+    let mut w = d.writer(&p).unwrap();
     let mut expected = Vec::new();
     for i in 0..40u8 {
         let len = 3000 + 977 * i as usize;
@@ -382,49 +401,54 @@ fn appending_in_place(d: &dyn Driver) {
                 let n = spare.len().min(chunk.len());
                 spare[..n].copy_from_slice(&chunk[..n]);
                 w.commit_spare(n).unwrap();
-                w.append(chunk[n..].to_vec()).unwrap();
+                w.write(chunk[n..].to_vec()).unwrap();
             }
             _ => {
-                w.append(chunk).unwrap();
+                w.write(chunk).unwrap();
             }
         }
     }
-    w.sync().unwrap();
     assert_eq!(w.size(), expected.len() as u64);
-    drop(w);
+    w.commit().unwrap();
     assert_eq!(d.get(&p).unwrap(), expected);
 }
 
-/// An appender whose object was deleted, or replaced by another write, while it was open
-/// changes nothing any more: like bytes written to an unlinked file, what it appends has no
+/// A writer whose object was deleted, or replaced by another write, while it was open
+/// changes nothing any more: like bytes written to an unlinked file, what it writes has no
 /// name, and giving it one would bring back or overwrite what came later (an upload the
 /// collector ended, a session cancelled).
 fn appending_after_the_object_went(d: &dyn Driver) {
     let p = path("u/.uploads/gone");
-    let mut w = d.appender(&p).unwrap();
+    let mut w = d.writer(&p).unwrap();
     d.delete(&p).unwrap();
-    w.append(b"late".to_vec()).unwrap();
-    w.sync().unwrap();
-    drop(w);
+    w.write(b"late".to_vec()).unwrap();
+    w.commit().unwrap();
     assert!(
         d.stat(&p).unwrap().is_none(),
         "a deleted upload stays deleted"
     );
-    let mut w = d.appender(&p).unwrap();
+    let mut w = d.writer(&p).unwrap();
     d.put(&p, b"newer").unwrap();
-    w.append(b"late".to_vec()).unwrap();
-    w.sync().unwrap();
-    drop(w);
+    w.write(b"late".to_vec()).unwrap();
+    w.commit().unwrap();
     assert_eq!(d.get(&p).unwrap(), b"newer", "a later write stays");
     d.delete(&p).unwrap();
 }
 
+/// Copies always; renames where the driver declares them, and says so where it does not.
 fn rename_and_copy(d: &dyn Driver) {
     let src = path("m/src");
     d.put(&src, b"payload").unwrap();
     d.copy(&src, &path("n/deep/copy")).unwrap();
     assert_eq!(d.get(&path("n/deep/copy")).unwrap(), b"payload");
     let dst = path("m/elsewhere/dst");
+    if !d.capabilities().rename {
+        assert!(matches!(
+            d.rename(&src, &dst),
+            Err(DriverError::Unsupported { .. })
+        ));
+        return;
+    }
     d.put(&dst, b"old").unwrap();
     d.rename(&src, &dst).unwrap();
     assert_eq!(d.get(&dst).unwrap(), b"payload");

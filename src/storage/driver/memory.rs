@@ -12,11 +12,10 @@
 //!   copy of an object onto itself keeps its ETag.
 //! - No hard links (`link` copies, sharing the immutable bytes), no local files for sendfile,
 //!   no scratch objects: a write is one insert into the map.
-//! - An appender keeps the parts it was given (the registry's own buffers, not copies) and
-//!   publishes them as the object's new version on `flush`, `sync` and drop, like the parts of
-//!   a multipart upload. `truncate` (which an object store cannot do to an object) drops or
-//!   shortens the appender's parts, and the next publish makes the shorter version; issue 12
-//!   removes it from the contract.
+//! - No rename: a finished upload is placed by a copy and a delete, as on S3.
+//! - An upload writer keeps the parts it was given (the registry's own buffers, not copies)
+//!   and publishes them as the object's new version on `flush`, `commit` and drop, like the
+//!   parts of a multipart upload.
 //!
 //! Locks: objects are spread over striped maps by path, and the prefix index over striped
 //! maps by directory. A lock is held only to look up, insert or remove map entries; bytes are
@@ -24,8 +23,8 @@
 //! Lock order: object stripes in ascending order, then prefix stripes one at a time.
 
 use super::{
-    Appender, Capabilities, Driver, DriverError, Entry, EntryKind, ObjectMeta, ObjectReader,
-    StoragePath, Version,
+    Capabilities, Driver, DriverError, Entry, EntryKind, ObjectMeta, ObjectReader, StoragePath,
+    UploadWriter, Version,
 };
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -349,24 +348,6 @@ impl Objects {
     /// Moves the object at `from` (in `source`) to `to` (in `target`, or in `source` when
     /// both paths share a stripe), both stripes locked by the caller, so no reader sees the
     /// object at both names or at neither.
-    fn relocate(
-        &self,
-        source: &mut Stripe,
-        target: Option<&mut Stripe>,
-        from: &str,
-        to: &str,
-    ) -> Result<(), DriverError> {
-        let object = self.remove(source, from).ok_or_else(|| not_found(from))?;
-        // A new version at `to` (a compare-and-swap there must see the change), made when
-        // the bytes were, as a rename keeps a file's modification time.
-        let moved = Object {
-            generation: self.next_generation(),
-            ..object
-        };
-        self.insert(target.unwrap_or(source), to, moved);
-        Ok(())
-    }
-
     /// Every path below `dir` that is an object or a prefix, as the index says now.
     fn below(&self, dir: &str) -> Vec<String> {
         let mut found = Vec::new();
@@ -455,7 +436,8 @@ impl Driver for MemoryDriver {
         Ok(self.objects.insert(&mut stripe, path.as_str(), object))
     }
 
-    /// None: no links (`link` copies, sharing the parts), no local files, whole objects.
+    /// None, as an object store: no links (`link` copies, sharing the parts), no rename (a
+    /// finished upload is copied into place), no local files, whole objects.
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()
     }
@@ -518,7 +500,7 @@ impl Driver for MemoryDriver {
         })
     }
 
-    fn appender(&self, path: &StoragePath) -> Result<Box<dyn Appender>, DriverError> {
+    fn writer(&self, path: &StoragePath) -> Result<Box<dyn UploadWriter>, DriverError> {
         let key = path.as_str();
         let mut stripe = write(self.objects.stripe(key));
         let existing = match stripe.get(key) {
@@ -532,7 +514,7 @@ impl Driver for MemoryDriver {
             }
         };
         drop(stripe);
-        Ok(Box::new(MemoryAppender {
+        Ok(Box::new(MemoryWriter {
             objects: Arc::clone(&self.objects),
             path: key.to_string(),
             parts: existing.content.parts.to_vec(),
@@ -540,24 +522,6 @@ impl Driver for MemoryDriver {
             published: Some(existing.generation),
             dirty: false,
         }))
-    }
-
-    fn rename(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError> {
-        let stripes = &self.objects.stripes;
-        let (from, to) = (from.as_str(), to.as_str());
-        let (a, b) = (stripe(stripes, from), stripe(stripes, to));
-        if a == b {
-            return self
-                .objects
-                .relocate(&mut write(&stripes[a]), None, from, to);
-        }
-        let (mut low, mut high) = (write(&stripes[a.min(b)]), write(&stripes[a.max(b)]));
-        let (source, target) = if a < b {
-            (&mut *low, &mut *high)
-        } else {
-            (&mut *high, &mut *low)
-        };
-        self.objects.relocate(source, Some(target), from, to)
     }
 
     /// Server-side: the copy shares the source's immutable bytes.
@@ -572,20 +536,20 @@ impl Driver for MemoryDriver {
 }
 
 /// Parts of an upload in progress, published as a new version of the object when flushed.
-struct MemoryAppender {
+struct MemoryWriter {
     objects: Arc<Objects>,
     path: String,
     parts: Vec<Part>,
     size: u64,
-    /// The generation this appender opened or last published. `None` once another write
+    /// The generation this writer opened or last published. `None` once another write
     /// replaced the object or a delete removed it: like bytes written to an unlinked file,
-    /// what this appender holds then has no name, and publishing it would undo that write.
+    /// what this writer holds then has no name, and publishing it would undo that write.
     published: Option<u64>,
     /// Parts changed since the last publish.
     dirty: bool,
 }
 
-impl MemoryAppender {
+impl MemoryWriter {
     fn publish(&mut self) {
         let Some(seen) = self.published.filter(|_| self.dirty) else {
             return;
@@ -606,12 +570,12 @@ impl MemoryAppender {
     }
 }
 
-impl Appender for MemoryAppender {
+impl UploadWriter for MemoryWriter {
     fn size(&self) -> u64 {
         self.size
     }
 
-    fn append(&mut self, buf: Vec<u8>) -> Result<Vec<u8>, DriverError> {
+    fn write(&mut self, buf: Vec<u8>) -> Result<Vec<u8>, DriverError> {
         if buf.is_empty() {
             return Ok(buf);
         }
@@ -627,48 +591,30 @@ impl Appender for MemoryAppender {
         Ok(buf)
     }
 
-    /// Drops the parts past `len` and shortens the one it falls in: the object store's way
-    /// of undoing a failed chunk, since a stored object cannot be cut.
-    fn truncate(&mut self, len: u64) -> Result<(), DriverError> {
-        if len > self.size {
-            return Err(DriverError::Io {
-                driver: NAME,
-                op: "truncate",
-                path: self.path.clone(),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "an upload cannot be grown by truncating",
-                ),
-            });
-        }
-        let mut kept = 0u64;
-        let mut keep_parts = 0;
-        for part in &mut self.parts {
-            if kept >= len {
-                break;
-            }
-            part.len = part.len.min((len - kept) as usize);
-            kept += part.len as u64;
-            keep_parts += 1;
-        }
-        self.parts.truncate(keep_parts);
-        self.dirty |= len < self.size;
-        self.size = len;
-        Ok(())
-    }
-
     fn flush(&mut self) -> Result<(), DriverError> {
         self.publish();
         Ok(())
     }
 
     /// `flush`: memory has nothing more durable to reach.
-    fn sync(&mut self) -> Result<(), DriverError> {
+    fn commit(mut self: Box<Self>) -> Result<(), DriverError> {
         self.flush()
+    }
+
+    /// Removes the object if it is still this writer's (another write may have replaced it).
+    fn cancel(mut self: Box<Self>) -> Result<(), DriverError> {
+        let Some(seen) = self.published.take() else {
+            return Ok(());
+        };
+        let mut stripe = write(self.objects.stripe(&self.path));
+        if stripe.get(&self.path).is_some_and(|o| o.generation == seen) {
+            self.objects.remove(&mut stripe, &self.path);
+        }
+        Ok(())
     }
 }
 
-impl Drop for MemoryAppender {
+impl Drop for MemoryWriter {
     fn drop(&mut self) {
         self.publish();
     }
@@ -693,19 +639,20 @@ mod tests {
     }
 
     /// A reader is a snapshot of the version it opened, and parts are neither copied nor
-    /// lost across truncation and reopening.
+    /// lost across writes and reopening.
     #[test]
     fn readers_see_the_version_they_opened() {
         let driver = MemoryDriver::new();
         let path = StoragePath::from_components(["u"]).unwrap();
-        let mut w = driver.appender(&path).unwrap();
-        w.append(vec![1; 1000]).unwrap();
-        w.append(vec![2; 10]).unwrap();
+        let mut w = driver.writer(&path).unwrap();
+        w.write(vec![1; 1000]).unwrap();
+        w.write(vec![2; 10]).unwrap();
         w.flush().unwrap();
         let mut old = driver.reader(&path, 995).unwrap();
-        w.truncate(998).unwrap();
-        w.append(vec![3; 2]).unwrap();
         drop(w);
+        let mut w = driver.writer(&path).unwrap();
+        w.write(vec![3; 2]).unwrap();
+        w.commit().unwrap();
         let mut bytes = Vec::new();
         old.reader.read_to_end(&mut bytes).unwrap();
         assert_eq!(bytes, [1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]);
@@ -716,6 +663,6 @@ mod tests {
             .reader
             .read_to_end(&mut new)
             .unwrap();
-        assert_eq!(new, [1, 1, 1, 3, 3]);
+        assert_eq!(new, [1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3]);
     }
 }

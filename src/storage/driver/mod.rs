@@ -177,6 +177,12 @@ pub struct Capabilities {
     /// `replace` recycles a document's storage and uses its `unchanged_prefix` hint; without
     /// it every `replace` writes the whole object.
     pub recycled_documents: bool,
+    /// `rename` moves an object in one atomic step (local: rename(2)); without it a finished
+    /// upload is placed by a server-side `copy` and a `delete`.
+    pub rename: bool,
+    /// Upload writers bypass the page cache (local: O_DIRECT, through the `direct` or
+    /// `io_uring` writer), so pushes do not evict what pulls read.
+    pub direct_io: bool,
 }
 
 /// One of a driver's own temporary files (see `Driver::scratch_files`).
@@ -223,6 +229,16 @@ pub enum DriverError {
         /// What is there now (`absent` when nothing is).
         found: String,
     },
+    /// The driver lacks the capability the call needs (see `Capabilities`).
+    #[error("{driver}: {op} {path}: not supported by this driver")]
+    Unsupported {
+        /// Driver name.
+        driver: &'static str,
+        /// The operation.
+        op: &'static str,
+        /// The path.
+        path: String,
+    },
     /// The backend failed.
     #[error("{driver}: {op} {path}: {source}")]
     Io {
@@ -245,39 +261,41 @@ pub struct ObjectReader {
     pub size: u64,
 }
 
-/// Append-only scratch object for an upload in progress. Once its object is deleted or
-/// replaced by another write, nothing it appends appears at the path (as with bytes written
-/// to an unlinked file): it never brings back or overwrites what came later.
-pub trait Appender: Send {
+/// An upload being written, ended by `commit` or `cancel`. Bytes are only ever added at the
+/// end, never cut back (an object store cannot), so a failed write ends the upload rather than
+/// rolling it back. Once its object is deleted or replaced by another write, nothing it writes
+/// appears at the path (as with bytes written to an unlinked file): it never brings back or
+/// overwrites what came later. Dropped without either, it keeps what `flush` stored, for a
+/// writer opened on the same path later to continue after.
+pub trait UploadWriter: Send {
     /// Bytes written so far.
     fn size(&self) -> u64;
-    /// Appends all of `buf` and returns a buffer for the caller's next chunk: the same one, or
+    /// Adds all of `buf` and returns a buffer for the caller's next chunk: the same one, or
     /// (when writes are asynchronous) one whose earlier write has completed, so the caller can
     /// read and hash the next chunk while this one is written. A write error may be reported
-    /// by a later call; nothing is durable or complete until `sync` returns.
-    fn append(&mut self, buf: Vec<u8>) -> Result<Vec<u8>, DriverError>;
-    /// The appender's own free buffer space, if it keeps one, so the caller can read the next
-    /// bytes straight into it rather than into a buffer that `append` would copy from. The
-    /// bytes become part of the object with `commit_spare`. `Ok(None)`: use `append`.
+    /// by a later call; nothing is stored until `flush` returns.
+    fn write(&mut self, buf: Vec<u8>) -> Result<Vec<u8>, DriverError>;
+    /// The writer's own free buffer space, if it keeps one, so the caller can read the next
+    /// bytes straight into it rather than into a buffer that `write` would copy from. The
+    /// bytes become part of the object with `commit_spare`. `Ok(None)`: use `write`.
     fn spare(&mut self) -> Result<Option<&mut [u8]>, DriverError> {
         Ok(None)
     }
 
     /// Adds the first `n` bytes of the buffer the last `spare` returned to the object. Only
-    /// called after `spare` returned a buffer, so appenders without one have nothing to do.
+    /// called after `spare` returned a buffer, so writers without one have nothing to do.
     fn commit_spare(&mut self, n: usize) -> Result<(), DriverError> {
         let _ = n;
         Ok(())
     }
 
-    /// Cuts the object back to `len` bytes (to undo a failed chunk), once every write
-    /// still in flight has finished.
-    fn truncate(&mut self, len: u64) -> Result<(), DriverError>;
-    /// Waits for every write in flight and reports the first error.
+    /// Waits for every write in flight and reports the first error: the `size` bytes written
+    /// are then stored.
     fn flush(&mut self) -> Result<(), DriverError>;
-    /// `flush`, then, with `commit` on, makes everything appended durable. Called before the
-    /// object is renamed into place.
-    fn sync(&mut self) -> Result<(), DriverError>;
+    /// `flush`, then makes the object complete at its path and, with `commit` on, durable.
+    fn commit(self: Box<Self>) -> Result<(), DriverError>;
+    /// Abandons the upload: its object is removed.
+    fn cancel(self: Box<Self>) -> Result<(), DriverError>;
 }
 
 /// The storage backend interface. All methods are blocking and safe to call concurrently.
@@ -368,12 +386,21 @@ pub trait Driver: Send + Sync {
     /// stores, where a prefix exists only while objects do) have nothing to remove.
     fn delete_dir(&self, dir: &StoragePath) -> Result<(), DriverError>;
 
-    /// Opens `path` for appending, creating it (and its parents) if absent.
-    fn appender(&self, path: &StoragePath) -> Result<Box<dyn Appender>, DriverError>;
+    /// A writer for the upload at `path`: a new one (parents created) if nothing is there,
+    /// else one that continues after the bytes already stored.
+    fn writer(&self, path: &StoragePath) -> Result<Box<dyn UploadWriter>, DriverError>;
 
-    /// Atomically moves `from` to `to`, replacing whatever `to` held. Missing parent
-    /// directories of `to` are created. `NotFound` if `from` is absent.
-    fn rename(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError>;
+    /// Atomically moves `from` to `to`, replacing whatever `to` held, where the driver
+    /// declares `rename`; missing parent directories of `to` are created. `NotFound` if
+    /// `from` is absent. Without the capability, `Unsupported`: callers copy and delete.
+    fn rename(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError> {
+        let _ = to;
+        Err(DriverError::Unsupported {
+            driver: self.name(),
+            op: "rename",
+            path: from.to_string(),
+        })
+    }
 
     /// Makes `to` hold the same bytes as `from`, atomically. `NotFound` if `from` is absent.
     fn copy(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError>;

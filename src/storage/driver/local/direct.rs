@@ -5,7 +5,7 @@
 //! in that page-cache copy (flamegraphs/index.md).
 //!
 //! The tail of an upload that does not fill a block is written through the ordinary
-//! (buffered) descriptor when the appender flushes, and kept staged: the next direct write
+//! (buffered) descriptor when the writer flushes, and kept staged: the next direct write
 //! rewrites that block whole. Reopening an unaligned upload reads its tail back into staging.
 
 use crossbeam_channel::{Receiver, Sender};
@@ -129,7 +129,7 @@ impl DirectWriter {
     }
 
     /// Continues at `size`: the partial block before it, if any, is read back into staging.
-    pub(super) fn reposition(&mut self, size: u64, buffered: &File) -> io::Result<()> {
+    fn reposition(&mut self, size: u64, buffered: &File) -> io::Result<()> {
         self.written = size - size % BLOCK as u64;
         self.staged = (size - self.written) as usize;
         let staged = self.staged;

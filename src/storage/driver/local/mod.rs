@@ -13,8 +13,8 @@ mod direct;
 mod uring;
 
 use super::{
-    Appender, Capabilities, Driver, DriverError, Entry, EntryKind, ObjectMeta, ObjectReader,
-    ScratchFile, StoragePath, Version,
+    Capabilities, Driver, DriverError, Entry, EntryKind, ObjectMeta, ObjectReader, ScratchFile,
+    StoragePath, UploadWriter, Version,
 };
 use crossbeam_channel::{Receiver, Sender};
 use direct::{DirectWriter, StagingPool};
@@ -829,7 +829,7 @@ impl Driver for LocalDriver {
         }
     }
 
-    fn appender(&self, path: &StoragePath) -> Result<Box<dyn Appender>, DriverError> {
+    fn writer(&self, path: &StoragePath) -> Result<Box<dyn UploadWriter>, DriverError> {
         let full = self.full(path);
         self.ensure_parent(&full)?;
         // Not O_APPEND: writes in flight carry explicit offsets, so they land in order
@@ -859,7 +859,7 @@ impl Driver for LocalDriver {
                 in_flight: 0,
             }
         });
-        Ok(Box::new(LocalAppender {
+        Ok(Box::new(LocalWriter {
             file,
             path: full,
             size,
@@ -909,6 +909,8 @@ impl Driver for LocalDriver {
             hard_links: self.hard_links,
             local_files: true,
             recycled_documents: true,
+            rename: true,
+            direct_io: self.direct,
         }
     }
 
@@ -933,17 +935,17 @@ struct RingState {
     in_flight: usize,
 }
 
-struct LocalAppender {
+struct LocalWriter {
     file: File,
     path: PathBuf,
-    /// Bytes handed to `append`, written or in flight.
+    /// Bytes handed to `write`, written or in flight.
     size: u64,
     commit: bool,
     ring: Option<RingState>,
     direct: Option<DirectWriter>,
 }
 
-impl LocalAppender {
+impl LocalWriter {
     fn err(&self, op: &'static str, e: io::Error) -> DriverError {
         io_err(op, &self.path, e)
     }
@@ -954,19 +956,19 @@ impl LocalAppender {
         let done = ring
             .rx
             .recv()
-            .expect("the appender holds a sender, so the channel stays open");
+            .expect("the writer holds a sender, so the channel stays open");
         ring.in_flight -= 1;
         done.result.map_err(|e| self.err("write", e))?;
         Ok(done.buf.unwrap_or_default())
     }
 }
 
-impl Appender for LocalAppender {
+impl UploadWriter for LocalWriter {
     fn size(&self) -> u64 {
         self.size
     }
 
-    fn append(&mut self, buf: Vec<u8>) -> Result<Vec<u8>, DriverError> {
+    fn write(&mut self, buf: Vec<u8>) -> Result<Vec<u8>, DriverError> {
         if buf.is_empty() {
             // Nothing to write (and a zero-length write on the ring reads as WriteZero).
             return Ok(buf);
@@ -1015,21 +1017,6 @@ impl Appender for LocalAppender {
         }
     }
 
-    fn truncate(&mut self, len: u64) -> Result<(), DriverError> {
-        // Writes still in flight would land after the cut; their errors no longer matter.
-        let _ = self.flush();
-        self.file
-            .set_len(len)
-            .map_err(|e| io_err("truncate", &self.path, e))?;
-        self.size = len;
-        if let Some(direct) = self.direct.as_mut() {
-            direct
-                .reposition(len, &self.file)
-                .map_err(|e| io_err("truncate", &self.path, e))?;
-        }
-        Ok(())
-    }
-
     fn flush(&mut self) -> Result<(), DriverError> {
         if let Some(direct) = self.direct.as_mut() {
             return direct
@@ -1045,7 +1032,7 @@ impl Appender for LocalAppender {
         first_error.map_or(Ok(()), Err)
     }
 
-    fn sync(&mut self) -> Result<(), DriverError> {
+    fn commit(mut self: Box<Self>) -> Result<(), DriverError> {
         self.flush()?;
         if !self.commit {
             return Ok(());
@@ -1056,15 +1043,26 @@ impl Appender for LocalAppender {
                 let done = ring
                     .rx
                     .recv()
-                    .expect("the appender holds a sender, so the channel stays open");
+                    .expect("the writer holds a sender, so the channel stays open");
                 done.result.map_err(|e| self.err("fsync", e))
             }
             None => self.file.sync_all().map_err(|e| self.err("fsync", e)),
         }
     }
+
+    fn cancel(mut self: Box<Self>) -> Result<(), DriverError> {
+        // Writes still in flight would land in the removed file; their errors no longer
+        // matter.
+        let _ = self.flush();
+        match fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err("remove", e)),
+        }
+    }
 }
 
-impl Drop for LocalAppender {
+impl Drop for LocalWriter {
     /// The ring may still be writing from this file: keep it open until it is done.
     fn drop(&mut self) {
         let _ = self.flush();
