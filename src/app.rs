@@ -8,7 +8,7 @@ use crate::http::server::{BindError, Server};
 use crate::root_lock::{LockError, RootLock};
 use crate::storage::driver::local::{LocalDriver, WriterChoice};
 use crate::storage::driver::{Driver, DriverError};
-use crate::storage::{Registry, Store, collector, dedupe_pass};
+use crate::storage::{Reads, Registry, Store, collector, dedupe_pass};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -149,7 +149,7 @@ impl App {
             .sub_paths
             .iter()
             .map(|(route, _)| route.segments.clone())
-            .zip(stores)
+            .zip(stores.map(|store| store as Arc<dyn Reads>))
             .collect();
         let registry = Arc::new(Registry::new(default, routes));
         Ok(App {

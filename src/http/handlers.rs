@@ -9,7 +9,7 @@ use crate::digest::Digest;
 use crate::oci::{Reference, RepoName, Tag, media_type};
 use crate::storage::layout::UploadId;
 use crate::storage::{
-    BlobBody, BodyLength, ByteRange, MAX_MANIFEST_SIZE, Registry, Store, StoreError,
+    BlobBody, BodyLength, ByteRange, MAX_MANIFEST_SIZE, Reads, Registry, Store, StoreError,
 };
 use serde_json::json;
 use std::io::Read;
@@ -50,11 +50,12 @@ fn dispatch(registry: &Registry, req: &mut dyn HttpRequest) -> Result<Reply, Api
             (route, method) => Err(not_allowed(&route, method)),
         };
     };
-    let store = registry.route(repo);
+    let reads = registry.route(repo);
+    let store = reads.store();
     match (route, method) {
-        (Route::Tags(repo, page), Method::Get) => tags(store, &repo, &page),
+        (Route::Tags(repo, page), Method::Get) => tags(reads, &repo, &page),
         (Route::Manifest(repo, reference, _), Method::Get | Method::Head) => {
-            manifest_get(store, req, &repo, &reference, head)
+            manifest_get(reads, req, &repo, &reference, head)
         }
         (Route::Manifest(repo, reference, tags), Method::Put) => {
             manifest_put(store, req, &repo, &reference, &tags)
@@ -64,7 +65,7 @@ fn dispatch(registry: &Registry, req: &mut dyn HttpRequest) -> Result<Reply, Api
             Ok(Reply::new(202))
         }
         (Route::Blob(repo, digest), Method::Get | Method::Head) => {
-            blob_get(store, req, &repo, &digest, head)
+            blob_get(reads, req, &repo, &digest, head)
         }
         (Route::Blob(repo, digest), Method::Delete) => {
             store.blob_delete(&repo, &digest)?;
@@ -75,7 +76,7 @@ fn dispatch(registry: &Registry, req: &mut dyn HttpRequest) -> Result<Reply, Api
             let start = match start {
                 UploadStart::Mount {
                     from: Some(from), ..
-                } if !std::ptr::eq(registry.route(&from), store) => UploadStart::Session,
+                } if !std::ptr::eq(registry.route(&from).store(), store) => UploadStart::Session,
                 start => start,
             };
             upload_start(store, req, &repo, start)
@@ -105,7 +106,7 @@ fn dispatch(registry: &Registry, req: &mut dyn HttpRequest) -> Result<Reply, Api
             Ok(Reply::new(204))
         }
         (Route::Referrers(repo, digest, artifact_type), Method::Get) => {
-            referrers(store, &repo, &digest, artifact_type)
+            referrers(reads, &repo, &digest, artifact_type)
         }
         (route, method) => Err(not_allowed(&route, method)),
     }
@@ -162,7 +163,7 @@ fn scrub_report(registry: &Registry) -> Reply {
     Reply::new(200).json(serde_json::to_vec(&body).expect("json"))
 }
 
-fn tags(store: &Store, repo: &RepoName, page: &Page) -> Result<Reply, ApiError> {
+fn tags(store: &dyn Reads, repo: &RepoName, page: &Page) -> Result<Reply, ApiError> {
     let (tags, more) = paginate(store.tags(repo)?, page);
     let mut reply = Reply::new(200);
     if more {
@@ -174,7 +175,7 @@ fn tags(store: &Store, repo: &RepoName, page: &Page) -> Result<Reply, ApiError> 
 }
 
 fn manifest_get(
-    store: &Store,
+    store: &dyn Reads,
     req: &dyn HttpRequest,
     repo: &RepoName,
     reference: &Reference,
@@ -310,7 +311,7 @@ fn parse_range(header: Option<&str>) -> Result<Option<RangeSpec>, ApiError> {
 }
 
 fn blob_get(
-    store: &Store,
+    store: &dyn Reads,
     req: &dyn HttpRequest,
     repo: &RepoName,
     digest: &Digest,
@@ -469,7 +470,7 @@ fn upload_patch(
 }
 
 fn referrers(
-    store: &Store,
+    store: &dyn Reads,
     repo: &RepoName,
     digest: &Digest,
     artifact_type: Option<String>,

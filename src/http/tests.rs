@@ -6,8 +6,11 @@ use super::request::HttpRequest;
 use super::response::{Body, Reply};
 use super::route::Method;
 use crate::digest::Digest;
+use crate::oci::{Reference, RepoName};
 use crate::storage::driver::local::{LocalDriver, WriterChoice};
-use crate::storage::{Registry, Store};
+use crate::storage::{
+    BlobBody, BlobRead, BodyLength, ByteRange, Reads, Registry, Store, StoreError, StoredManifest,
+};
 use serde_json::{Value, json};
 use std::io::{Cursor, Read};
 use std::path::PathBuf;
@@ -74,12 +77,21 @@ impl Got {
     }
 }
 
+fn local_store(root: &std::path::Path) -> Arc<Store> {
+    let driver = LocalDriver::new(root, false, WriterChoice::Auto).unwrap();
+    Arc::new(Store::new(Arc::new(driver), None))
+}
+
 impl Harness {
     fn new() -> Harness {
+        Harness::serving(|root| local_store(root))
+    }
+
+    /// A harness whose one route is what `reads` makes of a fresh directory.
+    fn serving(reads: impl FnOnce(&std::path::Path) -> Arc<dyn Reads>) -> Harness {
         let root = std::env::temp_dir().join(format!("berth-http-{}", uuid::Uuid::new_v4()));
-        let driver = LocalDriver::new(&root, false, WriterChoice::Auto).unwrap();
         Harness {
-            registry: Registry::single(Arc::new(Store::new(Arc::new(driver), None))),
+            registry: Registry::single(reads(&root)),
             root,
         }
     }
@@ -442,4 +454,113 @@ fn a_panicking_handler_is_a_500_and_the_store_keeps_serving() {
             .body,
         b"kept"
     );
+}
+
+/// What a pull-through mirror does, reduced to the seam: a miss is filled from an upstream
+/// (here another store in the process), then answered from the store itself.
+struct Filling {
+    own: Arc<Store>,
+    upstream: Arc<Store>,
+}
+
+impl Filling {
+    fn fill_blob(&self, repo: &RepoName, digest: &Digest) -> Result<(), StoreError> {
+        let (read, _) = self.upstream.blob_read(repo, digest, None)?;
+        let mut body: Box<dyn Read> = match read.body {
+            BlobBody::File { file, .. } => Box::new(file),
+            BlobBody::Stream(stream, _) => stream,
+        };
+        self.own
+            .blob_put(repo, digest, &mut body, BodyLength::Exact(read.size))
+    }
+}
+
+impl Reads for Filling {
+    fn store(&self) -> &Store {
+        &self.own
+    }
+
+    fn manifest_get(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<StoredManifest, StoreError> {
+        match self.own.manifest_get(repo, reference) {
+            Err(StoreError::ManifestUnknown(_) | StoreError::NameUnknown(_)) => {
+                let upstream = self.upstream.manifest_get(repo, reference)?;
+                let manifest: Value = serde_json::from_slice(&upstream.bytes).unwrap();
+                let blobs = manifest["layers"].as_array().unwrap().iter();
+                for blob in blobs.chain([&manifest["config"]]) {
+                    self.fill_blob(repo, &blob["digest"].as_str().unwrap().parse().unwrap())?;
+                }
+                let media_type = upstream.descriptor.media_type.clone();
+                self.own
+                    .manifest_put(repo, reference, Some(&media_type), &upstream.bytes, &[])?;
+                self.own.manifest_get(repo, reference)
+            }
+            found => found,
+        }
+    }
+
+    fn blob_read(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        range: Option<ByteRange>,
+    ) -> Result<(BlobRead, Option<ByteRange>), StoreError> {
+        match self.own.blob_read(repo, digest, range) {
+            Err(StoreError::BlobUnknown(_)) => {
+                self.fill_blob(repo, digest)?;
+                self.own.blob_read(repo, digest, range)
+            }
+            found => found,
+        }
+    }
+}
+
+/// Routing hands the front end a `Reads`, so a wrapper answers a miss (a pull-through
+/// mirror filling from its upstream) with no handler changed; pushes reach the store.
+#[test]
+fn a_wrapper_on_the_route_fills_misses_without_handler_changes() {
+    let upstream = Harness::new();
+    let config = upstream.push_blob("lib/app", b"{}");
+    let layer = upstream.push_blob("lib/app", b"layer");
+    let pushed = upstream.push_manifest("lib/app", "v1", &image(&config, &layer, None));
+    assert_eq!(pushed.status, 201);
+    let upstream_store = local_store(&upstream.root);
+    let mirror = Harness::serving(|root| {
+        Arc::new(Filling {
+            own: local_store(root),
+            upstream: Arc::clone(&upstream_store),
+        })
+    });
+    let manifest = mirror.send(Method::Get, "/v2/lib/app/manifests/v1", &[], b"");
+    assert_eq!(manifest.status, 200);
+    assert_eq!(
+        manifest.header("Docker-Content-Digest"),
+        pushed.header("Docker-Content-Digest")
+    );
+    let url = format!("/v2/lib/app/blobs/{layer}");
+    assert_eq!(mirror.send(Method::Get, &url, &[], b"").body, b"layer");
+    // A blob no manifest named yet, filled on its first (ranged) read.
+    let extra = upstream.push_blob("lib/app", b"extra bytes");
+    let url = format!("/v2/lib/app/blobs/{extra}");
+    let part = mirror.send(Method::Get, &url, &[("Range", "bytes=6-")], b"");
+    assert_eq!((part.status, part.body.as_slice()), (206, &b"bytes"[..]));
+    // Filled into the mirror's own store: served from there, tags and all.
+    let own = local_store(&mirror.root);
+    let repo: RepoName = "lib/app".parse().unwrap();
+    assert_eq!(own.tags(&repo).unwrap(), ["v1"]);
+    assert_eq!(own.blob_size(&repo, &layer).unwrap(), 5);
+    // A blob upstream lacks is still unknown; pushes go to the mirror's store.
+    let missing = Digest::sha256_of(b"nowhere");
+    let got = mirror.send(
+        Method::Head,
+        &format!("/v2/lib/app/blobs/{missing}"),
+        &[],
+        b"",
+    );
+    assert_eq!(got.status, 404);
+    let local = mirror.push_blob("lib/app", b"local only");
+    assert_eq!(own.blob_size(&repo, &local).unwrap(), 10);
 }

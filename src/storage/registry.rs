@@ -3,32 +3,37 @@
 //! segments of its name (`/a/b` before `/a`), else to the default store; it keeps its full
 //! name inside that store's root. A route is a directory of repositories: the repository
 //! named exactly `a` is not under `/a`, as in zot, whose routes are one segment long.
+//! Routing answers with the route's `Reads`, so a wrapper (a pull-through mirror) can stand
+//! between a route and the front end.
 
-use super::{Store, StoreError};
+use super::{Reads, Store, StoreError};
 use crate::oci::RepoName;
 use std::sync::Arc;
 
 /// The default store and the routed ones.
 pub struct Registry {
-    default: Arc<Store>,
+    default: Arc<dyn Reads>,
     /// Route segments and their store, longest routes first.
-    routes: Vec<(Vec<String>, Arc<Store>)>,
+    routes: Vec<(Vec<String>, Arc<dyn Reads>)>,
 }
 
 impl Registry {
     /// A registry of `default` plus `routes` (route segments → store).
-    pub fn new(default: Arc<Store>, mut routes: Vec<(Vec<String>, Arc<Store>)>) -> Registry {
+    pub fn new(
+        default: Arc<dyn Reads>,
+        mut routes: Vec<(Vec<String>, Arc<dyn Reads>)>,
+    ) -> Registry {
         routes.sort_by_key(|(segments, _)| std::cmp::Reverse(segments.len()));
         Registry { default, routes }
     }
 
     /// A registry of one store.
-    pub fn single(store: Arc<Store>) -> Registry {
+    pub fn single(store: Arc<dyn Reads>) -> Registry {
         Registry::new(store, Vec::new())
     }
 
-    /// The store that holds `repo`.
-    pub fn route(&self, repo: &RepoName) -> &Store {
+    /// The reads of the store that holds `repo`.
+    pub fn route(&self, repo: &RepoName) -> &dyn Reads {
         let name: Vec<&str> = repo.as_str().split('/').collect();
         self.routes
             .iter()
@@ -39,8 +44,10 @@ impl Registry {
     }
 
     /// Every store: the default first, then the routed ones.
-    pub fn stores(&self) -> impl Iterator<Item = &Arc<Store>> {
-        std::iter::once(&self.default).chain(self.routes.iter().map(|(_, s)| s))
+    pub fn stores(&self) -> impl Iterator<Item = &Store> {
+        std::iter::once(&self.default)
+            .chain(self.routes.iter().map(|(_, s)| s))
+            .map(|reads| reads.store())
     }
 
     /// Up to `limit` repositories after `after` (all when `None`), sorted, from every store,
@@ -65,7 +72,7 @@ impl Registry {
                 for name in &names {
                     let routed_here = name
                         .parse::<RepoName>()
-                        .is_ok_and(|repo| std::ptr::eq(self.route(&repo), &**store));
+                        .is_ok_and(|repo| std::ptr::eq(self.route(&repo).store(), store));
                     if routed_here {
                         all.push(name.clone());
                         routed += 1;
@@ -106,11 +113,11 @@ mod tests {
         let bc = store(dir.path(), "bc");
         let segments = |route: &str| route.split('/').map(String::from).collect::<Vec<_>>();
         let registry = Registry::new(
-            Arc::clone(&default),
+            Arc::clone(&default) as Arc<dyn Reads>,
             vec![
-                (segments("b"), Arc::clone(&b)),
-                (segments("a"), Arc::clone(&a)),
-                (segments("b/c"), Arc::clone(&bc)),
+                (segments("b"), Arc::clone(&b) as Arc<dyn Reads>),
+                (segments("a"), Arc::clone(&a) as Arc<dyn Reads>),
+                (segments("b/c"), Arc::clone(&bc) as Arc<dyn Reads>),
             ],
         );
         let cases = [
@@ -127,7 +134,7 @@ mod tests {
         for (name, want) in cases {
             let repo: RepoName = name.parse().unwrap();
             assert!(
-                std::ptr::eq(registry.route(&repo), &**want),
+                std::ptr::eq(registry.route(&repo).store(), &**want),
                 "{name} routed to the wrong store"
             );
         }
