@@ -1073,19 +1073,40 @@ impl Drop for LocalWriter {
 mod tests {
     use super::*;
 
-    #[test]
-    fn local_driver_conformance() {
-        for writer in [
-            WriterChoice::Buffered,
-            WriterChoice::Direct,
-            WriterChoice::IoUring,
-        ] {
-            for commit in [false, true] {
-                let dir = tempdir();
-                let driver = LocalDriver::new(&dir, commit, writer).unwrap();
-                super::super::conformance::run(&driver);
-                fs::remove_dir_all(&dir).unwrap();
-            }
+    /// The driver suite on every writer, with `commit` off and on: one test per pair, so the
+    /// names show the matrix (`conformance::direct::commit`, ...).
+    mod conformance {
+        use super::*;
+
+        fn run(writer: WriterChoice, commit: bool) {
+            let dir = tempdir();
+            let driver = LocalDriver::new(&dir, commit, writer).unwrap();
+            super::super::super::conformance::run(&driver);
+            fs::remove_dir_all(&dir).unwrap();
+        }
+
+        macro_rules! writers {
+            ($($name:ident => $writer:expr),* $(,)?) => {$(
+                mod $name {
+                    use super::*;
+
+                    #[test]
+                    fn no_commit() {
+                        run($writer, false);
+                    }
+
+                    #[test]
+                    fn commit() {
+                        run($writer, true);
+                    }
+                }
+            )*};
+        }
+
+        writers! {
+            buffered => WriterChoice::Buffered,
+            direct => WriterChoice::Direct,
+            io_uring => WriterChoice::IoUring,
         }
     }
 
