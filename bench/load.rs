@@ -5,7 +5,8 @@
 //!
 //! Run: `cargo bench --bench load -- --target berth=http://127.0.0.1:5000@PID --count 200 \
 //!        --workloads push-mono-1m:8,pull-1m:8,manifest-get:32`
-//! With two `--target`s every workload runs against both in turn and a ratio table follows.
+//! With several `--target`s every workload runs against each in turn, and ratio tables follow:
+//! each target against the last, and with three or more the first against the second.
 //! Output: one JSON line per workload on stdout, then a table on stderr. Every loop is bounded
 //! by `--count` operations per workload.
 
@@ -26,8 +27,8 @@ const PULL_SET: usize = 4;
 struct Args {
     /// A registry to load: `LABEL=http://HOST:PORT` or `LABEL=http://HOST:PORT@PID` (the pid
     /// of the server process, to report its CPU time per op and peak RSS). Repeat it to run
-    /// each workload against every target in turn, in one run; the last table then gives the
-    /// ratios of the first target to the second.
+    /// each workload against every target in turn, in one run; ratio tables then compare each
+    /// target with the last, and with three or more the first with the second.
     #[arg(long = "target", required = true)]
     targets: Vec<String>,
     /// Comma-separated workloads, each `name[:concurrency[:count]]`.
@@ -658,23 +659,37 @@ fn main() {
             );
         }
     }
-    if let [first, second, ..] = &outcomes[..] {
+    for (a, b) in ratio_pairs(outcomes.len()) {
         eprintln!(
             "\n{} / {}\n{:<18} {:>4} {:>12} {:>14}",
-            targets[0].label, targets[1].label, "workload", "C", "ops/s ratio", "cpu/op ratio"
+            targets[a].label, targets[b].label, "workload", "C", "ops/s ratio", "cpu/op ratio"
         );
-        for (a, b) in first.iter().zip(second) {
-            let cpu = match (a.cpu_ms_per_op(), b.cpu_ms_per_op()) {
+        for (x, y) in outcomes[a].iter().zip(&outcomes[b]) {
+            let cpu = match (x.cpu_ms_per_op(), y.cpu_ms_per_op()) {
                 (Some(x), Some(y)) if y > 0.0 => Some(x / y),
                 _ => None,
             };
             eprintln!(
                 "{:<18} {:>4} {:>11.2}x {:>14}",
-                a.workload,
-                a.concurrency,
-                a.ops_per_s() / b.ops_per_s(),
+                x.workload,
+                x.concurrency,
+                x.ops_per_s() / y.ops_per_s(),
                 opt(cpu)
             );
         }
     }
+}
+
+/// Which targets' ratios to print: every target against the last (the reference, such as
+/// distribution), and with three or more also the first against the second (a build against
+/// the build before it).
+fn ratio_pairs(targets: usize) -> Vec<(usize, usize)> {
+    let Some(last) = targets.checked_sub(1) else {
+        return Vec::new();
+    };
+    let mut pairs: Vec<(usize, usize)> = (0..last).map(|i| (i, last)).collect();
+    if targets > 2 {
+        pairs.push((0, 1));
+    }
+    pairs
 }

@@ -54,10 +54,12 @@ wait_http() {
   echo "server on port $1 did not start" >&2; exit 1
 }
 
-# start_berth PORT: a release berth on a fresh root in $work; sets bpid.
+# start_berth PORT [BINARY [NAME]]: a berth (the release build of this tree unless BINARY is
+# given) on a fresh root $work/NAME (berth); sets bpid.
 start_berth() {
-  echo "{\"storage\":{\"rootDirectory\":\"$work/berth\"},\"http\":{\"address\":\"127.0.0.1\",\"port\":\"$1\"},\"log\":{\"level\":\"warn\"}}" > "$work/berth.json"
-  target/release/berth serve "$work/berth.json" 2>"$work/berth.log" &
+  local binary=${2:-target/release/berth} name=${3:-berth}
+  echo "{\"storage\":{\"rootDirectory\":\"$work/$name\"},\"http\":{\"address\":\"127.0.0.1\",\"port\":\"$1\"},\"log\":{\"level\":\"warn\"}}" > "$work/$name.json"
+  "$binary" serve "$work/$name.json" 2>"$work/$name.log" &
   bpid=$!; pids+=("$bpid")
   wait_http "$1"
 }
