@@ -100,7 +100,7 @@ impl Graph<'_> {
                 .driver
                 .stat(&path)?
                 .ok_or_else(|| corrupt("listed, but the manifest's blob is missing".into()))?;
-            let bytes = self.store.driver.get(&path)?;
+            let bytes = super::placeholders::get(&*self.store.driver, &path, &d.digest)?;
             let manifest = Manifest::parse(&bytes, Some(&d.media_type))
                 .map_err(|e| corrupt(format!("manifest does not parse: {e}")))?;
             let node = Node {
