@@ -64,6 +64,11 @@ impl Strategy {
 /// The dedupe state of one store.
 pub(super) struct Dedupe {
     strategy: Strategy,
+    /// The cache records every copy in the store: a pass completed with it (now, or before,
+    /// as its marker says). Until then a copy the cache has no record of may be named by
+    /// placeholders it has not recorded either (the cache was lost), so with placeholders such
+    /// a copy is not deleted (zot's `dedupeRebuildDone` gate, PR #4195).
+    complete: std::sync::atomic::AtomicBool,
     cache: DedupeCache,
     outage: Outage,
     digest_locks: Striped<Mutex<()>>,
@@ -81,10 +86,17 @@ impl Dedupe {
     pub(super) fn new(cache: DedupeCache, strategy: Strategy) -> Dedupe {
         Dedupe {
             strategy,
+            complete: std::sync::atomic::AtomicBool::new(false),
             cache,
             outage: Outage::new("dedupe"),
             digest_locks: Striped::default(),
         }
+    }
+
+    /// Notes that the cache records every copy in the store (see `complete`).
+    pub(super) fn set_complete(&self) {
+        self.complete
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// How copies share bytes.
@@ -280,6 +292,15 @@ impl Dedupe {
                 "cannot delete {deleted}: the dedupe cache cannot say which placeholders name it"
             )));
         };
+        // A copy the cache never recorded was placed before it (the cache was lost): the
+        // placeholders naming it are unknown until the pass has recorded them. A recorded
+        // one had every placeholder made of it recorded too.
+        if !self.complete.load(std::sync::atomic::Ordering::Acquire) && paths.is_empty() {
+            return Err(StoreError::DedupeUnavailable(format!(
+                "cannot delete {deleted} yet: the dedupe cache has no record of {digest}, and \
+                 the start-up pass has not yet recorded the placeholders that may name it"
+            )));
+        }
         let mut named = Vec::new();
         let mut full = None;
         for path in paths.iter().filter(|p| *p != deleted) {

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The cache marker holding the repository stamps of the last complete pass.
-const MARKER: MarkerKey = MarkerKey::new("dedupe-pass");
+pub(super) const MARKER: MarkerKey = MarkerKey::new("dedupe-pass");
 
 /// Copies from which a digest's links are spread over the pool rather than made in one task
 /// (issue 11: one base layer in 100,000 repositories). Below this a digest's links take a
@@ -274,6 +274,7 @@ fn run_in_batches(store: &Store, batch_files: usize) -> Result<PassReport, Store
             repositories = repos.len(),
             "dedupe pass: no repository changed since the last pass; nothing to walk"
         );
+        dedupe.set_complete();
         return Ok(report);
     }
     tracing::info!(
@@ -297,6 +298,7 @@ fn run_in_batches(store: &Store, batch_files: usize) -> Result<PassReport, Store
     report.reclaimed = progress.reclaimed.load(Ordering::Relaxed);
     report.repaired = progress.repaired.load(Ordering::Relaxed);
     let marker = serde_json::to_string(&stamps).expect("stamps serialize");
+    dedupe.set_complete();
     if !dedupe.set_marker(MARKER, &marker) {
         tracing::warn!("dedupe pass: its marker is not saved, the next start walks again");
     }

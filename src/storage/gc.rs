@@ -536,6 +536,11 @@ impl Store {
                 match self.blob_delete_locked(repo, digest, still_old) {
                     Ok(true) => plan.collected.blobs.push((digest.clone(), *size)),
                     Ok(false) | Err(StoreError::BlobUnknown(_)) => {}
+                    // Placeholders may name it that the cache cannot list now: kept until a
+                    // later sweep.
+                    Err(e @ StoreError::DedupeUnavailable(_)) => {
+                        tracing::info!(repository = %repo, %digest, "gc: kept for now: {e}");
+                    }
                     Err(e) => return Err(e),
                 }
             }

@@ -140,7 +140,12 @@ impl Store {
     ) -> Store {
         let dedupe = match (cache, strategy) {
             (Some(cache), Some(strategy)) if strategy.supported_by(driver.capabilities()) => {
-                Some(dedupe::Dedupe::new(cache, strategy))
+                let dedupe = dedupe::Dedupe::new(cache, strategy);
+                // A cache a pass completed with records every copy (a lost one has no marker).
+                if dedupe.marker(dedupe_pass::MARKER).is_some() {
+                    dedupe.set_complete();
+                }
+                Some(dedupe)
             }
             (Some(_), _) => {
                 tracing::warn!(

@@ -22,9 +22,9 @@
 //! false` restoring placeholders into full copies.
 
 use super::dedupe::Strategy;
-use super::driver::{Driver, StoragePath};
 use super::driver::local::{LocalDriver, WriterChoice};
 use super::driver::memory::MemoryDriver;
+use super::driver::{Driver, StoragePath};
 use super::layout::{self, UploadId};
 use super::{BlobBody, BodyLength, ByteRange, Collected, Store, StoreError, TagTimes, dedupe_pass};
 use crate::cache::lmdb::{Lmdb, LmdbOptions};
@@ -779,6 +779,12 @@ fn the_pass_rebuilds_a_lost_cache(store: &Store) {
         dedupe.index().paths(&digest).unwrap().is_empty(),
         "a new cache"
     );
+    // Until the pass has recorded the placeholders, the copy they name is not deleted.
+    assert!(matches!(
+        store.blob_delete(&a, &digest),
+        Err(StoreError::DedupeUnavailable(_))
+    ));
+    pulls_right(store, &b, &digest, &layer);
     let report = dedupe_pass::run(store).unwrap();
     assert_eq!(
         report.linked, 0,
