@@ -3,7 +3,9 @@
 //!
 //! Invariants this module keeps:
 //! - A blob path holds only complete content that hashed to its name: uploads are written
-//!   under `.uploads/`, verified, then renamed into `blobs/` (see `uploads`).
+//!   under `.uploads/`, verified, then renamed into `blobs/` (see `uploads`); or, deduplicated
+//!   by placeholders, a zero-byte placeholder naming a path that does, which every read
+//!   resolves (`placeholders`) and which is promoted before that path is deleted (`dedupe`).
 //! - `index.json` is replaced atomically and only under its repository's stripe lock
 //!   (see `manifests`); reads take no lock.
 //! - Nothing locks the whole store.

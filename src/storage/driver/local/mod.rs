@@ -7,7 +7,8 @@
 //! Upload appends are written one of three ways (`WriterChoice`): whole blocks with O_DIRECT
 //! (`direct`, the default where supported), positioned buffered `std::fs` writes, or
 //! buffered writes through the io_uring writer (`uring`, two in flight per upload); both live
-//! in this folder, since only this driver has local files to write them into.
+//! in this folder, since only this driver has local files to write them into. Placeholders
+//! keep their holder in a user xattr (`xattr`).
 
 mod direct;
 mod uring;
