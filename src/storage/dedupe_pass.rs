@@ -980,4 +980,75 @@ mod tests {
         let again = run_in_batches(&store, 5).unwrap();
         assert_eq!((again.walked, again.linked), (0, 0));
     }
+
+    /// With placeholders, a digest in every batch ends one full copy and placeholders naming
+    /// it: separate copies become placeholders, a damaged one is repaired so, and a
+    /// placeholder naming a copy that is gone is re-pointed to the kept one.
+    #[test]
+    fn a_digest_spread_over_batches_ends_one_holder() {
+        use crate::storage::driver::Driver;
+        use crate::storage::driver::memory::MemoryDriver;
+        let driver = MemoryDriver::new();
+        let shared: &[u8] = b"a base layer held by every repository";
+        let digest = Digest::sha256_of(shared);
+        let blob = |r: usize| {
+            let repo: RepoName = format!("r{r:02}").parse().unwrap();
+            (repo.clone(), layout::blob(&repo, &digest).unwrap())
+        };
+        for r in 0..12 {
+            let (repo, path) = blob(r);
+            driver
+                .put(
+                    &layout::oci_layout(&repo).unwrap(),
+                    layout::OCI_LAYOUT_CONTENT,
+                )
+                .unwrap();
+            let index = br#"{"schemaVersion":2,"manifests":[]}"#;
+            driver
+                .put(&layout::index_json(&repo).unwrap(), index)
+                .unwrap();
+            let own = format!("repository {r}'s own layer");
+            let own_path = layout::blob(&repo, &Digest::sha256_of(own.as_bytes())).unwrap();
+            driver.put(&own_path, own.as_bytes()).unwrap();
+            match r {
+                // A placeholder naming a copy that is gone.
+                3 => driver.put_placeholder(&path, &blob(99).1).unwrap(),
+                // Damaged, in the last batch.
+                11 => driver.put(&path, &shared[..10]).unwrap(),
+                _ => driver.put(&path, shared).unwrap(),
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Lmdb::open(&dir.path().join("cache"), LmdbOptions::new(false))
+            .unwrap()
+            .namespace(&Namespace::new("storage"))
+            .unwrap();
+        let store = Store::with_dedupe_strategy(
+            Arc::new(driver.clone()),
+            Some(DedupeCache::of(Arc::new(cache))),
+            Some(Strategy::Placeholder),
+        );
+
+        let report = run_in_batches(&store, 5).unwrap();
+
+        let holder = blob(0).1;
+        for r in 1..12 {
+            let path = blob(r).1;
+            assert_eq!(
+                driver.placeholder_holder(&path).unwrap(),
+                Some(holder.clone())
+            );
+            let (repo, _) = blob(r);
+            assert_eq!(
+                store.blob_size(&repo, &digest).unwrap(),
+                shared.len() as u64
+            );
+        }
+        assert_eq!(driver.get(&holder).unwrap(), shared);
+        assert_eq!((report.linked, report.repaired), (10, 1), "{report:?}");
+        assert_eq!(report.reclaimed, 9 * shared.len() as u64 + 10);
+        let index = store.dedupe.as_ref().unwrap().index();
+        assert_eq!(index.paths(&digest).unwrap().len(), 12);
+        assert_eq!(index.original(&digest).unwrap(), Some(holder));
+    }
 }
