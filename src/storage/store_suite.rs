@@ -15,10 +15,11 @@
 //! repository left empty), retention (`keepTags`), dedupe and the start-up pass deduplicating
 //! a copy written behind the store's back, scrub finding a damaged layer, the catalog, and two
 //! stores tagging one repository at once. With placeholders also: the second repository's
-//! copy is a placeholder (layers and manifests; never the empty blob), pulls, sizes, ranged
-//! reads and mounts through it, deleting and collecting the copy holding the bytes promotes a
+//! copy is a placeholder (layers and manifests; never the empty blob; one holder when eight
+//! repositories push at once), pulls, sizes, ranged reads and mounts through it, deleting and collecting the copy holding the bytes promotes a
 //! placeholder, the start-up pass rebuilding a lost cache from placeholders alone, scrub
-//! checking the holder (and reporting a placeholder whose holder is gone), and `dedupe:
+//! checking the holder (and reporting a placeholder whose holder is gone, which reads as
+//! unknown), and `dedupe:
 //! false` restoring placeholders into full copies.
 
 use super::dedupe::Strategy;
@@ -74,6 +75,7 @@ pub(super) fn run(stores: &Stores<'_>) {
     scrubbing(&store);
     if store.dedupe_strategy() == Some(Strategy::Placeholder) {
         placeholders_save_bytes(&store);
+        concurrent_pushes_keep_one_holder(&store);
         deleting_promotes_a_placeholder(&store);
         collecting_promotes_a_placeholder(&store);
         the_pass_rebuilds_a_lost_cache(&(stores.with_new_cache)());
@@ -722,6 +724,36 @@ fn placeholders_save_bytes(store: &Store) {
     assert_eq!(pull(store, &b, &empty, None), b"");
 }
 
+/// Eight repositories pushing one new blob at once: one copy holds the bytes, the other
+/// seven are placeholders naming it (decisions for one digest are serialised).
+fn concurrent_pushes_keep_one_holder(store: &Store) {
+    let layer = pattern(32 * 1024, 10);
+    let repos: Vec<RepoName> = (0..8).map(|i| repo(&format!("ph-race-{i}"))).collect();
+    std::thread::scope(|s| {
+        for r in &repos {
+            let layer = &layer;
+            s.spawn(move || push(store, r, layer));
+        }
+    });
+    let digest = Digest::sha256_of(&layer);
+    let holders: Vec<Option<StoragePath>> = repos
+        .iter()
+        .map(|r| placeholder_of(store, r, &digest))
+        .collect();
+    let full: Vec<&RepoName> = repos
+        .iter()
+        .zip(&holders)
+        .filter(|(_, h)| h.is_none())
+        .map(|(r, _)| r)
+        .collect();
+    assert_eq!(full.len(), 1, "{holders:?}");
+    let holder = layout::blob(full[0], &digest).unwrap();
+    for (r, h) in repos.iter().zip(&holders) {
+        assert!(h.is_none() || h.as_ref() == Some(&holder), "{r}: {h:?}");
+        pulls_right(store, r, &digest, &layer);
+    }
+}
+
 /// Deleting the copy that holds the bytes first promotes a placeholder naming it (the bytes
 /// are copied into it) and re-points the others to it: every other copy still reads right.
 fn deleting_promotes_a_placeholder(store: &Store) {
@@ -834,6 +866,15 @@ fn scrub_checks_holders(store: &Store) {
         .driver
         .delete(&layout::blob(&a, &digest).unwrap())
         .unwrap();
+    // Served as unknown, never as an empty blob (zot #4427).
+    assert!(matches!(
+        store.blob_size(&b, &digest),
+        Err(StoreError::BlobUnknown(_))
+    ));
+    assert!(matches!(
+        store.blob_read(&b, &digest, None),
+        Err(StoreError::BlobUnknown(_))
+    ));
     assert_eq!(
         affected(),
         [
