@@ -16,14 +16,12 @@ use super::{
     Appender, Capabilities, Driver, DriverError, Entry, EntryKind, ObjectMeta, ObjectReader,
     ScratchFile, StoragePath, Version,
 };
-use crossbeam_channel::{Receiver, Sender};
 use direct::{DirectWriter, StagingPool};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use uring::{Completion, UringWriter};
+use uring::{UringAppender, UringWriter};
 
 const NAME: &str = "local";
 
@@ -54,10 +52,6 @@ pub enum WriterChoice {
     /// Buffered writes submitted to an io_uring ring, two in flight per upload.
     IoUring,
 }
-
-/// Upload writes per upload kept in flight on the ring: one being written while the
-/// request worker fills the next.
-const WRITES_IN_FLIGHT: usize = 2;
 
 /// Idle 1 MiB staging buffers kept for the next uploads: enough for every request worker
 /// to be uploading at once on a large machine.
@@ -127,8 +121,10 @@ impl LocalDriver {
             }
             _ => None,
         };
-        let direct = matches!(writer, WriterChoice::Auto | WriterChoice::Direct)
-            && direct_io_supported(&root);
+        let direct = matches!(
+            writer,
+            WriterChoice::Auto | WriterChoice::Direct | WriterChoice::IoUring
+        ) && direct_io_supported(&root);
         let hard_links = hard_links_supported(&root);
         // The probes just changed the root directory, so its modification time is the
         // filesystem's own clock now, the one every file written from here on is stamped
@@ -842,6 +838,16 @@ impl Driver for LocalDriver {
             .open(&full)
             .map_err(|e| io_err("open", &full, e))?;
         let size = file.metadata().map_err(|e| io_err("stat", &full, e))?.len();
+        if let Some(writer) = &self.uring {
+            return Ok(Box::new(UringAppender::open(
+                writer,
+                file,
+                full,
+                size,
+                self.direct,
+                self.commit,
+            )?));
+        }
         let direct = if self.direct {
             Some(
                 DirectWriter::open(&full, &file, size, &self.staging)
@@ -850,21 +856,11 @@ impl Driver for LocalDriver {
         } else {
             None
         };
-        let ring = self.uring.clone().map(|writer| {
-            let (tx, rx) = crossbeam_channel::bounded(WRITES_IN_FLIGHT + 1);
-            RingState {
-                writer,
-                tx,
-                rx,
-                in_flight: 0,
-            }
-        });
         Ok(Box::new(LocalAppender {
             file,
             path: full,
             size,
             commit: self.commit,
-            ring,
             direct,
         }))
     }
@@ -926,39 +922,14 @@ impl Driver for LocalDriver {
     }
 }
 
-struct RingState {
-    writer: UringWriter,
-    tx: Sender<Completion>,
-    rx: Receiver<Completion>,
-    in_flight: usize,
-}
-
+/// An upload written with std::fs, directly (`DirectWriter`) or buffered.
 struct LocalAppender {
     file: File,
     path: PathBuf,
-    /// Bytes handed to `append`, written or in flight.
+    /// Bytes handed to `append`, written or staged.
     size: u64,
     commit: bool,
-    ring: Option<RingState>,
     direct: Option<DirectWriter>,
-}
-
-impl LocalAppender {
-    fn err(&self, op: &'static str, e: io::Error) -> DriverError {
-        io_err(op, &self.path, e)
-    }
-
-    /// Waits for one write in flight; returns its buffer.
-    fn wait_one(&mut self) -> Result<Vec<u8>, DriverError> {
-        let ring = self.ring.as_mut().expect("only called with a ring");
-        let done = ring
-            .rx
-            .recv()
-            .expect("the appender holds a sender, so the channel stays open");
-        ring.in_flight -= 1;
-        done.result.map_err(|e| self.err("write", e))?;
-        Ok(done.buf.unwrap_or_default())
-    }
 }
 
 impl Appender for LocalAppender {
@@ -967,32 +938,14 @@ impl Appender for LocalAppender {
     }
 
     fn append(&mut self, buf: Vec<u8>) -> Result<Vec<u8>, DriverError> {
-        if buf.is_empty() {
-            // Nothing to write (and a zero-length write on the ring reads as WriteZero).
-            return Ok(buf);
-        }
         let offset = self.size;
         self.size += buf.len() as u64;
-        if let Some(direct) = self.direct.as_mut() {
-            direct
-                .append(&buf)
-                .map_err(|e| io_err("write", &self.path, e))?;
-            return Ok(buf);
+        match self.direct.as_mut() {
+            Some(direct) => direct.append(&buf),
+            None => self.file.write_all_at(&buf, offset),
         }
-        let fd = self.file.as_raw_fd();
-        let Some(ring) = self.ring.as_mut() else {
-            self.file
-                .write_all_at(&buf, offset)
-                .map_err(|e| io_err("write", &self.path, e))?;
-            return Ok(buf);
-        };
-        let capacity = buf.capacity();
-        ring.writer.write(fd, buf, offset, &ring.tx);
-        ring.in_flight += 1;
-        if ring.in_flight < WRITES_IN_FLIGHT {
-            return Ok(Vec::with_capacity(capacity));
-        }
-        self.wait_one()
+        .map_err(|e| io_err("write", &self.path, e))?;
+        Ok(buf)
     }
 
     fn spare(&mut self) -> Result<Option<&mut [u8]>, DriverError> {
@@ -1016,7 +969,6 @@ impl Appender for LocalAppender {
     }
 
     fn truncate(&mut self, len: u64) -> Result<(), DriverError> {
-        // Writes still in flight would land after the cut; their errors no longer matter.
         let _ = self.flush();
         self.file
             .set_len(len)
@@ -1031,41 +983,27 @@ impl Appender for LocalAppender {
     }
 
     fn flush(&mut self) -> Result<(), DriverError> {
-        if let Some(direct) = self.direct.as_mut() {
-            return direct
+        match self.direct.as_mut() {
+            Some(direct) => direct
                 .flush(&self.file)
-                .map_err(|e| io_err("write", &self.path, e));
+                .map_err(|e| io_err("write", &self.path, e)),
+            None => Ok(()),
         }
-        let mut first_error = None;
-        while self.ring.as_ref().is_some_and(|r| r.in_flight > 0) {
-            if let Err(e) = self.wait_one() {
-                first_error.get_or_insert(e);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
     }
 
     fn sync(&mut self) -> Result<(), DriverError> {
         self.flush()?;
-        if !self.commit {
-            return Ok(());
+        if self.commit {
+            self.file
+                .sync_all()
+                .map_err(|e| io_err("fsync", &self.path, e))?;
         }
-        match &self.ring {
-            Some(ring) => {
-                ring.writer.fsync(self.file.as_raw_fd(), &ring.tx);
-                let done = ring
-                    .rx
-                    .recv()
-                    .expect("the appender holds a sender, so the channel stays open");
-                done.result.map_err(|e| self.err("fsync", e))
-            }
-            None => self.file.sync_all().map_err(|e| self.err("fsync", e)),
-        }
+        Ok(())
     }
 }
 
 impl Drop for LocalAppender {
-    /// The ring may still be writing from this file: keep it open until it is done.
+    /// Staged bytes are part of the object: write them.
     fn drop(&mut self) {
         let _ = self.flush();
     }
