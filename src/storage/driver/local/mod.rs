@@ -4,10 +4,11 @@
 //! over the target. With `commit` on, file contents are fsynced before the rename and the
 //! directory after it, so an acknowledged write survives power loss, not only a crash.
 //!
-//! Upload appends are written one of three ways (`WriterChoice`): whole blocks with O_DIRECT
-//! (`direct`, the default where supported), positioned buffered `std::fs` writes, or
-//! buffered writes through the io_uring writer (`uring`, two in flight per upload); both live
-//! in this folder, since only this driver has local files to write them into.
+//! Upload appends are written one of three ways (`WriterChoice`): O_DIRECT writes from
+//! registered buffers through the io_uring writer (`uring`, several in flight per upload; the
+//! default where O_DIRECT and io_uring are allowed), whole blocks with O_DIRECT one at a time
+//! (`direct`), or positioned buffered `std::fs` writes; both special writers live in this
+//! folder, since only this driver has local files to write them into.
 
 mod direct;
 mod uring;
@@ -39,17 +40,20 @@ const SPARE_PREFIX: &str = ".spare-";
 /// How upload bytes reach the disk (the config's `storage.writer`, mapped by `app`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WriterChoice {
-    /// `direct` where the filesystem supports O_DIRECT, else `buffered`. Measured here
-    /// (bench/writer.rs, bench/load.rs, flamegraphs/index.md): buffered writes into new
-    /// page-cache pages dominate push CPU; the io_uring writer punts the same buffered copy
-    /// to one kernel worker and measured 0.72-0.83x of buffered on pushes.
+    /// `io_uring` where the filesystem supports O_DIRECT and the kernel allows io_uring,
+    /// `direct` where it supports O_DIRECT but io_uring is refused (a seccomp profile, an
+    /// old kernel), else `buffered`. Measured (bench/load.rs, push 64 MiB, README): O_DIRECT
+    /// writes with several in flight beat one synchronous direct write at a time, 1.1-1.6x
+    /// with `commit` off and 1.75-2.0x with it on; buffered writes into new page-cache pages
+    /// cost twice the CPU per push (flamegraphs/index.md).
     Auto,
-    /// Whole blocks with O_DIRECT from an aligned staging buffer, the tail buffered
-    /// (falls back to `buffered` where O_DIRECT is unsupported).
+    /// Whole blocks with O_DIRECT from an aligned staging buffer, one write at a time, the
+    /// tail buffered (falls back to `buffered` where O_DIRECT is unsupported).
     Direct,
     /// Positioned buffered writes with std::fs.
     Buffered,
-    /// Buffered writes submitted to an io_uring ring, two in flight per upload.
+    /// O_DIRECT writes from registered buffers through an io_uring ring, several in flight
+    /// per upload (buffered writes through the ring where O_DIRECT is unsupported).
     IoUring,
 }
 
@@ -62,6 +66,8 @@ pub struct LocalDriver {
     root: PathBuf,
     commit: bool,
     uring: Option<UringWriter>,
+    /// Why `auto` did not get the io_uring writer it asked for.
+    uring_refused: Option<String>,
     /// Upload files are written with O_DIRECT (see `direct`).
     direct: bool,
     /// The root's filesystem supports hard links (probed at start-up).
@@ -115,16 +121,22 @@ impl LocalDriver {
     ) -> Result<LocalDriver, DriverError> {
         let root = root.into();
         fs::create_dir_all(&root).map_err(|e| io_err("create root", &root, e))?;
-        let uring = match writer {
-            WriterChoice::IoUring => {
-                Some(UringWriter::start().map_err(|e| io_err("start io_uring", &root, e))?)
-            }
-            _ => None,
-        };
         let direct = matches!(
             writer,
             WriterChoice::Auto | WriterChoice::Direct | WriterChoice::IoUring
         ) && direct_io_supported(&root);
+        let mut uring_refused = None;
+        let uring = match writer {
+            WriterChoice::IoUring => {
+                Some(UringWriter::start().map_err(|e| io_err("start io_uring", &root, e))?)
+            }
+            // Without O_DIRECT the ring would only hand buffered writes to a kernel worker,
+            // which measured slower than writing them here.
+            WriterChoice::Auto if direct => UringWriter::start()
+                .inspect_err(|e| uring_refused = Some(format!("io_uring refused: {e}")))
+                .ok(),
+            _ => None,
+        };
         let hard_links = hard_links_supported(&root);
         // The probes just changed the root directory, so its modification time is the
         // filesystem's own clock now, the one every file written from here on is stamped
@@ -139,19 +151,28 @@ impl LocalDriver {
             root,
             commit,
             uring,
+            uring_refused,
             direct,
             staging: StagingPool::new(STAGING_BUFFERS_KEPT),
             replaced: std::sync::Mutex::default(),
         })
     }
 
-    /// The writer in use: `io_uring`, `direct` or `buffered`.
+    /// The writer in use: `io_uring`, `direct` or `buffered` (`io_uring (buffered)` where
+    /// the filesystem refuses O_DIRECT).
     pub fn writer_name(&self) -> &'static str {
         match (&self.uring, self.direct) {
-            (Some(_), _) => "io_uring",
+            (Some(_), true) => "io_uring",
+            (Some(_), false) => "io_uring (buffered)",
             (None, true) => "direct",
             (None, false) => "buffered",
         }
+    }
+
+    /// Why the writer in use is not the one `auto` prefers, when that is not the
+    /// filesystem's doing (io_uring refused by the kernel or a sandbox).
+    pub fn writer_note(&self) -> Option<&str> {
+        self.uring_refused.as_deref()
     }
 
     fn full(&self, path: &StoragePath) -> PathBuf {
