@@ -22,6 +22,12 @@
 //! after every write has completed. Where registering the buffers is refused (a small
 //! RLIMIT_MEMLOCK without CAP_IPC_LOCK), the same buffers are written with plain `WRITE`.
 //!
+//! On ext4 an O_DIRECT write that extends the file cannot be done without blocking, so the
+//! kernel hands it to the ring's io-wq worker; the profile of pushes (flamegraphs/index.md,
+//! 167a17e) shows one `iou-wrk` thread doing them in turn while request workers read and hash
+//! the next buffers. Four rings (four io-wq) measured no faster (0.69-1.03x of one ring on push
+//! 64 MiB), so there is one.
+//!
 //! The maintained `io-uring` crate is driven directly: the design card's tokio-uring has had
 //! no release since 2024 and would add a runtime for what is one submission loop.
 
