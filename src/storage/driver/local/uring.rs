@@ -630,6 +630,62 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// Where the temporary directory allows O_DIRECT, whole blocks go through the direct
+    /// descriptor.
+    #[test]
+    fn whole_blocks_are_written_directly_where_allowed() {
+        let dir = tempdir();
+        let probe = dir.join("probe");
+        let allowed = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&probe)
+            .is_ok();
+        let writer = UringWriter::start().unwrap();
+        let mut w = appender(&writer, &dir.join("upload"), allowed);
+        w.append(vec![5; BUFFER + 100]).unwrap();
+        w.sync().unwrap();
+        assert_eq!(matches!(w.direct, DirectFile::Open(_)), allowed);
+        drop(w);
+        assert_eq!(
+            std::fs::read(dir.join("upload")).unwrap(),
+            vec![5; BUFFER + 100]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// More uploads at once than the pool can serve wait for buffers and all finish.
+    #[test]
+    fn more_uploads_than_buffers_all_finish() {
+        let dir = tempdir();
+        let writer = UringWriter::start().unwrap();
+        let uploads = POOL_BUFFERS / 2;
+        std::thread::scope(|s| {
+            for u in 0..uploads {
+                let (writer, path) = (&writer, dir.join(format!("u{u}")));
+                s.spawn(move || {
+                    let mut w = appender(writer, &path, true);
+                    for _ in 0..6 {
+                        w.append(vec![u as u8; BUFFER]).unwrap();
+                    }
+                    w.sync().unwrap();
+                });
+            }
+        });
+        for u in 0..uploads {
+            let bytes = std::fs::read(dir.join(format!("u{u}"))).unwrap();
+            assert!(bytes.len() == 6 * BUFFER && bytes.iter().all(|&b| b == u as u8));
+        }
+        assert_eq!(
+            writer.pool.taken.len(),
+            POOL_BUFFERS,
+            "every buffer is back"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     /// A write the kernel refuses is reported by a later call and by `sync`, and `truncate`
     /// clears it.
     #[test]
