@@ -43,9 +43,10 @@ pub enum WriterChoice {
     /// `io_uring` where the filesystem supports O_DIRECT and the kernel allows io_uring,
     /// `direct` where it supports O_DIRECT but io_uring is refused (a seccomp profile, an
     /// old kernel), else `buffered`. Measured (bench/load.rs, push 64 MiB, README): O_DIRECT
-    /// writes with several in flight beat one synchronous direct write at a time, 1.1-1.6x
-    /// with `commit` off and 1.75-2.0x with it on; buffered writes into new page-cache pages
-    /// cost twice the CPU per push (flamegraphs/index.md).
+    /// writes with several in flight against one synchronous direct write at a time, ops/s
+    /// geometric means over 4-5 runs: 1.08-1.18x at C=1 and 0.99-1.02x at C=8 with `commit`
+    /// off, 1.28-1.51x with it on; buffered writes into new page-cache pages cost up to
+    /// twice the CPU per push (flamegraphs/index.md).
     Auto,
     /// Whole blocks with O_DIRECT from an aligned staging buffer, one write at a time, the
     /// tail buffered (falls back to `buffered` where O_DIRECT is unsupported).
