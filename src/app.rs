@@ -249,8 +249,11 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
                 },
             )?;
             let described = format!(
-                "local files, upload writer {} ({writer:?} requested)",
-                driver.writer_name()
+                "local files, upload writer {} ({writer:?} requested{})",
+                driver.writer_name(),
+                driver
+                    .writer_note()
+                    .map_or(String::new(), |n| format!("; {n}"))
             );
             (Arc::new(driver), described)
         }

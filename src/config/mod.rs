@@ -104,13 +104,14 @@ pub enum StorageBackend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum UploadWriter {
-    /// `direct` where the filesystem supports O_DIRECT, else `buffered`.
+    /// `io_uring` where the filesystem supports O_DIRECT and io_uring is allowed, `direct`
+    /// where only O_DIRECT is, else `buffered`.
     Auto,
     /// Whole blocks with O_DIRECT, the tail buffered.
     Direct,
     /// Positioned buffered writes.
     Buffered,
-    /// Writes submitted to an io_uring ring.
+    /// O_DIRECT writes from registered buffers, several in flight, through an io_uring ring.
     IoUring,
 }
 

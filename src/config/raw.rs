@@ -68,7 +68,7 @@ pub struct RawStorage {
     /// zot's metaDB restart shortcut.
     #[serde(alias = "fastrestart")]
     pub fast_restart: Option<Value>,
-    /// berth only: how upload bytes are written (`auto`, `io_uring`, `std`).
+    /// berth only: how upload bytes are written (`auto`, `direct`, `buffered`, `io_uring`).
     pub writer: Option<super::UploadWriter>,
     /// zot's repository count limit.
     #[serde(alias = "maxrepos")]

@@ -1,105 +1,218 @@
-//! The io_uring writer: one thread owning one ring, fed by a channel. Appenders hand it owned
-//! buffers to write at explicit offsets (and fsyncs), and get each buffer back when its write
-//! completes, so a request worker reads and hashes the next buffer while the previous one is
-//! being written. Nothing outside this file sees the ring.
+//! The io_uring writer: O_DIRECT writes from registered, aligned buffers, several in flight
+//! per upload, submitted by one thread that owns the ring.
+//!
+//! The ring thread owns a fixed pool of `POOL_BUFFERS` buffers of `BUFFER` bytes, 4 KiB
+//! aligned and registered with the ring (`register_buffers`), so each write is a
+//! `WRITE_FIXED` that neither copies nor pins pages per call. An upload (`UringUpload`)
+//! takes a buffer from the pool, hands it to the request worker to read the socket straight
+//! into (`UploadWriter::spare`), and, once it is full, sends it to the ring and takes the next
+//! one: the worker reads and hashes the next megabyte while earlier ones are written. At most
+//! `WRITES_IN_FLIGHT` writes per upload are in the ring, and the ring thread gives each
+//! buffer back to the pool when its write completes. A worker waits for a free buffer rather
+//! than allocating one, so memory stays bounded whatever the number of uploads.
+//!
+//! The file is written through a second, O_DIRECT descriptor (as `direct` does), opened at
+//! the first whole block and only if it names the same file, so the page cache is bypassed.
+//! Only whole 4 KiB blocks go to the ring. When an upload is flushed (the end of each request
+//! body) an unaligned tail is written through the ordinary descriptor and kept: the next
+//! buffer starts with it, and rewrites that block whole. Reopening an unaligned upload reads
+//! its tail back. Where the filesystem refuses O_DIRECT (tmpfs), or the direct open fails, the
+//! same writes go through the ordinary descriptor. A write error is kept and reported by the
+//! next call, and at the latest by `flush` or `commit`; `commit` with `commit` on fsyncs the file
+//! after every write has completed. Where registering the buffers is refused (a small
+//! RLIMIT_MEMLOCK without CAP_IPC_LOCK), the same buffers are written with plain `WRITE`.
+//!
+//! On ext4 an O_DIRECT write that extends the file cannot be done without blocking, so the
+//! kernel hands it to the ring's io-wq worker; the profile of pushes (flamegraphs/index.md,
+//! 167a17e) shows one `iou-wrk` thread doing them in turn while request workers read and hash
+//! the next buffers. Four rings (four io-wq) measured no faster (0.69-1.03x of one ring on push
+//! 64 MiB), so there is one.
 //!
 //! The maintained `io-uring` crate is driven directly: the design card's tokio-uring has had
 //! no release since 2024 and would add a runtime for what is one submission loop.
 
+use super::io_err;
+use crate::storage::driver::{DriverError, UploadWriter};
 use crossbeam_channel::{Receiver, Sender};
 use io_uring::{IoUring, opcode, types};
+use std::alloc::Layout;
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::PathBuf;
+use std::sync::Arc;
 
-/// Submission queue size; enough for every request worker to have writes in flight.
-const RING_ENTRIES: u32 = 256;
+/// Alignment of direct writes: offsets, lengths and buffer addresses.
+const BLOCK: usize = 4096;
+/// Size of one registered buffer: what a request worker fills before handing it to the ring.
+const BUFFER: usize = 1 << 20;
+/// Registered buffers shared by every upload: the writer's whole memory (64 MiB).
+const POOL_BUFFERS: usize = 64;
+/// Writes one upload may have in the ring at once; more than two so a burst of socket reads
+/// never waits for the disk, few enough that eight uploads cannot take the whole pool.
+const WRITES_IN_FLIGHT: usize = 4;
 
-/// What the writer does for one job.
-enum Op {
-    /// Write all of `buf` at `offset`.
-    Write { buf: Vec<u8>, offset: u64 },
-    /// fsync the file.
-    Fsync,
+/// The registered memory: `POOL_BUFFERS` aligned buffers in one allocation, and the indices
+/// of those not handed out.
+struct Pool {
+    base: *mut u8,
+    free: Sender<u16>,
+    taken: Receiver<u16>,
 }
 
-/// A job: an operation on a file descriptor the sender keeps open until it has its reply.
-struct Job {
-    fd: RawFd,
-    op: Op,
-    reply: Sender<Completion>,
+// SAFETY: the memory is only reached through `Buffer`, and each index is held by at most one
+// `Buffer` at a time (the channel hands every index out once until it is given back).
+unsafe impl Send for Pool {}
+unsafe impl Sync for Pool {}
+
+fn layout() -> Layout {
+    Layout::from_size_align(BUFFER * POOL_BUFFERS, BLOCK).expect("a valid layout")
 }
 
-/// The outcome of one job, with the written buffer returned for reuse.
-pub(crate) struct Completion {
-    pub(crate) buf: Option<Vec<u8>>,
-    pub(crate) result: io::Result<()>,
-}
-
-/// A handle to the writer thread; cheap to clone.
-#[derive(Clone)]
-pub(crate) struct UringWriter {
-    jobs: Sender<Job>,
-}
-
-impl UringWriter {
-    /// Starts the writer thread, or fails if this kernel (or sandbox) refuses io_uring.
-    pub(crate) fn start() -> io::Result<UringWriter> {
-        let ring = IoUring::new(RING_ENTRIES)?;
-        let (jobs, queue) = crossbeam_channel::unbounded();
-        std::thread::Builder::new()
-            .name("berth-uring".into())
-            .spawn(move || run(ring, queue))?;
-        Ok(UringWriter { jobs })
+impl Pool {
+    fn new() -> Pool {
+        // SAFETY: the layout has a non-zero size.
+        let base = unsafe { std::alloc::alloc_zeroed(layout()) };
+        if base.is_null() {
+            std::alloc::handle_alloc_error(layout());
+        }
+        let (free, taken) = crossbeam_channel::bounded(POOL_BUFFERS);
+        for i in 0..POOL_BUFFERS {
+            free.send(i as u16).expect("room for every index");
+        }
+        Pool { base, free, taken }
     }
 
-    /// Queues a write of `buf` at `offset` of `fd`; the completion arrives on `reply`.
-    pub(crate) fn write(&self, fd: RawFd, buf: Vec<u8>, offset: u64, reply: &Sender<Completion>) {
-        self.send(fd, Op::Write { buf, offset }, reply);
+    fn iovecs(&self) -> Vec<libc::iovec> {
+        (0..POOL_BUFFERS)
+            .map(|i| libc::iovec {
+                // SAFETY: within the allocation.
+                iov_base: unsafe { self.base.add(i * BUFFER) }.cast(),
+                iov_len: BUFFER,
+            })
+            .collect()
     }
 
-    /// Queues an fsync of `fd`; the completion arrives on `reply`.
-    pub(crate) fn fsync(&self, fd: RawFd, reply: &Sender<Completion>) {
-        self.send(fd, Op::Fsync, reply);
-    }
-
-    fn send(&self, fd: RawFd, op: Op, reply: &Sender<Completion>) {
-        let job = Job {
-            fd,
-            op,
-            reply: reply.clone(),
-        };
-        if let Err(crossbeam_channel::SendError(job)) = self.jobs.send(job) {
-            // The thread only ends when every handle is gone, so this cannot happen while a
-            // handle exists; answer anyway so no caller waits forever.
-            let _ = job.reply.send(Completion {
-                buf: None,
-                result: Err(io::Error::other("the io_uring writer thread has stopped")),
-            });
+    /// A free buffer, waiting for a write to complete when every one is taken.
+    fn take(self: &Arc<Pool>) -> Buffer {
+        let index = self
+            .taken
+            .recv()
+            .expect("the pool holds its own sender, so the channel stays open");
+        Buffer {
+            pool: Arc::clone(self),
+            index,
         }
     }
 }
 
-/// A job in the ring, with how much of its buffer is written.
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with the same layout. The ring that registered it is
+        // gone: the ring thread holds the pool until its ring is dropped.
+        unsafe { std::alloc::dealloc(self.base, layout()) }
+    }
+}
+
+/// One buffer of the pool, held by an upload or by the ring; given back when dropped.
+struct Buffer {
+    pool: Arc<Pool>,
+    index: u16,
+}
+
+impl Buffer {
+    fn ptr(&self) -> *mut u8 {
+        // SAFETY: within the allocation.
+        unsafe { self.pool.base.add(self.index as usize * BUFFER) }
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: this `Buffer` is the only holder of its index (see `Pool`), and `&mut self`
+        // keeps the slice the only reference to it.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr(), BUFFER) }
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // Never full: there are as many slots as indices.
+        let _ = self.pool.free.try_send(self.index);
+    }
+}
+
+/// A write of the first `len` bytes of `buf` at `offset` of `fd`, which the sender keeps open
+/// until it has the reply.
+struct Job {
+    fd: RawFd,
+    buf: Buffer,
+    len: usize,
+    offset: u64,
+    reply: Sender<io::Result<()>>,
+}
+
+/// A handle to the ring thread and its buffer pool; cheap to clone.
+#[derive(Clone)]
+pub(super) struct UringWriter {
+    jobs: Sender<Job>,
+    pool: Arc<Pool>,
+}
+
+impl UringWriter {
+    /// Starts the ring thread with its registered buffers, or fails if this kernel (or
+    /// sandbox) refuses io_uring.
+    pub(super) fn start() -> io::Result<UringWriter> {
+        let ring = IoUring::new(POOL_BUFFERS.next_power_of_two() as u32)?;
+        let pool = Arc::new(Pool::new());
+        // SAFETY: the iovecs name memory that lives as long as the pool, which the ring
+        // thread holds until the ring is dropped.
+        let fixed = unsafe { ring.submitter().register_buffers(&pool.iovecs()) }.is_ok();
+        let (jobs, queue) = crossbeam_channel::unbounded();
+        let held = Arc::clone(&pool);
+        std::thread::Builder::new()
+            .name("berth-uring".into())
+            .spawn(move || {
+                run(ring, fixed, queue);
+                drop(held);
+            })?;
+        Ok(UringWriter { jobs, pool })
+    }
+
+    fn send(&self, job: Job) {
+        if let Err(crossbeam_channel::SendError(job)) = self.jobs.send(job) {
+            // The thread only ends when every handle is gone, so this cannot happen while a
+            // handle exists; answer anyway so no caller waits forever.
+            let _ = job.reply.send(Err(io::Error::other(
+                "the io_uring writer thread has stopped",
+            )));
+        }
+    }
+}
+
+/// A job in the ring, with how much of it is written.
 struct InFlight {
     job: Job,
     done: usize,
 }
 
-fn sqe_for(slot: usize, flight: &InFlight) -> io_uring::squeue::Entry {
+fn sqe_for(slot: usize, flight: &InFlight, fixed: bool) -> io_uring::squeue::Entry {
     let fd = types::Fd(flight.job.fd);
-    match &flight.job.op {
-        Op::Write { buf, offset } => {
-            let rest = &buf[flight.done..];
-            opcode::Write::new(fd, rest.as_ptr(), rest.len() as u32)
-                .offset(offset + flight.done as u64)
-                .build()
-                .user_data(slot as u64)
-        }
-        Op::Fsync => opcode::Fsync::new(fd).build().user_data(slot as u64),
-    }
+    // SAFETY: `done < len <= BUFFER`, within the buffer.
+    let ptr = unsafe { flight.job.buf.ptr().add(flight.done) };
+    let len = (flight.job.len - flight.done) as u32;
+    let offset = flight.job.offset + flight.done as u64;
+    let entry = if fixed {
+        opcode::WriteFixed::new(fd, ptr, len, flight.job.buf.index)
+            .offset(offset)
+            .build()
+    } else {
+        opcode::Write::new(fd, ptr, len).offset(offset).build()
+    };
+    entry.user_data(slot as u64)
 }
 
-fn run(mut ring: IoUring, queue: Receiver<Job>) {
+fn run(mut ring: IoUring, fixed: bool, queue: Receiver<Job>) {
+    let capacity = ring.params().sq_entries() as usize;
     let mut slots: Vec<Option<InFlight>> = Vec::new();
     let mut in_flight = 0usize;
     let mut pending: Vec<usize> = Vec::new();
@@ -111,17 +224,17 @@ fn run(mut ring: IoUring, queue: Receiver<Job>) {
                 Err(_) => return,
             }
         }
-        while in_flight + pending.len() < RING_ENTRIES as usize {
+        while in_flight + pending.len() < capacity {
             match queue.try_recv() {
                 Ok(job) => pending.push(admit(&mut slots, job)),
                 Err(_) => break,
             }
         }
         for slot in pending.drain(..) {
-            let entry = sqe_for(slot, slots[slot].as_ref().expect("admitted"));
+            let entry = sqe_for(slot, slots[slot].as_ref().expect("admitted"), fixed);
             // SAFETY: the buffer and fd of the entry are owned by `slots[slot]` (the fd by
-            // the appender, which waits for every completion before closing it) and stay
-            // alive and unmoved until the completion for `slot` is reaped below.
+            // the appender, which waits for every reply before closing it) and stay alive
+            // and unmoved until the completion for `slot` is reaped below.
             unsafe {
                 ring.submission()
                     .push(&entry)
@@ -129,11 +242,11 @@ fn run(mut ring: IoUring, queue: Receiver<Job>) {
             }
             in_flight += 1;
         }
-        if let Err(e) = ring.submit_and_wait(1)
-            && e.kind() != io::ErrorKind::Interrupted
-        {
-            fail_all(&mut slots, &e);
-            in_flight = 0;
+        if let Err(e) = ring.submit_and_wait(1) {
+            if e.kind() != io::ErrorKind::Interrupted {
+                fail_all(&mut slots, &e);
+                in_flight = 0;
+            }
             continue;
         }
         let reaped: Vec<(usize, i32)> = ring
@@ -143,10 +256,10 @@ fn run(mut ring: IoUring, queue: Receiver<Job>) {
         for (slot, result) in reaped {
             in_flight -= 1;
             let mut flight = slots[slot].take().expect("completion for a live slot");
-            let outcome = match (&flight.job.op, result) {
-                (_, r) if r < 0 => Err(io::Error::from_raw_os_error(-r)),
-                (Op::Write { .. }, 0) => Err(io::ErrorKind::WriteZero.into()),
-                (Op::Write { buf, .. }, n) if flight.done + (n as usize) < buf.len() => {
+            let outcome = match result {
+                r if r < 0 => Err(io::Error::from_raw_os_error(-r)),
+                0 => Err(io::ErrorKind::WriteZero.into()),
+                n if flight.done + (n as usize) < flight.job.len => {
                     // A short write: resubmit the rest from the same slot.
                     flight.done += n as usize;
                     slots[slot] = Some(flight);
@@ -155,14 +268,11 @@ fn run(mut ring: IoUring, queue: Receiver<Job>) {
                 }
                 _ => Ok(()),
             };
-            let buf = match flight.job.op {
-                Op::Write { buf, .. } => Some(buf),
-                Op::Fsync => None,
-            };
-            let _ = flight.job.reply.send(Completion {
-                buf,
-                result: outcome,
-            });
+            // The buffer goes back to the pool before the reply, so a worker woken by the
+            // reply finds it there.
+            let Job { buf, reply, .. } = flight.job;
+            drop(buf);
+            let _ = reply.send(outcome);
         }
     }
 }
@@ -184,9 +294,406 @@ fn admit(slots: &mut Vec<Option<InFlight>>, job: Job) -> usize {
 /// The ring itself failed: answer every job in it with the error.
 fn fail_all(slots: &mut [Option<InFlight>], e: &io::Error) {
     for flight in slots.iter_mut().filter_map(Option::take) {
-        let _ = flight.job.reply.send(Completion {
-            buf: None,
-            result: Err(io::Error::new(e.kind(), e.to_string())),
+        let _ = flight.job.reply.send(Err(copy_error(e)));
+    }
+}
+
+fn copy_error(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+/// The O_DIRECT descriptor of an upload, opened at its first whole block.
+enum DirectFile {
+    /// Not needed yet.
+    Unopened,
+    Open(File),
+    /// The filesystem refuses O_DIRECT, or the path no longer names the upload's file (it was
+    /// deleted or replaced while open): write through the ordinary descriptor.
+    Refused,
+}
+
+/// One upload written through the ring.
+pub(super) struct UringUpload {
+    writer: UringWriter,
+    /// The ordinary descriptor: unaligned tails, reading a tail back, fsync.
+    file: File,
+    direct: DirectFile,
+    path: PathBuf,
+    commit: bool,
+    /// Bytes appended, written, in flight or staged.
+    size: u64,
+    /// File offset of the first staged byte (block aligned).
+    base: u64,
+    /// The buffer being filled, holding `filled` staged bytes.
+    current: Option<Buffer>,
+    filled: usize,
+    /// The staged bytes while no buffer is held (after a flush): the unaligned tail.
+    tail: Vec<u8>,
+    in_flight: usize,
+    reply: Sender<io::Result<()>>,
+    replies: Receiver<io::Result<()>>,
+    /// The first write error, reported by every later call: the upload is then cancelled.
+    failed: Option<io::Error>,
+}
+
+impl UringUpload {
+    /// Appends to `file` (opened read-write at `path`) from its current `size`. `direct`: the
+    /// filesystem supports O_DIRECT.
+    pub(super) fn open(
+        writer: &UringWriter,
+        file: File,
+        path: PathBuf,
+        size: u64,
+        direct: bool,
+        commit: bool,
+    ) -> Result<UringUpload, DriverError> {
+        let (reply, replies) = crossbeam_channel::unbounded();
+        let mut upload = UringUpload {
+            writer: writer.clone(),
+            file,
+            direct: if direct {
+                DirectFile::Unopened
+            } else {
+                DirectFile::Refused
+            },
+            path,
+            commit,
+            size: 0,
+            base: 0,
+            current: None,
+            filled: 0,
+            tail: Vec::new(),
+            in_flight: 0,
+            reply,
+            replies,
+            failed: None,
+        };
+        upload.reposition(size).map_err(|e| upload.err("read", e))?;
+        Ok(upload)
+    }
+
+    fn err(&self, op: &'static str, e: io::Error) -> DriverError {
+        io_err(op, &self.path, e)
+    }
+
+    /// Continues at `size`, with no buffer held and nothing in flight: the partial block
+    /// before it, if any, is read back as the tail.
+    fn reposition(&mut self, size: u64) -> io::Result<()> {
+        self.current = None;
+        self.filled = 0;
+        self.size = size;
+        self.base = size - size % BLOCK as u64;
+        self.tail.resize((size - self.base) as usize, 0);
+        self.file.read_exact_at(&mut self.tail, self.base)
+    }
+
+    /// The first write error so far, if any, as an error of this call.
+    fn check(&mut self) -> Result<(), DriverError> {
+        while let Ok(result) = self.replies.try_recv() {
+            self.received(result);
+        }
+        match &self.failed {
+            Some(e) => Err(self.err("write", copy_error(e))),
+            None => Ok(()),
+        }
+    }
+
+    fn received(&mut self, result: io::Result<()>) {
+        self.in_flight -= 1;
+        if let Err(e) = result {
+            self.failed.get_or_insert(e);
+        }
+    }
+
+    fn wait_one(&mut self) {
+        let result = self
+            .replies
+            .recv()
+            .expect("the upload holds a sender, so the channel stays open");
+        self.received(result);
+    }
+
+    fn wait_all(&mut self) {
+        while self.in_flight > 0 {
+            self.wait_one();
+        }
+    }
+
+    /// Takes a buffer from the pool (with the tail at its front) if none is being filled.
+    fn current(&mut self) {
+        if self.current.is_none() {
+            let mut buf = self.writer.pool.take();
+            buf.bytes()[..self.tail.len()].copy_from_slice(&self.tail);
+            self.filled = self.tail.len();
+            self.tail.clear();
+            self.current = Some(buf);
+        }
+    }
+
+    /// The descriptor whole blocks are written to.
+    fn block_fd(&mut self) -> RawFd {
+        if matches!(self.direct, DirectFile::Unopened) {
+            self.direct = match self.open_direct() {
+                Some(file) => DirectFile::Open(file),
+                None => DirectFile::Refused,
+            };
+        }
+        match &self.direct {
+            DirectFile::Open(file) => file.as_raw_fd(),
+            _ => self.file.as_raw_fd(),
+        }
+    }
+
+    /// Opens the path again with O_DIRECT, if it still names the file being written.
+    fn open_direct(&self) -> Option<File> {
+        let direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&self.path)
+            .ok()?;
+        let (a, b) = (direct.metadata().ok()?, self.file.metadata().ok()?);
+        (a.dev() == b.dev() && a.ino() == b.ino()).then_some(direct)
+    }
+
+    /// Sends the whole blocks of the current buffer to the ring and keeps the rest as the
+    /// tail; the buffer goes with the write (or back to the pool).
+    fn send_current(&mut self) {
+        let Some(mut buf) = self.current.take() else {
+            return;
+        };
+        let whole = self.filled - self.filled % BLOCK;
+        self.tail.clear();
+        self.tail
+            .extend_from_slice(&buf.bytes()[whole..self.filled]);
+        self.filled = 0;
+        if whole == 0 {
+            return;
+        }
+        if self.in_flight == WRITES_IN_FLIGHT {
+            self.wait_one();
+        }
+        let job = Job {
+            fd: self.block_fd(),
+            buf,
+            len: whole,
+            offset: self.base,
+            reply: self.reply.clone(),
+        };
+        self.writer.send(job);
+        self.in_flight += 1;
+        self.base += whole as u64;
+    }
+}
+
+impl UploadWriter for UringUpload {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn write(&mut self, buf: Vec<u8>) -> Result<Vec<u8>, DriverError> {
+        let mut bytes = &buf[..];
+        while !bytes.is_empty() {
+            let spare = self.spare()?.expect("this writer always has a buffer");
+            let n = spare.len().min(bytes.len());
+            spare[..n].copy_from_slice(&bytes[..n]);
+            self.commit_spare(n)?;
+            bytes = &bytes[n..];
+        }
+        Ok(buf)
+    }
+
+    fn spare(&mut self) -> Result<Option<&mut [u8]>, DriverError> {
+        self.check()?;
+        // `current` may take a buffer and put the tail in it, which moves `filled`.
+        self.current();
+        let filled = self.filled;
+        let buf = self.current.as_mut().expect("taken above");
+        Ok(Some(&mut buf.bytes()[filled..]))
+    }
+
+    fn commit_spare(&mut self, n: usize) -> Result<(), DriverError> {
+        self.filled += n;
+        self.size += n as u64;
+        if self.filled == BUFFER {
+            self.send_current();
+        }
+        self.check()
+    }
+
+    fn flush(&mut self) -> Result<(), DriverError> {
+        self.send_current();
+        self.wait_all();
+        self.check()?;
+        if !self.tail.is_empty() {
+            self.file
+                .write_all_at(&self.tail, self.base)
+                .map_err(|e| io_err("write", &self.path, e))?;
+        }
+        Ok(())
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<(), DriverError> {
+        self.flush()?;
+        if self.commit {
+            // One inode behind both descriptors: this makes the direct writes durable too
+            // (the device cache and the file size).
+            self.file.sync_all().map_err(|e| self.err("fsync", e))?;
+        }
+        Ok(())
+    }
+
+    fn cancel(mut self: Box<Self>) -> Result<(), DriverError> {
+        // Writes in flight would land in the removed file: wait for them, whatever they say.
+        self.send_current();
+        self.wait_all();
+        self.tail.clear();
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.err("remove", e)),
+        }
+    }
+}
+
+impl Drop for UringUpload {
+    /// Staged bytes are part of the object: write them. The ring may still be writing from
+    /// this file's descriptors, so they stay open until it is done.
+    fn drop(&mut self) {
+        // `flush` waits for every write in flight, whatever it returns.
+        let _ = self.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("berth-uring-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn upload(writer: &UringWriter, path: &Path, direct: bool) -> Box<UringUpload> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .unwrap();
+        let size = file.metadata().unwrap().len();
+        Box::new(UringUpload::open(writer, file, path.to_path_buf(), size, direct, true).unwrap())
+    }
+
+    fn every_buffer_is_back(writer: &UringWriter) {
+        assert_eq!(
+            writer.pool.taken.len(),
+            POOL_BUFFERS,
+            "every buffer is back"
+        );
+    }
+
+    /// Uploads larger than the whole pool, in pieces of awkward sizes with flushes (request
+    /// ends) between them and reopenings, land byte for byte; every buffer comes back.
+    #[test]
+    fn many_buffers_and_unaligned_tails_land_in_order() {
+        let dir = tempdir();
+        let writer = UringWriter::start().unwrap();
+        let path = dir.join("upload");
+        let mut expected = Vec::new();
+        let mut w = upload(&writer, &path, true);
+        let mut i = 0u32;
+        while expected.len() < (POOL_BUFFERS + 9) * BUFFER {
+            let len = 1 + (i as usize * 7919) % (3 * BUFFER);
+            let chunk: Vec<u8> = (0..len).map(|j| (j as u32 ^ i) as u8).collect();
+            expected.extend_from_slice(&chunk);
+            w.write(chunk).unwrap();
+            if i % 5 == 4 {
+                w.flush().unwrap();
+                assert_eq!(std::fs::metadata(&path).unwrap().len(), w.size());
+            }
+            if i % 11 == 10 {
+                w.commit().unwrap();
+                w = upload(&writer, &path, true);
+            }
+            i += 1;
+        }
+        assert_eq!(w.size(), expected.len() as u64);
+        w.commit().unwrap();
+        assert!(std::fs::read(&path).unwrap() == expected);
+        every_buffer_is_back(&writer);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Where the temporary directory allows O_DIRECT, whole blocks go through the direct
+    /// descriptor.
+    #[test]
+    fn whole_blocks_are_written_directly_where_allowed() {
+        let dir = tempdir();
+        let allowed = super::super::direct_io_supported(&dir);
+        let writer = UringWriter::start().unwrap();
+        let mut w = upload(&writer, &dir.join("upload"), allowed);
+        w.write(vec![5; BUFFER + 100]).unwrap();
+        w.flush().unwrap();
+        assert_eq!(matches!(w.direct, DirectFile::Open(_)), allowed);
+        w.commit().unwrap();
+        assert_eq!(
+            std::fs::read(dir.join("upload")).unwrap(),
+            vec![5; BUFFER + 100]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// More uploads at once than the pool can serve wait for buffers and all finish.
+    #[test]
+    fn more_uploads_than_buffers_all_finish() {
+        let dir = tempdir();
+        let writer = UringWriter::start().unwrap();
+        let uploads = POOL_BUFFERS / 2;
+        std::thread::scope(|s| {
+            for u in 0..uploads {
+                let (writer, path) = (&writer, dir.join(format!("u{u}")));
+                s.spawn(move || {
+                    let mut w = upload(writer, &path, true);
+                    for _ in 0..6 {
+                        w.write(vec![u as u8; BUFFER]).unwrap();
+                    }
+                    w.commit().unwrap();
+                });
+            }
         });
+        for u in 0..uploads {
+            let bytes = std::fs::read(dir.join(format!("u{u}"))).unwrap();
+            assert!(bytes.len() == 6 * BUFFER && bytes.iter().all(|&b| b == u as u8));
+        }
+        every_buffer_is_back(&writer);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A write the kernel refuses is reported by a later call and by `flush`; the upload is
+    /// then cancelled, and a new one on the same path writes as usual.
+    #[test]
+    fn a_failed_write_is_reported() {
+        let dir = tempdir();
+        let writer = UringWriter::start().unwrap();
+        let path = dir.join("upload");
+        let mut w = upload(&writer, &path, false);
+        // A read-only descriptor in place of the file: every write to it fails with EBADF.
+        w.file = File::open(&path).unwrap();
+        w.write(vec![1; 3 * BUFFER]).unwrap_or_default();
+        assert!(w.flush().is_err());
+        assert!(w.spare().is_err(), "the error stays");
+        w.cancel().unwrap();
+        assert!(!path.exists());
+        let mut w = upload(&writer, &path, false);
+        w.write(vec![2; BLOCK + 1]).unwrap();
+        w.commit().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), vec![2; BLOCK + 1]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
