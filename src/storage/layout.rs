@@ -8,8 +8,8 @@
 //!     oci-layout                 {"imageLayoutVersion":"1.0.0"}
 //!     index.json                 image index; tags = org.opencontainers.image.ref.name
 //!     blobs/<alg>/<hex>          layers, configs and manifests, content-addressed
-//!     .uploads/<upload-id>       upload sessions in progress (bytes so far)
-//!     .uploads/<upload-id>.state where the bytes end and the running hash there
+//!     .uploads/<upload-id>       upload sessions in progress (bytes so far; where the
+//!                                driver keeps notes, the running hash with them)
 //!     <nested/repo>/...          repositories may nest inside others
 //! ```
 
@@ -99,15 +99,6 @@ pub(crate) fn uploads_dir(repo: &RepoName) -> Result<StoragePath, DriverError> {
 pub(crate) fn upload(repo: &RepoName, id: &UploadId) -> Result<StoragePath, DriverError> {
     repo_path(repo, &[UPLOADS, &id.to_string()])
 }
-
-/// `<repo>/.uploads/<upload-id>.state`: where an upload session's bytes end and its running
-/// hash there, so it continues after a restart (or on another instance) without re-reading.
-pub(crate) fn upload_state(repo: &RepoName, id: &UploadId) -> Result<StoragePath, DriverError> {
-    repo_path(repo, &[UPLOADS, &format!("{id}{UPLOAD_STATE_SUFFIX}")])
-}
-
-/// The suffix of an upload session's state file.
-pub(crate) const UPLOAD_STATE_SUFFIX: &str = ".state";
 
 /// Whether a directory entry inside a repository directory belongs to the layout itself
 /// (and so is never a nested repository).

@@ -174,7 +174,7 @@ fn pushing_in_chunks(store: &Store) {
         append(7, second),
         Err(StoreError::UploadOutOfOrder { expected, got: 7 }) if expected == first.len() as u64
     ));
-    // A chunk whose body ends early ends the session, bytes and saved state with it: an
+    // A chunk whose body ends early ends the session, bytes and note with it: an
     // upload is never cut back (an object store cannot), so the client starts again.
     let other = pattern(second.len(), 9);
     let declared = BodyLength::Exact(other.len() as u64 + 1);

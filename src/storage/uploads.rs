@@ -2,10 +2,12 @@
 //! commit recipe (verify, sync, rename into `blobs/`).
 //!
 //! A session's running hash lives in memory with its id, so finishing an upload never re-reads
-//! the blob. After each chunk, where the bytes end and the hash state there are saved beside
-//! the session (`<id>.state`), so after a restart, or on another instance, the session
-//! continues without reading again what was hashed; only bytes past the saved state (a chunk
-//! cut short by a kill) are read, and without a usable state the file is hashed once. For a
+//! the blob. After each chunk, where the bytes end and the hash state there are saved with the
+//! upload as its note (`UploadWriter::save_note`; local: an extended attribute of the file, one
+//! system call), so after a restart, or on another instance, the session continues without
+//! reading again what was hashed; only bytes past the saved state (a chunk cut short by a
+//! kill) are read, and without a usable note (a driver without `upload_notes`) the file is
+//! hashed once. For a
 //! digest algorithm other than the running one the file is hashed at the end. A failed chunk
 //! ends the session (its bytes are removed and the client starts again), since an upload is
 //! never cut back: an object store cannot cut one.
@@ -35,7 +37,7 @@ pub enum BodyLength {
     UntilEnd,
 }
 
-/// What `<id>.state` holds: the session's size and its running hash at that size.
+/// What an upload's note holds: the session's size and its running hash at that size.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SavedSession {
     size: u64,
@@ -257,14 +259,14 @@ impl Store {
         }))
     }
 
-    /// The saved hash state of session `id` and the size it is for, if there is a readable
-    /// one.
+    /// The saved hash state of session `id` and the size it is for, if its upload has a
+    /// readable note.
     fn saved_session(&self, repo: &RepoName, id: UploadId) -> Option<(Hasher, u64)> {
-        let bytes = self
+        let note = self
             .driver
-            .get(&layout::upload_state(repo, &id).ok()?)
-            .ok()?;
-        let saved: SavedSession = serde_json::from_slice(&bytes).ok()?;
+            .upload_note(&layout::upload(repo, &id).ok()?)
+            .ok()??;
+        let saved: SavedSession = serde_json::from_slice(&note).ok()?;
         let algorithm = Algorithm::ALL
             .into_iter()
             .find(|a| a.as_str() == saved.algorithm)?;
@@ -272,38 +274,39 @@ impl Store {
         Some((Hasher::restore(algorithm, &state)?, saved.size))
     }
 
-    /// Saves where session `id`'s bytes end and its hash there. A failure costs only speed
-    /// after a restart (the bytes past a stale state are hashed again), so it is logged, not
-    /// returned.
-    fn save_session(&self, repo: &RepoName, id: UploadId, session: &Session) {
+    /// Saves, as `out`'s note, where session `id`'s bytes end and its hash there (after `out`
+    /// was flushed). A failure costs only speed after a restart (the bytes past a stale state
+    /// are hashed again), so it is logged, not returned; a driver without notes saves none.
+    fn save_session(
+        &self,
+        repo: &RepoName,
+        id: UploadId,
+        session: &Session,
+        out: &mut dyn UploadWriter,
+    ) {
+        if !self.driver.capabilities().upload_notes {
+            return;
+        }
         let saved = SavedSession {
             size: session.size,
             algorithm: session.hasher.algorithm().as_str().to_string(),
             hash_state: crate::digest::to_hex(&session.hasher.save_state()),
         };
-        let bytes = serde_json::to_vec(&saved).expect("a saved session serializes");
-        let result = layout::upload_state(repo, &id)
-            .map_err(StoreError::from)
-            .and_then(|path| Ok(self.driver.replace(&path, &bytes, 0, None)?));
-        if let Err(e) = result {
+        let note = serde_json::to_vec(&saved).expect("a saved session serializes");
+        if let Err(e) = out.save_note(&note) {
             tracing::warn!(repository = %repo, upload = %id, "cannot save the upload session's state: {e}");
         }
     }
 
-    /// Deletes session `id`'s file and its saved state; either may be gone already.
-    fn delete_session_files(&self, repo: &RepoName, id: UploadId) -> Result<(), StoreError> {
-        for path in [layout::upload(repo, &id)?, layout::upload_state(repo, &id)?] {
-            match self.driver.delete(&path) {
-                Ok(()) | Err(super::driver::DriverError::NotFound { .. }) => {}
-                Err(e) => return Err(e.into()),
-            }
+    /// Deletes session `id`'s upload, with its note; it may be gone already.
+    fn delete_upload(&self, repo: &RepoName, id: UploadId) -> Result<(), StoreError> {
+        match self.driver.delete(&layout::upload(repo, &id)?) {
+            Ok(()) | Err(super::driver::DriverError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
         }
-        Ok(())
     }
 
-    /// Upload sessions of `repo` untouched for at least `delay`: id and size. A saved state
-    /// whose session file is gone (a kill between removing the two) counts as a session of
-    /// size 0.
+    /// Upload sessions of `repo` untouched for at least `delay`: id and size.
     pub(super) fn idle_uploads(
         &self,
         repo: &RepoName,
@@ -311,27 +314,18 @@ impl Store {
         now: SystemTime,
     ) -> Result<Vec<(UploadId, u64)>, StoreError> {
         let dir = layout::uploads_dir(repo)?;
-        let mut sessions = std::collections::HashSet::new();
-        for entry in self.driver.list(Some(&dir))? {
-            let name = entry.name.as_str();
-            let id = name
-                .strip_suffix(layout::UPLOAD_STATE_SUFFIX)
-                .unwrap_or(name);
-            if let Ok(id) = id.parse::<UploadId>() {
-                sessions.insert(id);
-            }
-        }
         let mut idle = Vec::new();
-        for id in sessions {
-            if let Some(size) = self.idle_size(repo, id, delay, now)? {
+        for entry in self.driver.list(Some(&dir))? {
+            if let Ok(id) = entry.name.parse::<UploadId>()
+                && let Some(size) = self.idle_size(repo, id, delay, now)?
+            {
                 idle.push((id, size));
             }
         }
         Ok(idle)
     }
 
-    /// The size of session `id` if neither its file nor its saved state changed for `delay`
-    /// (and at least one of them is there).
+    /// The size of session `id` if its upload is there and did not change for `delay`.
     fn idle_size(
         &self,
         repo: &RepoName,
@@ -339,16 +333,11 @@ impl Store {
         delay: Duration,
         now: SystemTime,
     ) -> Result<Option<u64>, StoreError> {
-        let file = self.driver.stat(&layout::upload(repo, &id)?)?;
-        let state = self.driver.stat(&layout::upload_state(repo, &id)?)?;
-        let idle = |meta: &Option<super::driver::ObjectMeta>| {
-            meta.as_ref()
-                .is_none_or(|m| super::gc::older_than(m.modified, now, delay))
-        };
-        if (file.is_none() && state.is_none()) || !idle(&file) || !idle(&state) {
-            return Ok(None);
-        }
-        Ok(Some(file.map_or(0, |m| m.size)))
+        Ok(self
+            .driver
+            .stat(&layout::upload(repo, &id)?)?
+            .filter(|m| super::gc::older_than(m.modified, now, delay))
+            .map(|m| m.size))
     }
 
     /// Ends the session `id` of `repo` and deletes its files if it is still idle for `delay`.
@@ -386,7 +375,7 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let idle = self.idle_size(repo, id, delay, now)?.is_some();
         if idle {
-            self.delete_session_files(repo, id)?;
+            self.delete_upload(repo, id)?;
             // Requests that wait for this lock next find the session gone.
             *session = None;
         }
@@ -414,7 +403,6 @@ impl Store {
         }
         if out.size() != session.size {
             let _ = out.cancel();
-            let _ = self.delete_session_files(repo, id);
             session.ended = true;
             tracing::warn!(repository = %repo, upload = %id, "upload file and session disagree on its size; session ended");
             return Err(StoreError::UploadUnknown(id.to_string()));
@@ -423,7 +411,7 @@ impl Store {
     }
 
     /// Streams `body` into the session through `out`. A failure ends the session: its bytes
-    /// and saved state are removed, so the client's next request for it is `UploadUnknown`.
+    /// (and their note) are removed, so the client's next request for it is `UploadUnknown`.
     fn append_body(
         &self,
         repo: &RepoName,
@@ -440,7 +428,7 @@ impl Store {
             }
             Err(e) => {
                 session.ended = true;
-                if let Err(e) = self.delete_session_files(repo, id) {
+                if let Err(e) = self.delete_upload(repo, id) {
                     tracing::warn!(repository = %repo, upload = %id, "cannot remove a failed upload: {e}");
                 }
                 Err(e)
@@ -474,7 +462,7 @@ impl Store {
             }
             let mut out = self.session_writer(repo, id, session)?;
             self.append_body(repo, id, session, out.as_mut(), body, length)?;
-            self.save_session(repo, id, session);
+            self.save_session(repo, id, session, out.as_mut());
             Ok(session.size)
         })
     }
@@ -501,19 +489,16 @@ impl Store {
             };
             if &actual != digest {
                 // The bytes stay for the client to finish with the right digest.
-                self.save_session(repo, id, session);
+                self.save_session(repo, id, session, out.as_mut());
                 return Err(StoreError::DigestMismatch {
                     expected: digest.clone(),
                     actual,
                 });
             }
             out.commit()?;
+            // The upload becomes the blob (or goes, where the store has the bytes already).
             self.place_blob(repo, digest, session.size, &path)?;
             session.ended = true;
-            // The blob is in place: a state left behind is removed with the idle uploads.
-            if let Err(e) = self.delete_session_files(repo, id) {
-                tracing::warn!(repository = %repo, upload = %id, "cannot remove the finished upload's state: {e}");
-            }
             Ok(())
         })
     }
@@ -521,7 +506,7 @@ impl Store {
     /// Abandons an upload session and its bytes.
     pub fn upload_cancel(&self, repo: &RepoName, id: UploadId) -> Result<(), StoreError> {
         self.with_session(repo, id, |session| {
-            self.delete_session_files(repo, id)?;
+            self.delete_upload(repo, id)?;
             session.ended = true;
             Ok(())
         })
@@ -573,8 +558,8 @@ mod tests {
     use crate::storage::driver::local::{LocalDriver, WriterChoice};
 
     /// Issue 12: a session continues in another store over the same root (as after a
-    /// restart) from its saved state, hashing only bytes a killed append left past it; a
-    /// saved state whose session file is gone is collected as an idle session.
+    /// restart) from the state saved with its upload, hashing only bytes a killed append left
+    /// past it.
     #[test]
     fn sessions_continue_from_their_saved_state_in_another_store() {
         let dir = tempfile::tempdir().unwrap();
@@ -604,6 +589,12 @@ mod tests {
         drop(first);
 
         let second = open();
+        let saved = second.saved_session(&repo, id).map(|(_, size)| size);
+        assert_eq!(
+            saved,
+            Some(acked.len() as u64),
+            "the note names the acknowledged end"
+        );
         let had = (acked.len() + cut.len()) as u64;
         assert_eq!(second.upload_size(&repo, id).unwrap(), had);
         let whole = [acked, cut, last].concat();
@@ -622,30 +613,9 @@ mod tests {
             "nothing left"
         );
 
-        // A state left without its session (a kill between the two deletions).
-        let id = second.upload_start(&repo).unwrap();
-        second
-            .upload_append(&repo, id, Some(0), &mut &acked[..], len(acked))
-            .unwrap();
-        std::fs::remove_file(uploads.join(id.to_string())).unwrap();
-        let state = uploads.join(format!("{id}.state"));
-        let old = SystemTime::now() - Duration::from_secs(7200);
-        std::fs::File::options()
-            .write(true)
-            .open(&state)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
-        let third = open();
-        let hour = Duration::from_secs(3600);
-        let idle = third.idle_uploads(&repo, hour, SystemTime::now()).unwrap();
-        assert_eq!(idle, [(id, 0)]);
-        assert!(
-            third
-                .end_idle_upload(&repo, id, hour, SystemTime::now())
-                .unwrap()
-        );
-        assert!(!state.exists());
+        // The blob carries no note: it was the session's, not the content's.
+        let blob = layout::blob(&repo, &digest).unwrap();
+        assert_eq!(second.driver.upload_note(&blob).unwrap(), None);
     }
 
     /// Issue 10: a request for a session whose lookup failed left its slot in the map for

@@ -39,6 +39,7 @@ pub(crate) fn run(driver: &dyn Driver) {
     appending_in_place(driver);
     appending_after_the_object_went(driver);
     cancelling(driver);
+    noting_uploads(driver);
     rename_and_copy(driver);
     linking(driver);
     delete_trees(driver);
@@ -410,6 +411,41 @@ fn appending(d: &dyn Driver) {
     w.write(b"!".to_vec()).unwrap();
     w.commit().unwrap();
     assert_eq!(d.get(&p).unwrap(), b"hello there!");
+}
+
+/// An upload keeps the last note saved with it, for the next writer or process; a committed
+/// object keeps none. Drivers without `upload_notes` have no notes to give.
+fn noting_uploads(d: &dyn Driver) {
+    let p = path("u/.uploads/noted");
+    assert!(matches!(
+        d.upload_note(&p),
+        Err(DriverError::NotFound { .. })
+    ));
+    let mut w = d.writer(&p).unwrap();
+    assert_eq!(d.upload_note(&p).unwrap(), None, "a new upload has no note");
+    if !d.capabilities().upload_notes {
+        drop(w);
+        d.delete(&p).unwrap();
+        return;
+    }
+    w.write(vec![1; 5000]).unwrap();
+    w.flush().unwrap();
+    w.save_note(b"at 5000").unwrap();
+    drop(w);
+    assert_eq!(d.upload_note(&p).unwrap().as_deref(), Some(&b"at 5000"[..]));
+    let mut w = d.writer(&p).unwrap();
+    w.write(vec![2; 10]).unwrap();
+    w.flush().unwrap();
+    w.save_note(b"at 5010").unwrap();
+    assert_eq!(d.upload_note(&p).unwrap().as_deref(), Some(&b"at 5010"[..]));
+    w.commit().unwrap();
+    assert_eq!(
+        d.upload_note(&p).unwrap(),
+        None,
+        "the finished object has none"
+    );
+    assert_eq!(d.stat(&p).unwrap().unwrap().size, 5010);
+    d.delete(&p).unwrap();
 }
 
 /// A cancelled upload leaves nothing; cancelling one whose object is gone is fine.

@@ -14,7 +14,8 @@
 //!   no scratch objects: a write is one insert into the map.
 //! - No rename: a finished upload is placed by a copy and a delete, as on S3.
 //! - Placeholders: an object's metadata may name a holder (`put_placeholder`), as S3 user
-//!   metadata would; every other write leaves an object without it.
+//!   metadata would; every other write leaves an object without it. An upload's note is
+//!   metadata of its object too, published with its parts.
 //! - An upload writer keeps the parts it was given (the registry's own buffers, not copies)
 //!   and publishes them as the object's new version on `flush`, `commit` and drop, like the
 //!   parts of a multipart upload.
@@ -91,6 +92,8 @@ struct Object {
     generation: u64,
     /// The path a placeholder names as holding its bytes (`put_placeholder`).
     holder: Option<StoragePath>,
+    /// An upload's note (`UploadWriter::save_note`), kept with the version it was saved on.
+    note: Option<Arc<[u8]>>,
 }
 
 impl Object {
@@ -275,6 +278,7 @@ impl Objects {
             modified: SystemTime::now(),
             generation: self.next_generation(),
             holder: None,
+            note: None,
         }
     }
 
@@ -441,11 +445,13 @@ impl Driver for MemoryDriver {
         Ok(self.objects.insert(&mut stripe, path.as_str(), object))
     }
 
-    /// As an object store: placeholders only; no links (`link` copies, sharing the parts),
-    /// no rename (a finished upload is copied into place), no local files, whole objects.
+    /// As an object store: placeholders and upload notes as object metadata; no links (`link`
+    /// copies, sharing the parts), no rename (a finished upload is copied into place), no local
+    /// files, whole objects.
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             placeholders: true,
+            upload_notes: true,
             ..Capabilities::default()
         }
     }
@@ -469,6 +475,14 @@ impl Driver for MemoryDriver {
             .lookup(path.as_str())
             .ok_or_else(|| not_found(path.as_str()))?;
         Ok(object.holder)
+    }
+
+    fn upload_note(&self, path: &StoragePath) -> Result<Option<Vec<u8>>, DriverError> {
+        let object = self
+            .objects
+            .lookup(path.as_str())
+            .ok_or_else(|| not_found(path.as_str()))?;
+        Ok(object.note.map(|note| note.to_vec()))
     }
 
     fn list(&self, dir: Option<&StoragePath>) -> Result<Vec<Entry>, DriverError> {
@@ -550,6 +564,7 @@ impl Driver for MemoryDriver {
             size: existing.content.size,
             published: Some(existing.generation),
             dirty: false,
+            note: existing.note,
         }))
     }
 
@@ -574,8 +589,9 @@ struct MemoryWriter {
     /// replaced the object or a delete removed it: like bytes written to an unlinked file,
     /// what this writer holds then has no name, and publishing it would undo that write.
     published: Option<u64>,
-    /// Parts changed since the last publish.
+    /// Parts or note changed since the last publish.
     dirty: bool,
+    note: Option<Arc<[u8]>>,
 }
 
 impl MemoryWriter {
@@ -591,7 +607,10 @@ impl MemoryWriter {
         let mut stripe = write(self.objects.stripe(&self.path));
         self.published = match stripe.get_mut(&self.path) {
             Some(object) if object.generation == seen => {
-                *object = self.objects.object(content);
+                *object = Object {
+                    note: self.note.clone(),
+                    ..self.objects.object(content)
+                };
                 Some(object.generation)
             }
             _ => None,
@@ -625,8 +644,20 @@ impl UploadWriter for MemoryWriter {
         Ok(())
     }
 
-    /// `flush`: memory has nothing more durable to reach.
+    /// Published with the parts, as one new version.
+    fn save_note(&mut self, note: &[u8]) -> Result<(), DriverError> {
+        self.note = Some(note.into());
+        self.dirty = true;
+        self.publish();
+        Ok(())
+    }
+
+    /// `flush`, without the note (it was the session's): memory has nothing more durable to
+    /// reach.
     fn commit(mut self: Box<Self>) -> Result<(), DriverError> {
+        if self.note.take().is_some() {
+            self.dirty = true;
+        }
         self.flush()
     }
 

@@ -187,6 +187,10 @@ pub struct Capabilities {
     /// `placeholder_holder`: local, a user xattr; an object store, user metadata), which is
     /// what dedupe by placeholders needs (DESIGN decision 9); without it those calls fail.
     pub placeholders: bool,
+    /// An upload keeps a small note beside its bytes (`UploadWriter::save_note`,
+    /// `upload_note`), where the store saves a session's state; without it a session is
+    /// rebuilt after a restart by hashing its bytes once.
+    pub upload_notes: bool,
 }
 
 /// One of a driver's own temporary files (see `Driver::scratch_files`).
@@ -296,6 +300,12 @@ pub trait UploadWriter: Send {
     /// Waits for every write in flight and reports the first error: the `size` bytes written
     /// are then stored.
     fn flush(&mut self) -> Result<(), DriverError>;
+    /// Keeps `note` with the upload, in place of the last one, for whoever opens it next
+    /// (`Driver::upload_note`): the store's session state for the bytes flushed so far, so a
+    /// session continues after a restart, or on another instance, without reading them again.
+    /// One small write beside the upload, not a document of its own (local: an extended
+    /// attribute of the open file). Drivers without `upload_notes` return `Unsupported`.
+    fn save_note(&mut self, note: &[u8]) -> Result<(), DriverError>;
     /// `flush`, then makes the object complete at its path and, with `commit` on, durable.
     fn commit(self: Box<Self>) -> Result<(), DriverError>;
     /// Abandons the upload: its object is removed.
@@ -418,6 +428,17 @@ pub trait Driver: Send + Sync {
     /// A writer for the upload at `path`: a new one (parents created) if nothing is there,
     /// else one that continues after the bytes already stored.
     fn writer(&self, path: &StoragePath) -> Result<Box<dyn UploadWriter>, DriverError>;
+
+    /// The note the last writer of the upload at `path` saved (`UploadWriter::save_note`);
+    /// `None` when it saved none or the driver keeps none. `NotFound` if no upload is there.
+    fn upload_note(&self, path: &StoragePath) -> Result<Option<Vec<u8>>, DriverError> {
+        self.stat(path)?
+            .map(|_| None)
+            .ok_or_else(|| DriverError::NotFound {
+                driver: self.name(),
+                path: path.to_string(),
+            })
+    }
 
     /// Atomically moves `from` to `to`, replacing whatever `to` held, where the driver
     /// declares `rename`; missing parent directories of `to` are created. `NotFound` if

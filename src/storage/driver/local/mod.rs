@@ -76,9 +76,9 @@ pub struct LocalDriver {
     direct: bool,
     /// The root's filesystem supports hard links (probed at start-up).
     hard_links: bool,
-    /// The root's filesystem keeps user xattrs, where placeholders name their holder
-    /// (probed at start-up).
-    placeholders: bool,
+    /// The root's filesystem keeps user xattrs, where placeholders name their holder and
+    /// uploads keep their note (probed at start-up).
+    xattrs: bool,
     staging: StagingPool,
     /// The filesystem's clock when the driver was opened: files last written before it are
     /// not written by this process (`ScratchFile::before_open`).
@@ -163,7 +163,7 @@ impl LocalDriver {
             _ => None,
         };
         let hard_links = hard_links_supported(&root);
-        let placeholders = xattr::supported(&root);
+        let xattrs = xattr::supported(&root);
         // The probes just changed the root directory, so its modification time is the
         // filesystem's own clock now, the one every file written from here on is stamped
         // with (a coarse clock, a tick behind the system's). Were the probes refused, it is
@@ -173,7 +173,7 @@ impl LocalDriver {
             .map_err(|e| io_err("stat", &root, e))?;
         Ok(LocalDriver {
             hard_links,
-            placeholders,
+            xattrs,
             opened,
             root,
             commit,
@@ -903,6 +903,7 @@ impl Driver for LocalDriver {
                 size,
                 self.direct,
                 self.commit,
+                self.xattrs && size > 0,
             )?));
         }
         let direct = if self.direct {
@@ -919,7 +920,13 @@ impl Driver for LocalDriver {
             size,
             commit: self.commit,
             direct,
+            noted: self.xattrs && size > 0,
         }))
+    }
+
+    fn upload_note(&self, path: &StoragePath) -> Result<Option<Vec<u8>>, DriverError> {
+        let full = self.full(path);
+        xattr::note(&full).map_err(|e| io_err("read note", &full, e))
     }
 
     fn rename(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError> {
@@ -964,13 +971,14 @@ impl Driver for LocalDriver {
             recycled_documents: true,
             rename: true,
             direct_io: self.direct,
-            placeholders: self.placeholders,
+            placeholders: self.xattrs,
+            upload_notes: self.xattrs,
         }
     }
 
     /// An empty file written and renamed into place like `put`, its holder in a user xattr.
     fn put_placeholder(&self, path: &StoragePath, holder: &StoragePath) -> Result<(), DriverError> {
-        if !self.placeholders {
+        if !self.xattrs {
             return Err(io_err(
                 "put placeholder",
                 &self.full(path),
@@ -1009,6 +1017,9 @@ struct LocalWriter {
     size: u64,
     commit: bool,
     direct: Option<DirectWriter>,
+    /// A note may be on the upload (saved by this writer, or by an earlier one on a file
+    /// that has bytes), for `commit` to remove.
+    noted: bool,
 }
 
 impl UploadWriter for LocalWriter {
@@ -1056,8 +1067,17 @@ impl UploadWriter for LocalWriter {
         }
     }
 
+    fn save_note(&mut self, note: &[u8]) -> Result<(), DriverError> {
+        self.noted = true;
+        xattr::set_note(&self.file, note).map_err(|e| io_err("save note", &self.path, e))
+    }
+
     fn commit(mut self: Box<Self>) -> Result<(), DriverError> {
         self.flush()?;
+        // The note was the session's; the finished object is only its bytes.
+        if self.noted {
+            xattr::remove_note(&self.file).map_err(|e| io_err("remove note", &self.path, e))?;
+        }
         if self.commit {
             self.file
                 .sync_all()

@@ -337,6 +337,8 @@ pub(super) struct UringUpload {
     replies: Receiver<io::Result<()>>,
     /// The first write error, reported by every later call: the upload is then cancelled.
     failed: Option<io::Error>,
+    /// A note may be on the upload, for `commit` to remove (see `LocalWriter`).
+    noted: bool,
 }
 
 impl UringUpload {
@@ -349,6 +351,7 @@ impl UringUpload {
         size: u64,
         direct: bool,
         commit: bool,
+        noted: bool,
     ) -> Result<UringUpload, DriverError> {
         let (reply, replies) = crossbeam_channel::unbounded();
         let mut upload = UringUpload {
@@ -370,6 +373,7 @@ impl UringUpload {
             reply,
             replies,
             failed: None,
+            noted,
         };
         upload.reposition(size).map_err(|e| upload.err("read", e))?;
         Ok(upload)
@@ -535,8 +539,17 @@ impl UploadWriter for UringUpload {
         Ok(())
     }
 
+    fn save_note(&mut self, note: &[u8]) -> Result<(), DriverError> {
+        self.noted = true;
+        super::xattr::set_note(&self.file, note).map_err(|e| self.err("save note", e))
+    }
+
     fn commit(mut self: Box<Self>) -> Result<(), DriverError> {
         self.flush()?;
+        // The note was the session's; the finished object is only its bytes.
+        if self.noted {
+            super::xattr::remove_note(&self.file).map_err(|e| self.err("remove note", e))?;
+        }
         if self.commit {
             // One inode behind both descriptors: this makes the direct writes durable too
             // (the device cache and the file size).
@@ -587,7 +600,9 @@ mod tests {
             .open(path)
             .unwrap();
         let size = file.metadata().unwrap().len();
-        Box::new(UringUpload::open(writer, file, path.to_path_buf(), size, direct, true).unwrap())
+        Box::new(
+            UringUpload::open(writer, file, path.to_path_buf(), size, direct, true, false).unwrap(),
+        )
     }
 
     fn every_buffer_is_back(writer: &UringWriter) {
