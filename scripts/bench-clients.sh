@@ -162,10 +162,12 @@ for r in $(seq "$rounds"); do
   rm -rf "$work/local-$r"
   for s in $(order "$r"); do
     t0=$EPOCHREALTIME
-    skopeo_fresh copy -q --dest-tls-verify=false "$image" "docker://127.0.0.1:${port[$s]}/clients/push-$r:v1"
+    # A repository new to this invocation: a server another invocation already pushed to
+    # (bench-vs-distribution.sh with BERTH_BEFORE) would otherwise skip the blobs it has.
+    skopeo_fresh copy -q --dest-tls-verify=false "$image" "docker://127.0.0.1:${port[$s]}/clients/push-$$-$r:v1"
     record skopeo "$push_name" s "$s" "$r" "$(since "$t0")"
     digest=$(curl -fsI -H 'Accept: application/vnd.oci.image.manifest.v1+json' \
-      "http://127.0.0.1:${port[$s]}/v2/clients/push-$r/manifests/v1" |
+      "http://127.0.0.1:${port[$s]}/v2/clients/push-$$-$r/manifests/v1" |
       tr -d '\r' | awk -F': ' 'tolower($1) == "docker-content-digest" { print $2 }')
     [ "$digest" = "$image_manifest" ] || fail "push to $s left manifest '$digest'"
   done
