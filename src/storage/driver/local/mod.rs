@@ -1148,7 +1148,7 @@ mod tests {
         /// Where tmpfs refuses O_DIRECT (before Linux 6.6), the io_uring writer writes through
         /// the ordinary descriptor; where it allows it, directly.
         #[test]
-        fn io_uring_without_o_direct() {
+        fn io_uring_on_tmpfs() {
             let shm = Path::new("/dev/shm");
             assert!(shm.is_dir(), "this test needs a tmpfs at /dev/shm");
             let dir = shm.join(format!("berth-local-{}", uuid::Uuid::new_v4()));

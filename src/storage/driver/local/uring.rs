@@ -8,8 +8,11 @@
 //! into (`UploadWriter::spare`), and, once it is full, sends it to the ring and takes the next
 //! one: the worker reads and hashes the next megabyte while earlier ones are written. At most
 //! `WRITES_IN_FLIGHT` writes per upload are in the ring, and the ring thread gives each
-//! buffer back to the pool when its write completes. A worker waits for a free buffer rather
-//! than allocating one, so memory stays bounded whatever the number of uploads.
+//! buffer back to the pool when its write completes. When every pooled buffer is held (slow
+//! clients hold theirs while their bodies trickle in), an upload gets an aligned buffer of
+//! its own, written without registration, rather than wait on other clients' pace: memory
+//! stays bounded by the uploads in progress. A ring failure other than a transient one
+//! aborts the process, since writes already submitted may still use buffers and descriptors.
 //!
 //! The file is written through a second, O_DIRECT descriptor (as `direct` does), opened at
 //! the first whole block and only if it names the same file, so the page cache is bypassed.
@@ -94,17 +97,58 @@ impl Pool {
             .collect()
     }
 
-    /// A free buffer, waiting for a write to complete when every one is taken.
+    /// A free buffer of the pool, or, when every one is held (by uploads whose clients send
+    /// slowly, say), one allocated for this upload alone and written without registration:
+    /// no push ever waits on another client's pace, and memory stays bounded by the uploads
+    /// in progress (each holds at most one buffer being filled and `WRITES_IN_FLIGHT` in the
+    /// ring).
     fn take(self: &Arc<Pool>) -> Buffer {
-        let index = self
-            .taken
-            .recv()
-            .expect("the pool holds its own sender, so the channel stays open");
+        let memory = match self.taken.try_recv() {
+            Ok(index) => Memory::Pooled(index),
+            Err(_) => Memory::Own(OwnBuffer::new()),
+        };
         Buffer {
             pool: Arc::clone(self),
-            index,
+            memory,
         }
     }
+}
+
+/// An aligned buffer of `BUFFER` bytes outside the registered pool.
+struct OwnBuffer(std::ptr::NonNull<u8>);
+
+// SAFETY: the memory is owned by this value alone.
+unsafe impl Send for OwnBuffer {}
+
+fn own_layout() -> Layout {
+    Layout::from_size_align(BUFFER, BLOCK).expect("a valid layout")
+}
+
+impl OwnBuffer {
+    fn new() -> OwnBuffer {
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc(own_layout()) };
+        match std::ptr::NonNull::new(ptr) {
+            Some(ptr) => OwnBuffer(ptr),
+            None => std::alloc::handle_alloc_error(own_layout()),
+        }
+    }
+}
+
+impl Drop for OwnBuffer {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with the same layout; a `Buffer` in a job is dropped
+        // only after the ring reported the job's completion.
+        unsafe { std::alloc::dealloc(self.0.as_ptr(), own_layout()) }
+    }
+}
+
+/// Where a buffer's memory is.
+enum Memory {
+    /// The pool's buffer of this index, registered with the ring.
+    Pooled(u16),
+    /// Allocated for one upload when the pool was empty.
+    Own(OwnBuffer),
 }
 
 impl Drop for Pool {
@@ -115,16 +159,27 @@ impl Drop for Pool {
     }
 }
 
-/// One buffer of the pool, held by an upload or by the ring; given back when dropped.
+/// One buffer, held by an upload or by the ring; a pooled one is given back when dropped.
 struct Buffer {
     pool: Arc<Pool>,
-    index: u16,
+    memory: Memory,
 }
 
 impl Buffer {
     fn ptr(&self) -> *mut u8 {
-        // SAFETY: within the allocation.
-        unsafe { self.pool.base.add(self.index as usize * BUFFER) }
+        match &self.memory {
+            // SAFETY: within the allocation.
+            Memory::Pooled(index) => unsafe { self.pool.base.add(*index as usize * BUFFER) },
+            Memory::Own(own) => own.0.as_ptr(),
+        }
+    }
+
+    /// The registered buffer's index, for a fixed write.
+    fn registered(&self) -> Option<u16> {
+        match self.memory {
+            Memory::Pooled(index) => Some(index),
+            Memory::Own(_) => None,
+        }
     }
 
     fn bytes(&mut self) -> &mut [u8] {
@@ -136,8 +191,10 @@ impl Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        // Never full: there are as many slots as indices.
-        let _ = self.pool.free.try_send(self.index);
+        if let Memory::Pooled(index) = self.memory {
+            // Never full: there are as many slots as indices.
+            let _ = self.pool.free.try_send(index);
+        }
     }
 }
 
@@ -201,12 +258,11 @@ fn sqe_for(slot: usize, flight: &InFlight, fixed: bool) -> io_uring::squeue::Ent
     let ptr = unsafe { flight.job.buf.ptr().add(flight.done) };
     let len = (flight.job.len - flight.done) as u32;
     let offset = flight.job.offset + flight.done as u64;
-    let entry = if fixed {
-        opcode::WriteFixed::new(fd, ptr, len, flight.job.buf.index)
+    let entry = match flight.job.buf.registered().filter(|_| fixed) {
+        Some(index) => opcode::WriteFixed::new(fd, ptr, len, index)
             .offset(offset)
-            .build()
-    } else {
-        opcode::Write::new(fd, ptr, len).offset(offset).build()
+            .build(),
+        None => opcode::Write::new(fd, ptr, len).offset(offset).build(),
     };
     entry.user_data(slot as u64)
 }
@@ -233,7 +289,7 @@ fn run(mut ring: IoUring, fixed: bool, queue: Receiver<Job>) {
         for slot in pending.drain(..) {
             let entry = sqe_for(slot, slots[slot].as_ref().expect("admitted"), fixed);
             // SAFETY: the buffer and fd of the entry are owned by `slots[slot]` (the fd by
-            // the appender, which waits for every reply before closing it) and stay alive
+            // the upload, which waits for every reply before closing it) and stay alive
             // and unmoved until the completion for `slot` is reaped below.
             unsafe {
                 ring.submission()
@@ -242,12 +298,21 @@ fn run(mut ring: IoUring, fixed: bool, queue: Receiver<Job>) {
             }
             in_flight += 1;
         }
-        if let Err(e) = ring.submit_and_wait(1) {
-            if e.kind() != io::ErrorKind::Interrupted {
-                fail_all(&mut slots, &e);
-                in_flight = 0;
+        match ring.submit_and_wait(1) {
+            Ok(_) => {}
+            // Interrupted, or the kernel short of resources or of completion-queue room:
+            // reap what completed and submit again.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                ) => {}
+            Err(e) => {
+                // Writes submitted before may still run from buffers and descriptors that
+                // handing back would let others reuse: nothing is safe to continue with.
+                tracing::error!("io_uring writer: the ring failed: {e}; aborting");
+                std::process::abort();
             }
-            continue;
         }
         let reaped: Vec<(usize, i32)> = ring
             .completion()
@@ -288,13 +353,6 @@ fn admit(slots: &mut Vec<Option<InFlight>>, job: Job) -> usize {
             slots.push(flight);
             slots.len() - 1
         }
-    }
-}
-
-/// The ring itself failed: answer every job in it with the error.
-fn fail_all(slots: &mut [Option<InFlight>], e: &io::Error) {
-    for flight in slots.iter_mut().filter_map(Option::take) {
-        let _ = flight.job.reply.send(Err(copy_error(e)));
     }
 }
 
@@ -664,7 +722,24 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// More uploads at once than the pool can serve wait for buffers and all finish.
+    /// Uploads whose clients hold every pooled buffer (bodies trickling in) do not stall
+    /// another: it writes from buffers of its own (with the old `take`, this test hung).
+    #[test]
+    fn a_held_pool_does_not_stall_other_uploads() {
+        let dir = tempdir();
+        let writer = UringWriter::start().unwrap();
+        let held: Vec<Buffer> = (0..POOL_BUFFERS).map(|_| writer.pool.take()).collect();
+        let path = dir.join("upload");
+        let mut w = upload(&writer, &path, super::super::direct_io_supported(&dir));
+        w.write(vec![3; 2 * BUFFER + 5]).unwrap();
+        w.commit().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), vec![3; 2 * BUFFER + 5]);
+        drop(held);
+        every_buffer_is_back(&writer);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// More uploads at once than the pool can serve all finish.
     #[test]
     fn more_uploads_than_buffers_all_finish() {
         let dir = tempdir();
