@@ -42,6 +42,9 @@ pub(crate) enum ErrorKind {
     PaginationNumberInvalid,
     /// A query string that cannot be decoded.
     QueryInvalid,
+    /// Something the request needs is not available yet or for now (distribution's
+    /// `UNAVAILABLE`): the client may retry.
+    Unavailable,
     /// A fault on our side.
     Internal,
 }
@@ -66,6 +69,7 @@ impl ErrorKind {
             ErrorKind::RangeInvalid => ("RANGE_INVALID", 416),
             ErrorKind::PaginationNumberInvalid => ("PAGINATION_NUMBER_INVALID", 400),
             ErrorKind::QueryInvalid => ("UNSUPPORTED", 400),
+            ErrorKind::Unavailable => ("UNAVAILABLE", 503),
             ErrorKind::Internal => ("UNKNOWN", 500),
         }
     }
@@ -154,9 +158,9 @@ impl From<StoreError> for ApiError {
                     .with_header("Content-Range", format!("bytes */{size}"));
             }
             StoreError::Driver(DriverError::InvalidPath { .. }) => ErrorKind::NameInvalid,
-            StoreError::CorruptLayout { .. }
-            | StoreError::DedupeUnavailable(_)
-            | StoreError::Driver(_) => {
+            // Deletes wait for the start-up pass; the message says why, nothing is broken.
+            StoreError::DedupeUnavailable(_) => ErrorKind::Unavailable,
+            StoreError::CorruptLayout { .. } | StoreError::Driver(_) => {
                 let mut internal = ApiError::new(
                     ErrorKind::Internal,
                     "the registry's storage failed; its log has the cause",

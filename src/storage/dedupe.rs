@@ -217,20 +217,45 @@ impl Dedupe {
             },
             _ => false,
         };
-        let holder = if already_there || placeholders::is_empty_blob(digest) {
+        let mut holder = if already_there || placeholders::is_empty_blob(digest) {
             None
         } else {
             self.original(driver, digest, size, target)
         };
+        // A mount from a copy the cache did not know (`path` holds the bytes: the store
+        // resolved its placeholder): it becomes the original.
+        if let (None, Source::Existing(path)) = (&holder, &source)
+            && !already_there
+            && !placeholders::is_empty_blob(digest)
+            && self
+                .logged(
+                    Access::Write,
+                    self.index().put_original(digest, path),
+                    "record the original",
+                )
+                .is_some()
+        {
+            holder = Some((*path).clone());
+        }
+        // Recorded before it is made: promotion finds a holder's placeholders through the
+        // cache alone, so one it never recorded would dangle once the holder goes. When the
+        // cache cannot record it, the copy keeps bytes of its own.
+        if holder.is_some()
+            && self
+                .logged(Access::Write, self.index().put(digest, target), "record")
+                .is_none()
+        {
+            holder = None;
+        }
         let holds_bytes = match (&holder, source) {
             (Some(holder), Source::Staged(staged)) => {
                 driver.put_placeholder(target, holder)?;
                 let _ = driver.delete(staged);
-                false
+                return Ok(());
             }
             (Some(holder), Source::Existing(_)) => {
                 driver.put_placeholder(target, holder)?;
-                false
+                return Ok(());
             }
             (None, Source::Staged(staged)) if already_there => {
                 let _ = driver.delete(staged);
@@ -241,20 +266,9 @@ impl Dedupe {
                 super::blobs::move_into_place(driver, staged, target)?;
                 true
             }
-            // A mount from a copy the cache did not know (`path` holds the bytes: the store
-            // resolved its placeholder): it becomes the original.
-            (None, Source::Existing(path)) if !placeholders::is_empty_blob(digest) => {
-                driver.put_placeholder(target, path)?;
-                self.logged(
-                    Access::Write,
-                    self.index().put_original(digest, path),
-                    "record the original",
-                );
-                false
-            }
             (None, Source::Existing(path)) => {
                 driver.copy(path, target)?;
-                false
+                true
             }
         };
         if holds_bytes && !placeholders::is_empty_blob(digest) {
@@ -292,13 +306,13 @@ impl Dedupe {
                 "cannot delete {deleted}: the dedupe cache cannot say which placeholders name it"
             )));
         };
-        // A copy the cache never recorded was placed before it (the cache was lost): the
-        // placeholders naming it are unknown until the pass has recorded them. A recorded
-        // one had every placeholder made of it recorded too.
-        if !self.complete.load(std::sync::atomic::Ordering::Acquire) && paths.is_empty() {
+        // Until the pass has recorded every placeholder (the cache was lost, or this is the
+        // first start), placeholders naming this copy may be unknown to the cache, even when it
+        // has records of the digest made since (a new push), so no copy holding bytes goes.
+        if !self.complete.load(std::sync::atomic::Ordering::Acquire) {
             return Err(StoreError::DedupeUnavailable(format!(
-                "cannot delete {deleted} yet: the dedupe cache has no record of {digest}, and \
-                 the start-up pass has not yet recorded the placeholders that may name it"
+                "cannot delete {deleted} yet: the start-up pass has not yet recorded the \
+                 placeholders that may name it"
             )));
         }
         let mut named = Vec::new();

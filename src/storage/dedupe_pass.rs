@@ -119,6 +119,8 @@ fn spawn_restore(store: Arc<Store>, key: &str) {
     if Strategy::for_driver(capabilities) != Some(Strategy::Placeholder) {
         return;
     }
+    // Before the server starts: deletes of copies holding bytes wait for the restore.
+    store.restoring.store(true, Ordering::Release);
     let span = tracing::info_span!("dedupe", store = key);
     std::thread::Builder::new()
         .name("berth-dedupe-restore".into())
@@ -200,6 +202,7 @@ pub fn restore(store: &Store) -> Result<RestoreReport, StoreError> {
             "dedupe restore: placeholders made full copies"
         );
     }
+    store.restoring.store(false, Ordering::Release);
     Ok(report)
 }
 
@@ -439,14 +442,18 @@ fn by_placeholders(
         .expect("the pass runs only with dedupe");
     let _guard = dedupe.lock(digest);
     progress.digests.fetch_add(1, Ordering::Relaxed);
+    // Whether the cache recorded them all.
     let record = |paths: Vec<StoragePath>| {
         let records: Vec<(Digest, StoragePath)> =
             paths.into_iter().map(|p| (digest.clone(), p)).collect();
         let recorded = dedupe.index().put_many(&records);
-        dedupe.logged(Access::Write, recorded, "record the pass's copies");
+        dedupe
+            .logged(Access::Write, recorded, "record the pass's copies")
+            .is_some()
     };
     if placeholders::is_empty_blob(digest) {
-        return record(walked);
+        record(walked);
+        return;
     }
     let original = dedupe
         .logged(Access::Read, dedupe.index().original(digest), "look up")
@@ -492,7 +499,8 @@ fn by_placeholders(
     }
     if named.is_empty() && full.len() <= 1 {
         // One copy: nothing to share, nothing to verify (scrub hashes it).
-        return record(full.into_iter().map(|(p, _)| p).collect());
+        record(full.into_iter().map(|(p, _)| p).collect());
+        return;
     }
     // The cache's original first, then named holders, then the rest.
     full.sort_by_key(|(p, _)| (Some(p) != original.as_ref(), !holders.contains(p)));
@@ -506,10 +514,25 @@ fn by_placeholders(
         }
         let mut all: Vec<StoragePath> = full.into_iter().map(|(p, _)| p).collect();
         all.extend(named.into_iter().map(|(p, _)| p));
-        return record(all);
+        record(all);
+        return;
     };
     let (kept, kept_meta) = full.swap_remove(kept);
     verified.insert(digest, kept_meta.bytes_key());
+    // Recorded before any copy becomes a placeholder: promotion finds the placeholders of a
+    // holder through the cache alone, so one it never recorded would dangle once its holder
+    // is deleted. Unrecorded, the copies stay full.
+    let mut all: Vec<StoragePath> = full.iter().map(|(p, _)| p.clone()).collect();
+    all.extend(named.iter().map(|(p, _)| p.clone()));
+    let original = dedupe.index().put_original(digest, &kept);
+    if !record(all)
+        || dedupe
+            .logged(Access::Write, original, "record the pass's original")
+            .is_none()
+    {
+        tracing::warn!(%digest, "dedupe pass: the cache cannot record the copies of {digest}; they stay as they are");
+        return;
+    }
     let mut tally = Tally::default();
     for (path, meta) in &full {
         let damaged = meta.size != kept_meta.size;
@@ -535,11 +558,6 @@ fn by_placeholders(
         }
     }
     progress.add(&tally);
-    let mut all: Vec<StoragePath> = full.into_iter().map(|(p, _)| p).collect();
-    all.extend(named.into_iter().map(|(p, _)| p));
-    record(all);
-    let recorded = dedupe.index().put_original(digest, &kept);
-    dedupe.logged(Access::Write, recorded, "record the pass's original");
 }
 
 /// One separate copy of a digest.

@@ -70,6 +70,10 @@ pub struct Store {
     referrers: referrers::ReferrerCache,
     pending: index_writes::PendingChanges,
     dedupe: Option<dedupe::Dedupe>,
+    /// With dedupe off, placeholders an earlier start left are being restored into full
+    /// copies (`dedupe_pass::spawn_restore`): until that is done no copy holding bytes is
+    /// deleted, since placeholders elsewhere may still name it.
+    restoring: std::sync::atomic::AtomicBool,
     usage: Option<usage::Usage>,
     /// The last recorded scrub and the start ticket of the scrub that recorded it.
     scrub: std::sync::Mutex<(u64, scrub::ScrubState)>,
@@ -171,6 +175,7 @@ impl Store {
             referrers: referrers::ReferrerCache::default(),
             pending: index_writes::PendingChanges::default(),
             dedupe,
+            restoring: std::sync::atomic::AtomicBool::new(false),
             usage: None,
             scrub: std::sync::Mutex::new((0, scrub::ScrubState::default())),
             scrub_starts: std::sync::atomic::AtomicU64::new(0),
@@ -335,6 +340,11 @@ impl Store {
         // Placeholders naming this copy get another holder first (DESIGN decision 9).
         if let Some(d) = &self.dedupe {
             d.promote(&*self.driver, digest, &path, size)?;
+        } else if size > 0 && self.restoring.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(StoreError::DedupeUnavailable(format!(
+                "cannot delete {path} yet: placeholders are being restored into full copies, \
+                 and some may still name it"
+            )));
         }
         self.driver
             .delete(&path)

@@ -80,8 +80,10 @@ pub(super) fn lookup(
         Err(DriverError::NotFound { .. }) => return Ok(Lookup::Missing),
         Err(e) => return Err(e),
     };
+    // A holder holds bytes: an empty one (itself a placeholder, or cut) would serve a
+    // non-empty digest as zero bytes.
     Ok(match driver.stat(&holder)? {
-        Some(meta) if !meta.is_dir => Lookup::Found(Resolved {
+        Some(meta) if !meta.is_dir && meta.size > 0 => Lookup::Found(Resolved {
             path: holder,
             meta,
             placeholder: true,
@@ -115,7 +117,13 @@ pub(super) fn get(
         return Ok(bytes);
     }
     match driver.placeholder_holder(path)? {
-        Some(holder) => driver.get(&holder),
+        Some(holder) => match driver.get(&holder)? {
+            held if held.is_empty() => Err(DriverError::NotFound {
+                driver: driver.name(),
+                path: holder.to_string(),
+            }),
+            held => Ok(held),
+        },
         None => Ok(bytes),
     }
 }

@@ -906,6 +906,26 @@ fn turning_dedupe_off_restores_copies(store: &Store) {
     let layer = pattern(64 * 1024 + 3, 5);
     let digest = Digest::sha256_of(&layer);
     assert!(placeholder_of(store, &c, &digest).is_some());
+    // Until the restore is done, a copy holding bytes is not deleted (placeholders may name it).
+    store
+        .restoring
+        .store(true, std::sync::atomic::Ordering::Release);
+    let holder = store
+        .driver
+        .placeholder_holder(&layout::blob(&c, &digest).unwrap())
+        .unwrap()
+        .expect("c's copy is a placeholder");
+    let holding: RepoName = holder
+        .as_str()
+        .rsplitn(4, '/')
+        .nth(3)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(matches!(
+        store.blob_delete(&holding, &digest),
+        Err(StoreError::DedupeUnavailable(_))
+    ));
     let report = dedupe_pass::restore(store).unwrap();
     assert!(report.restored >= 2, "{report:?}");
     assert_eq!(report.dangling, 1, "the scrub check's: {report:?}");
@@ -1023,7 +1043,15 @@ fn run_one(
         "the driver can dedupe by {strategy:?} (placeholders need user xattrs locally)"
     );
     let shared = cache(&dir.path().join("cache"));
-    let open = || Store::with_dedupe_strategy(driver(), shared.clone(), Some(strategy));
+    // As every start does: the start-up pass runs on the store before it serves (with
+    // placeholders, copies holding bytes are not deleted until a pass has completed).
+    let open = || {
+        let store = Store::with_dedupe_strategy(driver(), shared.clone(), Some(strategy));
+        if store.dedupes() {
+            dedupe_pass::run(&store).unwrap();
+        }
+        store
+    };
     let caches = std::sync::atomic::AtomicUsize::new(0);
     let with_new_cache = || {
         let n = caches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -1,5 +1,6 @@
 //! Blob uploads: sessions, chunk appends with the digest computed as bytes stream in, and the
-//! commit recipe (verify, sync, rename into `blobs/`).
+//! commit recipe (verify, commit the writer, place the blob: a rename or copy into `blobs/`,
+//! or a link or placeholder where dedupe has the bytes already).
 //!
 //! A session's running hash lives in memory with its id, so finishing an upload never re-reads
 //! the blob. After each chunk, where the bytes end and the hash state there are saved with the

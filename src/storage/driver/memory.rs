@@ -151,23 +151,19 @@ impl Content {
     }
 }
 
-/// The first `len` bytes of a buffer: a part cut back by `truncate` keeps its buffer.
+/// One buffer an upload writer was given, shared by every version that holds it.
 #[derive(Clone)]
 struct Part {
     buf: Arc<Vec<u8>>,
-    len: usize,
 }
 
 impl Part {
     fn new(buf: Vec<u8>) -> Part {
-        Part {
-            len: buf.len(),
-            buf: Arc::new(buf),
-        }
+        Part { buf: Arc::new(buf) }
     }
 
     fn bytes(&self) -> &[u8] {
-        &self.buf[..self.len]
+        &self.buf
     }
 }
 
@@ -183,9 +179,9 @@ impl ContentReader {
         let mut skip = offset.min(content.size) as usize;
         let mut part = 0;
         while let Some(p) = content.parts.get(part)
-            && skip >= p.len
+            && skip >= p.bytes().len()
         {
-            skip -= p.len;
+            skip -= p.bytes().len();
             part += 1;
         }
         ContentReader {
@@ -354,9 +350,6 @@ impl Objects {
         self.remove(&mut write(self.stripe(path)), path).is_some()
     }
 
-    /// Moves the object at `from` (in `source`) to `to` (in `target`, or in `source` when
-    /// both paths share a stripe), both stripes locked by the caller, so no reader sees the
-    /// object at both names or at neither.
     /// Every path below `dir` that is an object or a prefix, as the index says now.
     fn below(&self, dir: &str) -> Vec<String> {
         let mut found = Vec::new();

@@ -354,11 +354,10 @@ pub trait Driver: Send + Sync {
     /// created. Only drivers declaring `placeholders` keep it; the others fail.
     fn put_placeholder(&self, path: &StoragePath, holder: &StoragePath) -> Result<(), DriverError> {
         let _ = holder;
-        Err(DriverError::Io {
+        Err(DriverError::Unsupported {
             driver: self.name(),
             op: "put placeholder",
             path: path.to_string(),
-            source: std::io::ErrorKind::Unsupported.into(),
         })
     }
 

@@ -94,6 +94,7 @@ fn in_memory(root: &Path) -> bool {
     let Ok(path) = std::ffi::CString::new(root.as_os_str().as_bytes()) else {
         return false;
     };
+    // SAFETY: statfs is plain data, for which all zero bytes are a valid value.
     let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: `path` is NUL-terminated and `stat` is a valid statfs to fill.
     let ok = unsafe { libc::statfs(path.as_ptr(), &mut stat) } == 0;
@@ -614,6 +615,19 @@ fn identity(m: &fs::Metadata) -> u64 {
     h.finish()
 }
 
+/// A failed `save_note`: `Unsupported` where the filesystem keeps no user xattrs.
+fn note_err(path: &Path, e: io::Error) -> DriverError {
+    if e.raw_os_error() == Some(libc::EOPNOTSUPP) {
+        DriverError::Unsupported {
+            driver: NAME,
+            op: "save note",
+            path: path.display().to_string(),
+        }
+    } else {
+        io_err("save note", path, e)
+    }
+}
+
 fn io_err(op: &'static str, path: &Path, source: io::Error) -> DriverError {
     if source.kind() == io::ErrorKind::NotFound {
         DriverError::NotFound {
@@ -979,11 +993,11 @@ impl Driver for LocalDriver {
     /// An empty file written and renamed into place like `put`, its holder in a user xattr.
     fn put_placeholder(&self, path: &StoragePath, holder: &StoragePath) -> Result<(), DriverError> {
         if !self.xattrs {
-            return Err(io_err(
-                "put placeholder",
-                &self.full(path),
-                io::ErrorKind::Unsupported.into(),
-            ));
+            return Err(DriverError::Unsupported {
+                driver: NAME,
+                op: "put placeholder",
+                path: path.to_string(),
+            });
         }
         self.write_atomically(&self.full(path), |f| xattr::set_holder(f, holder.as_str()))
     }
@@ -1069,7 +1083,7 @@ impl UploadWriter for LocalWriter {
 
     fn save_note(&mut self, note: &[u8]) -> Result<(), DriverError> {
         self.noted = true;
-        xattr::set_note(&self.file, note).map_err(|e| io_err("save note", &self.path, e))
+        xattr::set_note(&self.file, note).map_err(|e| note_err(&self.path, e))
     }
 
     fn commit(mut self: Box<Self>) -> Result<(), DriverError> {

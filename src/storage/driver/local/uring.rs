@@ -599,7 +599,7 @@ impl UploadWriter for UringUpload {
 
     fn save_note(&mut self, note: &[u8]) -> Result<(), DriverError> {
         self.noted = true;
-        super::xattr::set_note(&self.file, note).map_err(|e| self.err("save note", e))
+        super::xattr::set_note(&self.file, note).map_err(|e| super::note_err(&self.path, e))
     }
 
     fn commit(mut self: Box<Self>) -> Result<(), DriverError> {
