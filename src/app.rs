@@ -266,20 +266,22 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
     } else {
         None
     };
-    tracing::info!(
-        store = key,
-        root = %root.display(),
-        capabilities = ?driver.capabilities(),
-        commit = settings.commit,
-        dedupe = settings.dedupe,
-        gc = settings.gc.enabled,
-        "storage ready: {described}"
-    );
     let dedupe_cache = cache
         .clone()
         .filter(|_| settings.dedupe)
         .map(DedupeCache::of);
+    let capabilities = driver.capabilities();
     let mut store = Store::new(driver, dedupe_cache);
+    tracing::info!(
+        store = key,
+        root = %root.display(),
+        commit = settings.commit,
+        dedupe = settings.dedupe,
+        dedupe_strategy = ?store.dedupe_strategy(),
+        capabilities = ?capabilities,
+        gc = settings.gc.enabled,
+        "storage ready: {described}"
+    );
     if let Some(cache) = cache {
         store = store.with_usage(cache, record_pushes, record_pulls);
     }

@@ -6,8 +6,9 @@
 //! - `digest`: `Digest` and the incremental `Hasher`.
 //! - `oci`: repository names, tags, references, manifests and descriptors.
 //! - `storage`: registry semantics over the `Driver` trait (`storage::driver`), with
-//!   `storage::layout` the only place that forms paths; inline dedupe and the start-up dedupe
-//!   pass; `storage::Registry` routes repositories to stores (`subPaths`).
+//!   `storage::layout` the only place that forms paths; inline dedupe (hard links or
+//!   placeholders) and the start-up dedupe pass and restore;
+//!   `storage::Registry` routes repositories to stores (`subPaths`).
 //! - `http`: `Route::parse`, handlers returning `Reply` values, the error table, and the
 //!   tiny_http front end with its request workers.
 //! - `cache`: the caches a store keeps, by concern (`DedupeIndex`: digest → paths;

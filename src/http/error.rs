@@ -154,7 +154,9 @@ impl From<StoreError> for ApiError {
                     .with_header("Content-Range", format!("bytes */{size}"));
             }
             StoreError::Driver(DriverError::InvalidPath { .. }) => ErrorKind::NameInvalid,
-            StoreError::CorruptLayout { .. } | StoreError::Driver(_) => {
+            StoreError::CorruptLayout { .. }
+            | StoreError::DedupeUnavailable(_)
+            | StoreError::Driver(_) => {
                 let mut internal = ApiError::new(
                     ErrorKind::Internal,
                     "the registry's storage failed; its log has the cause",

@@ -1,8 +1,16 @@
 //! Inline deduplication: one copy of each blob per store. When a blob lands in a repository
 //! (upload, mount, manifest) and the cache names a path elsewhere in the store holding the same
-//! digest, the new name becomes a link to those bytes (`Driver::link`: a hard link locally)
-//! instead of a second copy. Decisions for one digest are serialised by a striped per-digest
-//! lock; nothing locks the whole store.
+//! digest, the new name shares those bytes instead of holding a second copy, by one of two
+//! strategies (`Strategy`, chosen by the driver's capabilities):
+//! - `HardLink`: the new name is a link to those bytes (`Driver::link`: a hard link locally).
+//! - `Placeholder` (DESIGN decision 9, for drivers without links): the new name is a zero-byte
+//!   placeholder whose metadata names the copy holding the bytes (`Driver::put_placeholder`);
+//!   reads resolve it (`placeholders`). Deleting a copy that placeholders name promotes one of
+//!   them first (`promote`): the bytes are copied into it server-side and the others the cache
+//!   knows are re-pointed to it. The empty blob is never a placeholder.
+//!
+//! Decisions for one digest are serialised by a striped per-digest lock; nothing locks the
+//! whole store.
 //!
 //! A file takes only so many names (ext4: 65,000). A copy placed past that limit keeps bytes
 //! of its own and becomes the digest's next original in the cache, so the copies after it
@@ -15,14 +23,52 @@
 //! is unavailable costs only dedupe: blobs land as full copies (`cache::Outage`).
 
 use super::StoreError;
-use super::driver::{Driver, DriverError, StoragePath};
+use super::driver::{Capabilities, Driver, DriverError, StoragePath};
 use super::locks::Striped;
+use super::placeholders;
 use crate::cache::{Access, CacheError, DedupeCache, DedupeIndex, MarkerKey, Outage};
 use crate::digest::Digest;
 use std::sync::{Mutex, MutexGuard};
 
+/// How copies of one digest share its bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Strategy {
+    /// Hard links to one file (`Capabilities::hard_links`).
+    HardLink,
+    /// Zero-byte placeholders naming the copy that holds the bytes
+    /// (`Capabilities::placeholders`).
+    Placeholder,
+}
+
+impl Strategy {
+    /// The strategy a driver's capabilities allow, hard links first; `None` when neither.
+    pub(crate) fn for_driver(capabilities: Capabilities) -> Option<Strategy> {
+        if capabilities.hard_links {
+            Some(Strategy::HardLink)
+        } else if capabilities.placeholders {
+            Some(Strategy::Placeholder)
+        } else {
+            None
+        }
+    }
+
+    /// Whether a driver with `capabilities` can dedupe this way.
+    pub(crate) fn supported_by(self, capabilities: Capabilities) -> bool {
+        match self {
+            Strategy::HardLink => capabilities.hard_links,
+            Strategy::Placeholder => capabilities.placeholders,
+        }
+    }
+}
+
 /// The dedupe state of one store.
 pub(super) struct Dedupe {
+    strategy: Strategy,
+    /// The cache records every copy in the store: a pass completed with it (now, or before,
+    /// as its marker says). Until then a copy the cache has no record of may be named by
+    /// placeholders it has not recorded either (the cache was lost), so with placeholders such
+    /// a copy is not deleted (zot's `dedupeRebuildDone` gate, PR #4195).
+    complete: std::sync::atomic::AtomicBool,
     cache: DedupeCache,
     outage: Outage,
     digest_locks: Striped<Mutex<()>>,
@@ -37,12 +83,25 @@ pub(super) enum Source<'a> {
 }
 
 impl Dedupe {
-    pub(super) fn new(cache: DedupeCache) -> Dedupe {
+    pub(super) fn new(cache: DedupeCache, strategy: Strategy) -> Dedupe {
         Dedupe {
+            strategy,
+            complete: std::sync::atomic::AtomicBool::new(false),
             cache,
             outage: Outage::new("dedupe"),
             digest_locks: Striped::default(),
         }
+    }
+
+    /// Notes that the cache records every copy in the store (see `complete`).
+    pub(super) fn set_complete(&self) {
+        self.complete
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// How copies share bytes.
+    pub(super) fn strategy(&self) -> Strategy {
+        self.strategy
     }
 
     /// The index, for the calls `logged` wraps.
@@ -79,6 +138,9 @@ impl Dedupe {
         target: &StoragePath,
     ) -> Result<(), StoreError> {
         let _guard = self.lock(digest);
+        if self.strategy == Strategy::Placeholder {
+            return self.place_by_placeholder(driver, digest, size, source, target);
+        }
         // Content that arrives again is new to an age-based collector too.
         let already_there = driver
             .stat(target)?
@@ -130,6 +192,150 @@ impl Dedupe {
             );
         } else {
             self.record(digest, target);
+        }
+        Ok(())
+    }
+
+    /// `place` by placeholders, under the digest's lock: `target` becomes a placeholder
+    /// naming a recorded copy that holds the bytes, or holds the bytes itself when none does
+    /// (the first copy in the store, or the empty blob, which is never a placeholder), and is
+    /// then recorded as the digest's original, the holder later copies name.
+    fn place_by_placeholder(
+        &self,
+        driver: &dyn Driver,
+        digest: &Digest,
+        size: u64,
+        source: Source<'_>,
+        target: &StoragePath,
+    ) -> Result<(), StoreError> {
+        // Content that arrives again is new to an age-based collector too.
+        let already_there = match placeholders::resolve(driver, target, digest)? {
+            Some(found) if found.meta.size == size => match driver.touch(target) {
+                Ok(()) => true,
+                Err(DriverError::NotFound { .. }) => false,
+                Err(e) => return Err(e.into()),
+            },
+            _ => false,
+        };
+        let holder = if already_there || placeholders::is_empty_blob(digest) {
+            None
+        } else {
+            self.original(driver, digest, size, target)
+        };
+        let holds_bytes = match (&holder, source) {
+            (Some(holder), Source::Staged(staged)) => {
+                driver.put_placeholder(target, holder)?;
+                let _ = driver.delete(staged);
+                false
+            }
+            (Some(holder), Source::Existing(_)) => {
+                driver.put_placeholder(target, holder)?;
+                false
+            }
+            (None, Source::Staged(staged)) if already_there => {
+                let _ = driver.delete(staged);
+                false
+            }
+            (None, Source::Existing(_)) if already_there => false,
+            (None, Source::Staged(staged)) => {
+                super::blobs::move_into_place(driver, staged, target)?;
+                true
+            }
+            // A mount from a copy the cache did not know (`path` holds the bytes: the store
+            // resolved its placeholder): it becomes the original.
+            (None, Source::Existing(path)) if !placeholders::is_empty_blob(digest) => {
+                driver.put_placeholder(target, path)?;
+                self.logged(
+                    Access::Write,
+                    self.index().put_original(digest, path),
+                    "record the original",
+                );
+                false
+            }
+            (None, Source::Existing(path)) => {
+                driver.copy(path, target)?;
+                false
+            }
+        };
+        if holds_bytes && !placeholders::is_empty_blob(digest) {
+            // Also over a recorded original that is a placeholder (the cache promotes any
+            // copy when its original is forgotten).
+            self.logged(
+                Access::Write,
+                self.index().put_original(digest, target),
+                "record the original",
+            );
+        } else {
+            self.record(digest, target);
+        }
+        Ok(())
+    }
+
+    /// Before the copy of `digest` (`size` bytes) at `deleted` goes, under the digest's lock:
+    /// when placeholders the cache knows name it, another recorded full copy becomes their
+    /// holder, or else one of them is promoted (the bytes copied into it, server-side); the
+    /// others are re-pointed to it, and the cache records it as the original. Nothing to do
+    /// for hard links or a placeholder. Fails, so nothing is deleted, when the cache cannot
+    /// say which copies there are.
+    pub(super) fn promote(
+        &self,
+        driver: &dyn Driver,
+        digest: &Digest,
+        deleted: &StoragePath,
+        size: u64,
+    ) -> Result<(), StoreError> {
+        if self.strategy != Strategy::Placeholder || size == 0 {
+            return Ok(());
+        }
+        let Some(paths) = self.logged(Access::Read, self.index().paths(digest), "look up") else {
+            return Err(StoreError::DedupeUnavailable(format!(
+                "cannot delete {deleted}: the dedupe cache cannot say which placeholders name it"
+            )));
+        };
+        // A copy the cache never recorded was placed before it (the cache was lost): the
+        // placeholders naming it are unknown until the pass has recorded them. A recorded
+        // one had every placeholder made of it recorded too.
+        if !self.complete.load(std::sync::atomic::Ordering::Acquire) && paths.is_empty() {
+            return Err(StoreError::DedupeUnavailable(format!(
+                "cannot delete {deleted} yet: the dedupe cache has no record of {digest}, and \
+                 the start-up pass has not yet recorded the placeholders that may name it"
+            )));
+        }
+        let mut named = Vec::new();
+        let mut full = None;
+        for path in paths.iter().filter(|p| *p != deleted) {
+            match driver.stat(path)? {
+                Some(m) if !m.is_dir && m.size == size => {
+                    full.get_or_insert_with(|| path.clone());
+                }
+                Some(m) if !m.is_dir && m.size == 0 => {
+                    if driver.placeholder_holder(path)?.as_ref() == Some(deleted) {
+                        named.push(path.clone());
+                    }
+                }
+                Some(_) => {}
+                None => self.forget(digest, path),
+            }
+        }
+        if named.is_empty() {
+            return Ok(());
+        }
+        let holder = match full {
+            Some(full) => full,
+            None => {
+                let promoted = named.remove(0);
+                driver.copy(deleted, &promoted)?;
+                tracing::info!(%digest, path = %promoted, deleted = %deleted, "dedupe: {promoted} holds the bytes of {digest} now that {deleted} goes");
+                promoted
+            }
+        };
+        self.logged(
+            Access::Write,
+            self.index().put_original(digest, &holder),
+            "record the original",
+        );
+        for path in &named {
+            driver.put_placeholder(path, &holder)?;
         }
         Ok(())
     }

@@ -15,9 +15,18 @@
 //! system allows the kept copy no more names (ext4: 65,000) the copy that met the limit is
 //! verified and becomes the original for the rest, and the cache's: 130,000 copies end up 2
 //! inodes. Progress is logged per tenth of the repositories walked.
+//!
+//! With placeholders (`dedupe::Strategy::Placeholder`, DESIGN decision 9) the same walk
+//! rebuilds the cache from the store alone: each placeholder's metadata names the copy holding
+//! its bytes, so every copy is recorded and the holder becomes the original again, and
+//! separate full copies become placeholders naming one verified copy. With `dedupe: false` on
+//! a store whose driver dedupes by placeholders, `restore` makes every placeholder a full copy
+//! again, as zot's RestoreDedupedBlobs does (hard links need no restore).
 
 use super::blobs::BlobFile;
-use super::driver::StoragePath;
+use super::dedupe::Strategy;
+use super::driver::{ObjectMeta, StoragePath};
+use super::placeholders::{self, Lookup};
 use super::{Store, StoreError, layout};
 use crate::cache::{Access, MarkerKey};
 use crate::digest::{Algorithm, Digest};
@@ -30,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// The cache marker holding the repository stamps of the last complete pass.
-const MARKER: MarkerKey = MarkerKey::new("dedupe-pass");
+pub(super) const MARKER: MarkerKey = MarkerKey::new("dedupe-pass");
 
 /// Copies from which a digest's links are spread over the pool rather than made in one task
 /// (issue 11: one base layer in 100,000 repositories). Below this a digest's links take a
@@ -76,6 +85,7 @@ pub struct PassReport {
 /// again at once, so its report does not show them as affected until the next interval.
 pub fn spawn(store: Arc<Store>, key: &str, rescrub: Option<Duration>) {
     if !store.dedupes() {
+        spawn_restore(store, key);
         return;
     }
     let span = tracing::info_span!("dedupe", store = key);
@@ -99,6 +109,119 @@ pub fn spawn(store: Arc<Store>, key: &str, rescrub: Option<Duration>) {
             }
         })
         .expect("spawning the dedupe pass");
+}
+
+/// With dedupe off, restores placeholders into full copies on a background thread, if the
+/// store's driver would dedupe by placeholders (local stores, which dedupe by hard links,
+/// walk nothing).
+fn spawn_restore(store: Arc<Store>, key: &str) {
+    let capabilities = store.driver.capabilities();
+    if Strategy::for_driver(capabilities) != Some(Strategy::Placeholder) {
+        return;
+    }
+    let span = tracing::info_span!("dedupe", store = key);
+    std::thread::Builder::new()
+        .name("berth-dedupe-restore".into())
+        .spawn(move || {
+            let _entered = span.enter();
+            if let Err(e) = restore(&store) {
+                tracing::error!("dedupe restore failed, will be retried at the next start: {e}");
+            }
+        })
+        .expect("spawning the dedupe restore");
+}
+
+/// What a restore did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Placeholders that became full copies.
+    pub restored: u64,
+    /// Bytes they now hold.
+    pub bytes: u64,
+    /// Placeholders whose holder is gone, left for scrub to report.
+    pub dangling: u64,
+}
+
+/// Makes every placeholder in `store` a full copy of the bytes it names (a server-side copy
+/// over it, under the digest's lock), for a store started with `dedupe: false`; placeholders
+/// whose holder is gone are left and logged. Walks every repository's blob listings: only
+/// zero-byte objects are looked at further.
+pub fn restore(store: &Store) -> Result<RestoreReport, StoreError> {
+    let started = Instant::now();
+    let repos: Vec<RepoName> = store
+        .catalog()?
+        .iter()
+        .filter_map(|name| name.parse().ok())
+        .collect();
+    let restored = AtomicU64::new(0);
+    let bytes = AtomicU64::new(0);
+    let dangling = AtomicU64::new(0);
+    let span = tracing::Span::current();
+    crate::background::pool().install(|| {
+        repos.par_iter().for_each(|repo| {
+            let _entered = span.enter();
+            let files = store.blob_files(repo).unwrap_or_else(|e| {
+                tracing::warn!(repository = %repo, "dedupe restore: cannot list blobs: {e}");
+                Vec::new()
+            });
+            for file in files {
+                if !placeholders::may_be(&*store.driver, &file.digest, file.size) {
+                    continue;
+                }
+                let _guard = store.blob_lock(&file.digest);
+                match restore_one(store, &file.digest, &file.path) {
+                    Ok(Restored::Copied(size)) => {
+                        restored.fetch_add(1, Ordering::Relaxed);
+                        bytes.fetch_add(size, Ordering::Relaxed);
+                    }
+                    Ok(Restored::Nothing) => {}
+                    Ok(Restored::Dangling(holder)) => {
+                        dangling.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(digest = %file.digest, path = %file.path, %holder, "dedupe restore: {} names {holder} as holding its bytes, which is gone; left for scrub", file.path);
+                    }
+                    Err(e) => {
+                        tracing::warn!(digest = %file.digest, path = %file.path, "dedupe restore: {e}")
+                    }
+                }
+            }
+        })
+    });
+    let report = RestoreReport {
+        restored: restored.into_inner(),
+        bytes: bytes.into_inner(),
+        dangling: dangling.into_inner(),
+    };
+    if report != RestoreReport::default() {
+        tracing::info!(
+            restored = report.restored,
+            bytes = report.bytes,
+            dangling = report.dangling,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "dedupe restore: placeholders made full copies"
+        );
+    }
+    Ok(report)
+}
+
+/// What restoring one blob path did.
+enum Restored {
+    /// It holds this many bytes of its own now.
+    Copied(u64),
+    /// It was no placeholder (any more).
+    Nothing,
+    /// Its holder is gone.
+    Dangling(StoragePath),
+}
+
+fn restore_one(store: &Store, digest: &Digest, path: &StoragePath) -> Result<Restored, StoreError> {
+    Ok(match placeholders::lookup(&*store.driver, path, digest)? {
+        Lookup::Found(found) if found.placeholder => {
+            store.driver.copy(&found.path, path)?;
+            Restored::Copied(found.meta.size)
+        }
+        Lookup::Found(_) | Lookup::Missing => Restored::Nothing,
+        Lookup::Dangling(holder) => Restored::Dangling(holder),
+    })
 }
 
 /// Runs the pass for `store` and reports what it did (nothing when the store does not dedupe).
@@ -127,12 +250,12 @@ fn run_in_batches(store: &Store, batch_files: usize) -> Result<PassReport, Store
         // A first pass, or a lost cache: nothing to compare with.
         repos.iter().collect()
     } else {
-        let now: Vec<String> = crate::background::pool()
+        let now: Vec<Option<String>> = crate::background::pool()
             .install(|| repos.par_iter().map(|r| stamp(store, r)).collect());
         let mut changed = Vec::new();
         for (repo, now) in repos.iter().zip(now) {
-            match previous.remove(repo.as_str()) {
-                Some(before) if before == now => {
+            match (previous.remove(repo.as_str()), now) {
+                (Some(before), Some(now)) if before == now => {
                     stamps.insert(repo.to_string(), now);
                 }
                 _ => changed.push(repo),
@@ -151,6 +274,7 @@ fn run_in_batches(store: &Store, batch_files: usize) -> Result<PassReport, Store
             repositories = repos.len(),
             "dedupe pass: no repository changed since the last pass; nothing to walk"
         );
+        dedupe.set_complete();
         return Ok(report);
     }
     tracing::info!(
@@ -174,6 +298,7 @@ fn run_in_batches(store: &Store, batch_files: usize) -> Result<PassReport, Store
     report.reclaimed = progress.reclaimed.load(Ordering::Relaxed);
     report.repaired = progress.repaired.load(Ordering::Relaxed);
     let marker = serde_json::to_string(&stamps).expect("stamps serialize");
+    dedupe.set_complete();
     if !dedupe.set_marker(MARKER, &marker) {
         tracing::warn!("dedupe pass: its marker is not saved, the next start walks again");
     }
@@ -229,6 +354,26 @@ fn dedupe_batch(
     verified: &Verified,
     progress: &Progress,
 ) -> Vec<(String, String)> {
+    let stamped = |repos: &[&RepoName]| -> Vec<(String, String)> {
+        crate::background::pool().install(|| {
+            repos
+                .par_iter()
+                .filter_map(|r| Some((r.to_string(), stamp(store, r)?)))
+                .collect()
+        })
+    };
+    if store.dedupe_strategy() == Some(Strategy::Placeholder) {
+        let span = tracing::Span::current();
+        crate::background::pool().install(|| {
+            batch.by_digest.into_par_iter().for_each(|(digest, paths)| {
+                let _entered = span.enter();
+                by_placeholders(store, &digest, paths, verified, progress);
+            })
+        });
+        let stamps = stamped(&batch.repos);
+        progress.walked(batch.repos.len(), batch.files);
+        return stamps;
+    }
     let (many, few): (Vec<_>, Vec<_>) = batch
         .by_digest
         .into_iter()
@@ -251,30 +396,150 @@ fn dedupe_batch(
     for copies in many {
         decide(copies, Linking::OnThePool);
     }
-    let stamps = crate::background::pool().install(|| {
-        batch
-            .repos
-            .par_iter()
-            .map(|r| (r.to_string(), stamp(store, r)))
-            .collect()
-    });
+    let stamps = stamped(&batch.repos);
     progress.walked(batch.repos.len(), batch.files);
     stamps
 }
 
 /// A stamp of `repo`'s blob directories: it changes whenever a blob file is added, removed or
 /// replaced in them. Directories of other names hold no blob files the pass would walk.
-fn stamp(store: &Store, repo: &RepoName) -> String {
+/// `None` where the driver keeps no stamp of a directory (an object store's prefix, a
+/// fingerprint of 0): such a repository is walked at every pass.
+fn stamp(store: &Store, repo: &RepoName) -> Option<String> {
     let mut stamp = String::new();
     for algorithm in Algorithm::ALL {
         let meta = layout::blob_dir(repo, algorithm)
             .ok()
             .and_then(|d| store.driver.stat(&d).ok().flatten());
         if let Some(meta) = meta {
+            if meta.fingerprint == 0 {
+                return None;
+            }
             stamp.push_str(&format!("{}:{:x};", algorithm.as_str(), meta.fingerprint));
         }
     }
-    stamp
+    Some(stamp)
+}
+
+/// One digest's files in a store deduplicating by placeholders, under the digest's lock:
+/// every placeholder is recorded and its holder joins the copies (wherever it is); one full
+/// copy is kept, the cache's original first, then the holders placeholders name, verified
+/// against the digest; every other full copy becomes a placeholder naming it, and so does
+/// every placeholder naming another path. All are recorded, the kept copy as the original.
+fn by_placeholders(
+    store: &Store,
+    digest: &Digest,
+    walked: Vec<StoragePath>,
+    verified: &Verified,
+    progress: &Progress,
+) {
+    let dedupe = store
+        .dedupe
+        .as_ref()
+        .expect("the pass runs only with dedupe");
+    let _guard = dedupe.lock(digest);
+    progress.digests.fetch_add(1, Ordering::Relaxed);
+    let record = |paths: Vec<StoragePath>| {
+        let records: Vec<(Digest, StoragePath)> =
+            paths.into_iter().map(|p| (digest.clone(), p)).collect();
+        let recorded = dedupe.index().put_many(&records);
+        dedupe.logged(Access::Write, recorded, "record the pass's copies");
+    };
+    if placeholders::is_empty_blob(digest) {
+        return record(walked);
+    }
+    let original = dedupe
+        .logged(Access::Read, dedupe.index().original(digest), "look up")
+        .flatten();
+    let mut paths = walked;
+    paths.extend(original.clone());
+    paths.sort();
+    paths.dedup();
+    let paths = paths;
+    // Full copies (candidates to keep, in order of preference) and placeholders.
+    let mut full: Vec<(StoragePath, ObjectMeta)> = Vec::new();
+    let mut named: Vec<(StoragePath, StoragePath)> = Vec::new();
+    let mut look = |path: &StoragePath, named: &mut Vec<(StoragePath, StoragePath)>| {
+        let meta = match store.driver.stat(path) {
+            Ok(Some(meta)) if !meta.is_dir => meta,
+            Ok(_) => return dedupe.forget(digest, path),
+            Err(e) => return tracing::warn!(%digest, path = %path, "dedupe pass: cannot stat: {e}"),
+        };
+        if meta.size == 0 {
+            match store.driver.placeholder_holder(path) {
+                Ok(Some(holder)) => return named.push((path.clone(), holder)),
+                Ok(None) => {}
+                Err(e) => {
+                    return tracing::warn!(%digest, path = %path, "dedupe pass: cannot read the placeholder: {e}");
+                }
+            }
+        }
+        if !full.iter().any(|(p, _)| p == path) {
+            full.push((path.clone(), meta));
+        }
+    };
+    for path in &paths {
+        look(path, &mut named);
+    }
+    // Holders in repositories of other batches (or not recorded) join.
+    let mut holders: Vec<StoragePath> = named.iter().map(|(_, h)| h.clone()).collect();
+    holders.sort();
+    holders.dedup();
+    let unwalked: Vec<&StoragePath> = holders.iter().filter(|h| !paths.contains(h)).collect();
+    for holder in unwalked {
+        // A holder that is itself a placeholder names what it names; it is re-pointed too.
+        look(holder, &mut named);
+    }
+    if named.is_empty() && full.len() <= 1 {
+        // One copy: nothing to share, nothing to verify (scrub hashes it).
+        return record(full.into_iter().map(|(p, _)| p).collect());
+    }
+    // The cache's original first, then named holders, then the rest.
+    full.sort_by_key(|(p, _)| (Some(p) != original.as_ref(), !holders.contains(p)));
+    let kept = full.iter().position(|(path, meta)| {
+        meta.size > 0
+            && (verified.holds(digest, meta.bytes_key()) || intact(store, digest, meta.size, path))
+    });
+    let Some(kept) = kept else {
+        if !named.is_empty() {
+            tracing::error!(%digest, "dedupe pass: no copy holds the bytes of {digest} that its placeholders name; left for scrub");
+        }
+        let mut all: Vec<StoragePath> = full.into_iter().map(|(p, _)| p).collect();
+        all.extend(named.into_iter().map(|(p, _)| p));
+        return record(all);
+    };
+    let (kept, kept_meta) = full.swap_remove(kept);
+    verified.insert(digest, kept_meta.bytes_key());
+    let mut tally = Tally::default();
+    for (path, meta) in &full {
+        let damaged = meta.size != kept_meta.size;
+        match store.driver.put_placeholder(path, &kept) {
+            Ok(()) => {
+                tally.linked += 1;
+                tally.reclaimed += meta.size;
+                if damaged {
+                    tally.repaired += 1;
+                    tracing::warn!(%digest, path = %path, from = %kept, "dedupe pass: repaired {path}: its bytes did not match {digest}; it is now a placeholder naming the verified copy {kept}");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%digest, path = %path, "dedupe pass: cannot write a placeholder: {e}")
+            }
+        }
+    }
+    for (path, holder) in &named {
+        if holder != &kept
+            && let Err(e) = store.driver.put_placeholder(path, &kept)
+        {
+            tracing::warn!(%digest, path = %path, "dedupe pass: cannot re-point the placeholder: {e}");
+        }
+    }
+    progress.add(&tally);
+    let mut all: Vec<StoragePath> = full.into_iter().map(|(p, _)| p).collect();
+    all.extend(named.into_iter().map(|(p, _)| p));
+    record(all);
+    let recorded = dedupe.index().put_original(digest, &kept);
+    dedupe.logged(Access::Write, recorded, "record the pass's original");
 }
 
 /// One separate copy of a digest.
@@ -714,5 +979,76 @@ mod tests {
         assert_eq!(recorded.len(), 12);
         let again = run_in_batches(&store, 5).unwrap();
         assert_eq!((again.walked, again.linked), (0, 0));
+    }
+
+    /// With placeholders, a digest in every batch ends one full copy and placeholders naming
+    /// it: separate copies become placeholders, a damaged one is repaired so, and a
+    /// placeholder naming a copy that is gone is re-pointed to the kept one.
+    #[test]
+    fn a_digest_spread_over_batches_ends_one_holder() {
+        use crate::storage::driver::Driver;
+        use crate::storage::driver::memory::MemoryDriver;
+        let driver = MemoryDriver::new();
+        let shared: &[u8] = b"a base layer held by every repository";
+        let digest = Digest::sha256_of(shared);
+        let blob = |r: usize| {
+            let repo: RepoName = format!("r{r:02}").parse().unwrap();
+            (repo.clone(), layout::blob(&repo, &digest).unwrap())
+        };
+        for r in 0..12 {
+            let (repo, path) = blob(r);
+            driver
+                .put(
+                    &layout::oci_layout(&repo).unwrap(),
+                    layout::OCI_LAYOUT_CONTENT,
+                )
+                .unwrap();
+            let index = br#"{"schemaVersion":2,"manifests":[]}"#;
+            driver
+                .put(&layout::index_json(&repo).unwrap(), index)
+                .unwrap();
+            let own = format!("repository {r}'s own layer");
+            let own_path = layout::blob(&repo, &Digest::sha256_of(own.as_bytes())).unwrap();
+            driver.put(&own_path, own.as_bytes()).unwrap();
+            match r {
+                // A placeholder naming a copy that is gone.
+                3 => driver.put_placeholder(&path, &blob(99).1).unwrap(),
+                // Damaged, in the last batch.
+                11 => driver.put(&path, &shared[..10]).unwrap(),
+                _ => driver.put(&path, shared).unwrap(),
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Lmdb::open(&dir.path().join("cache"), LmdbOptions::new(false))
+            .unwrap()
+            .namespace(&Namespace::new("storage"))
+            .unwrap();
+        let store = Store::with_dedupe_strategy(
+            Arc::new(driver.clone()),
+            Some(DedupeCache::of(Arc::new(cache))),
+            Some(Strategy::Placeholder),
+        );
+
+        let report = run_in_batches(&store, 5).unwrap();
+
+        let holder = blob(0).1;
+        for r in 1..12 {
+            let path = blob(r).1;
+            assert_eq!(
+                driver.placeholder_holder(&path).unwrap(),
+                Some(holder.clone())
+            );
+            let (repo, _) = blob(r);
+            assert_eq!(
+                store.blob_size(&repo, &digest).unwrap(),
+                shared.len() as u64
+            );
+        }
+        assert_eq!(driver.get(&holder).unwrap(), shared);
+        assert_eq!((report.linked, report.repaired), (10, 1), "{report:?}");
+        assert_eq!(report.reclaimed, 9 * shared.len() as u64 + 10);
+        let index = store.dedupe.as_ref().unwrap().index();
+        assert_eq!(index.paths(&digest).unwrap().len(), 12);
+        assert_eq!(index.original(&digest).unwrap(), Some(holder));
     }
 }

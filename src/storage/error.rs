@@ -69,6 +69,10 @@ pub enum StoreError {
         /// Why it was rejected.
         reason: String,
     },
+    /// The dedupe cache cannot answer what an operation must know to keep every copy
+    /// readable (which placeholders name a copy about to be deleted).
+    #[error("{0}")]
+    DedupeUnavailable(String),
     /// The storage backend failed.
     #[error(transparent)]
     Driver(#[from] DriverError),

@@ -100,7 +100,7 @@ impl Graph<'_> {
                 .driver
                 .stat(&path)?
                 .ok_or_else(|| corrupt("listed, but the manifest's blob is missing".into()))?;
-            let bytes = self.store.driver.get(&path)?;
+            let bytes = super::placeholders::get(&*self.store.driver, &path, &d.digest)?;
             let manifest = Manifest::parse(&bytes, Some(&d.media_type))
                 .map_err(|e| corrupt(format!("manifest does not parse: {e}")))?;
             let node = Node {
@@ -536,6 +536,11 @@ impl Store {
                 match self.blob_delete_locked(repo, digest, still_old) {
                     Ok(true) => plan.collected.blobs.push((digest.clone(), *size)),
                     Ok(false) | Err(StoreError::BlobUnknown(_)) => {}
+                    // Placeholders may name it that the cache cannot list now: kept until a
+                    // later sweep.
+                    Err(e @ StoreError::DedupeUnavailable(_)) => {
+                        tracing::info!(repository = %repo, %digest, "gc: kept for now: {e}");
+                    }
                     Err(e) => return Err(e),
                 }
             }

@@ -11,7 +11,7 @@
 use super::driver::{Driver, DriverError, ObjectMeta};
 use super::listing::Listing;
 use super::referrers::ReferrersPage;
-use super::{Store, StoreError, index_writes, layout, not_found_as};
+use super::{Store, StoreError, index_writes, layout, not_found_as, placeholders};
 use crate::digest::Digest;
 use crate::oci::{Descriptor, ImageIndex, Manifest, Reference, RepoName, Tag, media_type};
 use std::collections::{HashMap, HashSet};
@@ -267,7 +267,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         let blob = layout::blob(repo, digest)?;
         let refreshed = self.in_repo(repo, || {
-            if self.driver.stat(&blob)?.map(|m| m.size) != Some(bytes.len() as u64) {
+            let found = placeholders::resolve(&*self.driver, &blob, digest)?;
+            if found.map(|f| f.meta.size) != Some(bytes.len() as u64) {
                 return Ok(false);
             }
             match self.driver.touch(&blob) {
@@ -327,7 +328,8 @@ impl Store {
                     continue;
                 }
                 // An unreadable child index is skipped: it cannot list the manifest we look for.
-                let Ok(bytes) = self.driver.get(&layout::blob(repo, &d.digest)?) else {
+                let blob = layout::blob(repo, &d.digest)?;
+                let Ok(bytes) = placeholders::get(&*self.driver, &blob, &d.digest) else {
                     continue;
                 };
                 if let Ok(child) = serde_json::from_slice::<ImageIndex>(&bytes) {
@@ -350,12 +352,13 @@ impl Store {
         reference: &Reference,
     ) -> Result<Descriptor, StoreError> {
         let descriptor = self.manifest_descriptor(repo, reference)?;
-        match self.driver.stat(&layout::blob(repo, &descriptor.digest)?)? {
-            Some(meta) if !meta.is_dir => Ok(Descriptor {
-                size: meta.size,
+        let blob = layout::blob(repo, &descriptor.digest)?;
+        match placeholders::resolve(&*self.driver, &blob, &descriptor.digest)? {
+            Some(found) => Ok(Descriptor {
+                size: found.meta.size,
                 ..descriptor
             }),
-            _ => Err(StoreError::ManifestUnknown(reference.to_string())),
+            None => Err(StoreError::ManifestUnknown(reference.to_string())),
         }
     }
 
@@ -366,9 +369,8 @@ impl Store {
         reference: &Reference,
     ) -> Result<StoredManifest, StoreError> {
         let mut descriptor = self.manifest_descriptor(repo, reference)?;
-        let bytes = self
-            .driver
-            .get(&layout::blob(repo, &descriptor.digest)?)
+        let blob = layout::blob(repo, &descriptor.digest)?;
+        let bytes = placeholders::get(&*self.driver, &blob, &descriptor.digest)
             .map_err(|e| not_found_as(e, || StoreError::ManifestUnknown(reference.to_string())))?;
         descriptor.size = bytes.len() as u64;
         if let Some(usage) = &self.usage {
@@ -441,7 +443,11 @@ impl Store {
             Err(StoreError::NameUnknown(_)) => return Ok(ReferrersPage::empty()),
             Err(e) => return Err(e),
         };
-        let read = |digest: &Digest| match self.driver.get(&layout::blob(repo, digest)?) {
+        let read = |digest: &Digest| match placeholders::get(
+            &*self.driver,
+            &layout::blob(repo, digest)?,
+            digest,
+        ) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(DriverError::NotFound { .. }) => Ok(None),
             Err(e) => Err(StoreError::from(e)),
@@ -548,7 +554,7 @@ fn descriptor_height(
     }
     // A child that no longer parses was validated when it was pushed; only what it names
     // matters here, and an unreadable one names nothing to check.
-    let child = match driver.get(&blob) {
+    let child = match placeholders::get(driver, &blob, &d.digest) {
         Ok(bytes) => Manifest::parse(&bytes, Some(&d.media_type)).ok(),
         Err(DriverError::NotFound { .. }) => {
             return Err(StoreError::ManifestBlobUnknown(d.digest.clone()));

@@ -3,7 +3,9 @@
 //!
 //! Invariants this module keeps:
 //! - A blob path holds only complete content that hashed to its name: uploads are written
-//!   under `.uploads/`, verified, then renamed into `blobs/` (see `uploads`).
+//!   under `.uploads/`, verified, then renamed into `blobs/` (see `uploads`); or, deduplicated
+//!   by placeholders, a zero-byte placeholder naming a path that does, which every read
+//!   resolves (`placeholders`) and which is promoted before that path is deleted (`dedupe`).
 //! - `index.json` is replaced atomically and only under its repository's stripe lock
 //!   (see `manifests`); reads take no lock.
 //! - Nothing locks the whole store.
@@ -23,6 +25,7 @@ pub(crate) mod leftovers;
 mod listing;
 mod locks;
 mod manifests;
+mod placeholders;
 mod reads;
 mod referrers;
 mod registry;
@@ -124,18 +127,38 @@ pub struct BlobRead {
 }
 
 impl Store {
-    /// A store over `driver`, deduplicating blobs through `cache` when one is given and the
-    /// driver can link (otherwise dedupe is off, with a warning).
+    /// A store over `driver`, deduplicating blobs through `cache` when one is given, by the
+    /// strategy the driver's capabilities allow: hard links where it has them, else
+    /// placeholders (otherwise dedupe is off, with a warning).
     pub fn new(driver: Arc<dyn Driver>, cache: Option<DedupeCache>) -> Store {
-        let dedupe = match cache {
-            Some(_) if !driver.capabilities().hard_links => {
+        let strategy = dedupe::Strategy::for_driver(driver.capabilities());
+        Store::with_dedupe_strategy(driver, cache, strategy)
+    }
+
+    /// `new` with the dedupe strategy given rather than chosen (the store suite runs both on
+    /// a driver that has both); one the driver cannot keep turns dedupe off, with a warning.
+    pub(crate) fn with_dedupe_strategy(
+        driver: Arc<dyn Driver>,
+        cache: Option<DedupeCache>,
+        strategy: Option<dedupe::Strategy>,
+    ) -> Store {
+        let dedupe = match (cache, strategy) {
+            (Some(cache), Some(strategy)) if strategy.supported_by(driver.capabilities()) => {
+                let dedupe = dedupe::Dedupe::new(cache, strategy);
+                // A cache a pass completed with records every copy (a lost one has no marker).
+                if dedupe.marker(dedupe_pass::MARKER).is_some() {
+                    dedupe.set_complete();
+                }
+                Some(dedupe)
+            }
+            (Some(_), _) => {
                 tracing::warn!(
                     driver = driver.name(),
-                    "dedupe is off: the storage cannot hard-link files"
+                    "dedupe is off: the storage can neither hard-link files nor keep placeholders"
                 );
                 None
             }
-            cache => cache.map(dedupe::Dedupe::new),
+            (None, _) => None,
         };
         Store {
             driver,
@@ -182,6 +205,21 @@ impl Store {
         self.dedupe.is_some()
     }
 
+    /// How blobs are deduplicated, when they are.
+    pub(crate) fn dedupe_strategy(&self) -> Option<dedupe::Strategy> {
+        self.dedupe.as_ref().map(dedupe::Dedupe::strategy)
+    }
+
+    /// Where the bytes of `repo`'s blob `digest` are, its placeholder resolved.
+    fn blob_resolved(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<placeholders::Resolved, StoreError> {
+        placeholders::resolve(&*self.driver, &layout::blob(repo, digest)?, digest)?
+            .ok_or_else(|| StoreError::BlobUnknown(digest.clone()))
+    }
+
     /// Moves a verified upload staged at `staged` into `repo`'s blobs, as a link to the
     /// store's copy when dedupe knows one. Done in `in_repo`, with the repository (re)created
     /// first, so a collector removing it as empty cannot leave the blob in a directory that
@@ -216,10 +254,7 @@ impl Store {
 
     /// The size of a blob held by `repo`.
     pub fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64, StoreError> {
-        match self.driver.stat(&layout::blob(repo, digest)?)? {
-            Some(meta) if !meta.is_dir => Ok(meta.size),
-            _ => Err(StoreError::BlobUnknown(digest.clone())),
-        }
+        Ok(self.blob_resolved(repo, digest)?.meta.size)
     }
 
     /// Opens a blob for reading, limited to `range` when given. A range whose start lies past
@@ -230,8 +265,8 @@ impl Store {
         digest: &Digest,
         range: Option<ByteRange>,
     ) -> Result<(BlobRead, Option<ByteRange>), StoreError> {
-        let path = layout::blob(repo, digest)?;
-        let size = self.blob_size(repo, digest)?;
+        let resolved = self.blob_resolved(repo, digest)?;
+        let (path, size) = (resolved.path, resolved.meta.size);
         let range = match range {
             Some(r) if r.start >= size || r.start > r.end => {
                 return Err(StoreError::RangeNotSatisfiable { size });
@@ -292,10 +327,14 @@ impl Store {
         let path = layout::blob(repo, digest)?;
         let _guard = self.blob_lock(digest);
         let unknown = || StoreError::BlobUnknown(digest.clone());
-        match self.driver.stat(&path)? {
-            Some(meta) if !meta.is_dir && still(&meta) => {}
+        let size = match self.driver.stat(&path)? {
+            Some(meta) if !meta.is_dir && still(&meta) => meta.size,
             Some(meta) if !meta.is_dir => return Ok(false),
             _ => return Err(unknown()),
+        };
+        // Placeholders naming this copy get another holder first (DESIGN decision 9).
+        if let Some(d) = &self.dedupe {
+            d.promote(&*self.driver, digest, &path, size)?;
         }
         self.driver
             .delete(&path)
@@ -336,9 +375,10 @@ impl Store {
             }
             (None, None) => return Ok(false),
         };
-        let size = match self.driver.stat(&source)? {
-            Some(meta) if !meta.is_dir => meta.size,
-            _ => return Ok(false),
+        // A placeholder is mounted from the copy holding its bytes.
+        let (source, size) = match placeholders::resolve(&*self.driver, &source, digest)? {
+            Some(found) => (found.path, found.meta.size),
+            None => return Ok(false),
         };
         let target = layout::blob(repo, digest)?;
         if self.dedupe.is_none() {

@@ -11,6 +11,7 @@
 
 use super::driver::StoragePath;
 use super::leftovers::{Leftover, Stale};
+use super::placeholders::Lookup;
 use super::{Registry, Store, StoreError, layout};
 use crate::digest::Digest;
 use crate::oci::{Descriptor, Manifest, ManifestKind, RepoName};
@@ -473,10 +474,11 @@ impl Store {
         bytes: &AtomicU64,
     ) -> Result<Manifest, String> {
         let path = layout::blob(repo, &d.digest).map_err(|e| e.to_string())?;
-        let content = self.driver.get(&path).map_err(|e| match e {
-            super::driver::DriverError::NotFound { .. } => "blob is missing".to_string(),
-            e => e.to_string(),
-        })?;
+        let content =
+            super::placeholders::get(&*self.driver, &path, &d.digest).map_err(|e| match e {
+                super::driver::DriverError::NotFound { .. } => "blob is missing".to_string(),
+                e => e.to_string(),
+            })?;
         bytes.fetch_add(content.len() as u64, Ordering::Relaxed);
         let actual = Digest::of(d.digest.algorithm(), &content);
         if actual != d.digest {
@@ -486,16 +488,21 @@ impl Store {
             .map_err(|e| format!("manifest does not parse: {e}"))
     }
 
-    /// The identity of the file holding `digest` in `repo`, and its path.
+    /// The identity of the file holding `digest` in `repo`, and its path: for a placeholder,
+    /// its holder's, so the bytes checked are the ones its pulls serve (and hashed once for
+    /// every placeholder naming them).
     fn file_identity(
         &self,
         repo: &RepoName,
         digest: &Digest,
     ) -> Result<(u64, StoragePath), String> {
         let path = layout::blob(repo, digest).map_err(|e| e.to_string())?;
-        match self.driver.stat(&path) {
-            Ok(Some(meta)) if !meta.is_dir => Ok((meta.bytes_key(), path)),
-            Ok(_) => Err("blob is missing".to_string()),
+        match super::placeholders::lookup(&*self.driver, &path, digest) {
+            Ok(Lookup::Found(found)) => Ok((found.meta.bytes_key(), found.path)),
+            Ok(Lookup::Missing) => Err("blob is missing".to_string()),
+            Ok(Lookup::Dangling(holder)) => Err(format!(
+                "placeholder names {holder} as holding its bytes, which is gone"
+            )),
             Err(e) => Err(e.to_string()),
         }
     }

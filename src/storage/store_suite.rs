@@ -2,22 +2,30 @@
 //! API, in-process, over every storage driver x dedupe cache pair, so a backend is judged by
 //! what a client of the registry would see rather than by its files.
 //!
-//! `run` takes a way to open stores over one storage and one cache; each check works in
-//! repositories of its own, so they share one store without seeing each other. The matrix at
-//! the end makes one test per pair (`storage::store_suite::<driver>::<cache>`): a new driver
-//! or cache joins with one line there.
+//! `run` takes ways to open stores over one storage and one cache (and over the same storage
+//! with a fresh cache, or without dedupe); each check works in repositories of its own, so they
+//! share one store without seeing each other. The matrix at the end makes one test per
+//! driver x dedupe strategy x cache (`storage::store_suite::<driver>::<strategy>::<cache>`:
+//! local by hard links and by placeholders, memory by placeholders, each with LMDB and without
+//! a cache, which turns dedupe off): a new driver, strategy or cache joins with one line there.
 //!
 //! Covered: monolithic, chunked (in and out of order) and resumed uploads, digest mismatches,
 //! ranged pulls, mounts (from a repository and, with dedupe, from anywhere), manifests by tag
 //! and digest, tags, referrers, blob deletes, garbage collection (down to removing a
-//! repository left empty), retention (`keepTags`), hard-link dedupe and the start-up pass
-//! linking a copy written behind the store's back, scrub finding a damaged layer, the catalog,
-//! and two stores tagging one repository at once. Not yet: placeholder dedupe and restoring
-//! copies when dedupe is turned off (later in issue 12).
+//! repository left empty), retention (`keepTags`), dedupe and the start-up pass deduplicating
+//! a copy written behind the store's back, scrub finding a damaged layer, the catalog, and two
+//! stores tagging one repository at once. With placeholders also: the second repository's
+//! copy is a placeholder (layers and manifests; never the empty blob; one holder when eight
+//! repositories push at once), pulls, sizes, ranged reads and mounts through it, deleting and collecting the copy holding the bytes promotes a
+//! placeholder, the start-up pass rebuilding a lost cache from placeholders alone, scrub
+//! checking the holder (and reporting a placeholder whose holder is gone, which reads as
+//! unknown), and `dedupe:
+//! false` restoring placeholders into full copies.
 
-use super::driver::Driver;
+use super::dedupe::Strategy;
 use super::driver::local::{LocalDriver, WriterChoice};
 use super::driver::memory::MemoryDriver;
+use super::driver::{Driver, StoragePath};
 use super::layout::{self, UploadId};
 use super::{BlobBody, BodyLength, ByteRange, Collected, Store, StoreError, TagTimes, dedupe_pass};
 use crate::cache::lmdb::{Lmdb, LmdbOptions};
@@ -35,9 +43,21 @@ use std::time::{Duration, SystemTime};
 /// objects, as another process would have.
 type Storage = Box<dyn Fn() -> Arc<dyn Driver>>;
 
-/// Runs every check on stores `open` returns, which all see the same, initially empty,
-/// storage and cache.
-pub(super) fn run(open: &dyn Fn() -> Store) {
+/// Ways to open stores over one storage.
+pub(super) struct Stores<'a> {
+    /// A store over the storage and the shared cache.
+    pub(super) open: &'a dyn Fn() -> Store,
+    /// A store over the same storage with a new, empty cache of the same kind: a restart
+    /// after the cache was lost.
+    pub(super) with_new_cache: &'a dyn Fn() -> Store,
+    /// A store over the same storage without dedupe: a restart with `dedupe: false`.
+    pub(super) without_dedupe: &'a dyn Fn() -> Store,
+}
+
+/// Runs every check on stores `stores` opens, which all see the same, initially empty,
+/// storage (and cache).
+pub(super) fn run(stores: &Stores<'_>) {
+    let open = stores.open;
     let store = open();
     pushing_whole_blobs(&store);
     pushing_in_chunks(&store);
@@ -53,6 +73,15 @@ pub(super) fn run(open: &dyn Fn() -> Store) {
     deleting_referrers(&store);
     deduplicating(&store);
     scrubbing(&store);
+    if store.dedupe_strategy() == Some(Strategy::Placeholder) {
+        placeholders_save_bytes(&store);
+        concurrent_pushes_keep_one_holder(&store);
+        deleting_promotes_a_placeholder(&store);
+        collecting_promotes_a_placeholder(&store);
+        the_pass_rebuilds_a_lost_cache(&(stores.with_new_cache)());
+        scrub_checks_holders(&store);
+        turning_dedupe_off_restores_copies(&(stores.without_dedupe)());
+    }
     listing_the_catalog(&store);
     two_stores_lose_no_tag(&open(), &open());
 }
@@ -604,10 +633,8 @@ fn deduplicating(store: &Store) {
     let bytes = b"pushed into every repository";
     let digest = push(store, &one, bytes);
     push(store, &other, bytes);
-    let bytes_key = |repo: &RepoName| {
-        let path = layout::blob(repo, &digest).unwrap();
-        store.driver.stat(&path).unwrap().unwrap().bytes_key()
-    };
+    // Of the bytes a pull reads: through a placeholder, its holder's.
+    let bytes_key = |repo: &RepoName| held(store, repo, &digest).meta.bytes_key();
     assert_eq!(bytes_key(&one) == bytes_key(&other), store.dedupes());
     push(store, &restored, b"makes it a repository");
     let copy = layout::blob(&restored, &digest).unwrap();
@@ -643,6 +670,254 @@ fn scrubbing(store: &Store) {
     let path = layout::blob(&repo, &damaged).unwrap();
     store.driver.put(&path, b"damaged").unwrap();
     assert_eq!(affected(), [(repo.to_string(), vec![damaged])]);
+}
+
+/// Where the bytes of `repo`'s blob `digest` are, its placeholder resolved.
+fn held(store: &Store, repo: &RepoName, digest: &Digest) -> super::placeholders::Resolved {
+    let path = layout::blob(repo, digest).unwrap();
+    super::placeholders::resolve(&*store.driver, &path, digest)
+        .unwrap()
+        .unwrap()
+}
+
+/// The holder `repo`'s copy of `digest` names: `None` when it holds bytes of its own.
+fn placeholder_of(store: &Store, repo: &RepoName, digest: &Digest) -> Option<StoragePath> {
+    let path = layout::blob(repo, digest).unwrap();
+    let meta = store.driver.stat(&path).unwrap().unwrap();
+    let holder = store.driver.placeholder_holder(&path).unwrap();
+    assert_eq!(
+        holder.is_some(),
+        meta.size == 0 && *digest != Digest::sha256_of(b"")
+    );
+    holder
+}
+
+/// Pulls of `digest` from `repo` give `bytes`: whole, its size, and a range.
+fn pulls_right(store: &Store, repo: &RepoName, digest: &Digest, bytes: &[u8]) {
+    assert_eq!(store.blob_size(repo, digest).unwrap(), bytes.len() as u64);
+    assert!(pull(store, repo, digest, None) == bytes, "{repo}");
+    let range = ByteRange {
+        start: 1000,
+        end: 1999,
+    };
+    assert_eq!(pull(store, repo, digest, Some(range)), bytes[1000..2000]);
+}
+
+/// The second repository's copy of a layer, and of a manifest, is a placeholder naming the
+/// first's, and reads through it: pulls, sizes, ranges, manifest GET and HEAD, a mount from
+/// it. The empty blob stays a real empty blob.
+fn placeholders_save_bytes(store: &Store) {
+    let (a, b, c) = (repo("ph-a"), repo("ph-b"), repo("ph-c"));
+    let layer = pattern(64 * 1024 + 3, 5);
+    let digest = push(store, &a, &layer);
+    push(store, &b, &layer);
+    let holder = layout::blob(&a, &digest).unwrap();
+    assert_eq!(placeholder_of(store, &a, &digest), None);
+    assert_eq!(placeholder_of(store, &b, &digest), Some(holder.clone()));
+    pulls_right(store, &b, &digest, &layer);
+    // Mounted from the placeholder: another placeholder naming the holder.
+    assert!(store.blob_mount(&c, &digest, Some(&b)).unwrap());
+    assert_eq!(placeholder_of(store, &c, &digest), Some(holder.clone()));
+    pulls_right(store, &c, &digest, &layer);
+    // Pushed again: still a placeholder, still readable.
+    push(store, &b, &layer);
+    assert_eq!(placeholder_of(store, &b, &digest), Some(holder));
+    // A manifest pushed into two repositories.
+    let manifest = image(store, &a, &[&layer], "placeholders");
+    let manifest_digest = put_manifest(store, &a, "v1", &manifest);
+    image(store, &b, &[&layer], "placeholders");
+    put_manifest(store, &b, "v1", &manifest);
+    assert!(placeholder_of(store, &b, &manifest_digest).is_some());
+    assert_eq!(manifest_bytes(store, &b, "v1").unwrap(), manifest);
+    let head = store.manifest_head(&b, &Reference::Tag("v1".parse().unwrap()));
+    assert_eq!(head.unwrap().size, manifest.len() as u64);
+    // The empty blob is itself everywhere.
+    let empty = push(store, &a, b"");
+    push(store, &b, b"");
+    assert_eq!(placeholder_of(store, &b, &empty), None);
+    assert_eq!(pull(store, &b, &empty, None), b"");
+}
+
+/// Eight repositories pushing one new blob at once: one copy holds the bytes, the other
+/// seven are placeholders naming it (decisions for one digest are serialised).
+fn concurrent_pushes_keep_one_holder(store: &Store) {
+    let layer = pattern(32 * 1024, 10);
+    let repos: Vec<RepoName> = (0..8).map(|i| repo(&format!("ph-race-{i}"))).collect();
+    std::thread::scope(|s| {
+        for r in &repos {
+            let layer = &layer;
+            s.spawn(move || push(store, r, layer));
+        }
+    });
+    let digest = Digest::sha256_of(&layer);
+    let holders: Vec<Option<StoragePath>> = repos
+        .iter()
+        .map(|r| placeholder_of(store, r, &digest))
+        .collect();
+    let full: Vec<&RepoName> = repos
+        .iter()
+        .zip(&holders)
+        .filter(|(_, h)| h.is_none())
+        .map(|(r, _)| r)
+        .collect();
+    assert_eq!(full.len(), 1, "{holders:?}");
+    let holder = layout::blob(full[0], &digest).unwrap();
+    for (r, h) in repos.iter().zip(&holders) {
+        assert!(h.is_none() || h.as_ref() == Some(&holder), "{r}: {h:?}");
+        pulls_right(store, r, &digest, &layer);
+    }
+}
+
+/// Deleting the copy that holds the bytes first promotes a placeholder naming it (the bytes
+/// are copied into it) and re-points the others to it: every other copy still reads right.
+fn deleting_promotes_a_placeholder(store: &Store) {
+    let (a, b, c) = (repo("ph-del-a"), repo("ph-del-b"), repo("ph-del-c"));
+    let layer = pattern(8 * 1024, 6);
+    let digest = push(store, &a, &layer);
+    push(store, &b, &layer);
+    push(store, &c, &layer);
+    store.blob_delete(&a, &digest).unwrap();
+    let holders: Vec<Option<StoragePath>> = [&b, &c]
+        .iter()
+        .map(|r| placeholder_of(store, r, &digest))
+        .collect();
+    assert_eq!(
+        holders.iter().filter(|h| h.is_none()).count(),
+        1,
+        "{holders:?}"
+    );
+    for repo in [&b, &c] {
+        pulls_right(store, repo, &digest, &layer);
+    }
+    // Deleting a placeholder deletes only it; deleting the last copy leaves none.
+    for repo in [&b, &c] {
+        store.blob_delete(repo, &digest).unwrap();
+    }
+    assert!(matches!(
+        store.blob_size(&b, &digest),
+        Err(StoreError::BlobUnknown(_))
+    ));
+}
+
+/// The collector deleting an unreferenced copy that holds the bytes promotes a placeholder
+/// another repository's image references.
+fn collecting_promotes_a_placeholder(store: &Store) {
+    let (a, b) = (repo("ph-gc-a"), repo("ph-gc-b"));
+    let layer = pattern(4 * 1024, 7);
+    let digest = push(store, &a, &layer);
+    let manifest = image(store, &b, &[&layer], "placeholder gc");
+    put_manifest(store, &b, "kept", &manifest);
+    assert!(placeholder_of(store, &b, &digest).is_some());
+    let collected = collect_now(store, &a);
+    assert!(collected.blobs.iter().any(|(d, _)| d == &digest));
+    assert_eq!(placeholder_of(store, &b, &digest), None, "promoted");
+    pulls_right(store, &b, &digest, &layer);
+}
+
+/// A store whose cache was lost rebuilds it from the placeholders alone in its start-up pass:
+/// every copy is recorded, the holder as the original, so deleting the holder still promotes.
+fn the_pass_rebuilds_a_lost_cache(store: &Store) {
+    let (a, b) = (repo("ph-a"), repo("ph-b"));
+    let layer = pattern(64 * 1024 + 3, 5);
+    let digest = Digest::sha256_of(&layer);
+    let dedupe = store.dedupe.as_ref().unwrap();
+    assert!(
+        dedupe.index().paths(&digest).unwrap().is_empty(),
+        "a new cache"
+    );
+    // Until the pass has recorded the placeholders, the copy they name is not deleted.
+    assert!(matches!(
+        store.blob_delete(&a, &digest),
+        Err(StoreError::DedupeUnavailable(_))
+    ));
+    pulls_right(store, &b, &digest, &layer);
+    let report = dedupe_pass::run(store).unwrap();
+    assert_eq!(
+        report.linked, 0,
+        "nothing to make a placeholder: {report:?}"
+    );
+    let recorded = dedupe.index().paths(&digest).unwrap();
+    for r in [&a, &b, &repo("ph-c")] {
+        assert!(recorded.contains(&layout::blob(r, &digest).unwrap()), "{r}");
+    }
+    let holder = layout::blob(&a, &digest).unwrap();
+    assert_eq!(dedupe.index().original(&digest).unwrap(), Some(holder));
+    // Rebuilt records are what a delete relies on to keep the others readable.
+    let moved = repo("ph-moved");
+    let other = pattern(3000, 8);
+    let other_digest = push(store, &moved, &other);
+    store.blob_mount(&a, &other_digest, Some(&moved)).unwrap();
+    store.blob_delete(&moved, &other_digest).unwrap();
+    pulls_right(store, &a, &other_digest, &other);
+}
+
+/// Scrub hashes the holder, not the zero-byte placeholder: an image pushed into two
+/// repositories is fine in both; once the holder is gone behind the store's back, the
+/// placeholder's repository is reported affected too.
+fn scrub_checks_holders(store: &Store) {
+    let (a, b) = (repo("ph-scrub-a"), repo("ph-scrub-b"));
+    let layer = pattern(5000, 9);
+    let manifest = image(store, &a, &[&layer], "placeholder scrub");
+    put_manifest(store, &a, "v1", &manifest);
+    image(store, &b, &[&layer], "placeholder scrub");
+    put_manifest(store, &b, "v1", &manifest);
+    let digest = Digest::sha256_of(&layer);
+    assert!(placeholder_of(store, &b, &digest).is_some());
+    let affected = || -> Vec<(String, Vec<Digest>)> {
+        let report = store.scrub("storage", Duration::from_secs(3600)).unwrap();
+        report
+            .repositories
+            .into_iter()
+            .filter(|r| r.repository.starts_with("suite/ph-scrub-") && r.status != "ok")
+            .map(|r| {
+                let blobs = r.images.into_iter().flat_map(|i| i.affected);
+                (r.repository, blobs.map(|b| b.digest).collect())
+            })
+            .collect()
+    };
+    assert!(affected().is_empty(), "{:?}", affected());
+    store
+        .driver
+        .delete(&layout::blob(&a, &digest).unwrap())
+        .unwrap();
+    // Served as unknown, never as an empty blob (zot #4427).
+    assert!(matches!(
+        store.blob_size(&b, &digest),
+        Err(StoreError::BlobUnknown(_))
+    ));
+    assert!(matches!(
+        store.blob_read(&b, &digest, None),
+        Err(StoreError::BlobUnknown(_))
+    ));
+    assert_eq!(
+        affected(),
+        [
+            (a.to_string(), vec![digest.clone()]),
+            (b.to_string(), vec![digest])
+        ]
+    );
+}
+
+/// Started with `dedupe: false`, a store restores every placeholder into a full copy of the
+/// bytes it names, as zot does; placeholders whose holder is gone are left for scrub.
+fn turning_dedupe_off_restores_copies(store: &Store) {
+    assert!(!store.dedupes());
+    let (b, c) = (repo("ph-b"), repo("ph-c"));
+    let layer = pattern(64 * 1024 + 3, 5);
+    let digest = Digest::sha256_of(&layer);
+    assert!(placeholder_of(store, &c, &digest).is_some());
+    let report = dedupe_pass::restore(store).unwrap();
+    assert!(report.restored >= 2, "{report:?}");
+    assert_eq!(report.dangling, 1, "the scrub check's: {report:?}");
+    for repo in [&b, &c] {
+        assert_eq!(placeholder_of(store, repo, &digest), None);
+        pulls_right(store, repo, &digest, &layer);
+    }
+    assert_eq!(
+        dedupe_pass::restore(store).unwrap().restored,
+        0,
+        "done once"
+    );
 }
 
 /// A repository the collector leaves with nothing (an orphan blob, an idle upload) is
@@ -731,29 +1006,69 @@ fn lmdb(dir: &Path) -> Option<DedupeCache> {
     Some(DedupeCache::of(Arc::new(store)))
 }
 
-/// Runs the suite over a new storage and cache made by the two factories. The cache is
-/// opened once and shared by every store (LMDB opens a directory once per process).
-fn run_pair(storage: fn(&Path) -> Storage, cache: fn(&Path) -> Option<DedupeCache>) {
-    let dir = tempfile::tempdir().unwrap();
-    let driver = storage(&dir.path().join("storage"));
-    let cache = cache(&dir.path().join("cache"));
-    let dedupes = cache.is_some() && driver().capabilities().hard_links;
-    let open = || Store::new(driver(), cache.clone());
-    assert_eq!(open().dedupes(), dedupes, "dedupe is on where it can be");
-    run(&open);
+fn hard_link() -> Strategy {
+    Strategy::HardLink
 }
 
-/// One test per driver x cache pair, named `<driver>::<cache>`.
-macro_rules! matrix {
-    (drivers { $($driver:ident),* } caches $caches:tt) => {
-        $( matrix!(@driver $driver $caches); )*
+fn placeholder() -> Strategy {
+    Strategy::Placeholder
+}
+
+/// Runs the suite over a new storage and cache made by the factories, deduplicating by
+/// `strategy` when there is a cache. The cache is opened once and shared by every store
+/// (LMDB opens a directory once per process); a lost cache is a new one in another directory.
+fn run_one(
+    storage: fn(&Path) -> Storage,
+    strategy: fn() -> Strategy,
+    cache: fn(&Path) -> Option<DedupeCache>,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let driver = storage(&dir.path().join("storage"));
+    let strategy = strategy();
+    assert!(
+        strategy.supported_by(driver().capabilities()),
+        "the driver can dedupe by {strategy:?} (placeholders need user xattrs locally)"
+    );
+    let shared = cache(&dir.path().join("cache"));
+    let open = || Store::with_dedupe_strategy(driver(), shared.clone(), Some(strategy));
+    let caches = std::sync::atomic::AtomicUsize::new(0);
+    let with_new_cache = || {
+        let n = caches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fresh = cache(&dir.path().join(format!("cache-{n}")));
+        Store::with_dedupe_strategy(driver(), fresh, Some(strategy))
     };
-    (@driver $driver:ident { $($cache:ident),* }) => {
-        mod $driver {
+    let without_dedupe = || Store::with_dedupe_strategy(driver(), None, None);
+    let store = open();
+    assert_eq!(
+        store.dedupes(),
+        shared.is_some(),
+        "dedupe is on with a cache"
+    );
+    if store.dedupes() {
+        assert_eq!(store.dedupe_strategy(), Some(strategy));
+    }
+    run(&Stores {
+        open: &open,
+        with_new_cache: &with_new_cache,
+        without_dedupe: &without_dedupe,
+    });
+}
+
+/// One test per driver x dedupe strategy x cache, named `<driver>::<strategy>::<cache>`.
+macro_rules! matrix {
+    (drivers { $($driver:ident { $($strategy:ident),* }),* } caches $caches:tt) => {
+        $( mod $driver { $( matrix!(@strategy $driver $strategy $caches); )* } )*
+    };
+    (@strategy $driver:ident $strategy:ident { $($cache:ident),* }) => {
+        mod $strategy {
             $(
                 #[test]
                 fn $cache() {
-                    super::run_pair(super::$driver, super::$cache);
+                    super::super::run_one(
+                        super::super::$driver,
+                        super::super::$strategy,
+                        super::super::$cache,
+                    );
                 }
             )*
         }
@@ -761,6 +1076,10 @@ macro_rules! matrix {
 }
 
 matrix! {
-    drivers { local, memory, s3 }
+    drivers {
+        local { hard_link, placeholder },
+        memory { placeholder },
+        s3 { placeholder }
+    }
     caches { no_cache, lmdb }
 }

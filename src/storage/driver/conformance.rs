@@ -1,7 +1,7 @@
 //! The conformance suite every `Driver` runs: the contract of each trait method (atomicity,
 //! not-found behaviour, replacing documents under concurrent readers, and conditionally under
-//! concurrent writers, listing, appending, rename, copy and link) checked through the trait
-//! only.
+//! concurrent writers, listing, appending, rename, copy and link, and placeholders where the
+//! driver declares them) checked through the trait only.
 
 use super::{Driver, DriverError, EntryKind, StoragePath, Version};
 use std::io::Read;
@@ -44,6 +44,63 @@ pub(crate) fn run(driver: &dyn Driver) {
     delete_trees(driver);
     deleting_empty_directories(driver);
     touching(driver);
+    placeholders(driver);
+}
+
+/// A placeholder is an empty object naming its holder: written atomically over what was
+/// there, kept by rename and touch, gone with any rewrite; an ordinary empty object names
+/// none. A driver without the capability refuses to write one.
+fn placeholders(d: &dyn Driver) {
+    let (p, holder) = (path("ph/blobs/x"), path("ph/other/blobs/x"));
+    if !d.capabilities().placeholders {
+        assert!(d.put_placeholder(&p, &holder).is_err());
+        return;
+    }
+    d.put(&holder, b"the bytes").unwrap();
+    d.put(&p, b"a full copy first").unwrap();
+    d.put_placeholder(&p, &holder).unwrap();
+    let meta = d.stat(&p).unwrap().unwrap();
+    assert_eq!((meta.size, meta.is_dir), (0, false));
+    assert_eq!(d.get(&p).unwrap(), b"");
+    assert_eq!(d.placeholder_holder(&p).unwrap(), Some(holder.clone()));
+    assert_eq!(
+        names(d, Some(&path("ph/blobs"))),
+        ["x"],
+        "no temporary left"
+    );
+    let listed = d.list(Some(&path("ph/blobs"))).unwrap();
+    assert!(matches!(listed[0].kind, EntryKind::Object { size: 0, .. }));
+    // Re-pointed in place.
+    let other = path("ph/third/blobs/x");
+    d.put_placeholder(&p, &other).unwrap();
+    assert_eq!(d.placeholder_holder(&p).unwrap(), Some(other.clone()));
+    // Kept across touch, and rename where the driver has it.
+    d.touch(&p).unwrap();
+    assert!(d.placeholder_holder(&p).unwrap().is_some());
+    let moved = path("ph/moved/x");
+    if d.capabilities().rename {
+        d.rename(&p, &moved).unwrap();
+        assert!(d.placeholder_holder(&moved).unwrap().is_some());
+    } else {
+        d.put_placeholder(&moved, &other).unwrap();
+        d.delete(&p).unwrap();
+    }
+    // Promotion: bytes copied over it, and it names nothing any more.
+    d.copy(&holder, &moved).unwrap();
+    assert_eq!(d.get(&moved).unwrap(), b"the bytes");
+    assert_eq!(d.placeholder_holder(&moved).unwrap(), None);
+    // A real empty object names nothing; a missing one is not found.
+    let empty = path("ph/empty");
+    d.put(&empty, b"").unwrap();
+    assert_eq!(d.placeholder_holder(&empty).unwrap(), None);
+    assert!(matches!(
+        d.placeholder_holder(&path("ph/nope")),
+        Err(DriverError::NotFound { .. })
+    ));
+    d.put_placeholder(&empty, &holder).unwrap();
+    d.put(&empty, b"").unwrap();
+    assert_eq!(d.placeholder_holder(&empty).unwrap(), None, "put clears it");
+    d.delete(&path("ph")).unwrap();
 }
 
 fn missing_objects_are_not_found(d: &dyn Driver) {

@@ -13,6 +13,8 @@
 //! - No hard links (`link` copies, sharing the immutable bytes), no local files for sendfile,
 //!   no scratch objects: a write is one insert into the map.
 //! - No rename: a finished upload is placed by a copy and a delete, as on S3.
+//! - Placeholders: an object's metadata may name a holder (`put_placeholder`), as S3 user
+//!   metadata would; every other write leaves an object without it.
 //! - An upload writer keeps the parts it was given (the registry's own buffers, not copies)
 //!   and publishes them as the object's new version on `flush`, `commit` and drop, like the
 //!   parts of a multipart upload.
@@ -87,6 +89,8 @@ struct Object {
     /// Which write made these bytes: unique within the driver, so it is both the fingerprint
     /// and the version (never repeated for different content, as the index cache requires).
     generation: u64,
+    /// The path a placeholder names as holding its bytes (`put_placeholder`).
+    holder: Option<StoragePath>,
 }
 
 impl Object {
@@ -270,6 +274,7 @@ impl Objects {
             content,
             modified: SystemTime::now(),
             generation: self.next_generation(),
+            holder: None,
         }
     }
 
@@ -436,10 +441,34 @@ impl Driver for MemoryDriver {
         Ok(self.objects.insert(&mut stripe, path.as_str(), object))
     }
 
-    /// None, as an object store: no links (`link` copies, sharing the parts), no rename (a
-    /// finished upload is copied into place), no local files, whole objects.
+    /// As an object store: placeholders only; no links (`link` copies, sharing the parts),
+    /// no rename (a finished upload is copied into place), no local files, whole objects.
     fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
+        Capabilities {
+            placeholders: true,
+            ..Capabilities::default()
+        }
+    }
+
+    fn put_placeholder(&self, path: &StoragePath, holder: &StoragePath) -> Result<(), DriverError> {
+        let object = Object {
+            holder: Some(holder.clone()),
+            ..self.objects.object(Content::default())
+        };
+        self.objects.insert(
+            &mut write(self.objects.stripe(path.as_str())),
+            path.as_str(),
+            object,
+        );
+        Ok(())
+    }
+
+    fn placeholder_holder(&self, path: &StoragePath) -> Result<Option<StoragePath>, DriverError> {
+        let object = self
+            .objects
+            .lookup(path.as_str())
+            .ok_or_else(|| not_found(path.as_str()))?;
+        Ok(object.holder)
     }
 
     fn list(&self, dir: Option<&StoragePath>) -> Result<Vec<Entry>, DriverError> {

@@ -184,6 +184,10 @@ pub struct Capabilities {
     /// Upload writers bypass the page cache (local: O_DIRECT, through the `direct` or
     /// `io_uring` writer), so pushes do not evict what pulls read.
     pub direct_io: bool,
+    /// An object can carry metadata naming another path (`put_placeholder`,
+    /// `placeholder_holder`: local, a user xattr; an object store, user metadata), which is
+    /// what dedupe by placeholders needs (DESIGN decision 9); without it those calls fail.
+    pub placeholders: bool,
 }
 
 /// One of a driver's own temporary files (see `Driver::scratch_files`).
@@ -332,6 +336,31 @@ pub trait Driver: Send + Sync {
 
     /// What this driver can do beyond the contract (see `Capabilities`).
     fn capabilities(&self) -> Capabilities;
+
+    /// Writes a zero-byte placeholder object at `path` whose metadata names `holder`, the
+    /// path holding the bytes (DESIGN decision 9), atomically like `put`: readers see the old
+    /// object or the placeholder, never a part, and whatever `path` held is replaced. Its
+    /// modification time is now. `rename` and `touch` keep the metadata; `put`, `copy`,
+    /// `link` and `replace` over it leave an object without it. Missing parent directories are
+    /// created. Only drivers declaring `placeholders` keep it; the others fail.
+    fn put_placeholder(&self, path: &StoragePath, holder: &StoragePath) -> Result<(), DriverError> {
+        let _ = holder;
+        Err(DriverError::Io {
+            driver: self.name(),
+            op: "put placeholder",
+            path: path.to_string(),
+            source: std::io::ErrorKind::Unsupported.into(),
+        })
+    }
+
+    /// The holder a placeholder at `path` names, or `None` when the object there names none
+    /// (an ordinary object, such as a real empty blob). `NotFound` if absent. Callers ask only
+    /// about zero-byte objects, so the hot paths never pay for it. Drivers without
+    /// `placeholders` have none.
+    fn placeholder_holder(&self, path: &StoragePath) -> Result<Option<StoragePath>, DriverError> {
+        let _ = path;
+        Ok(None)
+    }
 
     /// Rewrites a small mutable document (a repository's `index.json`) atomically, like
     /// `put`, if it is still at version `expected` (`None`: whatever is there), else fails

@@ -7,10 +7,12 @@
 //! Upload appends are written one of three ways (`WriterChoice`): whole blocks with O_DIRECT
 //! (`direct`, the default where supported), positioned buffered `std::fs` writes, or
 //! buffered writes through the io_uring writer (`uring`, two in flight per upload); both live
-//! in this folder, since only this driver has local files to write them into.
+//! in this folder, since only this driver has local files to write them into. Placeholders
+//! keep their holder in a user xattr (`xattr`).
 
 mod direct;
 mod uring;
+mod xattr;
 
 use super::{
     Capabilities, Driver, DriverError, Entry, EntryKind, ObjectMeta, ObjectReader, ScratchFile,
@@ -72,6 +74,9 @@ pub struct LocalDriver {
     direct: bool,
     /// The root's filesystem supports hard links (probed at start-up).
     hard_links: bool,
+    /// The root's filesystem keeps user xattrs, where placeholders name their holder
+    /// (probed at start-up).
+    placeholders: bool,
     staging: StagingPool,
     /// The filesystem's clock when the driver was opened: files last written before it are
     /// not written by this process (`ScratchFile::before_open`).
@@ -130,6 +135,7 @@ impl LocalDriver {
         let direct = matches!(writer, WriterChoice::Auto | WriterChoice::Direct)
             && direct_io_supported(&root);
         let hard_links = hard_links_supported(&root);
+        let placeholders = xattr::supported(&root);
         // The probes just changed the root directory, so its modification time is the
         // filesystem's own clock now, the one every file written from here on is stamped
         // with (a coarse clock, a tick behind the system's). Were the probes refused, it is
@@ -139,6 +145,7 @@ impl LocalDriver {
             .map_err(|e| io_err("stat", &root, e))?;
         Ok(LocalDriver {
             hard_links,
+            placeholders,
             opened,
             root,
             commit,
@@ -911,7 +918,27 @@ impl Driver for LocalDriver {
             recycled_documents: true,
             rename: true,
             direct_io: self.direct,
+            placeholders: self.placeholders,
         }
+    }
+
+    /// An empty file written and renamed into place like `put`, its holder in a user xattr.
+    fn put_placeholder(&self, path: &StoragePath, holder: &StoragePath) -> Result<(), DriverError> {
+        if !self.placeholders {
+            return Err(io_err(
+                "put placeholder",
+                &self.full(path),
+                io::ErrorKind::Unsupported.into(),
+            ));
+        }
+        self.write_atomically(&self.full(path), |f| xattr::set_holder(f, holder.as_str()))
+    }
+
+    fn placeholder_holder(&self, path: &StoragePath) -> Result<Option<StoragePath>, DriverError> {
+        let full = self.full(path);
+        let held = xattr::holder(&full).map_err(|e| io_err("read placeholder", &full, e))?;
+        held.map(|h| StoragePath::from_components(h.split('/')))
+            .transpose()
     }
 
     fn file(&self, path: &StoragePath) -> Result<Option<File>, DriverError> {

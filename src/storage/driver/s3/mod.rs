@@ -8,27 +8,34 @@
 //!   common prefixes), every page.
 //! - `put`: PUT; `create`: PUT with `If-None-Match: *`; `replace`: PUT with `If-Match` on the
 //!   ETag `stat` handed out (`412`, or `404` for a key gone, is `Conflict`).
-//! - `copy` (and `link`, no hard links): server-side CopyObject. `touch`: CopyObject onto
+//! - `copy` (and `link`, no hard links): server-side CopyObject, with the metadata directive
+//!   REPLACE and no metadata, so a copy of a placeholder's holder over a placeholder promotes
+//!   it (it names no holder any more). `touch`: CopyObject onto
 //!   itself with the metadata directive REPLACE (keeping the object's metadata), stamping the
 //!   time in `x-amz-meta-berth-touched` as well, since S3 keeps LastModified in whole seconds
 //!   and a touch must make an object newer than a write in the same second.
 //! - `delete`: HEAD, DELETE, then every key below as a prefix (a listing, then a DELETE each:
 //!   as with any prefix delete on S3, a key written below meanwhile may survive).
+//! - Placeholders (DESIGN decision 9): `put_placeholder` PUTs an empty object with the
+//!   holder's path in `x-amz-meta-berth-holder`; `placeholder_holder` reads it with a HEAD.
 //! - `delete_dir`: nothing to remove; a prefix with keys below is reported as not empty, as
 //!   rmdir(2) would, since the collector relies on that.
-//! - `writer`: see `writer`. No `rename`, no local files, no hard links, no O_DIRECT: the
-//!   declared capabilities are all off.
+//! - `writer`: see `writer`. No `rename`, no local files, no hard links, no O_DIRECT:
+//!   placeholders are the one declared capability.
 //!
-//! **Client** (issue 13 "Client choice"). The design card names rust-s3. Its blocking client
-//! (attohttpc) opens a connection per request and reads every body into memory, and its
-//! builder for custom headers (needed for `If-Match` / `If-None-Match`) is async-only; it has no
-//! UploadPartCopy (which the writer continues a stored object with) and no copy with a
-//! metadata directive (which `touch` is). Rather than a tokio runtime under threads-not-async
-//! request workers (DESIGN decision 3) or aws-sdk-s3's tree, the driver signs its requests
-//! itself (SigV4, `client`, checked against s3s-fs which verifies signatures) and sends them
-//! with `ureq`: blocking like the rest of the request path, connections kept alive in a pool,
-//! bodies streamed both ways, so memory per request is bounded by what the driver buffers
-//! (at most `chunksize` per writer).
+//! **Client** (issue 13 "Client choice"). The design card names rust-s3. Read (0.38.0, not
+//! measured): its `put_object_builder` can add `If-Match` / `If-None-Match`, but copies the
+//! body into a new `Vec` first; its blocking backend (`sync`, attohttpc) makes a new session,
+//! so a new connection, for every request, and reads response bodies whole unless streamed to
+//! a writer; it has no UploadPartCopy (no `x-amz-copy-source-range`), which the writer
+//! continues a stored upload with, and its CopyObject takes no headers (no metadata directive,
+//! no `x-amz-copy-source-if-match`), which `touch` and `copy` need. Rather than its async
+//! client on a tokio runtime under threads-not-async request workers (DESIGN decision 3), or
+//! aws-sdk-s3's dependency tree, the driver signs its requests itself (SigV4, `client`,
+//! checked against s3s-fs, which verifies signatures) and sends them with `ureq`: blocking like
+//! the rest of the request path, connections kept alive in a pool, bodies streamed both ways,
+//! so memory per request is bounded by what the driver buffers (at most `chunksize` per
+//! writer).
 
 mod client;
 mod writer;
@@ -55,6 +62,10 @@ const MAX_PART: u64 = 5 * 1024 * 1024 * 1024;
 
 /// Metadata `touch` stamps: milliseconds since the epoch.
 const TOUCHED: &str = "x-amz-meta-berth-touched";
+
+/// Metadata of a placeholder (DESIGN decision 9): the path, relative to the driver's root,
+/// of the object that holds its bytes.
+const HOLDER: &str = "x-amz-meta-berth-holder";
 
 /// Where the driver's bucket is and how to reach it.
 #[derive(Clone)]
@@ -207,6 +218,15 @@ pub(super) struct Head {
     modified: SystemTime,
     /// `x-amz-meta-*` headers, to carry over when the object is copied onto itself.
     metadata: Vec<(String, String)>,
+}
+
+impl Head {
+    fn holder(&self) -> Option<&str> {
+        self.metadata
+            .iter()
+            .find(|(name, _)| name == HOLDER)
+            .map(|(_, value)| value.as_str())
+    }
 }
 
 impl Head {
@@ -580,10 +600,39 @@ impl Driver for S3Driver {
         }
     }
 
-    /// None: no links (`link` copies), no rename (a finished upload is copied into place),
-    /// no local files, no O_DIRECT, whole objects.
+    /// Placeholders only: no links (`link` copies), no rename (a finished upload is copied
+    /// into place), no local files, no O_DIRECT, whole objects.
     fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
+        Capabilities {
+            placeholders: true,
+            ..Capabilities::default()
+        }
+    }
+
+    fn put_placeholder(&self, path: &StoragePath, holder: &StoragePath) -> Result<(), DriverError> {
+        let key = self.inner.key(path);
+        match self
+            .inner
+            .put_object("put placeholder", &key, b"", &[(HOLDER, holder.as_str())])?
+        {
+            Some(_) => Ok(()),
+            None => Err(io_error(
+                "put placeholder",
+                &key,
+                std::io::Error::other("unconditional PUT refused"),
+            )),
+        }
+    }
+
+    fn placeholder_holder(&self, path: &StoragePath) -> Result<Option<StoragePath>, DriverError> {
+        let key = self.inner.key(path);
+        let head = self
+            .inner
+            .head(&key)?
+            .ok_or_else(|| not_found(path.as_str()))?;
+        head.holder()
+            .map(|holder| StoragePath::from_components(holder.split('/')))
+            .transpose()
     }
 
     fn list(&self, dir: Option<&StoragePath>) -> Result<Vec<Entry>, DriverError> {
@@ -701,7 +750,12 @@ impl Driver for S3Driver {
     fn copy(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError> {
         let (from_key, to_key) = (self.inner.key(from), self.inner.key(to));
         self.inner
-            .copy_object("copy", &from_key, &to_key, &[])
+            .copy_object(
+                "copy",
+                &from_key,
+                &to_key,
+                &[("x-amz-metadata-directive", "REPLACE")],
+            )
             .map_err(|e| match e {
                 DriverError::NotFound { .. } => not_found(from.as_str()),
                 e => e,
