@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # The S3 servers the tests run against (DESIGN "Test services", issue 13), on loopback only:
 #   moto_server  (PyPI moto[server]): S3 with multipart and conditional writes; does not check
-#                signatures. The driver and store suites run on it.
+#                signatures. The driver and store suites run on it. moto checks a PUT's
+#                If-Match / If-None-Match and then writes, in two steps, and moto_server serves
+#                requests on a thread each, so racing conditional writes can both pass (the
+#                conformance suite's counters lost an increment). S3 makes them atomic; here
+#                moto's own app is served one request at a time (werkzeug, threaded=False),
+#                which makes each conditional write atomic too.
 #   s3s-fs       (crate s3s-fs 0.14.1): S3 over a directory; checks SigV4, so the driver's
 #                signing is shown against it.
 #
@@ -104,7 +109,14 @@ start() {
     mkdir -p "$STATE/s3s-root"
     local moto_port s3s_port moto_pid s3s_pid
     moto_port=$(free_port)
-    moto_server -H 127.0.0.1 -p "$moto_port" >"$STATE/moto.log" 2>&1 &
+    # `moto_server -H 127.0.0.1 -p PORT`, but one request at a time (see the top). The word
+    # moto_server in its arguments is what `stop` recognises it by.
+    "$PYTHON" -c '
+import sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+run_simple(sys.argv[2], int(sys.argv[3]), DomainDispatcherApplication(create_backend_app), threaded=False)
+' moto_server 127.0.0.1 "$moto_port" >"$STATE/moto.log" 2>&1 &
     moto_pid=$!
     s3s_port=$(free_port)
     "$(s3s_fs)" --host 127.0.0.1 --port "$s3s_port" \
