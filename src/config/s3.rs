@@ -8,7 +8,7 @@
 //!
 //! Built so far: `name`, `region`, `regionendpoint`, `bucket`, `rootdirectory`,
 //! `forcepathstyle` (true only: path-style requests), `secure`, `chunksize`, `accesskey`,
-//! `secretkey`, and the defaults of `v4auth` (true), `skipverify` (false), `encrypt`
+//! `secretkey` (else the environment, else the shared credentials file), and the defaults of `v4auth` (true), `skipverify` (false), `encrypt`
 //! (false) and `storageclass` (`STANDARD`). Every other attribute of the table, and any other
 //! value of those four, is refused with an error naming the key until it is built; an
 //! unknown key is an error naming it.
@@ -79,10 +79,21 @@ impl S3Settings {
     }
 
     /// Credentials in zot's order: the config's `accesskey`/`secretkey`, then
-    /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (with `AWS_SESSION_TOKEN`). The shared
-    /// credentials file and instance credentials are not built yet. The error names the
+    /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (with `AWS_SESSION_TOKEN`), then the shared
+    /// credentials file (`AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`), profile
+    /// `AWS_PROFILE` or `default`. Instance credentials are not built yet. The error names the
     /// sources tried, never a secret.
     pub fn credentials(&self, key: &str) -> Result<Credentials, String> {
+        self.credentials_from(key, &|name| std::env::var(name).ok())
+    }
+
+    /// `credentials`, with the environment read through `env` (so tests need not change the
+    /// process's environment).
+    fn credentials_from(
+        &self,
+        key: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Credentials, String> {
         if let (Some(access_key), Some(secret_key)) = (&self.accesskey, &self.secretkey) {
             return Ok(Credentials {
                 access_key: access_key.clone(),
@@ -91,7 +102,7 @@ impl S3Settings {
                 source: "config",
             });
         }
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let var = |name: &str| env(name).filter(|v| !v.is_empty());
         if let (Some(access_key), Some(secret_key)) =
             (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"))
         {
@@ -102,12 +113,65 @@ impl S3Settings {
                 source: "environment",
             });
         }
+        let file = var("AWS_SHARED_CREDENTIALS_FILE")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                var("HOME").map(|home| std::path::Path::new(&home).join(".aws/credentials"))
+            });
+        let profile = var("AWS_PROFILE").unwrap_or_else(|| "default".to_string());
+        if let Some(file) = &file
+            && let Ok(text) = std::fs::read_to_string(file)
+        {
+            let entries = profile_entries(&text, &profile);
+            let get = |name: &str| {
+                entries
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+                    .filter(|v| !v.is_empty())
+            };
+            if let (Some(access_key), Some(secret_key)) =
+                (get("aws_access_key_id"), get("aws_secret_access_key"))
+            {
+                return Ok(Credentials {
+                    access_key,
+                    secret_key,
+                    session_token: get("aws_session_token"),
+                    source: "shared credentials file",
+                });
+            }
+        }
+        let tried_file = file.map_or_else(
+            || "no shared credentials file (HOME is not set)".to_string(),
+            |f| format!("no profile [{profile}] with both keys in {}", f.display()),
+        );
         Err(format!(
             "{key}: no S3 credentials: set accesskey and secretkey, or AWS_ACCESS_KEY_ID and \
-             AWS_SECRET_ACCESS_KEY (the shared credentials file and instance credentials are \
-             not supported by this berth version yet)"
+             AWS_SECRET_ACCESS_KEY, or a profile in the shared credentials file ({tried_file}; \
+             instance credentials are not supported by this berth version yet)"
         ))
     }
+}
+
+/// The `key = value` lines of section `[profile]` of an INI credentials file (keys lower
+/// case; `#` and `;` start comments).
+fn profile_entries(text: &str, profile: &str) -> Vec<(String, String)> {
+    let mut inside = false;
+    let mut entries = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = section.trim() == profile;
+            continue;
+        }
+        if inside && let Some((k, v)) = line.split_once('=') {
+            entries.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    entries
 }
 
 /// zot's attributes as written; lower case, as zot's documentation spells them.
@@ -290,6 +354,88 @@ mod tests {
         let s = parse(r#"{"name":"s3","region":"us-west-2","bucket":"b"}"#).unwrap();
         assert_eq!(s.endpoint(), "https://s3.us-west-2.amazonaws.com");
         assert_eq!(s.chunksize, DEFAULT_CHUNK_SIZE);
+    }
+
+    /// zot's order: config, environment, shared credentials file (with `AWS_PROFILE`, else
+    /// `[default]`); none found is an error that names no secret.
+    #[test]
+    fn credentials_are_found_in_zots_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("credentials");
+        std::fs::write(
+            &file,
+            "[default]\naws_access_key_id = default-id\naws_secret_access_key = default-secret\n\n\
+             # a comment\n[ci]\naws_access_key_id=ci-id\naws_secret_access_key=ci-secret\n\
+             aws_session_token=ci-token\n",
+        )
+        .unwrap();
+        let file = file.to_str().unwrap().to_string();
+        let without_keys = parse(r#"{"name":"s3","region":"r","bucket":"b"}"#).unwrap();
+        let with_keys =
+            parse(r#"{"name":"s3","region":"r","bucket":"b","accesskey":"a","secretkey":"s"}"#)
+                .unwrap();
+        let env = |pairs: &[(&str, &str)]| {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            }
+        };
+        let everything = env(&[
+            ("AWS_ACCESS_KEY_ID", "env-id"),
+            ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+            ("AWS_SHARED_CREDENTIALS_FILE", file.as_str()),
+        ]);
+        let found = with_keys.credentials_from("k", &everything).unwrap();
+        assert_eq!((found.access_key.as_str(), found.source), ("a", "config"));
+        let found = without_keys.credentials_from("k", &everything).unwrap();
+        assert_eq!(
+            (found.access_key.as_str(), found.source),
+            ("env-id", "environment")
+        );
+        let found = without_keys
+            .credentials_from("k", &env(&[("AWS_SHARED_CREDENTIALS_FILE", file.as_str())]))
+            .unwrap();
+        assert_eq!(
+            (found.access_key.as_str(), found.secret_key.as_str()),
+            ("default-id", "default-secret")
+        );
+        let found = without_keys
+            .credentials_from(
+                "k",
+                &env(&[
+                    ("AWS_SHARED_CREDENTIALS_FILE", file.as_str()),
+                    ("AWS_PROFILE", "ci"),
+                ]),
+            )
+            .unwrap();
+        assert_eq!(
+            (found.access_key.as_str(), found.session_token.as_deref()),
+            ("ci-id", Some("ci-token"))
+        );
+        let missing = without_keys
+            .credentials_from(
+                "storage.storageDriver",
+                &env(&[
+                    ("AWS_SHARED_CREDENTIALS_FILE", file.as_str()),
+                    ("AWS_PROFILE", "nope"),
+                ]),
+            )
+            .err()
+            .expect("no credentials are found");
+        assert!(
+            missing.starts_with("storage.storageDriver: no S3 credentials"),
+            "{missing}"
+        );
+        assert!(
+            missing.contains("[nope]") && !missing.contains("secret-"),
+            "{missing}"
+        );
     }
 
     #[test]

@@ -81,11 +81,15 @@ pub(super) struct Client {
 
 impl Client {
     pub(super) fn new(endpoint: Endpoint) -> Client {
+        // Time-outs per step, none on a whole body: a blob stream may take long, but never
+        // stall for a minute (DESIGN decision 12: no remote call hangs a worker).
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
             .timeout_connect(Some(Duration::from_secs(10)))
             .timeout_recv_response(Some(Duration::from_secs(120)))
+            .timeout_per_read(Some(Duration::from_secs(60)))
+            .timeout_per_write(Some(Duration::from_secs(60)))
             .max_idle_connections_per_host(64)
             .build()
             .into();

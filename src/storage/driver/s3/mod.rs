@@ -653,6 +653,8 @@ impl Driver for S3Driver {
                 })
             })
             .collect();
+        let objects: std::collections::HashSet<String> =
+            entries.iter().map(|e| e.name.clone()).collect();
         for common in listed.prefixes {
             let Some(name) = common
                 .strip_prefix(&prefix)
@@ -661,7 +663,7 @@ impl Driver for S3Driver {
                 continue;
             };
             // A name with an object of its own is that object, as a file is on disk.
-            if name.is_empty() || entries.iter().any(|e| e.name == name) {
+            if name.is_empty() || objects.contains(name) {
                 continue;
             }
             entries.push(Entry {
