@@ -7,6 +7,7 @@ use crate::config::{CacheBackend, Config, StorageBackend, StoreConfig, UploadWri
 use crate::http::server::{BindError, Server};
 use crate::root_lock::{LockError, RootLock};
 use crate::storage::driver::local::{LocalDriver, WriterChoice};
+use crate::storage::driver::s3::{S3Config, S3Driver};
 use crate::storage::driver::{Driver, DriverError};
 use crate::storage::{Reads, Registry, Store, collector, dedupe_pass};
 use std::path::{Path, PathBuf};
@@ -32,6 +33,10 @@ pub enum StartError {
     /// Two stores would share files.
     #[error("{0}")]
     Roots(String),
+    /// No credentials were found for a remote store (the message names the key, and the
+    /// sources tried, never a secret).
+    #[error("{0}")]
+    Credentials(String),
     /// A dedupe cache could not be opened, even afresh.
     #[error("{key}: the dedupe cache in {dir}: {message}")]
     Cache {
@@ -240,9 +245,9 @@ fn spawn_scrub(opened: &[OpenedStore], interval: std::time::Duration) {
 /// and a thread that flushes usage times.
 fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartError> {
     let root = &settings.root_directory;
-    let (driver, described): (Arc<dyn Driver>, String) = match settings.backend {
+    let (driver, described): (Arc<dyn Driver>, String) = match &settings.backend {
         StorageBackend::Local { writer } => {
-            let driver = LocalDriver::new(root, settings.commit, local_writer(writer)).map_err(
+            let driver = LocalDriver::new(root, settings.commit, local_writer(*writer)).map_err(
                 |source| StartError::Storage {
                     key: format!("{key}.rootDirectory"),
                     source,
@@ -255,6 +260,27 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
                     .writer_note()
                     .map_or(String::new(), |n| format!("; {n}"))
             );
+            (Arc::new(driver), described)
+        }
+        StorageBackend::S3 { storage_driver: s3 } => {
+            let at = format!("{key}.storageDriver");
+            let credentials = s3.credentials(&at).map_err(StartError::Credentials)?;
+            let config = S3Config {
+                endpoint: s3.endpoint(),
+                region: s3.region.clone(),
+                bucket: s3.bucket.clone(),
+                access_key: credentials.access_key,
+                secret_key: credentials.secret_key,
+                session_token: credentials.session_token,
+                root: s3.rootdirectory.clone(),
+                chunk_size: usize::try_from(s3.chunksize).unwrap_or(usize::MAX),
+            };
+            let described = format!(
+                "s3 bucket {} at {} under {:?}, chunksize {}, credentials from the {}",
+                config.bucket, config.endpoint, config.root, config.chunk_size, credentials.source
+            );
+            let driver =
+                S3Driver::new(config).map_err(|source| StartError::Storage { key: at, source })?;
             (Arc::new(driver), described)
         }
     };
@@ -400,4 +426,59 @@ fn check_roots(stores: &[(String, &StoreConfig)]) -> Result<(), StartError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+    use crate::storage::BodyLength;
+    use crate::storage::driver::StoragePath;
+
+    /// A store whose config names an S3 bucket in zot's keys (`storageDriver`) is built on
+    /// the S3 driver and keeps the same OCI layout in the bucket, under `rootdirectory`.
+    #[test]
+    fn an_s3_store_opens_from_zot_keys() {
+        let moto = crate::storage::driver::s3::tests::fresh_on_moto();
+        let dir = tempfile::tempdir().unwrap();
+        let json = serde_json::json!({
+            "storage": {
+                "rootDirectory": dir.path(),
+                "storageDriver": {
+                    "name": "s3",
+                    "region": &moto.region,
+                    "bucket": &moto.bucket,
+                    "regionendpoint": &moto.endpoint,
+                    "rootdirectory": "/zot/",
+                    "accesskey": &moto.access_key,
+                    "secretkey": &moto.secret_key,
+                    "chunksize": 5242880
+                }
+            }
+        });
+        let config = Config::parse(&json.to_string(), "test config").unwrap();
+        let (opened, _) = open_stores(&config, None).unwrap();
+        let store = &opened[0].store;
+        let repo: crate::oci::RepoName = "app/s3".parse().unwrap();
+        let bytes = b"a layer in a bucket";
+        let digest = Digest::sha256_of(bytes);
+        store
+            .blob_put(
+                &repo,
+                &digest,
+                &mut &bytes[..],
+                BodyLength::Exact(bytes.len() as u64),
+            )
+            .unwrap();
+        assert_eq!(store.blob_size(&repo, &digest).unwrap(), bytes.len() as u64);
+        let bucket = S3Driver::new(S3Config {
+            root: String::new(),
+            ..moto
+        })
+        .unwrap();
+        let key =
+            StoragePath::from_components(["zot", "app", "s3", "blobs", "sha256", digest.hex()])
+                .unwrap();
+        assert_eq!(bucket.get(&key).unwrap(), bytes);
+    }
 }

@@ -7,6 +7,7 @@
 mod duration;
 pub mod gc;
 mod raw;
+pub mod s3;
 
 use raw::{RawConfig, RawPort};
 use serde::Serialize;
@@ -97,6 +98,13 @@ pub enum StorageBackend {
     Local {
         /// How upload bytes are written (`storage.writer`, berth only).
         writer: UploadWriter,
+    },
+    /// Objects in an S3 bucket (zot's `storageDriver`); `rootDirectory` keeps the store's
+    /// embedded cache and lock, as zot keeps its cache there.
+    S3 {
+        /// zot's `storageDriver` attributes.
+        #[serde(rename = "storageDriver")]
+        storage_driver: s3::S3Settings,
     },
 }
 
@@ -408,11 +416,22 @@ fn resolve_store(
     if storage.remote_cache == Some(true) {
         return Err(not_built(&key("remoteCache"), "a remote cache"));
     }
-    refuse_present(
-        &storage.storage_driver,
-        &key("storageDriver"),
-        "remote storage",
-    )?;
+    let backend = match &storage.storage_driver {
+        Some(driver) => {
+            if storage.writer.is_some() {
+                return Err(format!(
+                    "{}: only for local storage, not beside storageDriver",
+                    key("writer")
+                ));
+            }
+            StorageBackend::S3 {
+                storage_driver: s3::resolve(driver, &key("storageDriver"))?,
+            }
+        }
+        None => StorageBackend::Local {
+            writer: storage.writer.unwrap_or(UploadWriter::Auto),
+        },
+    };
     match &storage.cache_driver {
         // zot's local cache: berth's embedded cache plays its part.
         Some(driver) if driver.get("name").and_then(|n| n.as_str()) == Some("boltdb") => {
@@ -428,9 +447,7 @@ fn resolve_store(
         root_directory: PathBuf::from(root_directory),
         commit: storage.commit.unwrap_or(false),
         dedupe: storage.dedupe.unwrap_or(true),
-        backend: StorageBackend::Local {
-            writer: storage.writer.unwrap_or(UploadWriter::Auto),
-        },
+        backend,
         cache: CacheBackend::Lmdb,
         gc: gc::resolve(storage, prefix, top, warnings)?,
     })

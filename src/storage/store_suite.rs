@@ -1009,6 +1009,13 @@ fn memory(_: &Path) -> Storage {
     Box::new(move || Arc::new(driver.clone()))
 }
 
+/// A fresh bucket on moto (`scripts/s3-services.sh`): each driver opened is another client
+/// of it.
+fn s3(_: &Path) -> Storage {
+    let config = super::driver::s3::tests::fresh_on_moto();
+    Box::new(move || Arc::new(super::driver::s3::S3Driver::new(config.clone()).unwrap()))
+}
+
 fn no_cache(_: &Path) -> Option<DedupeCache> {
     None
 }
@@ -1099,7 +1106,8 @@ macro_rules! matrix {
 matrix! {
     drivers {
         local { hard_link, placeholder },
-        memory { placeholder }
+        memory { placeholder },
+        s3 { placeholder }
     }
     caches { no_cache, lmdb }
 }

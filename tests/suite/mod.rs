@@ -2,7 +2,8 @@
 //! bad input (`bad_input`, `connections`, `concurrency`), crash safety (`crash`), real
 //! clients (`skopeo`, `oras`), and the command line (`cli`); issue 4's deduplication
 //! (`dedupe`) and `subPaths` stores (`subpaths`); issue 5's garbage collection and retention
-//! (`gc`) and scrub (`scrub`); issue 10's hostile HTTP at the front end (`hostile_http`).
+//! (`gc`) and scrub (`scrub`); issue 10's hostile HTTP at the front end (`hostile_http`); issue
+//! 13's S3 storage (`s3`, against moto from `scripts/s3-services.sh`).
 
 mod api;
 mod bad_input;
@@ -17,6 +18,7 @@ mod hostile_http;
 mod hostile_store;
 mod leftovers;
 mod oras;
+mod s3;
 mod scrub;
 mod skopeo;
 mod subpaths;

@@ -5,6 +5,7 @@
 //! that turns those into paths. Every driver runs the shared suite in `conformance`.
 
 pub mod local;
+pub mod s3;
 // Compiled for the suites only until the configuration can name a storage backend (the
 // composition-root part of issue 12) and select it; until then it would be dead code.
 #[cfg(test)]

@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# The S3 servers the tests run against (DESIGN "Test services", issue 13), on loopback only:
+#   moto_server  (PyPI moto[server]): S3 with multipart and conditional writes; does not check
+#                signatures. The driver and store suites run on it. moto checks a PUT's
+#                If-Match / If-None-Match and then writes, in two steps, and moto_server serves
+#                requests on a thread each, so racing conditional writes can both pass (the
+#                conformance suite's counters lost an increment). S3 makes them atomic; here
+#                moto's own app is served one request at a time (werkzeug, threaded=False),
+#                which makes each conditional write atomic too.
+#   s3s-fs       (crate s3s-fs 0.14.1): S3 over a directory; checks SigV4, so the driver's
+#                signing is shown against it.
+#
+#   scripts/s3-services.sh start   installs what is missing (idempotent), stops what an earlier
+#                                  start left running, starts both on free 127.0.0.1 ports and
+#                                  writes their endpoints, keys and PIDs to .s3-services/env
+#   scripts/s3-services.sh stop    stops both by PID (from that file) and removes the state
+#
+# The tests read .s3-services/env (or the same variables from the environment, which
+# scripts/test.sh exports); without it they fail, naming this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STATE=${BERTH_S3_STATE:-$PWD/.s3-services}
+ENV_FILE=$STATE/env
+PYTHON=${PYTHON:-python3}
+S3S_VERSION=0.14.1
+# s3s-fs checks signatures with these; moto takes any.
+S3S_ACCESS_KEY=berth-test-access
+S3S_SECRET_KEY=berth-test-secret
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+install_missing() {
+    if ! command -v moto_server >/dev/null 2>&1; then
+        echo "s3-services: installing moto[server] (pip)"
+        if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
+            as_root apt-get update -qq
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip
+        fi
+        # A Debian system Python refuses plain pip installs (PEP 668); the test machine is
+        # disposable, so fall back to overriding that rather than failing.
+        "$PYTHON" -m pip install --quiet 'moto[server]' ||
+            "$PYTHON" -m pip install --quiet --break-system-packages 'moto[server]'
+    fi
+    if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
+        echo "s3-services: installing s3s-fs $S3S_VERSION (cargo install; newer releases need a newer Rust)"
+        cargo install "s3s-fs@$S3S_VERSION" --locked --features binary
+    fi
+}
+
+s3s_fs() {
+    if command -v s3s-fs >/dev/null 2>&1; then command -v s3s-fs; else echo "$HOME/.cargo/bin/s3s-fs"; fi
+}
+
+free_port() {
+    "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits until something listens on 127.0.0.1:$2 (moto takes seconds on a busy machine).
+wait_for() {
+    local name=$1 port=$2 pid=$3
+    for _ in $(seq 1 600); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        if ! kill -0 "$pid" 2>/dev/null; then
+            echo "s3-services: $name exited; its log:" >&2
+            cat "$STATE/$name.log" >&2 || true
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "s3-services: $name did not listen on 127.0.0.1:$port within 60 s" >&2
+    return 1
+}
+
+# PIDs from the state file that are still one of our servers (a PID reused since by another
+# process is left alone).
+our_pids() {
+    [ -f "$ENV_FILE" ] || return 0
+    for pid in $(sed -n 's/^BERTH_S3_[A-Z0-9]*_PID=//p' "$ENV_FILE"); do
+        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qE 'moto_server|s3s-fs'; then
+            echo "$pid"
+        fi
+    done
+}
+
+stop() {
+    local pids
+    pids=$(our_pids)
+    for pid in $pids; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in $pids; do
+        for _ in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -9 "$pid" 2>/dev/null || true
+    done
+    rm -rf "$STATE"
+}
+
+start() {
+    install_missing
+    stop
+    mkdir -p "$STATE/s3s-root"
+    local moto_port s3s_port moto_pid s3s_pid
+    moto_port=$(free_port)
+    # `moto_server -H 127.0.0.1 -p PORT`, but one request at a time (see the top). The word
+    # moto_server in its arguments is what `stop` recognises it by.
+    "$PYTHON" -c '
+import sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+run_simple(sys.argv[2], int(sys.argv[3]), DomainDispatcherApplication(create_backend_app), threaded=False)
+' moto_server 127.0.0.1 "$moto_port" >"$STATE/moto.log" 2>&1 &
+    moto_pid=$!
+    s3s_port=$(free_port)
+    "$(s3s_fs)" --host 127.0.0.1 --port "$s3s_port" \
+        --access-key "$S3S_ACCESS_KEY" --secret-key "$S3S_SECRET_KEY" \
+        "$STATE/s3s-root" >"$STATE/s3s-fs.log" 2>&1 &
+    s3s_pid=$!
+    # Written before waiting, so `stop` finds both even if a wait fails.
+    cat >"$ENV_FILE" <<EOF
+BERTH_S3_MOTO_ENDPOINT=http://127.0.0.1:$moto_port
+BERTH_S3_MOTO_PID=$moto_pid
+BERTH_S3_S3S_ENDPOINT=http://127.0.0.1:$s3s_port
+BERTH_S3_S3S_ACCESS_KEY=$S3S_ACCESS_KEY
+BERTH_S3_S3S_SECRET_KEY=$S3S_SECRET_KEY
+BERTH_S3_S3S_PID=$s3s_pid
+EOF
+    wait_for moto "$moto_port" "$moto_pid"
+    wait_for s3s-fs "$s3s_port" "$s3s_pid"
+    echo "s3-services: moto on 127.0.0.1:$moto_port (pid $moto_pid), s3s-fs on 127.0.0.1:$s3s_port (pid $s3s_pid); $ENV_FILE"
+}
+
+case "${1:-}" in
+start) start ;;
+stop) stop ;;
+*)
+    echo "usage: $0 start|stop" >&2
+    exit 2
+    ;;
+esac
