@@ -185,11 +185,7 @@ impl Dedupe {
             // The next original: later copies link to it rather than each keeping bytes of
             // their own, so 130,000 repositories hold 2 inodes, not 65,001 (issue 11).
             tracing::info!(%digest, path = %target, "dedupe: the file system allows no more links to the copy of {digest}; {target} is its next original");
-            self.logged(
-                Access::Write,
-                self.index().put_original(digest, target),
-                "record the original",
-            );
+            self.record_original(digest, target);
         } else {
             self.record(digest, target);
         }
@@ -227,24 +223,14 @@ impl Dedupe {
         if let (None, Source::Existing(path)) = (&holder, &source)
             && !already_there
             && !placeholders::is_empty_blob(digest)
-            && self
-                .logged(
-                    Access::Write,
-                    self.index().put_original(digest, path),
-                    "record the original",
-                )
-                .is_some()
+            && self.record_original(digest, path)
         {
             holder = Some((*path).clone());
         }
         // Recorded before it is made: promotion finds a holder's placeholders through the
         // cache alone, so one it never recorded would dangle once the holder goes. When the
         // cache cannot record it, the copy keeps bytes of its own.
-        if holder.is_some()
-            && self
-                .logged(Access::Write, self.index().put(digest, target), "record")
-                .is_none()
-        {
+        if holder.is_some() && !self.record(digest, target) {
             holder = None;
         }
         let holds_bytes = match (&holder, source) {
@@ -274,11 +260,7 @@ impl Dedupe {
         if holds_bytes && !placeholders::is_empty_blob(digest) {
             // Also over a recorded original that is a placeholder (the cache promotes any
             // copy when its original is forgotten).
-            self.logged(
-                Access::Write,
-                self.index().put_original(digest, target),
-                "record the original",
-            );
+            self.record_original(digest, target);
         } else {
             self.record(digest, target);
         }
@@ -343,11 +325,7 @@ impl Dedupe {
                 promoted
             }
         };
-        self.logged(
-            Access::Write,
-            self.index().put_original(digest, &holder),
-            "record the original",
-        );
+        self.record_original(digest, &holder);
         for path in &named {
             driver.put_placeholder(path, &holder)?;
         }
@@ -415,8 +393,20 @@ impl Dedupe {
     }
 
     /// Records that `path` holds `digest`; a cache failure costs only a later dedupe.
-    pub(super) fn record(&self, digest: &Digest, path: &StoragePath) {
-        self.logged(Access::Write, self.index().put(digest, path), "record");
+    pub(super) fn record(&self, digest: &Digest, path: &StoragePath) -> bool {
+        self.logged(Access::Write, self.index().put(digest, path), "record")
+            .is_some()
+    }
+
+    /// Records `path` as the copy of `digest` that later copies link to or name; false when
+    /// the cache could not (a cache failure costs only dedupe).
+    pub(super) fn record_original(&self, digest: &Digest, path: &StoragePath) -> bool {
+        self.logged(
+            Access::Write,
+            self.index().put_original(digest, path),
+            "record the original",
+        )
+        .is_some()
     }
 
     /// Forgets that `path` holds `digest`.

@@ -150,11 +150,7 @@ pub struct RestoreReport {
 /// zero-byte objects are looked at further.
 pub fn restore(store: &Store) -> Result<RestoreReport, StoreError> {
     let started = Instant::now();
-    let repos: Vec<RepoName> = store
-        .catalog()?
-        .iter()
-        .filter_map(|name| name.parse().ok())
-        .collect();
+    let repos = repositories(store)?;
     let restored = AtomicU64::new(0);
     let bytes = AtomicU64::new(0);
     let dangling = AtomicU64::new(0);
@@ -232,17 +228,22 @@ pub fn run(store: &Store) -> Result<PassReport, StoreError> {
     run_in_batches(store, BATCH_FILES)
 }
 
+/// Every repository of the store, as its catalog names them.
+fn repositories(store: &Store) -> Result<Vec<RepoName>, StoreError> {
+    Ok(store
+        .catalog()?
+        .iter()
+        .filter_map(|name| name.parse().ok())
+        .collect())
+}
+
 /// `run`, deduping whenever the repositories walked hold `batch_files` blob files.
 fn run_in_batches(store: &Store, batch_files: usize) -> Result<PassReport, StoreError> {
     let Some(dedupe) = &store.dedupe else {
         return Ok(PassReport::default());
     };
     let started = Instant::now();
-    let repos: Vec<RepoName> = store
-        .catalog()?
-        .iter()
-        .filter_map(|name| name.parse().ok())
-        .collect();
+    let repos = repositories(store)?;
     let mut previous: HashMap<String, String> = dedupe
         .marker(MARKER)
         .and_then(|m| serde_json::from_str(&m).ok())
@@ -524,12 +525,7 @@ fn by_placeholders(
     // is deleted. Unrecorded, the copies stay full.
     let mut all: Vec<StoragePath> = full.iter().map(|(p, _)| p.clone()).collect();
     all.extend(named.iter().map(|(p, _)| p.clone()));
-    let original = dedupe.index().put_original(digest, &kept);
-    if !record(all)
-        || dedupe
-            .logged(Access::Write, original, "record the pass's original")
-            .is_none()
-    {
+    if !dedupe.record_original(digest, &kept) || !record(all) {
         tracing::warn!(%digest, "dedupe pass: the cache cannot record the copies of {digest}; they stay as they are");
         return;
     }
@@ -669,8 +665,7 @@ fn dedupe_digest(
     let recorded = dedupe.index().put_many(&records);
     dedupe.logged(Access::Write, recorded, "record the pass's copies");
     if let Some(original) = next_original {
-        let recorded = dedupe.index().put_original(digest, &original);
-        dedupe.logged(Access::Write, recorded, "record the pass's original");
+        dedupe.record_original(digest, &original);
     }
 }
 

@@ -113,19 +113,6 @@ fn version(generation: u64) -> Version {
     Version::new(generation.to_string())
 }
 
-/// A prefix as `stat` reports it. Object stores keep no time for a prefix; it exists only
-/// while something below it was just listed, so it is as new as the question.
-fn prefix_meta() -> ObjectMeta {
-    ObjectMeta {
-        size: 0,
-        modified: SystemTime::now(),
-        is_dir: true,
-        fingerprint: 0,
-        identity: None,
-        version: version(0),
-    }
-}
-
 /// An object's bytes: immutable parts shared by every version, copy and reader that has them.
 #[derive(Clone, Default)]
 struct Content {
@@ -394,7 +381,10 @@ impl Driver for MemoryDriver {
         if let Some(object) = self.objects.lookup(path.as_str()) {
             return Ok(Some(object.meta()));
         }
-        Ok(self.objects.has_children(path.as_str()).then(prefix_meta))
+        Ok(self
+            .objects
+            .has_children(path.as_str())
+            .then(ObjectMeta::prefix))
     }
 
     fn put(&self, path: &StoragePath, bytes: &[u8]) -> Result<(), DriverError> {

@@ -126,6 +126,19 @@ impl fmt::Display for Version {
 }
 
 impl ObjectMeta {
+    /// A prefix as an object store's `stat` reports it: it keeps no time for one, and one
+    /// exists only while something below it was just listed, so it is as new as the question.
+    pub fn prefix() -> ObjectMeta {
+        ObjectMeta {
+            size: 0,
+            modified: SystemTime::now(),
+            is_dir: true,
+            fingerprint: 0,
+            identity: None,
+            version: Version::new(""),
+        }
+    }
+
     /// A key equal for two paths only when they share stored bytes: the identity where the
     /// driver knows it, else the fingerprint (distinct objects, never merged by mistake).
     pub fn bytes_key(&self) -> u64 {

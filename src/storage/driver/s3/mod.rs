@@ -198,18 +198,6 @@ fn meta(key: &str, size: u64, modified: SystemTime, etag: &str) -> ObjectMeta {
     }
 }
 
-/// A prefix as `stat` reports it: S3 keeps no time for one.
-fn prefix_meta() -> ObjectMeta {
-    ObjectMeta {
-        size: 0,
-        modified: SystemTime::now(),
-        is_dir: true,
-        fingerprint: 0,
-        identity: None,
-        version: Version::new(""),
-    }
-}
-
 /// What a HEAD told about an object.
 pub(super) struct Head {
     key: String,
@@ -546,7 +534,7 @@ impl Driver for S3Driver {
         if let Some(head) = self.inner.head(&key)? {
             return Ok(Some(head.meta()));
         }
-        Ok(self.inner.has_below(&key)?.then(prefix_meta))
+        Ok(self.inner.has_below(&key)?.then(ObjectMeta::prefix))
     }
 
     fn put(&self, path: &StoragePath, bytes: &[u8]) -> Result<(), DriverError> {
