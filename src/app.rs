@@ -7,7 +7,7 @@ use crate::config::{CacheBackend, Config, StorageBackend, StoreConfig, UploadWri
 use crate::http::server::{BindError, Server};
 use crate::root_lock::{LockError, RootLock};
 use crate::storage::driver::local::{LocalDriver, WriterChoice};
-use crate::storage::driver::s3::{S3Config, S3Driver};
+use crate::storage::driver::s3::{MultipartCopy, S3Config, S3Driver};
 use crate::storage::driver::{Driver, DriverError};
 use crate::storage::{Reads, Registry, Store, collector, dedupe_pass};
 use std::path::{Path, PathBuf};
@@ -274,6 +274,12 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
                 session_token: credentials.session_token,
                 root: s3.rootdirectory.clone(),
                 chunk_size: usize::try_from(s3.chunksize).unwrap_or(usize::MAX),
+                multipart_copy: MultipartCopy {
+                    chunk_size: s3.multipartcopychunksize,
+                    max_concurrency: s3.multipartcopymaxconcurrency,
+                    threshold: s3.multipartcopythresholdsize,
+                },
+                redirect: s3.redirect,
             };
             let described = format!(
                 "s3 bucket {} at {} under {:?}, chunksize {}, credentials from the {}",

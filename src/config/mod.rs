@@ -104,7 +104,7 @@ pub enum StorageBackend {
     S3 {
         /// zot's `storageDriver` attributes.
         #[serde(rename = "storageDriver")]
-        storage_driver: s3::S3Settings,
+        storage_driver: Box<s3::S3Settings>,
     },
 }
 
@@ -425,7 +425,7 @@ fn resolve_store(
                 ));
             }
             StorageBackend::S3 {
-                storage_driver: s3::resolve(driver, &key("storageDriver"))?,
+                storage_driver: Box::new(s3::resolve(driver, &key("storageDriver"))?),
             }
         }
         None => StorageBackend::Local {

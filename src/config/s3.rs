@@ -8,11 +8,14 @@
 //!
 //! Built so far: `name`, `region`, `regionendpoint`, `bucket`, `rootdirectory`,
 //! `forcepathstyle` (true only: path-style requests), `secure`, `chunksize`, `accesskey`,
-//! `secretkey` (else the environment, else the shared credentials file), and the defaults of `v4auth` (true), `skipverify` (false), `encrypt`
+//! `secretkey` (else the environment, else the shared credentials file), `multipartcopychunksize`,
+//! `multipartcopymaxconcurrency`, `multipartcopythresholdsize`, the berth-only `redirect`, and
+//! the defaults of `v4auth` (true), `skipverify` (false), `encrypt`
 //! (false) and `storageclass` (`STANDARD`). Every other attribute of the table, and any other
 //! value of those four, is refused with an error naming the key until it is built; an
 //! unknown key is an error naming it.
 
+use crate::storage::driver::s3::MultipartCopy;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -44,6 +47,15 @@ pub struct S3Settings {
     pub secure: bool,
     /// Size of multipart upload parts.
     pub chunksize: u64,
+    /// Size of the parts of a multipart copy.
+    pub multipartcopychunksize: u64,
+    /// Parts of a multipart copy in flight at once.
+    pub multipartcopymaxconcurrency: usize,
+    /// Objects larger than this are copied in parts.
+    pub multipartcopythresholdsize: u64,
+    /// berth-only: blob GETs answer with a redirect to a presigned URL (off by default, as
+    /// zot does not redirect).
+    pub redirect: bool,
     /// The access key given in the config, if any: not printed either, so a printed config
     /// read back finds its credentials where the secret's are (the environment).
     #[serde(skip)]
@@ -201,6 +213,7 @@ struct RawS3 {
     accelerate: Option<Value>,
     objectacl: Option<Value>,
     loglevel: Option<Value>,
+    redirect: Option<bool>,
 }
 
 /// A number, or a string of one (zot's examples write both).
@@ -242,18 +255,6 @@ pub(super) fn resolve(value: &Value, key: &str) -> Result<S3Settings, String> {
     };
     for (present, name) in [
         (raw.keyid.is_some(), "keyid"),
-        (
-            raw.multipartcopychunksize.is_some(),
-            "multipartcopychunksize",
-        ),
-        (
-            raw.multipartcopymaxconcurrency.is_some(),
-            "multipartcopymaxconcurrency",
-        ),
-        (
-            raw.multipartcopythresholdsize.is_some(),
-            "multipartcopythresholdsize",
-        ),
         (raw.useragent.is_some(), "useragent"),
         (raw.usedualstack.is_some(), "usedualstack"),
         (raw.accelerate.is_some(), "accelerate"),
@@ -290,6 +291,35 @@ pub(super) fn resolve(value: &Value, key: &str) -> Result<S3Settings, String> {
                 )
             })?,
     };
+    let copy_defaults = MultipartCopy::default();
+    let bytes_between = |value: &Option<Value>, name: &str, default: u64, min: u64, max: u64| {
+        value.as_ref().map_or(Ok(default), |v| {
+            number(v)
+                .filter(|n| (min..=max).contains(n))
+                .ok_or_else(|| format!("{}: {v}: a number of bytes from {min} to {max}", at(name)))
+        })
+    };
+    let multipartcopychunksize = bytes_between(
+        &raw.multipartcopychunksize,
+        "multipartcopychunksize",
+        copy_defaults.chunk_size,
+        MIN_CHUNK_SIZE,
+        MAX_CHUNK_SIZE,
+    )?;
+    let multipartcopythresholdsize = bytes_between(
+        &raw.multipartcopythresholdsize,
+        "multipartcopythresholdsize",
+        copy_defaults.threshold,
+        0,
+        MAX_CHUNK_SIZE,
+    )?;
+    let multipartcopymaxconcurrency = bytes_between(
+        &raw.multipartcopymaxconcurrency,
+        "multipartcopymaxconcurrency",
+        copy_defaults.max_concurrency as u64,
+        1,
+        10_000,
+    )? as usize;
     if raw.accesskey.is_some() != raw.secretkey.is_some() {
         let missing = if raw.accesskey.is_some() {
             "secretkey"
@@ -319,6 +349,10 @@ pub(super) fn resolve(value: &Value, key: &str) -> Result<S3Settings, String> {
         forcepathstyle: true,
         secure: raw.secure.unwrap_or(true),
         chunksize,
+        multipartcopychunksize,
+        multipartcopymaxconcurrency,
+        multipartcopythresholdsize,
+        redirect: raw.redirect.unwrap_or(false),
         accesskey: raw.accesskey,
         secretkey: raw.secretkey,
     })
@@ -354,6 +388,22 @@ mod tests {
         let s = parse(r#"{"name":"s3","region":"us-west-2","bucket":"b"}"#).unwrap();
         assert_eq!(s.endpoint(), "https://s3.us-west-2.amazonaws.com");
         assert_eq!(s.chunksize, DEFAULT_CHUNK_SIZE);
+        assert_eq!(s.multipartcopythresholdsize, 32 * 1024 * 1024);
+        assert!(!s.redirect);
+        let s = parse(
+            r#"{"name":"s3","region":"r","bucket":"b","multipartcopychunksize":5242880,
+                "multipartcopymaxconcurrency":"4","multipartcopythresholdsize":0,"redirect":true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                s.multipartcopychunksize,
+                s.multipartcopymaxconcurrency,
+                s.multipartcopythresholdsize,
+                s.redirect
+            ),
+            (5 * 1024 * 1024, 4, 0, true)
+        );
     }
 
     /// zot's order: config, environment, shared credentials file (with `AWS_PROFILE`, else
@@ -468,6 +518,18 @@ mod tests {
             (
                 r#"{"name":"s3","region":"r","bucket":"b","useragent":"x"}"#,
                 "storage.storageDriver.useragent",
+            ),
+            (
+                r#"{"name":"s3","region":"r","bucket":"b","multipartcopychunksize":"1k"}"#,
+                "storage.storageDriver.multipartcopychunksize",
+            ),
+            (
+                r#"{"name":"s3","region":"r","bucket":"b","multipartcopymaxconcurrency":0}"#,
+                "storage.storageDriver.multipartcopymaxconcurrency",
+            ),
+            (
+                r#"{"name":"s3","region":"r","bucket":"b","redirect":"yes"}"#,
+                "storage.storageDriver.redirect",
             ),
             (
                 r#"{"name":"s3","region":"r","bucket":"b","forcepathstyle":false}"#,

@@ -86,6 +86,35 @@ pub struct S3Config {
     pub root: String,
     /// Size of the parts of multipart uploads (at least `MIN_PART`).
     pub chunk_size: usize,
+    /// How objects too large for one CopyObject, or large enough to gain from parallel
+    /// parts, are copied.
+    pub multipart_copy: MultipartCopy,
+    /// Blob GETs answer with a redirect to a presigned URL (berth-only key `redirect`).
+    pub redirect: bool,
+}
+
+/// `multipartcopychunksize`, `multipartcopymaxconcurrency`, `multipartcopythresholdsize`:
+/// objects larger than `threshold` are copied as a multipart upload of UploadPartCopy parts
+/// of `chunk_size`, `max_concurrency` of them in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MultipartCopy {
+    /// Size of each copied part.
+    pub chunk_size: u64,
+    /// Parts copied at once.
+    pub max_concurrency: usize,
+    /// Objects above this size are copied in parts.
+    pub threshold: u64,
+}
+
+impl Default for MultipartCopy {
+    /// distribution's defaults.
+    fn default() -> MultipartCopy {
+        MultipartCopy {
+            chunk_size: 32 * 1024 * 1024,
+            max_concurrency: 100,
+            threshold: 32 * 1024 * 1024,
+        }
+    }
 }
 
 /// The S3 driver. Cloning shares the client and its connection pool.

@@ -62,6 +62,8 @@ fn config(service: &Service, bucket: &str, root: &str) -> S3Config {
         session_token: None,
         root: root.to_string(),
         chunk_size: MIN_PART,
+        multipart_copy: MultipartCopy::default(),
+        redirect: false,
     }
 }
 
