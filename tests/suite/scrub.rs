@@ -1,19 +1,19 @@
 //! Scrub (issue 5, point 3): one blob's bytes altered on disk, hard-linked into two
 //! repositories by dedupe; the background scrub's HTTP report and the offline `berth scrub`
 //! table name exactly that digest, with every repository and tag using it, and nothing else;
-//! orphans and idle uploads are warnings, not failures.
+//! orphans and idle uploads are warnings, not failures. The same flow runs on a local root
+//! and on S3 (issue 13), where the second copy is a placeholder and the bytes are altered by a
+//! plain PUT to the bucket.
 
 use std::collections::BTreeSet;
-use std::os::unix::fs::FileExt;
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use crate::util::layout::blob_path;
 use crate::util::oci::*;
-use crate::util::server::{BERTH, Berth, Settings, temp_dir};
+use crate::util::server::{BERTH, Settings};
+use crate::util::store::{Backend, Store, blob};
 
 /// gc off, so nothing is collected; its delay still says when an upload counts as stale.
 fn settings() -> Settings {
@@ -24,19 +24,6 @@ fn settings() -> Settings {
         .extensions
         .insert("scrub".into(), json!({ "enable": true, "interval": "1s" }));
     settings
-}
-
-/// Flips one byte in the middle of a file, keeping its size.
-fn corrupt(path: &Path) {
-    let file = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let middle = file.metadata().unwrap().len() / 2;
-    let mut byte = [0u8];
-    file.read_exact_at(&mut byte, middle).unwrap();
-    file.write_all_at(&[byte[0] ^ 0xff], middle).unwrap();
 }
 
 /// `(repository, tag or digest, affected blob)` of every affected image in an HTTP report.
@@ -61,9 +48,17 @@ fn affected(report: &Value) -> BTreeSet<(String, String, String)> {
 
 #[test]
 fn scrub_names_the_altered_blob_and_everything_that_uses_it() {
-    let dir = temp_dir();
-    let root = dir.path().join("root");
-    let berth = Berth::start_on(&root, settings());
+    scrub_names_the_altered_blob(Backend::Local);
+}
+
+#[test]
+fn scrub_on_s3_names_the_altered_blob_and_everything_that_uses_it() {
+    scrub_names_the_altered_blob(Backend::S3);
+}
+
+fn scrub_names_the_altered_blob(backend: Backend) {
+    let store = Store::new(backend);
+    let berth = store.start(settings());
     let c = berth.client();
     let shared = Image::oci(100, &[64_000, 3000]);
     let other = Image::oci(101, &[5000]);
@@ -95,14 +90,14 @@ fn scrub_names_the_altered_blob_and_everything_that_uses_it() {
         .send()
         .expect(202);
     let layer = sha256(&shared.layers[0]);
-    let file = blob_path(&root.join("scrub/one"), &layer);
+    let file = blob("scrub/one", &layer);
     assert_eq!(
-        crate::util::layout::inode(&file),
-        crate::util::layout::inode(&blob_path(&root.join("scrub/two"), &layer)),
-        "dedupe links the layer into both repositories"
+        store.copies(&[file.clone(), blob("scrub/two", &layer)]),
+        1,
+        "dedupe stores the layer of both repositories once"
     );
     std::thread::sleep(Duration::from_millis(1100));
-    corrupt(&file);
+    store.corrupt(&file);
     let altered_at = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -158,10 +153,10 @@ fn scrub_names_the_altered_blob_and_everything_that_uses_it() {
     drop(berth);
 
     // Offline: the same findings as a table, and exit status 1.
-    let config = dir.path().join("scrub.json");
+    let config = store.root.with_file_name("scrub.json");
     std::fs::write(
         &config,
-        json!({ "storage": { "rootDirectory": root }, "http": { "address": "127.0.0.1", "port": "0" } })
+        json!({ "storage": store.storage_config(), "http": { "address": "127.0.0.1", "port": "0" } })
             .to_string(),
     )
     .unwrap();
@@ -195,8 +190,8 @@ fn scrub_names_the_altered_blob_and_everything_that_uses_it() {
     );
 
     // Scrub repaired and deleted nothing; with the byte put back, it finds nothing.
-    corrupt(&file);
-    assert!(file.exists() && blob_path(&root.join("scrub/three"), &orphan).exists());
+    store.corrupt(&file);
+    assert!(store.exists(&file) && store.exists(&blob("scrub/three", &orphan)));
     let output = run();
     assert_eq!(
         output.status.code(),

@@ -1,15 +1,17 @@
 //! The real `skopeo` against a real berth (issue 2, point 2), as a new user would drive it:
-//! push an image built here, pull it back byte-identical, list tags, inspect, delete; and
+//! push an image built here, pull it back byte-identical, list tags, inspect, delete, on a
+//! local root and on S3 (issue 13, with a layer of more than one multipart part); and
 //! serve layouts that skopeo itself wrote into berth's root before berth started; and push
 //! and pull through every `subPaths` store (issue 4, point 4).
 
 use serde_json::Value;
 
 use super::subpaths::Stores;
-use crate::util::archive::{docker_archive, tar_image};
+use crate::util::archive::{docker_archive, tar_image, tar_image_of};
 use crate::util::layout::{self, blob_path, read_index, tags_of, write_layout};
 use crate::util::oci::*;
 use crate::util::server::{Berth, Settings, temp_dir};
+use crate::util::store::{Backend, Store};
 use crate::util::tools::{arg, require, run};
 
 /// skopeo tries TLS before plain HTTP; until berth refuses a ClientHello at once (see
@@ -36,32 +38,46 @@ fn skopeo_json(args: &[&str]) -> Value {
 
 #[test]
 fn skopeo_push_pull_list_inspect_delete() {
+    push_pull_list_inspect_delete(Backend::Local);
+}
+
+#[test]
+fn skopeo_push_pull_list_inspect_delete_on_s3() {
+    push_pull_list_inspect_delete(Backend::S3);
+}
+
+fn push_pull_list_inspect_delete(backend: Backend) {
+    // The S3 servers first: without them an S3 test fails even where a client is missing.
+    let store = Store::new(backend);
     if !require("skopeo", &["skopeo", "--version"]) {
         return;
     }
-    let berth = Berth::start_with(settings());
+    let berth = store.start(settings());
     let work = temp_dir();
-    let image = tar_image(1);
-    let src = work.path().join("src");
-    write_layout(&src, "v1", &image);
+    // The last layer is more than one part of the S3 store's 5 MiB `chunksize`.
+    let image = tar_image_of(1, &[40_000, 3000, 6 * 1024 * 1024]);
+    let other = tar_image(5);
     let remote = format!("docker://{}/skopeo/app", berth.addr());
-    let src_ref = format!("oci:{}:v1", arg(&src));
 
-    // Push twice under two tags. --preserve-digests makes skopeo fail rather than rewrite
-    // the manifest, so what berth stores must be exactly our bytes.
-    for tag in ["v1", "v2"] {
+    // Push twice under two tags, and another image under a third. --preserve-digests makes
+    // skopeo fail rather than rewrite the manifest, so what berth stores must be exactly our
+    // bytes.
+    for (tag, image) in [("v1", &image), ("v2", &image), ("other", &other)] {
+        let src = work.path().join(format!("src-{tag}"));
+        write_layout(&src, tag, image);
         skopeo(&[
             "copy",
             "--quiet",
             "--dest-tls-verify=false",
             "--preserve-digests",
-            &src_ref,
+            &format!("oci:{}:{tag}", arg(&src)),
             &format!("{remote}:{tag}"),
         ]);
     }
     let c = berth.client();
     assert_image(&c, "skopeo/app", "v1", &image);
     assert_image(&c, "skopeo/app", "v2", &image);
+    assert_image(&c, "skopeo/app", "other", &other);
 
     // Pull back into an OCI layout and a dir: every byte as pushed.
     let back = work.path().join("back");
@@ -100,14 +116,16 @@ fn skopeo_push_pull_list_inspect_delete() {
     }
 
     let listed = skopeo_json(&["list-tags", "--tls-verify=false", &remote]);
-    assert_eq!(listed["Tags"], serde_json::json!(["v1", "v2"]), "{listed}");
+    assert_eq!(
+        listed["Tags"],
+        serde_json::json!(["other", "v1", "v2"]),
+        "{listed}"
+    );
 
     let inspected = skopeo_json(&["inspect", "--tls-verify=false", &format!("{remote}:v1")]);
     assert_eq!(inspected["Digest"], image.digest().as_str(), "{inspected}");
-    assert_eq!(
-        inspected["Layers"],
-        serde_json::json!([sha256(&image.layers[0])])
-    );
+    let layers: Vec<String> = image.layers.iter().map(|l| sha256(l)).collect();
+    assert_eq!(inspected["Layers"], serde_json::json!(layers));
     assert_eq!(inspected["Os"], "linux");
     assert_eq!(
         skopeo(&[
@@ -129,12 +147,15 @@ fn skopeo_push_pull_list_inspect_delete() {
         image.config
     );
 
-    // skopeo deletes by digest: the manifest and both tags naming it go.
+    // skopeo deletes by digest: the manifest and both tags naming it go, the other stays.
     skopeo(&["delete", "--tls-verify=false", &format!("{remote}:v1")]);
     c.get_manifest("skopeo/app", &image.digest(), OCI_MANIFEST)
         .expect_error(404, "MANIFEST_UNKNOWN");
     c.get_manifest("skopeo/app", "v2", OCI_MANIFEST)
         .expect_error(404, "MANIFEST_UNKNOWN");
+    assert_image(&c, "skopeo/app", "other", &other);
+    let listed = skopeo_json(&["list-tags", "--tls-verify=false", &remote]);
+    assert_eq!(listed["Tags"], serde_json::json!(["other"]), "{listed}");
     let failed = std::process::Command::new("skopeo")
         .args(["inspect", "--tls-verify=false", &format!("{remote}:v1")])
         .output()
@@ -143,7 +164,7 @@ fn skopeo_push_pull_list_inspect_delete() {
         !failed.status.success(),
         "inspect of a deleted image succeeded"
     );
-    layout::assert_sound(berth.root());
+    store.assert_sound();
 }
 
 #[test]

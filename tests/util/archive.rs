@@ -53,26 +53,39 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 /// A runnable-looking OCI image with one gzip layer holding two small files: what a user
 /// would build and push with skopeo. `seed` varies the file contents.
 pub fn tar_image(seed: u64) -> Image {
-    let payload = super::oci::random_bytes(seed, 40_000);
-    let tar = tar(&[
-        (
-            "hello.txt",
-            format!("hello from berth test {seed}\n").as_bytes(),
-        ),
-        ("data.bin", &payload),
-    ]);
+    tar_image_of(seed, &[40_000])
+}
+
+/// `tar_image` with one gzip layer per entry of `payloads`, each holding a text file and that
+/// many random (so incompressible: the layer is about as large) bytes.
+pub fn tar_image_of(seed: u64, payloads: &[usize]) -> Image {
+    let tars: Vec<Vec<u8>> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, &size)| {
+            let seed = seed + i as u64;
+            tar(&[
+                (
+                    "hello.txt",
+                    format!("hello from berth test {seed}\n").as_bytes(),
+                ),
+                ("data.bin", &super::oci::random_bytes(seed, size)),
+            ])
+        })
+        .collect();
+    let diff_ids: Vec<String> = tars.iter().map(|t| sha256(t)).collect();
     let config = serde_json::to_vec(&json!({
         "architecture": "amd64",
         "os": "linux",
         "config": { "Cmd": ["/hello"] },
-        "rootfs": { "type": "layers", "diff_ids": [sha256(&tar)] }
+        "rootfs": { "type": "layers", "diff_ids": diff_ids }
     }))
     .unwrap();
     Image::assemble(
         OCI_MANIFEST,
         config,
         OCI_CONFIG,
-        vec![gzip(&tar)],
+        tars.iter().map(|t| gzip(t)).collect(),
         OCI_LAYER_GZIP,
         json!({}),
     )

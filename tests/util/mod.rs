@@ -5,5 +5,7 @@ pub mod archive;
 pub mod http;
 pub mod layout;
 pub mod oci;
+pub mod s3;
 pub mod server;
+pub mod store;
 pub mod tools;
