@@ -19,18 +19,19 @@ const ANY_SIGNATURE: &str = "AWS4-HMAC-SHA256 Credential=testing/20260101/eu-wes
 /// The metadata berth's S3 driver names a placeholder's holder with (DESIGN decision 9).
 const HOLDER: &str = "x-amz-meta-berth-holder";
 
-/// moto's endpoint, from the environment (`scripts/test.sh` exports it) or from the file
-/// `scripts/s3-services.sh start` writes.
-pub fn moto() -> String {
-    let var = "BERTH_S3_MOTO_ENDPOINT";
+/// A variable `scripts/s3-services.sh start` writes to `.s3-services/env`, from the
+/// environment (`scripts/test.sh` exports them) or from that file.
+fn service_var(var: &str) -> String {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(".s3-services/env");
+    let prefix = format!("{var}=");
     std::env::var(var)
         .ok()
+        .filter(|v| !v.is_empty())
         .or_else(|| {
-            std::fs::read_to_string(&file).ok()?.lines().find_map(|l| {
-                l.strip_prefix("BERTH_S3_MOTO_ENDPOINT=")
-                    .map(str::to_string)
-            })
+            std::fs::read_to_string(&file)
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
         })
         .unwrap_or_else(|| {
             panic!(
@@ -39,6 +40,62 @@ pub fn moto() -> String {
                 file.display()
             )
         })
+}
+
+/// moto's endpoint.
+pub fn moto() -> String {
+    service_var("BERTH_S3_MOTO_ENDPOINT")
+}
+
+/// s3s-fs as `scripts/s3-services.sh` runs it: it checks every request's SigV4 signature
+/// against its one pair of keys.
+pub struct S3s {
+    pub endpoint: String,
+    pub access_key: String,
+    pub secret_key: String,
+    /// The directory it serves: a bucket is a directory in it.
+    root: String,
+}
+
+impl S3s {
+    pub fn running() -> S3s {
+        S3s {
+            endpoint: service_var("BERTH_S3_S3S_ENDPOINT"),
+            access_key: service_var("BERTH_S3_S3S_ACCESS_KEY"),
+            secret_key: service_var("BERTH_S3_S3S_SECRET_KEY"),
+            root: service_var("BERTH_S3_S3S_ROOT"),
+        }
+    }
+
+    /// A new, empty bucket, made as s3s-fs keeps one (the tests have no SigV4 signer of their
+    /// own to create it with, and need none: s3s-fs serves what is in its directory).
+    pub fn new_bucket(&self) -> String {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let bucket = format!("berth-it-{}-{nanos}", std::process::id());
+        std::fs::create_dir(Path::new(&self.root).join(&bucket))
+            .unwrap_or_else(|e| panic!("make bucket {bucket} in {}: {e}", self.root));
+        bucket
+    }
+
+    /// `storage.storageDriver` for `bucket`, with `keys` (access, secret) when given, else
+    /// none: berth then looks for them in the environment and the credentials file.
+    pub fn storage_driver(&self, bucket: &str, keys: Option<(&str, &str)>) -> Value {
+        let mut driver = json!({
+            "name": "s3",
+            "region": "us-east-1",
+            "bucket": bucket,
+            "regionendpoint": self.endpoint,
+            "rootdirectory": "/berth",
+        });
+        if let Some((access, secret)) = keys {
+            driver["accesskey"] = access.into();
+            driver["secretkey"] = secret.into();
+        }
+        driver
+    }
 }
 
 /// Turns on moto, which serves one request at a time: a flow whose assertions depend on how
@@ -116,7 +173,12 @@ impl Bucket {
             .header("Authorization", ANY_SIGNATURE)
             .body(body.to_vec())
             .try_send()
-            .unwrap_or_else(|e| panic!("{method} {target}: moto does not answer: {e}"))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{method} {target}: moto does not answer ({e}): is it running? \
+                     `scripts/s3-services.sh start` starts it"
+                )
+            })
     }
 
     /// The object at `key`, or None when there is none.

@@ -64,11 +64,27 @@ pub struct Launch {
     pub processes: Option<u64>,
     /// Run as this user (and group of the same id); root ignores `RLIMIT_NPROC`.
     pub uid: Option<u32>,
+    /// Environment variables set for the process (the S3 credential variables are always
+    /// cleared first, so no berth under test finds the caller's keys).
+    pub env: Vec<(String, String)>,
 }
+
+/// Where berth looks for S3 credentials besides its config (zot's order).
+pub const AWS_VARS: [&str; 5] = [
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+];
 
 impl Launch {
     fn apply(&self, command: &mut Command) {
         use std::os::unix::process::CommandExt;
+        for var in AWS_VARS {
+            command.env_remove(var);
+        }
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         if let Some(uid) = self.uid {
             command.gid(uid).uid(uid);
         }
