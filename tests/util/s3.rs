@@ -99,7 +99,9 @@ impl S3s {
 }
 
 /// Turns on moto, which serves one request at a time: a flow whose assertions depend on how
-/// long its requests take (gc's delays) has moto to itself, other flows share it.
+/// long its requests take (gc's delays) has moto to itself, other flows share it. A test
+/// holds one turn (one bucket) at a time: a second shared turn asked for while a timed flow
+/// waits would wait for that flow, which waits for the first turn.
 static TURNS: RwLock<()> = RwLock::new(());
 
 /// A bucket's turn on moto, held as long as the bucket is in use.
