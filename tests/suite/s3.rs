@@ -4,7 +4,8 @@
 //! first is gone (nothing a pull needs lives in the process or on its disk); the bucket holds
 //! the OCI layout under `rootdirectory`, so a layout written on disk and copied into the
 //! bucket with plain PUTs is served as it is, and the bucket copied out is a layout a local
-//! berth serves; and a `subPaths` config mixes a local and an S3 store behind one API.
+//! berth serves; a `subPaths` config mixes a local and an S3 store behind one API; and a
+//! restart with dedupe off makes dedupe's placeholders full copies again.
 //! skopeo, oras, scrub, gc and dedupe on S3 run the local flows in their own modules. Without
 //! the servers the tests fail, naming the script: they never pass by skipping.
 
@@ -18,6 +19,7 @@ use crate::util::layout::{self, read_index, tags_of, write_layout};
 use crate::util::oci::*;
 use crate::util::s3::Bucket;
 use crate::util::server::{Berth, Settings, temp_dir};
+use crate::util::store::{Backend, Store, blob};
 
 #[test]
 fn an_image_pushed_to_s3_is_pulled_back_by_another_process() {
@@ -228,4 +230,53 @@ fn sub_paths_mix_a_local_and_an_s3_store_behind_one_api() {
         "only the S3 store's repositories are in the bucket: {keys:?}"
     );
     layout::assert_sound(&local);
+}
+
+#[test]
+fn a_restart_with_dedupe_off_makes_every_placeholder_a_full_copy() {
+    let store = Store::new(Backend::S3);
+    let image = Image::oci(1340, &[20_000, 6 * 1024 * 1024 + 3]);
+    let repos = ["restore/a", "restore/b", "restore/c"];
+    let with_dedupe = |dedupe: bool| {
+        let mut settings = Settings::default();
+        settings.storage.insert("dedupe".into(), json!(dedupe));
+        settings
+    };
+    {
+        let berth = store.start(with_dedupe(true));
+        for repo in repos {
+            push_image(&berth.client(), repo, "v1", &image);
+        }
+    }
+    let digests: Vec<String> = image
+        .blobs()
+        .into_iter()
+        .chain([image.manifest.as_slice()])
+        .map(sha256)
+        .collect();
+    let paths = |digest: &str| -> Vec<String> { repos.iter().map(|r| blob(r, digest)).collect() };
+    for digest in &digests {
+        assert_eq!(store.copies(&paths(digest)), 1, "{digest}: one holder");
+    }
+
+    let berth = store.start(with_dedupe(false));
+    assert!(
+        berth.wait_for_log(
+            "dedupe restore: placeholders made full copies",
+            Duration::from_secs(60)
+        ),
+        "{}",
+        berth.logs()
+    );
+    for digest in &digests {
+        assert_eq!(
+            store.copies(&paths(digest)),
+            repos.len(),
+            "{digest}: a full copy in each repository"
+        );
+    }
+    for repo in repos {
+        assert_image(&berth.client(), repo, "v1", &image);
+    }
+    store.assert_sound();
 }
