@@ -1,7 +1,9 @@
-//! A bucket on moto (issue 13's test S3, started by `scripts/s3-services.sh`), seen as a plain
-//! S3 tool sees it: objects put, read, listed and inspected one request at a time, never
-//! through berth's driver, so what a test finds in the bucket is what any other tool would.
-//! Without the servers a test fails here, naming the script: it never passes by skipping.
+//! The S3 test servers `scripts/s3-services.sh` starts (issue 13): a bucket on moto, seen as a
+//! plain S3 tool sees it (objects put, read, listed and inspected one request at a time, never
+//! through berth's driver, so what a test finds in the bucket is what any other tool would),
+//! with turns on moto for flows that time their requests; and s3s-fs's endpoint, keys and
+//! buckets, for the credential flows. Without the servers a test fails here, naming the
+//! script: it never passes by skipping.
 
 use std::net::SocketAddr;
 use std::path::Path;
