@@ -163,7 +163,7 @@ pub fn restore(store: &Store) -> Result<RestoreReport, StoreError> {
                 Vec::new()
             });
             for file in files {
-                if !placeholders::may_be(&*store.driver, &file.digest, file.size) {
+                if !placeholders::may_be(&file.digest, file.size) {
                     continue;
                 }
                 let _guard = store.blob_lock(&file.digest);
@@ -218,7 +218,7 @@ fn restore_one(store: &Store, digest: &Digest, path: &StoragePath) -> Result<Res
             store.driver.copy(&found.path, path)?;
             Restored::Copied(found.meta.size)
         }
-        Lookup::Found(_) | Lookup::Missing => Restored::Nothing,
+        Lookup::Found(_) | Lookup::Missing | Lookup::Empty => Restored::Nothing,
         Lookup::Dangling(holder) => Restored::Dangling(holder),
     })
 }

@@ -22,10 +22,20 @@ pub(super) fn is_empty_blob(digest: &Digest) -> bool {
     EMPTY.contains(digest)
 }
 
-/// Whether an object of `size` bytes at a blob path of `digest` may be a placeholder, and so
-/// is worth asking its driver about.
-pub(super) fn may_be(driver: &dyn Driver, digest: &Digest, size: u64) -> bool {
-    size == 0 && !is_empty_blob(digest) && driver.capabilities().placeholders
+/// Whether an object of `size` bytes at a blob path of `digest` cannot be the blob itself:
+/// a placeholder, or bytes lost (an object cut to nothing, or a placeholder copied out of a
+/// bucket without its metadata).
+pub(super) fn may_be(digest: &Digest, size: u64) -> bool {
+    size == 0 && !is_empty_blob(digest)
+}
+
+/// The holder the empty object at `path` names, where the driver keeps placeholders.
+fn holder_of(driver: &dyn Driver, path: &StoragePath) -> Result<Option<StoragePath>, DriverError> {
+    if driver.capabilities().placeholders {
+        driver.placeholder_holder(path)
+    } else {
+        Ok(None)
+    }
 }
 
 /// A blob path's bytes, found.
@@ -48,6 +58,8 @@ pub(super) enum Lookup {
     Found(Resolved),
     /// A placeholder whose holder is gone.
     Dangling(StoragePath),
+    /// Zero bytes for a digest of more, naming no holder: never served as the blob.
+    Empty,
 }
 
 /// What the blob path `path` of `digest` holds, its placeholder resolved.
@@ -60,23 +72,16 @@ pub(super) fn lookup(
         Some(meta) if !meta.is_dir => meta,
         _ => return Ok(Lookup::Missing),
     };
-    if !may_be(driver, digest, meta.size) {
+    if !may_be(digest, meta.size) {
         return Ok(Lookup::Found(Resolved {
             path: path.clone(),
             meta,
             placeholder: false,
         }));
     }
-    let holder = match driver.placeholder_holder(path) {
+    let holder = match holder_of(driver, path) {
         Ok(Some(holder)) => holder,
-        // An empty object naming nothing: as it is (scrub reports its bytes).
-        Ok(None) => {
-            return Ok(Lookup::Found(Resolved {
-                path: path.clone(),
-                meta,
-                placeholder: false,
-            }));
-        }
+        Ok(None) => return Ok(Lookup::Empty),
         Err(DriverError::NotFound { .. }) => return Ok(Lookup::Missing),
         Err(e) => return Err(e),
     };
@@ -92,8 +97,8 @@ pub(super) fn lookup(
     })
 }
 
-/// `lookup` for reads: a placeholder whose holder is gone holds nothing (zot #4427 served
-/// such a placeholder as an empty 200).
+/// `lookup` for reads: a placeholder whose holder is gone, or an empty object naming none,
+/// holds nothing (zot #4427 served such a placeholder as an empty 200).
 pub(super) fn resolve(
     driver: &dyn Driver,
     path: &StoragePath,
@@ -101,29 +106,30 @@ pub(super) fn resolve(
 ) -> Result<Option<Resolved>, DriverError> {
     Ok(match lookup(driver, path, digest)? {
         Lookup::Found(resolved) => Some(resolved),
-        Lookup::Missing | Lookup::Dangling(_) => None,
+        Lookup::Missing | Lookup::Dangling(_) | Lookup::Empty => None,
     })
 }
 
 /// The whole (small) blob at `path` of `digest` (a manifest), read through its placeholder.
-/// `NotFound` if absent, or a placeholder whose holder is gone.
+/// `NotFound` if absent, a placeholder whose holder is gone, or empty naming no holder.
 pub(super) fn get(
     driver: &dyn Driver,
     path: &StoragePath,
     digest: &Digest,
 ) -> Result<Vec<u8>, DriverError> {
     let bytes = driver.get(path)?;
-    if !may_be(driver, digest, bytes.len() as u64) {
+    if !may_be(digest, bytes.len() as u64) {
         return Ok(bytes);
     }
-    match driver.placeholder_holder(path)? {
+    let gone = |path: &StoragePath| DriverError::NotFound {
+        driver: driver.name(),
+        path: path.to_string(),
+    };
+    match holder_of(driver, path)? {
         Some(holder) => match driver.get(&holder)? {
-            held if held.is_empty() => Err(DriverError::NotFound {
-                driver: driver.name(),
-                path: holder.to_string(),
-            }),
+            held if held.is_empty() => Err(gone(&holder)),
             held => Ok(held),
         },
-        None => Ok(bytes),
+        None => Err(gone(path)),
     }
 }

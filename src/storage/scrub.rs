@@ -503,6 +503,10 @@ impl Store {
             Ok(Lookup::Dangling(holder)) => Err(format!(
                 "placeholder names {holder} as holding its bytes, which is gone"
             )),
+            Ok(Lookup::Empty) => Err(
+                "blob is empty: zero bytes for a digest of more, naming no holder (cut, or copied without its metadata)"
+                    .to_string(),
+            ),
             Err(e) => Err(e.to_string()),
         }
     }

@@ -669,7 +669,21 @@ fn scrubbing(store: &Store) {
     let damaged = Digest::sha256_of(layer);
     let path = layout::blob(&repo, &damaged).unwrap();
     store.driver.put(&path, b"damaged").unwrap();
-    assert_eq!(affected(), [(repo.to_string(), vec![damaged])]);
+    assert_eq!(affected(), [(repo.to_string(), vec![damaged.clone()])]);
+    // Emptied (cut, or a placeholder copied out of a bucket without its metadata): never
+    // served as the blob (it was, as 0 bytes), reported, and replaced by the next push.
+    store.driver.put(&path, b"").unwrap();
+    assert!(
+        matches!(
+            store.blob_size(&repo, &damaged),
+            Err(StoreError::BlobUnknown(_))
+        ),
+        "an empty object is not the blob"
+    );
+    assert_eq!(affected(), [(repo.to_string(), vec![damaged.clone()])]);
+    push(store, &repo, layer);
+    assert_eq!(pull(store, &repo, &damaged, None), layer);
+    assert!(affected().is_empty());
 }
 
 /// Where the bytes of `repo`'s blob `digest` are, its placeholder resolved.
