@@ -400,6 +400,33 @@ pub(super) fn resolve(value: &Value, key: &str) -> Result<S3Settings, String> {
     }
     let usedualstack = flag(&raw.usedualstack, "usedualstack", false)?;
     let accelerate = flag(&raw.accelerate, "accelerate", false)?;
+    if keyid.is_some() && raw.v4auth == Some(false) {
+        return Err(format!(
+            "{}: false: S3 takes requests for KMS-encrypted objects (keyid) signed with \
+             Signature Version 4 only",
+            at("v4auth")
+        ));
+    }
+    let regionendpoint = raw.regionendpoint.filter(|e| !e.is_empty());
+    if raw.forcepathstyle == Some(false)
+        && let Some(endpoint) = &regionendpoint
+    {
+        // A virtual-hosted request names BUCKET.HOST: no such name exists for an IP address.
+        let authority = endpoint
+            .split_once("://")
+            .map_or(endpoint.as_str(), |(_, a)| a);
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority, |(h, _)| h)
+            .trim_matches(['[', ']']);
+        if host.parse::<std::net::IpAddr>().is_ok() {
+            return Err(format!(
+                "{}: false: virtual-hosted requests need a host name in regionendpoint, not \
+                 the address {host} (use localhost for loopback)",
+                at("forcepathstyle")
+            ));
+        }
+    }
     let required = |value: Option<String>, name: &str| {
         value
             .filter(|v| !v.is_empty())
@@ -466,7 +493,7 @@ pub(super) fn resolve(value: &Value, key: &str) -> Result<S3Settings, String> {
     Ok(S3Settings {
         name: "s3".to_string(),
         region,
-        regionendpoint: raw.regionendpoint.filter(|e| !e.is_empty()),
+        regionendpoint,
         bucket,
         rootdirectory: raw
             .rootdirectory
@@ -692,7 +719,7 @@ mod tests {
         let s = parse(
             r#"{"name":"s3","region":"eu-west-1","bucket":"b","encrypt":true,"keyid":"k-1",
                 "storageclass":"reduced_redundancy","objectacl":"bucket-owner-full-control",
-                "useragent":"me/1","skipverify":true,"v4auth":false,"loglevel":"DebugWithSigning",
+                "useragent":"me/1","skipverify":true,"loglevel":"DebugWithSigning",
                 "forcepathstyle":false}"#,
         )
         .unwrap();
@@ -707,7 +734,7 @@ mod tests {
             Some("bucket-owner-full-control")
         );
         assert_eq!(wire.user_agent.as_deref(), Some("me/1"));
-        assert!(wire.skip_verify && wire.signature_v2 && wire.virtual_hosted);
+        assert!(wire.skip_verify && !wire.signature_v2 && wire.virtual_hosted);
         assert_eq!(wire.log, LogLevel::DebugWithSigning);
         assert_eq!(s.endpoint(), "https://s3.eu-west-1.amazonaws.com");
         let printed = serde_json::to_value(&s).unwrap();
@@ -730,6 +757,8 @@ mod tests {
         assert_eq!(s.wire().encryption, Some(Encryption::Aes256));
         assert_eq!(s.wire().storage_class, None);
         assert_eq!(serde_json::to_value(&s).unwrap()["storageclass"], "NONE");
+        let s = parse(r#"{"name":"s3","region":"r","bucket":"b","v4auth":false}"#).unwrap();
+        assert!(s.wire().signature_v2);
 
         for (json, endpoint, virtual_hosted) in [
             (
@@ -851,6 +880,16 @@ mod tests {
             (
                 r#"{"name":"s3","region":"r","bucket":"b","forcepathstyle":"no"}"#,
                 "storage.storageDriver.forcepathstyle",
+            ),
+            (
+                r#"{"name":"s3","region":"r","bucket":"b","forcepathstyle":false,
+                    "regionendpoint":"http://127.0.0.1:9000"}"#,
+                "storage.storageDriver.forcepathstyle",
+            ),
+            (
+                r#"{"name":"s3","region":"r","bucket":"b","encrypt":true,"keyid":"k",
+                    "v4auth":false}"#,
+                "storage.storageDriver.v4auth",
             ),
         ] {
             let e = parse(json).unwrap_err();
