@@ -187,7 +187,14 @@ impl S3Driver {
                 &[],
                 Body::Empty,
             )
-            .map_err(failed)?;
+            .map_err(|e| {
+                let hint = if e.to_string().contains("certificate") {
+                    " (the endpoint's certificate is verified; skipverify: true turns that off)"
+                } else {
+                    ""
+                };
+                failed(std::io::Error::other(format!("{e}{hint}")))
+            })?;
         match reply.status {
             200 => {
                 let _ = reply.bytes();
