@@ -318,3 +318,40 @@ fn wrong_or_missing_credentials_are_refused_at_start() {
         "{stderr}"
     );
 }
+
+/// The wire attributes reach the requests from the config file: virtual-hosted requests
+/// (`BUCKET.localhost:PORT`) signed with Signature Version 2, with a storage class, a canned
+/// ACL, encryption and a user agent, pass s3s-fs's checks for a push and a pull, and
+/// `loglevel: debug` logs each request.
+#[test]
+fn wire_attributes_from_the_config_push_and_pull() {
+    let vars = services();
+    let endpoint = vars["BERTH_S3_S3S_ENDPOINT"].replace("127.0.0.1", "localhost");
+    let bucket = s3s_bucket(&vars);
+    let mut driver = driver(
+        &endpoint,
+        &bucket,
+        Some((
+            vars["BERTH_S3_S3S_ACCESS_KEY"].as_str(),
+            vars["BERTH_S3_S3S_SECRET_KEY"].as_str(),
+        )),
+    );
+    for (key, value) in [
+        ("forcepathstyle", json!(false)),
+        ("v4auth", json!(false)),
+        ("storageclass", json!("REDUCED_REDUNDANCY")),
+        ("objectacl", json!("bucket-owner-full-control")),
+        ("encrypt", json!(true)),
+        ("useragent", json!("berth-it/1")),
+        ("loglevel", json!("debug")),
+    ] {
+        driver[key] = value;
+    }
+    let home = temp_dir();
+    let log = push_and_pull(driver, environment(home.path(), &[]), 6);
+    assert!(log.contains("(virtual-hosted)"), "{log}");
+    assert!(
+        log.contains("S3 request") && log.contains(&format!("bucket=\"{bucket}\"")),
+        "{log}"
+    );
+}
