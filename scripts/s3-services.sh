@@ -7,8 +7,12 @@
 #                conformance suite's counters lost an increment). S3 makes them atomic; here
 #                moto's own app is served one request at a time (werkzeug, threaded=False),
 #                which makes each conditional write atomic too.
-#   s3s-fs       (crate s3s-fs 0.14.1): S3 over a directory; checks SigV4, so the driver's
-#                signing is shown against it.
+#   s3s-fs       (crate s3s-fs 0.14.1): S3 over a directory; checks SigV4 and SigV2, so the
+#                driver's signing is shown against it. It takes virtual-hosted requests
+#                (BUCKET.localhost:PORT) as well as path-style ones (127.0.0.1:PORT, localhost:PORT).
+#   moto (TLS)   a second moto_server on HTTPS with a self-signed certificate made here by
+#                openssl (for localhost and 127.0.0.1): `secure` verifies it and fails,
+#                `skipverify` does not. Its certificate is $STATE/tls/cert.pem.
 #
 #   scripts/s3-services.sh start   installs what is missing (idempotent), stops what an earlier
 #                                  start left running, starts both on free 127.0.0.1 ports and
@@ -33,6 +37,10 @@ as_root() {
 }
 
 install_missing() {
+    if ! command -v openssl >/dev/null 2>&1; then
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl
+    fi
     if ! command -v moto_server >/dev/null 2>&1; then
         echo "s3-services: installing moto[server] (pip)"
         if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
@@ -107,35 +115,51 @@ start() {
     install_missing
     stop
     mkdir -p "$STATE/s3s-root"
-    local moto_port s3s_port moto_pid s3s_pid
-    moto_port=$(free_port)
-    # `moto_server -H 127.0.0.1 -p PORT`, but one request at a time (see the top). The word
-    # moto_server in its arguments is what `stop` recognises it by.
-    "$PYTHON" -c '
+    local moto_port s3s_port moto_pid s3s_pid tls_port tls_pid
+    # `moto_server -H 127.0.0.1 -p PORT [-c CERT -k KEY]`, but one request at a time (see the
+    # top). The word moto_server in its arguments is what `stop` recognises it by.
+    local moto_app='
 import sys
 from werkzeug.serving import run_simple
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-run_simple(sys.argv[2], int(sys.argv[3]), DomainDispatcherApplication(create_backend_app), threaded=False)
-' moto_server 127.0.0.1 "$moto_port" >"$STATE/moto.log" 2>&1 &
+tls = (sys.argv[4], sys.argv[5]) if len(sys.argv) > 5 else None
+run_simple(sys.argv[2], int(sys.argv[3]), DomainDispatcherApplication(create_backend_app), threaded=False, ssl_context=tls)
+'
+    moto_port=$(free_port)
+    "$PYTHON" -c "$moto_app" moto_server 127.0.0.1 "$moto_port" >"$STATE/moto.log" 2>&1 &
     moto_pid=$!
+    mkdir -p "$STATE/tls"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj /CN=localhost \
+        -addext "basicConstraints=critical,CA:FALSE" \
+        -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+        -keyout "$STATE/tls/key.pem" -out "$STATE/tls/cert.pem" 2>"$STATE/tls/openssl.log"
+    tls_port=$(free_port)
+    "$PYTHON" -c "$moto_app" moto_server 127.0.0.1 "$tls_port" "$STATE/tls/cert.pem" "$STATE/tls/key.pem" \
+        >"$STATE/moto-tls.log" 2>&1 &
+    tls_pid=$!
     s3s_port=$(free_port)
     "$(s3s_fs)" --host 127.0.0.1 --port "$s3s_port" \
         --access-key "$S3S_ACCESS_KEY" --secret-key "$S3S_SECRET_KEY" \
+        --domain "127.0.0.1:$s3s_port" --domain "localhost:$s3s_port" \
         "$STATE/s3s-root" >"$STATE/s3s-fs.log" 2>&1 &
     s3s_pid=$!
     # Written before waiting, so `stop` finds both even if a wait fails.
     cat >"$ENV_FILE" <<EOF
 BERTH_S3_MOTO_ENDPOINT=http://127.0.0.1:$moto_port
 BERTH_S3_MOTO_PID=$moto_pid
+BERTH_S3_MOTO_TLS_ENDPOINT=https://127.0.0.1:$tls_port
+BERTH_S3_MOTO_TLS_PID=$tls_pid
 BERTH_S3_S3S_ENDPOINT=http://127.0.0.1:$s3s_port
 BERTH_S3_S3S_ACCESS_KEY=$S3S_ACCESS_KEY
 BERTH_S3_S3S_SECRET_KEY=$S3S_SECRET_KEY
 BERTH_S3_S3S_ROOT=$STATE/s3s-root
 BERTH_S3_S3S_PID=$s3s_pid
+BERTH_S3_S3S_ROOT=$STATE/s3s-root
 EOF
     wait_for moto "$moto_port" "$moto_pid"
+    wait_for moto-tls "$tls_port" "$tls_pid"
     wait_for s3s-fs "$s3s_port" "$s3s_pid"
-    echo "s3-services: moto on 127.0.0.1:$moto_port (pid $moto_pid), s3s-fs on 127.0.0.1:$s3s_port (pid $s3s_pid); $ENV_FILE"
+    echo "s3-services: moto on 127.0.0.1:$moto_port (pid $moto_pid), moto on https://127.0.0.1:$tls_port (pid $tls_pid), s3s-fs on 127.0.0.1:$s3s_port (pid $s3s_pid); $ENV_FILE"
 }
 
 case "${1:-}" in

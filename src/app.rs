@@ -265,13 +265,16 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
         StorageBackend::S3 { storage_driver: s3 } => {
             let at = format!("{key}.storageDriver");
             let credentials = s3.credentials(&at).map_err(StartError::Credentials)?;
+            let source = credentials.source;
+            for ignored in s3.ignored(&at) {
+                tracing::warn!("{ignored}");
+            }
             let config = S3Config {
                 endpoint: s3.endpoint(),
                 region: s3.region.clone(),
                 bucket: s3.bucket.clone(),
-                access_key: credentials.access_key,
-                secret_key: credentials.secret_key,
-                session_token: credentials.session_token,
+                credentials,
+                wire: s3.wire(),
                 root: s3.rootdirectory.clone(),
                 chunk_size: usize::try_from(s3.chunksize).unwrap_or(usize::MAX),
                 multipart_copy: MultipartCopy {
@@ -282,11 +285,21 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
                 redirect: s3.redirect,
             };
             let described = format!(
-                "s3 bucket {} at {} under {:?}, chunksize {}, credentials from the {}",
-                config.bucket, config.endpoint, config.root, config.chunk_size, credentials.source
+                "s3 bucket {} at {} ({}) under {:?}, chunksize {}, credentials from the {source}",
+                config.bucket,
+                config.endpoint,
+                if config.wire.virtual_hosted {
+                    "virtual-hosted"
+                } else {
+                    "path-style"
+                },
+                config.root,
+                config.chunk_size,
             );
-            let driver =
-                S3Driver::new(config).map_err(|source| StartError::Storage { key: at, source })?;
+            // Wrong keys or a wrong bucket show now, not at the first push.
+            let driver = S3Driver::new(config)
+                .and_then(|driver| driver.probe().map(|()| driver))
+                .map_err(|source| StartError::Storage { key: at, source })?;
             (Arc::new(driver), described)
         }
     };
@@ -456,8 +469,8 @@ mod tests {
                     "bucket": &moto.bucket,
                     "regionendpoint": &moto.endpoint,
                     "rootdirectory": "/zot/",
-                    "accesskey": &moto.access_key,
-                    "secretkey": &moto.secret_key,
+                    "accesskey": &moto.credentials.access_key,
+                    "secretkey": &moto.credentials.secret_key,
                     "chunksize": 5242880
                 }
             }

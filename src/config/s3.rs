@@ -6,17 +6,15 @@
 //! embedded cache and the lock, as zot keeps its cache there; `storageDriver.rootdirectory`
 //! is the key prefix in the bucket.
 //!
-//! Built so far: `name`, `region`, `regionendpoint`, `bucket`, `rootdirectory`,
-//! `forcepathstyle` (true only: path-style requests), `secure`, `chunksize`, `accesskey`,
-//! `secretkey` (else the environment, else the shared credentials file), `multipartcopychunksize`,
-//! `multipartcopymaxconcurrency`, `multipartcopythresholdsize`, the berth-only `redirect`, and
-//! the defaults of `v4auth` (true), `skipverify` (false), `encrypt`
-//! (false) and `storageclass` (`STANDARD`). Every other attribute of the table, and any other
-//! value of those four, is refused with an error naming the key until it is built; an
-//! unknown key is an error naming it.
+//! Every attribute of zot's table is taken, with distribution's defaults and accepted values
+//! (its `s3-aws` driver is where zot's table comes from); a value outside them, and an
+//! unknown key, is an error naming the key. What each changes on the wire is in
+//! `storage::driver::s3::client`.
 
-use crate::storage::driver::s3::MultipartCopy;
-use serde::{Deserialize, Serialize};
+use crate::storage::driver::s3::{
+    CannedAcl, Credentials, Encryption, Instance, LogLevel, MultipartCopy, StorageClass, Wire,
+};
+use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
 
 /// The default `chunksize`: distribution's.
@@ -41,8 +39,32 @@ pub struct S3Settings {
     pub bucket: String,
     /// The key prefix every repository is under.
     pub rootdirectory: String,
-    /// Path-style requests (the only style built so far).
+    /// Path-style requests (else virtual-hosted).
     pub forcepathstyle: bool,
+    /// Server-side encryption of every object created.
+    pub encrypt: bool,
+    /// The KMS key of that encryption (else S3's own keys).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyid: Option<String>,
+    /// Storage class of every object created; `None` is `NONE` (none sent).
+    #[serde(serialize_with = "storage_class_or_none")]
+    pub storageclass: Option<StorageClass>,
+    /// Canned ACL of every object created, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub objectacl: Option<CannedAcl>,
+    /// `User-Agent`, if not berth's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub useragent: Option<String>,
+    /// AWS's dual-stack (IPv4 and IPv6) endpoint, when no `regionendpoint` is given.
+    pub usedualstack: bool,
+    /// AWS's transfer-acceleration endpoint, when no `regionendpoint` is given.
+    pub accelerate: bool,
+    /// HTTPS without verifying the server's certificate.
+    pub skipverify: bool,
+    /// Signature Version 4 (else 2).
+    pub v4auth: bool,
+    /// Per-request log lines.
+    pub loglevel: LogLevel,
     /// HTTPS (else plain HTTP) where `regionendpoint` names no scheme.
     pub secure: bool,
     /// Size of multipart upload parts.
@@ -65,36 +87,87 @@ pub struct S3Settings {
     pub secretkey: Option<String>,
 }
 
-/// Credentials found for a store.
-#[derive(Clone)]
-pub struct Credentials {
-    /// Access key id.
-    pub access_key: String,
-    /// Secret access key.
-    pub secret_key: String,
-    /// Session token of temporary credentials.
-    pub session_token: Option<String>,
-    /// Where they were found, for the log (never the secret).
-    pub source: &'static str,
+fn storage_class_or_none<S: Serializer>(
+    class: &Option<StorageClass>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(class.map_or("NONE", StorageClass::as_str))
 }
 
 impl S3Settings {
     /// The endpoint URL requests go to: `regionendpoint` (with a scheme from `secure` when it
-    /// names none), else AWS's endpoint for the region.
+    /// names none), else AWS's endpoint for the region: dual-stack with `usedualstack`, the
+    /// global acceleration endpoint with `accelerate`.
     pub fn endpoint(&self) -> String {
         let scheme = if self.secure { "https" } else { "http" };
         match &self.regionendpoint {
             Some(e) if e.contains("://") => e.trim_end_matches('/').to_string(),
             Some(e) => format!("{scheme}://{}", e.trim_end_matches('/')),
-            None => format!("{scheme}://s3.{}.amazonaws.com", self.region),
+            None => match (self.accelerate, self.usedualstack) {
+                (true, true) => format!("{scheme}://s3-accelerate.dualstack.amazonaws.com"),
+                (true, false) => format!("{scheme}://s3-accelerate.amazonaws.com"),
+                (false, true) => format!("{scheme}://s3.dualstack.{}.amazonaws.com", self.region),
+                (false, false) => format!("{scheme}://s3.{}.amazonaws.com", self.region),
+            },
         }
+    }
+
+    /// Whether the bucket is named in the host: `forcepathstyle: false`, or AWS's
+    /// acceleration endpoint, which only takes virtual-hosted requests (AWS's SDK ignores
+    /// `forcepathstyle` with it, as here).
+    pub fn virtual_hosted(&self) -> bool {
+        !self.forcepathstyle || (self.accelerate && self.regionendpoint.is_none())
+    }
+
+    /// What the attributes change in each request.
+    pub fn wire(&self) -> Wire {
+        Wire {
+            virtual_hosted: self.virtual_hosted(),
+            encryption: self.encrypt.then(|| {
+                self.keyid
+                    .clone()
+                    .map_or(Encryption::Aes256, Encryption::Kms)
+            }),
+            storage_class: self.storageclass,
+            acl: self.objectacl,
+            user_agent: self.useragent.clone(),
+            skip_verify: self.skipverify,
+            signature_v2: !self.v4auth,
+            log: self.loglevel,
+        }
+    }
+
+    /// Attributes that have no effect as combined, for the start-up log: with a
+    /// `regionendpoint`, `usedualstack` and `accelerate` choose nothing (AWS's SDK does not
+    /// apply dual-stack to a custom endpoint either), and `accelerate` makes `forcepathstyle`
+    /// moot.
+    pub fn ignored(&self, key: &str) -> Vec<String> {
+        let mut ignored = Vec::new();
+        if self.regionendpoint.is_some() {
+            for (on, name) in [
+                (self.usedualstack, "usedualstack"),
+                (self.accelerate, "accelerate"),
+            ] {
+                if on {
+                    ignored.push(format!(
+                        "{key}.{name}: ignored, regionendpoint names the endpoint"
+                    ));
+                }
+            }
+        } else if self.accelerate && self.forcepathstyle {
+            ignored.push(format!(
+                "{key}.forcepathstyle: ignored, the acceleration endpoint takes virtual-hosted requests only"
+            ));
+        }
+        ignored
     }
 
     /// Credentials in zot's order: the config's `accesskey`/`secretkey`, then
     /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (with `AWS_SESSION_TOKEN`), then the shared
     /// credentials file (`AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`), profile
-    /// `AWS_PROFILE` or `default`. Instance credentials are not built yet. The error names the
-    /// sources tried, never a secret.
+    /// `AWS_PROFILE` or `default`, then instance credentials (ECS container endpoint, EC2
+    /// instance metadata), each given about a second. The error names the sources tried,
+    /// never a secret.
     pub fn credentials(&self, key: &str) -> Result<Credentials, String> {
         self.credentials_from(key, &|name| std::env::var(name).ok())
     }
@@ -112,6 +185,7 @@ impl S3Settings {
                 secret_key: secret_key.clone(),
                 session_token: None,
                 source: "config",
+                refresh: None,
             });
         }
         let var = |name: &str| env(name).filter(|v| !v.is_empty());
@@ -123,6 +197,7 @@ impl S3Settings {
                 secret_key,
                 session_token: var("AWS_SESSION_TOKEN"),
                 source: "environment",
+                refresh: None,
             });
         }
         let file = var("AWS_SHARED_CREDENTIALS_FILE")
@@ -150,6 +225,7 @@ impl S3Settings {
                     secret_key,
                     session_token: get("aws_session_token"),
                     source: "shared credentials file",
+                    refresh: None,
                 });
             }
         }
@@ -157,10 +233,21 @@ impl S3Settings {
             || "no shared credentials file (HOME is not set)".to_string(),
             |f| format!("no profile [{profile}] with both keys in {}", f.display()),
         );
+        let mut tried_instance = Vec::new();
+        for source in Instance::sources(env).map_err(|e| format!("{key}: {e}"))? {
+            match source.fetch() {
+                Ok(found) => return Ok(found),
+                Err(e) => tried_instance.push(e),
+            }
+        }
+        if tried_instance.is_empty() {
+            tried_instance.push("no instance credentials (AWS_EC2_METADATA_DISABLED)".to_string());
+        }
         Err(format!(
             "{key}: no S3 credentials: set accesskey and secretkey, or AWS_ACCESS_KEY_ID and \
-             AWS_SECRET_ACCESS_KEY, or a profile in the shared credentials file ({tried_file}; \
-             instance credentials are not supported by this berth version yet)"
+             AWS_SECRET_ACCESS_KEY, or a profile in the shared credentials file ({tried_file}), \
+             or run where instance credentials answer ({})",
+            tried_instance.join("; ")
         ))
     }
 }
@@ -247,30 +334,97 @@ pub(super) fn resolve(value: &Value, key: &str) -> Result<S3Settings, String> {
         }
         None => return Err(format!("{}: required (\"s3\")", at("name"))),
     }
-    let not_yet = |name: &str| {
+    let one_of = |name: &str, value: &str, accepted: &[&str]| {
         format!(
-            "{}: not supported by this berth version yet; remove the key",
-            at(name)
+            "{}: {value:?} is not one of {}",
+            at(name),
+            accepted.join(", ")
         )
     };
-    for (present, name) in [
-        (raw.keyid.is_some(), "keyid"),
-        (raw.useragent.is_some(), "useragent"),
-        (raw.usedualstack.is_some(), "usedualstack"),
-        (raw.accelerate.is_some(), "accelerate"),
-        (raw.objectacl.is_some(), "objectacl"),
-        (raw.loglevel.is_some(), "loglevel"),
-        (raw.v4auth == Some(false), "v4auth"),
-        (raw.skipverify == Some(true), "skipverify"),
-        (raw.encrypt == Some(true), "encrypt"),
-        (
-            raw.storageclass.as_deref().is_some_and(|c| c != "STANDARD"),
-            "storageclass",
-        ),
-        (raw.forcepathstyle == Some(false), "forcepathstyle"),
-    ] {
-        if present {
-            return Err(not_yet(name));
+    let text = |value: &Option<Value>, name: &str| -> Result<Option<String>, String> {
+        match value {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(format!("{}: {other}: a string", at(name))),
+        }
+    };
+    let flag = |value: &Option<Value>, name: &str, default: bool| -> Result<bool, String> {
+        match value {
+            None => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            // zot's examples, and distribution's environment overrides, write strings.
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(true),
+            Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(false),
+            Some(other) => Err(format!("{}: {other}: true or false", at(name))),
+        }
+    };
+    let encrypt = raw.encrypt.unwrap_or(false);
+    let keyid = text(&raw.keyid, "keyid")?.filter(|k| !k.is_empty());
+    if keyid.is_some() && !encrypt {
+        return Err(format!(
+            "{}: a KMS key needs encrypt: true (distribution would silently store unencrypted)",
+            at("keyid")
+        ));
+    }
+    let storageclass = match raw.storageclass.as_deref() {
+        None => StorageClass::parse("STANDARD"),
+        Some(c) if c.trim().eq_ignore_ascii_case("NONE") => None,
+        Some(c) => Some(StorageClass::parse(c).ok_or_else(|| {
+            let mut accepted = StorageClass::ACCEPTED.to_vec();
+            accepted.push("NONE");
+            one_of("storageclass", c, &accepted)
+        })?),
+    };
+    let objectacl = text(&raw.objectacl, "objectacl")?
+        .map(|acl| {
+            CannedAcl::parse(&acl).ok_or_else(|| one_of("objectacl", &acl, &CannedAcl::ACCEPTED))
+        })
+        .transpose()?;
+    let loglevel = text(&raw.loglevel, "loglevel")?
+        .map(|level| {
+            LogLevel::parse(&level).ok_or_else(|| {
+                let accepted: Vec<&str> = LogLevel::ACCEPTED.iter().map(|(n, _)| *n).collect();
+                one_of("loglevel", &level, &accepted)
+            })
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let useragent = text(&raw.useragent, "useragent")?.filter(|u| !u.is_empty());
+    if let Some(agent) = &useragent
+        && agent.chars().any(|c| c.is_control() || !c.is_ascii())
+    {
+        return Err(format!(
+            "{}: {agent:?}: printable ASCII only (it is an HTTP header)",
+            at("useragent")
+        ));
+    }
+    let usedualstack = flag(&raw.usedualstack, "usedualstack", false)?;
+    let accelerate = flag(&raw.accelerate, "accelerate", false)?;
+    if keyid.is_some() && raw.v4auth == Some(false) {
+        return Err(format!(
+            "{}: false: S3 takes requests for KMS-encrypted objects (keyid) signed with \
+             Signature Version 4 only",
+            at("v4auth")
+        ));
+    }
+    let regionendpoint = raw.regionendpoint.filter(|e| !e.is_empty());
+    if raw.forcepathstyle == Some(false)
+        && let Some(endpoint) = &regionendpoint
+    {
+        // A virtual-hosted request names BUCKET.HOST: no such name exists for an IP address.
+        let authority = endpoint
+            .split_once("://")
+            .map_or(endpoint.as_str(), |(_, a)| a);
+        let host = authority
+            .rsplit_once(':')
+            .map_or(authority, |(h, _)| h)
+            .trim_matches(['[', ']']);
+        if host.parse::<std::net::IpAddr>().is_ok() {
+            return Err(format!(
+                "{}: false: virtual-hosted requests need a host name in regionendpoint, not \
+                 the address {host} (use localhost for loopback)",
+                at("forcepathstyle")
+            ));
         }
     }
     let required = |value: Option<String>, name: &str| {
@@ -339,14 +493,24 @@ pub(super) fn resolve(value: &Value, key: &str) -> Result<S3Settings, String> {
     Ok(S3Settings {
         name: "s3".to_string(),
         region,
-        regionendpoint: raw.regionendpoint.filter(|e| !e.is_empty()),
+        regionendpoint,
         bucket,
         rootdirectory: raw
             .rootdirectory
             .unwrap_or_default()
             .trim_matches('/')
             .to_string(),
-        forcepathstyle: true,
+        forcepathstyle: raw.forcepathstyle.unwrap_or(true),
+        encrypt,
+        keyid,
+        storageclass,
+        objectacl,
+        useragent,
+        usedualstack,
+        accelerate,
+        skipverify: raw.skipverify.unwrap_or(false),
+        v4auth: raw.v4auth.unwrap_or(true),
+        loglevel,
         secure: raw.secure.unwrap_or(true),
         chunksize,
         multipartcopychunksize,
@@ -468,23 +632,177 @@ mod tests {
             (found.access_key.as_str(), found.session_token.as_deref()),
             ("ci-id", Some("ci-token"))
         );
+        // Then instance credentials: moto serves EC2's instance metadata.
+        let moto = crate::storage::driver::s3::tests::fresh_on_moto().endpoint;
+        let found = without_keys
+            .credentials_from(
+                "k",
+                &env(&[
+                    ("AWS_SHARED_CREDENTIALS_FILE", file.as_str()),
+                    ("AWS_PROFILE", "nope"),
+                    ("AWS_EC2_METADATA_SERVICE_ENDPOINT", moto.as_str()),
+                ]),
+            )
+            .unwrap();
+        assert_eq!(
+            (found.access_key.as_str(), found.source),
+            ("test-key", "EC2 instance metadata")
+        );
+        let container = format!("{moto}/latest/meta-data/iam/security-credentials/default-role");
+        let found = without_keys
+            .credentials_from(
+                "k",
+                &env(&[
+                    ("HOME", "/nonexistent"),
+                    ("AWS_CONTAINER_CREDENTIALS_FULL_URI", container.as_str()),
+                    ("AWS_EC2_METADATA_DISABLED", "true"),
+                ]),
+            )
+            .unwrap();
+        assert_eq!(found.source, "container credentials endpoint");
+        let refused = without_keys
+            .credentials_from(
+                "k",
+                &env(&[(
+                    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+                    "http://192.0.2.1/creds",
+                )]),
+            )
+            .unwrap_err();
+        assert!(refused.contains("must be https"), "{refused}");
+
+        // None answers: a quick error naming every source tried, and no secret.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let closed = format!("http://127.0.0.1:{closed}");
+        let started = std::time::Instant::now();
         let missing = without_keys
             .credentials_from(
                 "storage.storageDriver",
                 &env(&[
                     ("AWS_SHARED_CREDENTIALS_FILE", file.as_str()),
                     ("AWS_PROFILE", "nope"),
+                    ("AWS_EC2_METADATA_SERVICE_ENDPOINT", closed.as_str()),
                 ]),
             )
-            .err()
-            .expect("no credentials are found");
+            .expect_err("no credentials are found");
+        assert!(started.elapsed() < std::time::Duration::from_millis(1500));
         assert!(
             missing.starts_with("storage.storageDriver: no S3 credentials"),
             "{missing}"
         );
         assert!(
-            missing.contains("[nope]") && !missing.contains("secret-"),
+            missing.contains("[nope]")
+                && missing.contains(&format!("EC2 instance metadata at {closed}"))
+                && !missing.contains("secret-"),
             "{missing}"
+        );
+        let disabled = without_keys
+            .credentials_from(
+                "k",
+                &env(&[
+                    ("HOME", "/nonexistent"),
+                    ("AWS_EC2_METADATA_DISABLED", "TRUE"),
+                ]),
+            )
+            .unwrap_err();
+        assert!(disabled.contains("AWS_EC2_METADATA_DISABLED"), "{disabled}");
+    }
+
+    /// Each attribute, typed into what the driver sends; AWS's endpoints chosen by
+    /// `usedualstack` and `accelerate` when no `regionendpoint` is given.
+    #[test]
+    fn wire_attributes_resolve() {
+        let s = parse(
+            r#"{"name":"s3","region":"eu-west-1","bucket":"b","encrypt":true,"keyid":"k-1",
+                "storageclass":"reduced_redundancy","objectacl":"bucket-owner-full-control",
+                "useragent":"me/1","skipverify":true,"loglevel":"DebugWithSigning",
+                "forcepathstyle":false}"#,
+        )
+        .unwrap();
+        let wire = s.wire();
+        assert_eq!(wire.encryption, Some(Encryption::Kms("k-1".into())));
+        assert_eq!(
+            wire.storage_class.map(StorageClass::as_str),
+            Some("REDUCED_REDUNDANCY")
+        );
+        assert_eq!(
+            wire.acl.map(CannedAcl::as_str),
+            Some("bucket-owner-full-control")
+        );
+        assert_eq!(wire.user_agent.as_deref(), Some("me/1"));
+        assert!(wire.skip_verify && !wire.signature_v2 && wire.virtual_hosted);
+        assert_eq!(wire.log, LogLevel::DebugWithSigning);
+        assert_eq!(s.endpoint(), "https://s3.eu-west-1.amazonaws.com");
+        let printed = serde_json::to_value(&s).unwrap();
+        assert_eq!(printed["storageclass"], "REDUCED_REDUNDANCY");
+        assert_eq!(printed["loglevel"], "debugwithsigning");
+
+        let s = parse(r#"{"name":"s3","region":"r","bucket":"b"}"#).unwrap();
+        let wire = s.wire();
+        assert_eq!(wire.encryption, None);
+        assert_eq!(
+            wire.storage_class.map(StorageClass::as_str),
+            Some("STANDARD")
+        );
+        assert!(!wire.virtual_hosted && !wire.skip_verify && !wire.signature_v2);
+        assert_eq!(wire.log, LogLevel::Off);
+        let s = parse(
+            r#"{"name":"s3","region":"r","bucket":"b","encrypt":true,"storageclass":"NONE"}"#,
+        )
+        .unwrap();
+        assert_eq!(s.wire().encryption, Some(Encryption::Aes256));
+        assert_eq!(s.wire().storage_class, None);
+        assert_eq!(serde_json::to_value(&s).unwrap()["storageclass"], "NONE");
+        let s = parse(r#"{"name":"s3","region":"r","bucket":"b","v4auth":false}"#).unwrap();
+        assert!(s.wire().signature_v2);
+
+        for (json, endpoint, virtual_hosted) in [
+            (
+                r#""usedualstack":true"#,
+                "https://s3.dualstack.eu-west-2.amazonaws.com",
+                false,
+            ),
+            (
+                r#""accelerate":true"#,
+                "https://s3-accelerate.amazonaws.com",
+                true,
+            ),
+            (
+                r#""accelerate":true,"usedualstack":true,"secure":false"#,
+                "http://s3-accelerate.dualstack.amazonaws.com",
+                true,
+            ),
+            (
+                r#""accelerate":true,"usedualstack":true,"regionendpoint":"http://127.0.0.1:9000""#,
+                "http://127.0.0.1:9000",
+                false,
+            ),
+        ] {
+            let s = parse(&format!(
+                r#"{{"name":"s3","region":"eu-west-2","bucket":"b",{json}}}"#
+            ))
+            .unwrap();
+            assert_eq!(
+                (s.endpoint().as_str(), s.virtual_hosted()),
+                (endpoint, virtual_hosted),
+                "{json}"
+            );
+        }
+        let s = parse(
+            r#"{"name":"s3","region":"r","bucket":"b","accelerate":true,"usedualstack":true,
+                "regionendpoint":"http://127.0.0.1:9000"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.ignored("k"),
+            [
+                "k.usedualstack: ignored, regionendpoint names the endpoint",
+                "k.accelerate: ignored, regionendpoint names the endpoint"
+            ]
         );
     }
 
@@ -516,8 +834,36 @@ mod tests {
                 "storage.storageDriver.secretkey",
             ),
             (
-                r#"{"name":"s3","region":"r","bucket":"b","useragent":"x"}"#,
+                r#"{"name":"s3","region":"r","bucket":"b","useragent":"a\nb"}"#,
                 "storage.storageDriver.useragent",
+            ),
+            (
+                r#"{"name":"s3","region":"r","bucket":"b","storageclass":"GLACIER"}"#,
+                "storage.storageDriver.storageclass",
+            ),
+            (
+                r#"{"name":"s3","region":"r","bucket":"b","objectacl":"everyone"}"#,
+                "storage.storageDriver.objectacl",
+            ),
+            (
+                r#"{"name":"s3","region":"r","bucket":"b","loglevel":"loud"}"#,
+                "storage.storageDriver.loglevel",
+            ),
+            (
+                r#"{"name":"s3","region":"r","bucket":"b","keyid":"k"}"#,
+                "storage.storageDriver.keyid",
+            ),
+            (
+                r#"{"name":"s3","region":"r","bucket":"b","skipverify":"yes"}"#,
+                "storage.storageDriver.skipverify",
+            ),
+            (
+                r#"{"name":"s3","region":"r","bucket":"b","usedualstack":1}"#,
+                "storage.storageDriver.usedualstack",
+            ),
+            (
+                r#"{"name":"s3","region":"r","bucket":"b","accelerate":"fast"}"#,
+                "storage.storageDriver.accelerate",
             ),
             (
                 r#"{"name":"s3","region":"r","bucket":"b","multipartcopychunksize":"1k"}"#,
@@ -532,8 +878,18 @@ mod tests {
                 "storage.storageDriver.redirect",
             ),
             (
-                r#"{"name":"s3","region":"r","bucket":"b","forcepathstyle":false}"#,
+                r#"{"name":"s3","region":"r","bucket":"b","forcepathstyle":"no"}"#,
                 "storage.storageDriver.forcepathstyle",
+            ),
+            (
+                r#"{"name":"s3","region":"r","bucket":"b","forcepathstyle":false,
+                    "regionendpoint":"http://127.0.0.1:9000"}"#,
+                "storage.storageDriver.forcepathstyle",
+            ),
+            (
+                r#"{"name":"s3","region":"r","bucket":"b","encrypt":true,"keyid":"k",
+                    "v4auth":false}"#,
+                "storage.storageDriver.v4auth",
             ),
         ] {
             let e = parse(json).unwrap_err();

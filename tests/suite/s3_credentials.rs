@@ -1,221 +1,288 @@
-//! S3 credentials as a user supplies them (issue 13, "Credentials"), against s3s-fs, which
-//! checks every request's SigV4 signature: keys found in the config, in the environment, or
-//! in the shared credentials file under `AWS_PROFILE`, in zot's order (the first source that
-//! has both keys wins, right or wrong); wrong keys are refused by S3 and berth says so
-//! without printing the secret; no keys anywhere stops the start with an error naming the
-//! key. Without the servers the tests fail, naming `scripts/s3-services.sh`.
+//! Where berth on S3 finds its keys (issue 13, "Credentials"), against s3s-fs, which checks
+//! every signature, so a push that works was signed with the keys meant: the config's
+//! `accesskey`/`secretkey`, the environment, the shared credentials file with `AWS_PROFILE`
+//! and with `[default]`; instance credentials from EC2's metadata (moto serves it; moto takes
+//! any signature, so there the log shows which keys were found). Wrong keys, a missing bucket
+//! and no keys at all are refused at start, naming the store's key and the bucket, never a
+//! secret. Every variable is set in the spawned berth's environment only, and EC2's metadata
+//! endpoint is always a loopback one or disabled: no test reaches 169.254.x.x.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::util::oci::*;
-use crate::util::s3::S3s;
-use crate::util::server::{AWS_VARS, BERTH, Berth, Launch, Settings, temp_dir};
+use crate::util::s3::{Bucket, S3s, storage_driver_at};
+use crate::util::server::{self, Berth, Launch, Settings, temp_dir};
 
-const WRONG_SECRET: &str = "not-the-secret-berth-must-not-print";
+/// An environment with none of the test process's credentials: `HOME` an empty directory
+/// (no `~/.aws`), EC2's metadata disabled, then `extra`.
+fn environment(home: &Path, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("HOME".to_string(), home.display().to_string()),
+        ("AWS_EC2_METADATA_DISABLED".to_string(), "true".to_string()),
+    ];
+    for name in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    ] {
+        env.push((name.to_string(), String::new()));
+    }
+    for (k, v) in extra {
+        env.retain(|(name, _)| name != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    env
+}
 
-/// Settings whose store is `bucket` on s3s-fs with `keys` in the config (or none).
-fn settings(s3s: &S3s, bucket: &str, keys: Option<(&str, &str)>) -> Settings {
+/// Starts berth on `driver` with `env`, pushes an image and pulls it back; returns its log.
+fn push_and_pull(driver: serde_json::Value, env: Vec<(String, String)>, seed: u64) -> String {
     let mut settings = Settings::default();
-    settings
-        .storage
-        .insert("storageDriver".into(), s3s.storage_driver(bucket, keys));
-    settings
-}
-
-/// A launch with these environment variables and `HOME` in `home` (so the caller's own
-/// `~/.aws` is never read).
-fn launch(home: &Path, env: &[(&str, &str)]) -> Launch {
-    let mut vars = vec![("HOME".to_string(), home.to_str().unwrap().to_string())];
-    vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-    Launch {
-        env: vars,
-        ..Launch::default()
-    }
-}
-
-/// A credentials file with a wrong `[default]` and the right keys under `[ci]`.
-fn credentials_file(home: &Path, s3s: &S3s) {
-    let dir = home.join(".aws");
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(
-        dir.join("credentials"),
-        format!(
-            "[default]\naws_access_key_id = {}\naws_secret_access_key = {WRONG_SECRET}\n\n\
-             [ci]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
-            s3s.access_key, s3s.access_key, s3s.secret_key
-        ),
-    )
-    .unwrap();
-}
-
-/// Pushes and pulls an image, and checks where berth says its keys came from.
-#[track_caller]
-fn serves(berth: &Berth, source: &str) {
-    let image = Image::oci(1330, &[3000]);
-    push_image(&berth.client(), "cred/app", "v1", &image);
-    assert_image(&berth.client(), "cred/app", "v1", &image);
-    let logs = berth.logs();
-    assert!(
-        logs.contains(&format!("credentials from the {source}")),
-        "{logs}"
-    );
-}
-
-/// A push is refused: S3 denies the signature, berth answers with an OCI error and logs the
-/// denial, and the secret appears nowhere.
-#[track_caller]
-fn refused(berth: &Berth, source: &str) {
-    let c = berth.client();
-    let blob = b"refused bytes";
-    let pushed = c
-        .request(
-            "POST",
-            &format!("/v2/cred/app/blobs/uploads/?digest={}", sha256(blob)),
-        )
-        .header("Content-Type", "application/octet-stream")
-        .body(blob.to_vec())
-        .send();
-    assert!(pushed.status >= 500, "{pushed}");
-    assert!(!pushed.error_codes().is_empty(), "{pushed}");
-    assert!(
-        !String::from_utf8_lossy(&pushed.body).contains(WRONG_SECRET),
-        "{pushed}"
-    );
-    c.get("/v2/cred/app/tags/list").expect_error_among(&[
-        (404, "NAME_UNKNOWN"),
-        (500, "UNKNOWN"),
-        (503, "UNAVAILABLE"),
-    ]);
-    let logs = berth.logs();
-    assert!(
-        logs.contains(&format!("credentials from the {source}")),
-        "{logs}"
-    );
-    assert!(logs.contains("403"), "the denial is not logged:\n{logs}");
-    assert!(
-        !logs.contains(WRONG_SECRET),
-        "the secret is logged:\n{logs}"
-    );
-}
-
-#[test]
-fn s3_keys_are_found_in_the_config_the_environment_and_the_credentials_file() {
-    let s3s = S3s::running();
-    let bucket = s3s.new_bucket();
-    let home = temp_dir();
-    let keys = (s3s.access_key.as_str(), s3s.secret_key.as_str());
-    let env_keys = [
-        ("AWS_ACCESS_KEY_ID", keys.0),
-        ("AWS_SECRET_ACCESS_KEY", keys.1),
-    ];
-    let wrong_env = [
-        ("AWS_ACCESS_KEY_ID", keys.0),
-        ("AWS_SECRET_ACCESS_KEY", WRONG_SECRET),
-    ];
-
-    // The config's keys come first: wrong ones in the environment are not used.
+    settings.storage.insert("storageDriver".into(), driver);
     let berth = Berth::start_launch(
-        settings(&s3s, &bucket, Some(keys)),
-        launch(home.path(), &wrong_env),
+        settings,
+        Launch {
+            env,
+            ..Launch::default()
+        },
     );
-    serves(&berth, "config");
-    drop(berth);
-
-    let berth = Berth::start_launch(
-        settings(&s3s, &bucket, None),
-        launch(home.path(), &env_keys),
-    );
-    serves(&berth, "environment");
-    drop(berth);
-
-    // The file's profile named by AWS_PROFILE, not its [default].
-    credentials_file(home.path(), &s3s);
-    let berth = Berth::start_launch(
-        settings(&s3s, &bucket, None),
-        launch(home.path(), &[("AWS_PROFILE", "ci")]),
-    );
-    serves(&berth, "shared credentials file");
+    let image = Image::oci(seed, &[100, 70_000]);
+    push_image(&berth.client(), "creds/app", "v1", &image);
+    assert_image(&berth.client(), "creds/app", "v1", &image);
+    berth.logs()
 }
 
-#[test]
-fn wrong_s3_keys_are_refused_from_whichever_source_comes_first() {
-    let s3s = S3s::running();
-    let bucket = s3s.new_bucket();
-    let home = temp_dir();
-    credentials_file(home.path(), &s3s);
-    let access = s3s.access_key.as_str();
-    // (keys in the config, environment, the source berth must name)
-    type Case<'a> = (Option<(&'a str, &'a str)>, Vec<(&'a str, &'a str)>, &'a str);
-    let cases: [Case; 3] = [
-        // Wrong keys in the config, though the profile has the right ones.
-        (
-            Some((access, WRONG_SECRET)),
-            vec![("AWS_PROFILE", "ci")],
-            "config",
-        ),
-        // Wrong keys in the environment come before the right profile.
-        (
-            None,
-            vec![
-                ("AWS_ACCESS_KEY_ID", access),
-                ("AWS_SECRET_ACCESS_KEY", WRONG_SECRET),
-                ("AWS_PROFILE", "ci"),
-            ],
-            "environment",
-        ),
-        // Without AWS_PROFILE the file's [default] is used, and it is wrong.
-        (None, vec![], "shared credentials file"),
-    ];
-    for (keys, env, source) in cases {
-        let berth = Berth::start_launch(settings(&s3s, &bucket, keys), launch(home.path(), &env));
-        refused(&berth, source);
-    }
-}
-
-#[test]
-fn without_s3_keys_berth_does_not_start_and_names_the_key() {
-    let s3s = S3s::running();
-    let bucket = s3s.new_bucket();
+/// Runs `berth serve` on `driver` with `env`, which must refuse to start; its stderr.
+fn refused_at_start(driver: serde_json::Value, env: Vec<(String, String)>) -> String {
     let dir = temp_dir();
-    let config = dir.path().join("config.json");
-    let storage: Value = json!({
-        "rootDirectory": dir.path().join("root"),
-        "storageDriver": s3s.storage_driver(&bucket, None),
+    let config = json!({
+        "storage": { "rootDirectory": dir.path().join("root"), "storageDriver": driver },
+        "http": { "address": "127.0.0.1", "port": "0" },
     });
+    server::refused_at_start(&config, &env)
+}
+
+#[test]
+fn credentials_from_config_environment_and_file_sign_pushes() {
+    let s3s = S3s::running();
+    let endpoint = &s3s.endpoint;
+    let (access, secret) = (s3s.access_key.as_str(), s3s.secret_key.as_str());
+    let home = temp_dir();
+    let bucket = s3s.new_bucket();
+
+    // The config's keys win over wrong ones in the environment.
+    let log = push_and_pull(
+        storage_driver_at(endpoint, &bucket, Some((access, secret))),
+        environment(
+            home.path(),
+            &[
+                ("AWS_ACCESS_KEY_ID", "wrong"),
+                ("AWS_SECRET_ACCESS_KEY", "wrong"),
+            ],
+        ),
+        1,
+    );
+    assert!(log.contains("credentials from the config"), "{log}");
+
+    let log = push_and_pull(
+        storage_driver_at(endpoint, &bucket, None),
+        environment(
+            home.path(),
+            &[
+                ("AWS_ACCESS_KEY_ID", access),
+                ("AWS_SECRET_ACCESS_KEY", secret),
+            ],
+        ),
+        2,
+    );
+    assert!(log.contains("credentials from the environment"), "{log}");
+
+    // A credentials file: the profile AWS_PROFILE names (the default one is wrong), then
+    // `[default]` in ~/.aws/credentials when no profile is named.
+    let file = home.path().join("elsewhere");
     std::fs::write(
-        &config,
-        json!({ "storage": storage, "http": { "address": "127.0.0.1", "port": "0" } }).to_string(),
+        &file,
+        format!(
+            "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n\
+             [berth]\naws_access_key_id = {access}\naws_secret_access_key = {secret}\n"
+        ),
     )
     .unwrap();
-    let mut command = Command::new(BERTH);
-    command
-        .arg("serve")
-        .arg(&config)
-        .env("HOME", dir.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for var in AWS_VARS {
-        command.env_remove(var);
-    }
-    let mut child = command.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("berth started without S3 credentials");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
+    let log = push_and_pull(
+        storage_driver_at(endpoint, &bucket, None),
+        environment(
+            home.path(),
+            &[
+                ("AWS_SHARED_CREDENTIALS_FILE", file.to_str().unwrap()),
+                ("AWS_PROFILE", "berth"),
+            ],
+        ),
+        3,
+    );
     assert!(
-        stderr.contains("storage.storageDriver") && stderr.contains("no S3 credentials"),
+        log.contains("credentials from the shared credentials file"),
+        "{log}"
+    );
+    std::fs::create_dir_all(home.path().join(".aws")).unwrap();
+    std::fs::write(
+        home.path().join(".aws/credentials"),
+        format!("[default]\naws_access_key_id={access}\naws_secret_access_key={secret}\n"),
+    )
+    .unwrap();
+    let log = push_and_pull(
+        storage_driver_at(endpoint, &bucket, None),
+        environment(home.path(), &[]),
+        4,
+    );
+    assert!(
+        log.contains("credentials from the shared credentials file"),
+        "{log}"
+    );
+}
+
+/// With no keys anywhere, EC2's instance metadata (moto's, on loopback) gives temporary ones,
+/// with their session token.
+#[test]
+fn instance_credentials_sign_pushes_on_moto() {
+    let bucket = Bucket::new();
+    let moto = &bucket.endpoint;
+    let home = temp_dir();
+    let log = push_and_pull(
+        {
+            let mut driver = storage_driver_at(moto, &bucket.name, None);
+            driver["region"] = "eu-west-1".into();
+            driver
+        },
+        environment(
+            home.path(),
+            &[
+                ("AWS_EC2_METADATA_DISABLED", "false"),
+                ("AWS_EC2_METADATA_SERVICE_ENDPOINT", moto),
+            ],
+        ),
+        5,
+    );
+    assert!(
+        log.contains("credentials from the EC2 instance metadata"),
+        "{log}"
+    );
+}
+
+/// Wrong keys (s3s-fs refuses the signature), a bucket that does not exist, and no keys at
+/// all: berth does not start, and says which store, which bucket and why, printing no
+/// secret.
+#[test]
+fn wrong_or_missing_credentials_are_refused_at_start() {
+    let s3s = S3s::running();
+    let endpoint = &s3s.endpoint;
+    let access = s3s.access_key.as_str();
+    let home = temp_dir();
+    let bucket = s3s.new_bucket();
+
+    let stderr = refused_at_start(
+        storage_driver_at(endpoint, &bucket, Some((access, "not-the-secret"))),
+        environment(home.path(), &[]),
+    );
+    assert!(
+        stderr.contains("storage.storageDriver")
+            && stderr.contains(&format!("bucket {bucket} at {endpoint}"))
+            && stderr.contains("access denied"),
         "{stderr}"
+    );
+    assert!(!stderr.contains("not-the-secret"), "{stderr}");
+
+    let stderr = refused_at_start(
+        storage_driver_at(endpoint, &bucket, None),
+        environment(
+            home.path(),
+            &[
+                ("AWS_ACCESS_KEY_ID", "nobody"),
+                ("AWS_SECRET_ACCESS_KEY", "env-secret"),
+            ],
+        ),
+    );
+    assert!(
+        stderr.contains("access denied") && !stderr.contains("env-secret"),
+        "{stderr}"
+    );
+
+    let secret = s3s.secret_key.as_str();
+    let stderr = refused_at_start(
+        storage_driver_at(endpoint, "no-such-bucket", Some((access, secret))),
+        environment(home.path(), &[]),
+    );
+    assert!(
+        stderr.contains("storage.storageDriver") && stderr.contains("no such bucket"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(secret), "{stderr}");
+
+    // Nothing anywhere, and EC2's metadata endpoint a loopback port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let stderr = refused_at_start(
+        storage_driver_at(endpoint, &bucket, None),
+        environment(
+            home.path(),
+            &[
+                ("AWS_EC2_METADATA_DISABLED", "false"),
+                (
+                    "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                    &format!("http://127.0.0.1:{closed}"),
+                ),
+            ],
+        ),
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains("storage.storageDriver: no S3 credentials")
+            && stderr.contains(&format!(
+                "EC2 instance metadata at http://127.0.0.1:{closed}"
+            )),
+        "{stderr}"
+    );
+}
+
+/// The wire attributes reach the requests from the config file: virtual-hosted requests
+/// (`BUCKET.localhost:PORT`) signed with Signature Version 2, with a storage class, a canned
+/// ACL, encryption and a user agent, pass s3s-fs's checks for a push and a pull, and
+/// `loglevel: debug` logs each request.
+#[test]
+fn wire_attributes_from_the_config_push_and_pull() {
+    let s3s = S3s::running();
+    let endpoint = s3s.endpoint.replace("127.0.0.1", "localhost");
+    let bucket = s3s.new_bucket();
+    let mut driver = storage_driver_at(&endpoint, &bucket, s3s.keys());
+    for (key, value) in [
+        ("forcepathstyle", json!(false)),
+        ("v4auth", json!(false)),
+        ("storageclass", json!("REDUCED_REDUNDANCY")),
+        ("objectacl", json!("bucket-owner-full-control")),
+        ("encrypt", json!(true)),
+        ("useragent", json!("berth-it/1")),
+        ("loglevel", json!("debug")),
+    ] {
+        driver[key] = value;
+    }
+    let home = temp_dir();
+    let log = push_and_pull(driver, environment(home.path(), &[]), 6);
+    assert!(log.contains("(virtual-hosted)"), "{log}");
+    assert!(
+        log.contains("S3 request") && log.contains(&format!("bucket=\"{bucket}\"")),
+        "{log}"
     );
 }

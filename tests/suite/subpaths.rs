@@ -4,8 +4,6 @@
 //! skopeo through every store is in `skopeo`, which uses `Stores` from here.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tempfile::TempDir;
@@ -13,7 +11,7 @@ use tempfile::TempDir;
 use crate::util::http::paginate;
 use crate::util::layout::{blob_path, inode, read_index, tags_of};
 use crate::util::oci::*;
-use crate::util::server::{BERTH, Berth, Settings, temp_dir};
+use crate::util::server::{self, Berth, Settings, temp_dir};
 
 /// Three stores in one temporary directory: the default one, `/a` (dedupe off, commit on)
 /// and the two-segment route `/b/c` (dedupe on).
@@ -161,35 +159,11 @@ fn repositories_land_in_their_store_with_its_settings() {
 
 /// Runs `berth serve` on a config that must be refused, and returns its stderr.
 fn refused_at_start(default: &Path, sub_paths: serde_json::Value) -> String {
-    let dir = temp_dir();
     let config = json!({
         "storage": { "rootDirectory": default, "subPaths": sub_paths },
         "http": { "address": "127.0.0.1", "port": "0" },
     });
-    let path = dir.path().join("config.json");
-    std::fs::write(&path, config.to_string()).unwrap();
-    let mut child = Command::new(BERTH)
-        .arg("serve")
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("berth started on roots it must refuse");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
-    assert!(!status.success(), "{stderr}");
+    let stderr = server::refused_at_start(&config, &[]);
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     stderr
 }

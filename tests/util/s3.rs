@@ -82,22 +82,27 @@ impl S3s {
         bucket
     }
 
-    /// `storage.storageDriver` for `bucket`, with `keys` (access, secret) when given, else
-    /// none: berth then looks for them in the environment and the credentials file.
-    pub fn storage_driver(&self, bucket: &str, keys: Option<(&str, &str)>) -> Value {
-        let mut driver = json!({
-            "name": "s3",
-            "region": "us-east-1",
-            "bucket": bucket,
-            "regionendpoint": self.endpoint,
-            "rootdirectory": "/berth",
-        });
-        if let Some((access, secret)) = keys {
-            driver["accesskey"] = access.into();
-            driver["secretkey"] = secret.into();
-        }
-        driver
+    /// This server's own keys.
+    pub fn keys(&self) -> Option<(&str, &str)> {
+        Some((&self.access_key, &self.secret_key))
     }
+}
+
+/// `storage.storageDriver` for `bucket` at `endpoint`, with `keys` (access, secret) when
+/// given.
+pub fn storage_driver_at(endpoint: &str, bucket: &str, keys: Option<(&str, &str)>) -> Value {
+    let mut driver = json!({
+        "name": "s3",
+        "region": "us-east-1",
+        "bucket": bucket,
+        "regionendpoint": endpoint,
+        "rootdirectory": "/berth",
+    });
+    if let Some((access, secret)) = keys {
+        driver["accesskey"] = access.into();
+        driver["secretkey"] = secret.into();
+    }
+    driver
 }
 
 /// Turns on moto, which serves one request at a time: a flow whose assertions depend on how

@@ -134,6 +134,39 @@ pub struct Berth {
     _owned: Vec<TempDir>,
 }
 
+/// Runs `berth serve` on `config` with `env` set for it; it must refuse to start (exit
+/// unsuccessfully within `START_TIMEOUT`). Its stderr.
+pub fn refused_at_start(config: &serde_json::Value, env: &[(String, String)]) -> String {
+    let dir = temp_dir();
+    let path = dir.path().join("config.json");
+    std::fs::write(&path, config.to_string()).expect("write config");
+    let mut child = Command::new(berth_binary())
+        .arg("serve")
+        .arg(&path)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn berth");
+    let deadline = std::time::Instant::now() + START_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for berth") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            // The config is not printed: it may hold keys.
+            panic!("berth started on a config it must refuse");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let output = child.wait_with_output().expect("berth's stderr");
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert!(!status.success(), "{stderr}");
+    stderr
+}
+
 /// A fresh temporary directory; a helper so every test names its scratch space the same way.
 pub fn temp_dir() -> TempDir {
     tempfile::Builder::new()

@@ -1,22 +1,176 @@
-//! A thin, blocking S3 client: requests signed with AWS Signature Version 4 (signed here, with
-//! `sha2`; the payload is sent as `UNSIGNED-PAYLOAD`, so no body is hashed twice) over
-//! `ureq`'s pooled keep-alive connections, path-style URLs, and the few pieces of the S3 XML
-//! the driver reads. It knows nothing of the `Driver` contract: `super` maps its answers.
+//! A thin, blocking S3 client: requests built as the store's `storageDriver` attributes ask
+//! (path-style or virtual-hosted addressing, encryption, storage class, canned ACL and
+//! `User-Agent` headers, TLS verification), signed with AWS Signature Version 4 (signed here,
+//! with `sha2`; the payload is sent as `UNSIGNED-PAYLOAD`, so no body is hashed twice) or, with
+//! `v4auth: false`, Version 2, over `ureq`'s pooled keep-alive connections, and the few pieces
+//! of the S3 XML the driver reads. It knows nothing of the `Driver` contract: `super` maps its
+//! answers.
 
+use super::credentials::{Credentials, Provider};
 use sha2::{Digest as _, Sha256};
 use std::io::Read;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Where the bucket is and who is asking.
-#[derive(Clone)]
 pub(super) struct Endpoint {
     /// `http://host:port` or `https://host`, without a trailing `/`.
     pub(super) url: String,
     pub(super) region: String,
     pub(super) bucket: String,
-    pub(super) access_key: String,
-    pub(super) secret_key: String,
-    pub(super) session_token: Option<String>,
+    pub(super) credentials: Provider,
+    pub(super) wire: Wire,
+}
+
+/// What the attributes of `storageDriver` change in the requests.
+#[derive(Clone, Debug, Default)]
+pub struct Wire {
+    /// Virtual-hosted requests (`BUCKET.endpoint-host/key`, `forcepathstyle: false` or
+    /// `accelerate`), else path-style (`endpoint-host/BUCKET/key`).
+    pub virtual_hosted: bool,
+    /// Server-side encryption of every object created (`encrypt`, `keyid`).
+    pub encryption: Option<Encryption>,
+    /// `storageclass`; `None` sends none (`NONE`: the bucket's default).
+    pub storage_class: Option<StorageClass>,
+    /// `objectacl`; `None` sends none (the bucket's default, `private` on AWS).
+    pub acl: Option<CannedAcl>,
+    /// `useragent`; `None` is `berth/<version>`.
+    pub user_agent: Option<String>,
+    /// `skipverify`: HTTPS without checking the server's certificate.
+    pub skip_verify: bool,
+    /// `v4auth: false`: Signature Version 2.
+    pub signature_v2: bool,
+    /// `loglevel`.
+    pub log: LogLevel,
+}
+
+/// `encrypt: true`: S3-managed keys, or KMS with `keyid`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Encryption {
+    /// `x-amz-server-side-encryption: AES256`.
+    Aes256,
+    /// `x-amz-server-side-encryption: aws:kms` with that key id.
+    Kms(String),
+}
+
+/// An S3 storage class distribution's driver accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StorageClass(&'static str);
+
+impl StorageClass {
+    /// distribution's accepted values (`NONE`, meaning none sent, is `None` of an `Option`).
+    pub const ACCEPTED: [&'static str; 3] =
+        ["STANDARD", "REDUCED_REDUNDANCY", "INTELLIGENT_TIERING"];
+
+    /// The class named `name` (any case, as distribution upper-cases it).
+    pub fn parse(name: &str) -> Option<StorageClass> {
+        let upper = name.trim().to_ascii_uppercase();
+        Self::ACCEPTED
+            .iter()
+            .find(|c| **c == upper)
+            .map(|c| StorageClass(c))
+    }
+
+    /// The `x-amz-storage-class` value.
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+/// An S3 canned ACL (the list distribution's driver accepts, AWS's own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CannedAcl(&'static str);
+
+impl CannedAcl {
+    /// The canned ACLs.
+    pub const ACCEPTED: [&'static str; 7] = [
+        "private",
+        "public-read",
+        "public-read-write",
+        "authenticated-read",
+        "aws-exec-read",
+        "bucket-owner-read",
+        "bucket-owner-full-control",
+    ];
+
+    /// The ACL named `name` (exactly, as AWS spells them).
+    pub fn parse(name: &str) -> Option<CannedAcl> {
+        Self::ACCEPTED
+            .iter()
+            .find(|a| **a == name.trim())
+            .map(|a| CannedAcl(a))
+    }
+
+    /// The `x-amz-acl` value.
+    pub fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+/// `loglevel`: the AWS SDK's levels distribution passes on. Lines go to the log at `info`,
+/// so the key alone turns them on, as it does in distribution.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Nothing (the default).
+    #[default]
+    Off,
+    /// A line per request: method, bucket, key, status, bytes, duration.
+    Debug,
+    /// And the canonical request and string to sign (never a secret or session token).
+    DebugWithSigning,
+    /// And the request's and answer's headers (berth's bodies are blobs, never logged).
+    DebugWithHttpBody,
+    /// And each retried attempt.
+    DebugWithRequestRetries,
+    /// And S3's error answer (code and message) of each failed request.
+    DebugWithRequestErrors,
+    /// As `Debug`: berth reads no event streams.
+    DebugWithEventStreamBody,
+}
+
+impl LogLevel {
+    /// The values distribution accepts, in zot's spelling.
+    pub const ACCEPTED: [(&'static str, LogLevel); 7] = [
+        ("off", LogLevel::Off),
+        ("debug", LogLevel::Debug),
+        ("debugwithsigning", LogLevel::DebugWithSigning),
+        ("debugwithhttpbody", LogLevel::DebugWithHttpBody),
+        ("debugwithrequestretries", LogLevel::DebugWithRequestRetries),
+        ("debugwithrequesterrors", LogLevel::DebugWithRequestErrors),
+        (
+            "debugwitheventstreambody",
+            LogLevel::DebugWithEventStreamBody,
+        ),
+    ];
+
+    /// The level named `name` (any case).
+    pub fn parse(name: &str) -> Option<LogLevel> {
+        let lower = name.trim().to_ascii_lowercase();
+        Self::ACCEPTED
+            .iter()
+            .find(|(n, _)| *n == lower)
+            .map(|(_, l)| *l)
+    }
+
+    fn requests(self) -> bool {
+        self != LogLevel::Off
+    }
+
+    fn signing(self) -> bool {
+        self == LogLevel::DebugWithSigning
+    }
+
+    fn headers(self) -> bool {
+        self == LogLevel::DebugWithHttpBody
+    }
+
+    fn retries(self) -> bool {
+        self == LogLevel::DebugWithRequestRetries
+    }
+
+    fn errors(self) -> bool {
+        self == LogLevel::DebugWithRequestErrors
+    }
 }
 
 /// The answer to one request: its status and headers; the body is read by the caller, to the
@@ -24,6 +178,8 @@ pub(super) struct Endpoint {
 pub(super) struct Reply {
     pub(super) status: u16,
     pub(super) response: ureq::http::Response<ureq::Body>,
+    /// `loglevel: debugwithrequesterrors`: `into_error` logs S3's answer.
+    log_errors: bool,
 }
 
 impl Reply {
@@ -56,9 +212,13 @@ impl Reply {
     /// A failed answer as an error: status, S3's error code and message.
     pub(super) fn into_error(self, op: &str) -> std::io::Error {
         let status = self.status;
+        let log_errors = self.log_errors;
         let body = self.text().unwrap_or_default();
         let code = first(&body, "Code").unwrap_or_default();
         let message = first(&body, "Message").unwrap_or_default();
+        if log_errors {
+            tracing::info!(op, status, code, message, "S3 error answer");
+        }
         std::io::Error::other(format!("{op}: HTTP {status} {code} {message}"))
     }
 }
@@ -74,16 +234,55 @@ pub(super) enum Body<'a> {
     Bytes(&'a [u8]),
 }
 
+impl Body<'_> {
+    fn len(self) -> usize {
+        match self {
+            Body::Empty => 0,
+            Body::Bytes(b) => b.len(),
+        }
+    }
+}
+
+/// Names under `localhost` resolve to loopback (RFC 6761 section 6.3) without asking the
+/// system's resolver, so virtual-hosted requests (`BUCKET.localhost:PORT`) reach a local S3
+/// server with no /etc/hosts entry; every other name is resolved as usual.
+#[derive(Debug, Default)]
+struct LocalhostResolver(ureq::unversioned::resolver::DefaultResolver);
+
+impl ureq::unversioned::resolver::Resolver for LocalhostResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let host = uri.host().unwrap_or_default().to_ascii_lowercase();
+        if host == "localhost" || host.ends_with(".localhost") {
+            let https = uri.scheme_str() == Some("https");
+            let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+            let mut addrs = ureq::unversioned::resolver::Resolver::empty(self);
+            addrs.push(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+            return Ok(addrs);
+        }
+        self.0.resolve(uri, config, timeout)
+    }
+}
+
 pub(super) struct Client {
     agent: ureq::Agent,
     endpoint: Endpoint,
+    /// The `Host` requests name (with the bucket when virtual-hosted).
+    host: String,
+    /// The URL up to the path (`scheme://host`).
+    base: String,
+    user_agent: String,
 }
 
 impl Client {
     pub(super) fn new(endpoint: Endpoint) -> Client {
         // Time-outs per step, none on a whole body: a blob stream may take long, but never
         // stall for a minute (DESIGN decision 12: no remote call hangs a worker).
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
             .timeout_connect(Some(Duration::from_secs(10)))
@@ -91,13 +290,48 @@ impl Client {
             .timeout_per_read(Some(Duration::from_secs(60)))
             .timeout_per_write(Some(Duration::from_secs(60)))
             .max_idle_connections_per_host(64)
-            .build()
-            .into();
-        Client { agent, endpoint }
+            .tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .disable_verification(endpoint.wire.skip_verify)
+                    .build(),
+            )
+            .build();
+        let agent = ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::default(),
+            LocalhostResolver::default(),
+        );
+        let (scheme, authority) = endpoint
+            .url
+            .split_once("://")
+            .unwrap_or(("https", endpoint.url.as_str()));
+        let host = if endpoint.wire.virtual_hosted {
+            format!("{}.{authority}", endpoint.bucket)
+        } else {
+            authority.to_string()
+        };
+        let base = format!("{scheme}://{host}");
+        let user_agent = endpoint
+            .wire
+            .user_agent
+            .clone()
+            .unwrap_or_else(|| format!("berth/{}", env!("CARGO_PKG_VERSION")));
+        Client {
+            agent,
+            endpoint,
+            host,
+            base,
+            user_agent,
+        }
     }
 
     pub(super) fn bucket(&self) -> &str {
         &self.endpoint.bucket
+    }
+
+    /// `scheme://host` requests go to (with the bucket when virtual-hosted).
+    pub(super) fn base(&self) -> &str {
+        &self.base
     }
 
     /// Sends one signed request for `key` (`None`: the bucket itself) with `query` (pairs, not
@@ -113,19 +347,59 @@ impl Client {
         body: Body<'_>,
     ) -> std::io::Result<Reply> {
         let mut pause = Duration::from_millis(20);
+        let log = self.endpoint.wire.log;
         for _ in 0..RETRIES {
             match self.send_once(method, key, query, headers, body) {
                 Ok(reply) if !matches!(reply.status, 500 | 502 | 503 | 504) => return Ok(reply),
                 Ok(reply) => {
-                    tracing::debug!(method, key, status = reply.status, "S3 request retried");
+                    if log.retries() {
+                        tracing::info!(method, key, status = reply.status, "S3 request retried");
+                    } else {
+                        tracing::debug!(method, key, status = reply.status, "S3 request retried");
+                    }
                     let _ = reply.bytes();
                 }
+                Err(e) if log.retries() => tracing::info!(method, key, "S3 request retried: {e}"),
                 Err(e) => tracing::debug!(method, key, "S3 request retried: {e}"),
             }
             std::thread::sleep(pause);
             pause *= 4;
         }
         self.send_once(method, key, query, headers, body)
+    }
+
+    /// The headers that go with a request creating an object (PutObject, CopyObject,
+    /// CreateMultipartUpload; not the parts, which belong to their upload): encryption,
+    /// storage class and canned ACL.
+    fn object_headers(
+        &self,
+        method: &str,
+        key: Option<&str>,
+        query: &[(&str, &str)],
+    ) -> Vec<(&'static str, &str)> {
+        let has = |name: &str| query.iter().any(|(k, _)| *k == name);
+        let creates = key.is_some()
+            && ((method == "PUT" && query.is_empty()) || (method == "POST" && has("uploads")));
+        let wire = &self.endpoint.wire;
+        let mut headers = Vec::new();
+        if !creates {
+            return headers;
+        }
+        match &wire.encryption {
+            Some(Encryption::Aes256) => headers.push(("x-amz-server-side-encryption", "AES256")),
+            Some(Encryption::Kms(id)) => {
+                headers.push(("x-amz-server-side-encryption", "aws:kms"));
+                headers.push(("x-amz-server-side-encryption-aws-kms-key-id", id.as_str()));
+            }
+            None => {}
+        }
+        if let Some(class) = wire.storage_class {
+            headers.push(("x-amz-storage-class", class.as_str()));
+        }
+        if let Some(acl) = wire.acl {
+            headers.push(("x-amz-acl", acl.as_str()));
+        }
+        headers
     }
 
     fn send_once(
@@ -136,53 +410,93 @@ impl Client {
         headers: &[(&str, &str)],
         body: Body<'_>,
     ) -> std::io::Result<Reply> {
-        let mut path = format!("/{}", encode(&self.endpoint.bucket, false));
+        let started = Instant::now();
+        let wire = &self.endpoint.wire;
+        let credentials = self.endpoint.credentials.get()?;
+        // The path as sent: the key, after the bucket in path-style requests.
+        let mut path = if wire.virtual_hosted {
+            String::new()
+        } else {
+            format!("/{}", encode(&self.endpoint.bucket, false))
+        };
         if let Some(key) = key {
             path.push('/');
             path.push_str(&encode(key, true));
+        }
+        if path.is_empty() {
+            path.push('/');
         }
         let mut pairs: Vec<(String, String)> = query
             .iter()
             .map(|(k, v)| (encode(k, false), encode(v, false)))
             .collect();
         pairs.sort();
-        let query: String = pairs
+        let query_string: String = pairs
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join("&");
-        let host = self
-            .endpoint
-            .url
-            .split_once("://")
-            .map_or(self.endpoint.url.as_str(), |(_, h)| h);
-        let now = SystemTime::now();
-        let amz_date = amz_date(now);
-        let mut signed: Vec<(String, String)> = vec![
-            ("host".into(), host.to_string()),
-            ("x-amz-content-sha256".into(), "UNSIGNED-PAYLOAD".into()),
-            ("x-amz-date".into(), amz_date.clone()),
-        ];
-        if let Some(token) = &self.endpoint.session_token {
+        let amz_date = amz_date(SystemTime::now());
+        let mut signed: Vec<(String, String)> = vec![("x-amz-date".into(), amz_date.clone())];
+        if !wire.signature_v2 {
+            signed.push(("host".into(), self.host.clone()));
+            signed.push(("x-amz-content-sha256".into(), "UNSIGNED-PAYLOAD".into()));
+        }
+        if let Some(token) = &credentials.session_token {
             signed.push(("x-amz-security-token".into(), token.clone()));
         }
-        for (name, value) in headers {
+        for (name, value) in headers
+            .iter()
+            .chain(self.object_headers(method, key, query).iter())
+        {
             signed.push((name.to_ascii_lowercase(), value.trim().to_string()));
         }
         signed.sort();
-        let authorization = self.authorization(method, &path, &query, &signed, &amz_date);
-        let url = if query.is_empty() {
-            format!("{}{path}", self.endpoint.url)
+        let (authorization, canonical, to_sign) = if wire.signature_v2 {
+            self.authorization_v2(&credentials, method, &path, query, &signed)
         } else {
-            format!("{}{path}?{query}", self.endpoint.url)
+            self.authorization(
+                &credentials,
+                method,
+                &path,
+                &query_string,
+                &signed,
+                &amz_date,
+            )
         };
-        let mut request = ureq::http::Request::builder().method(method).uri(&url);
+        if wire.log.signing() {
+            let hide = |s: String| match &credentials.session_token {
+                Some(token) => s.replace(token.as_str(), "<session token>"),
+                None => s,
+            };
+            tracing::info!(
+                method,
+                key,
+                canonical_request = hide(canonical),
+                string_to_sign = hide(to_sign),
+                "S3 request signed"
+            );
+        }
+        let url = if query_string.is_empty() {
+            format!("{}{path}", self.base)
+        } else {
+            format!("{}{path}?{query_string}", self.base)
+        };
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("user-agent", self.user_agent.as_str());
         for (name, value) in &signed {
             if name != "host" {
                 request = request.header(name.as_str(), value.as_str());
             }
         }
         request = request.header("authorization", authorization);
+        if wire.log.headers()
+            && let Some(headers) = request.headers_ref()
+        {
+            tracing::info!(method, key, headers = ?without_secrets(headers), "S3 request headers");
+        }
         let result = match body {
             Body::Empty if method != "PUT" && method != "POST" => {
                 let request = request.body(()).map_err(std::io::Error::other)?;
@@ -197,24 +511,61 @@ impl Client {
                 self.agent.run(request)
             }
         };
-        let response = result.map_err(|e| match e {
-            ureq::Error::Io(e) => e,
-            e => std::io::Error::other(e),
+        let response = result.map_err(|e| {
+            if wire.log.requests() {
+                tracing::info!(
+                    method,
+                    bucket = self.endpoint.bucket,
+                    key,
+                    sent = body.len(),
+                    ms = started.elapsed().as_millis() as u64,
+                    "S3 request failed: {e}"
+                );
+            }
+            match e {
+                ureq::Error::Io(e) => e,
+                e => std::io::Error::other(e),
+            }
         })?;
+        let status = response.status().as_u16();
+        if wire.log.requests() {
+            let received = response
+                .headers()
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info!(
+                method,
+                bucket = self.endpoint.bucket,
+                key,
+                status,
+                sent = body.len(),
+                received,
+                ms = started.elapsed().as_millis() as u64,
+                "S3 request"
+            );
+            if wire.log.headers() {
+                tracing::info!(method, key, headers = ?response.headers(), "S3 answer headers");
+            }
+        }
         Ok(Reply {
-            status: response.status().as_u16(),
+            status,
             response,
+            log_errors: wire.log.errors(),
         })
     }
 
+    /// SigV4's `Authorization`, with the canonical request and the string to sign (for
+    /// `loglevel: debugwithsigning`).
     fn authorization(
         &self,
+        credentials: &Credentials,
         method: &str,
         path: &str,
         query: &str,
         headers: &[(String, String)],
         amz_date: &str,
-    ) -> String {
+    ) -> (String, String, String) {
         let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
         let signed_headers = names.join(";");
         let mut canonical = format!("{method}\n{path}\n{query}\n");
@@ -229,18 +580,95 @@ impl Client {
             hex(&Sha256::digest(canonical.as_bytes()))
         );
         let mut key = hmac(
-            format!("AWS4{}", self.endpoint.secret_key).as_bytes(),
+            format!("AWS4{}", credentials.secret_key).as_bytes(),
             date.as_bytes(),
         );
         for part in [self.endpoint.region.as_str(), "s3", "aws4_request"] {
             key = hmac(&key, part.as_bytes());
         }
         let signature = hex(&hmac(&key, to_sign.as_bytes()));
-        format!(
-            "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
-            self.endpoint.access_key
+        (
+            format!(
+                "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
+                credentials.access_key
+            ),
+            canonical,
+            to_sign,
         )
     }
+
+    /// Signature Version 2's `Authorization` (`v4auth: false`), with the string to sign.
+    /// The resource names the bucket whichever the addressing.
+    fn authorization_v2(
+        &self,
+        credentials: &Credentials,
+        method: &str,
+        path: &str,
+        query: &[(&str, &str)],
+        headers: &[(String, String)],
+    ) -> (String, String, String) {
+        let resource = if self.endpoint.wire.virtual_hosted {
+            format!("/{}{path}", encode(&self.endpoint.bucket, false))
+        } else {
+            path.to_string()
+        };
+        let to_sign = string_to_sign_v2(method, &resource, query, headers);
+        let signature = sign_v2(&credentials.secret_key, &to_sign);
+        (
+            format!("AWS {}:{signature}", credentials.access_key),
+            resource,
+            to_sign,
+        )
+    }
+}
+
+/// Request headers for the log, without `authorization` or a session token.
+fn without_secrets(headers: &ureq::http::HeaderMap) -> Vec<(&str, &str)> {
+    headers
+        .iter()
+        .filter(|(n, _)| *n != "authorization" && *n != "x-amz-security-token")
+        .map(|(n, v)| (n.as_str(), v.to_str().unwrap_or("?")))
+        .collect()
+}
+
+/// The sub-resources Signature Version 2 signs (of the ones the driver sends).
+const SIGNED_SUBRESOURCES_V2: [&str; 3] = ["partNumber", "uploadId", "uploads"];
+
+/// SigV2's string to sign: method, Content-MD5 and Content-Type (berth sends neither), an
+/// empty Date (`x-amz-date` is sent), the `x-amz-*` headers (`headers`: lower case, sorted),
+/// and the resource with its signed sub-resources.
+fn string_to_sign_v2(
+    method: &str,
+    resource: &str,
+    query: &[(&str, &str)],
+    headers: &[(String, String)],
+) -> String {
+    let mut to_sign = format!("{method}\n\n\n\n");
+    for (name, value) in headers.iter().filter(|(n, _)| n.starts_with("x-amz-")) {
+        to_sign.push_str(&format!("{name}:{value}\n"));
+    }
+    to_sign.push_str(resource);
+    let mut subresources: Vec<&(&str, &str)> = query
+        .iter()
+        .filter(|(k, _)| SIGNED_SUBRESOURCES_V2.contains(k))
+        .collect();
+    subresources.sort();
+    for (i, (k, v)) in subresources.into_iter().enumerate() {
+        to_sign.push(if i == 0 { '?' } else { '&' });
+        to_sign.push_str(k);
+        if !v.is_empty() {
+            to_sign.push('=');
+            to_sign.push_str(v);
+        }
+    }
+    to_sign
+}
+
+/// base64(HMAC-SHA1(secret, string to sign)).
+fn sign_v2(secret: &str, to_sign: &str) -> String {
+    use base64::Engine as _;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA1_FOR_LEGACY_USE_ONLY, secret.as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(ring::hmac::sign(&key, to_sign.as_bytes()))
 }
 
 /// HMAC-SHA256 (RFC 2104).
@@ -402,6 +830,46 @@ mod tests {
         assert_eq!(
             hex(&hmac(b"Jefe", b"what do ya want for nothing?")),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    /// AWS's published Signature Version 2 examples (S3 developer guide, "Signing and
+    /// authenticating REST requests": GET and PUT of photos/puppy.jpg), and the string to sign
+    /// of an UploadPart: `x-amz-*` headers in order, the resource with only the signed
+    /// sub-resources, sorted.
+    #[test]
+    fn signature_v2_matches_awss_examples() {
+        let secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+        assert_eq!(
+            sign_v2(
+                secret,
+                "GET\n\n\nTue, 27 Mar 2007 19:36:42 +0000\n/awsexamplebucket1/photos/puppy.jpg"
+            ),
+            "qgk2+6Sv9/oM7G3qLEjTH1a1l1g="
+        );
+        assert_eq!(
+            sign_v2(
+                secret,
+                "PUT\n\nimage/jpeg\nTue, 27 Mar 2007 21:15:45 +0000\n/johnsmith/photos/puppy.jpg"
+            ),
+            "MyyxeRY7whkBe+bq8fHCL/2kKUg="
+        );
+        let headers = [
+            ("x-amz-date".to_string(), "20261127T134330Z".to_string()),
+            ("x-amz-storage-class".to_string(), "STANDARD".to_string()),
+        ];
+        assert_eq!(
+            string_to_sign_v2(
+                "PUT",
+                "/b/some/key",
+                &[("uploadId", "u-1"), ("partNumber", "2"), ("list-type", "2")],
+                &headers
+            ),
+            "PUT\n\n\n\nx-amz-date:20261127T134330Z\nx-amz-storage-class:STANDARD\n/b/some/key?partNumber=2&uploadId=u-1"
+        );
+        assert_eq!(
+            string_to_sign_v2("POST", "/b/k", &[("uploads", "")], &headers[..1]),
+            "POST\n\n\n\nx-amz-date:20261127T134330Z\n/b/k?uploads"
         );
     }
 

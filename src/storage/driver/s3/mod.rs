@@ -38,7 +38,11 @@
 //! writer).
 
 mod client;
+mod credentials;
 mod writer;
+
+pub use client::{CannedAcl, Encryption, LogLevel, StorageClass, Wire};
+pub use credentials::{Credentials, Instance, Refresh};
 
 use super::{
     Capabilities, Driver, DriverError, Entry, EntryKind, ObjectMeta, ObjectReader, StoragePath,
@@ -70,18 +74,17 @@ const HOLDER: &str = "x-amz-meta-berth-holder";
 /// Where the driver's bucket is and how to reach it.
 #[derive(Clone)]
 pub struct S3Config {
-    /// `http://host:port` or `https://host` (path-style requests).
+    /// `http://host:port` or `https://host` (the bucket goes before the host in
+    /// virtual-hosted requests, `wire.virtual_hosted`).
     pub endpoint: String,
     /// The signing region.
     pub region: String,
     /// The bucket.
     pub bucket: String,
-    /// Credentials.
-    pub access_key: String,
-    /// Credentials.
-    pub secret_key: String,
-    /// A session token that goes with temporary credentials.
-    pub session_token: Option<String>,
+    /// Who signs the requests (temporary credentials are fetched again before they expire).
+    pub credentials: Credentials,
+    /// What the `storageDriver` attributes change in each request.
+    pub wire: Wire,
     /// The key prefix every path is under (`rootdirectory`); empty for the bucket's root.
     pub root: String,
     /// Size of the parts of multipart uploads (at least `MIN_PART`).
@@ -153,9 +156,8 @@ impl S3Driver {
             url: config.endpoint.trim_end_matches('/').to_string(),
             region: config.region,
             bucket: config.bucket,
-            access_key: config.access_key,
-            secret_key: config.secret_key,
-            session_token: config.session_token,
+            credentials: credentials::Provider::new(config.credentials),
+            wire: config.wire,
         };
         Ok(S3Driver {
             inner: Arc::new(Inner {
@@ -164,6 +166,50 @@ impl S3Driver {
                 chunk_size: config.chunk_size,
             }),
         })
+    }
+
+    /// Checks at start that the bucket answers to these credentials: one ListObjectsV2 of at
+    /// most one key under the root. Wrong keys (403), a missing bucket (404), a TLS failure
+    /// or an unreachable endpoint is an error naming the bucket and the endpoint.
+    pub fn probe(&self) -> Result<(), DriverError> {
+        let client = &self.inner.client;
+        let at = format!("bucket {} at {}", client.bucket(), client.base());
+        let failed = |e: std::io::Error| io_error("probe", &at, e);
+        let reply = client
+            .send(
+                "GET",
+                None,
+                &[
+                    ("list-type", "2"),
+                    ("max-keys", "1"),
+                    ("prefix", &self.inner.prefix),
+                ],
+                &[],
+                Body::Empty,
+            )
+            .map_err(|e| {
+                let hint = if e.to_string().contains("certificate") {
+                    " (the endpoint's certificate is verified; skipverify: true turns that off)"
+                } else {
+                    ""
+                };
+                failed(std::io::Error::other(format!("{e}{hint}")))
+            })?;
+        match reply.status {
+            200 => {
+                let _ = reply.bytes();
+                Ok(())
+            }
+            403 => Err(failed(std::io::Error::other(format!(
+                "access denied, check the credentials: {}",
+                reply.into_error("ListObjectsV2")
+            )))),
+            404 => Err(failed(std::io::Error::other(format!(
+                "no such bucket: {}",
+                reply.into_error("ListObjectsV2")
+            )))),
+            _ => Err(failed(reply.into_error("ListObjectsV2"))),
+        }
     }
 
     /// Creates the bucket (in the configured region, which must not be `us-east-1` for
@@ -784,3 +830,5 @@ impl Driver for S3Driver {
 
 #[cfg(test)]
 pub(crate) mod tests;
+#[cfg(test)]
+mod wire_tests;

@@ -16,15 +16,17 @@ use std::io::Read;
 /// Region of the test buckets: moto refuses a location constraint of `us-east-1`.
 const REGION: &str = "eu-west-1";
 
-struct Service {
-    endpoint: String,
-    access_key: String,
-    secret_key: String,
+pub(super) struct Service {
+    pub(super) endpoint: String,
+    pub(super) access_key: String,
+    pub(super) secret_key: String,
+    /// What the drivers made for this service send (`storageDriver` attributes).
+    pub(super) wire: Wire,
 }
 
 /// The endpoint and keys of a test server (`MOTO` or `S3S`), from the environment
 /// (`scripts/test.sh` exports them) or from `.s3-services/env`, which the script writes.
-fn service(name: &str) -> Service {
+pub(super) fn service(name: &str) -> Service {
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".s3-services/env");
     let saved: HashMap<String, String> = std::fs::read_to_string(&file)
         .unwrap_or_default()
@@ -49,17 +51,23 @@ fn service(name: &str) -> Service {
         endpoint,
         access_key: get(format!("BERTH_S3_{name}_ACCESS_KEY")).unwrap_or("testing".into()),
         secret_key: get(format!("BERTH_S3_{name}_SECRET_KEY")).unwrap_or("testing".into()),
+        wire: Wire::default(),
     }
 }
 
-fn config(service: &Service, bucket: &str, root: &str) -> S3Config {
+pub(super) fn config(service: &Service, bucket: &str, root: &str) -> S3Config {
     S3Config {
         endpoint: service.endpoint.clone(),
         region: REGION.to_string(),
         bucket: bucket.to_string(),
-        access_key: service.access_key.clone(),
-        secret_key: service.secret_key.clone(),
-        session_token: None,
+        credentials: Credentials {
+            access_key: service.access_key.clone(),
+            secret_key: service.secret_key.clone(),
+            session_token: None,
+            source: "test",
+            refresh: None,
+        },
+        wire: service.wire.clone(),
         root: root.to_string(),
         chunk_size: MIN_PART,
         multipart_copy: MultipartCopy::default(),
@@ -68,7 +76,7 @@ fn config(service: &Service, bucket: &str, root: &str) -> S3Config {
 }
 
 /// A driver on a new, empty bucket of `service`, with its keys under `root`.
-fn fresh(service: &Service, root: &str) -> (S3Driver, String) {
+pub(super) fn fresh(service: &Service, root: &str) -> (S3Driver, String) {
     let bucket = format!("berth-{}", uuid::Uuid::new_v4().simple());
     let driver = S3Driver::new(config(service, &bucket, root)).unwrap();
     driver.create_bucket(REGION).unwrap();
@@ -83,12 +91,12 @@ pub(crate) fn fresh_on_moto() -> S3Config {
     config(&moto, &bucket, "root")
 }
 
-fn path(s: &str) -> StoragePath {
+pub(super) fn path(s: &str) -> StoragePath {
     StoragePath::from_components(s.split('/')).unwrap()
 }
 
 /// Bytes that differ at every position of a part, so a part out of place shows.
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
+pub(super) fn pattern(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(31) ^ (i >> 16) as u8 ^ seed)
         .collect()
@@ -117,7 +125,7 @@ fn s3_driver_conformance_on_moto_under_a_root_directory() {
 /// writer in another driver (another process) that continues it by copying the stored
 /// object as a part, a writer dropped unflushed that leaves the stored object as it was, and
 /// a writer whose object was deleted that stores nothing.
-fn multipart_writer(service: &Service) {
+pub(super) fn multipart_writer(service: &Service) {
     let (a, bucket) = fresh(service, "root");
     let p = path("repo/.uploads/big");
     let first = pattern(2 * MIN_PART + 12_345, 1);
@@ -192,7 +200,11 @@ fn s3_writer_uploads_parts_and_continues_on_moto() {
 /// right secret only.
 #[test]
 fn s3_requests_are_signed_as_s3s_fs_checks() {
-    let s3s = service("S3S");
+    signed_requests(service("S3S"));
+}
+
+/// Requests of `s3s` pass s3s-fs's signature checks, with the right secret only.
+pub(super) fn signed_requests(s3s: Service) -> String {
     let (d, bucket) = fresh(&s3s, "signed");
     let p = path("repo/blobs/sha256/abc");
     d.put(&p, b"0123456789").unwrap();
@@ -211,7 +223,7 @@ fn s3_requests_are_signed_as_s3s_fs_checks() {
 
     let wrong = Service {
         secret_key: "not-the-secret".into(),
-        ..service("S3S")
+        ..s3s
     };
     let forged = S3Driver::new(config(&wrong, &bucket, "signed")).unwrap();
     let refused = forged.get(&p);
@@ -219,6 +231,7 @@ fn s3_requests_are_signed_as_s3s_fs_checks() {
         matches!(refused, Err(DriverError::Io { .. })),
         "a wrong secret is refused: {refused:?}"
     );
+    bucket
 }
 
 #[test]
