@@ -19,7 +19,7 @@ const ANY_SIGNATURE: &str = "AWS4-HMAC-SHA256 Credential=testing/20260101/eu-wes
 
 /// moto's endpoint, from the environment (`scripts/test.sh` exports it) or from the file
 /// `scripts/s3-services.sh start` writes.
-fn moto() -> String {
+pub(super) fn moto() -> String {
     let var = "BERTH_S3_MOTO_ENDPOINT";
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".s3-services/env");
     std::env::var(var)
@@ -40,7 +40,7 @@ fn moto() -> String {
 }
 
 /// A plain request to moto (the registry test client checks for a registry's headers).
-fn to_moto(endpoint: &str, method: &str, target: &str, body: &[u8]) -> Response {
+pub(super) fn to_moto(endpoint: &str, method: &str, target: &str, body: &[u8]) -> Response {
     let addr: SocketAddr = endpoint
         .trim_start_matches("http://")
         .parse()
@@ -54,7 +54,7 @@ fn to_moto(endpoint: &str, method: &str, target: &str, body: &[u8]) -> Response 
 }
 
 /// A new bucket on moto, outside `us-east-1` (moto refuses that location constraint).
-fn new_bucket(endpoint: &str) -> String {
+pub(super) fn new_bucket(endpoint: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -70,7 +70,7 @@ fn new_bucket(endpoint: &str) -> String {
     bucket
 }
 
-fn on_s3(endpoint: &str, bucket: &str) -> Settings {
+pub(super) fn on_s3(endpoint: &str, bucket: &str) -> Settings {
     let mut settings = Settings::default();
     settings.storage.insert(
         "storageDriver".into(),
