@@ -352,7 +352,8 @@ fn s3_upload_notes_follow_the_bytes_on_moto() {
 /// the blob's key. 1 MiB: the repository check and one PUT (staged, it took 10: the check,
 /// the session object's HEAD and PUT, a HEAD and a PUT to flush, the check again and
 /// CopyObject, then HEAD, DELETE and LIST to remove the staged object). 64 MiB: the check, a
-/// multipart upload of 7 parts and its completion (staged, it took 19).
+/// multipart upload of 7 parts and its completion (staged, it took 19). A body that does not
+/// hash to its digest leaves nothing: no blob, no open multipart upload.
 #[test]
 fn s3_monolithic_pushes_are_written_in_place_on_moto() {
     let moto = service("MOTO");
@@ -378,6 +379,21 @@ fn s3_monolithic_pushes_are_written_in_place_on_moto() {
     push(b"creates the repository");
     assert_eq!(push(&pattern(1 << 20, 1)), 2, "1 MiB");
     assert_eq!(push(&pattern(64 << 20, 2)), 1 + 1 + 7 + 1, "64 MiB");
+    // Past one part, under another digest: aborted at the blob key, nothing visible.
+    let bytes = pattern(12 << 20, 3);
+    let wrong = crate::digest::Digest::sha256_of(b"other bytes");
+    let length = crate::storage::BodyLength::Exact(bytes.len() as u64);
+    let refused = store.blob_put(&repo, &wrong, &mut &bytes[..], length);
+    assert!(
+        matches!(
+            refused,
+            Err(crate::storage::StoreError::DigestMismatch { .. })
+        ),
+        "{refused:?}"
+    );
+    let blob = path(&format!("pushes/blobs/sha256/{}", wrong.hex()));
+    assert!(driver.stat(&blob).unwrap().is_none());
+    assert_eq!(open_uploads(&driver), 0, "aborted");
     let names: Vec<String> = driver
         .list(Some(&path("pushes/.uploads")))
         .unwrap()
