@@ -1,8 +1,9 @@
 //! The blob files a repository stores: listing them by digest (the collector, scrub and the
 //! dedupe pass walk them), hashing one as stored (scrub, the pass, and an upload finished
-//! under another algorithm than the running one), and moving a finished upload into place.
+//! under another algorithm than the running one), and landing a verified upload at its blob
+//! path (`Verified`).
 
-use super::driver::{Driver, DriverError, EntryKind, StoragePath};
+use super::driver::{Driver, DriverError, EntryKind, StoragePath, UploadWriter};
 use super::uploads::hash_into;
 use super::{Store, StoreError, layout};
 use crate::digest::{Algorithm, Digest, Hasher};
@@ -58,22 +59,43 @@ impl Store {
     }
 }
 
-/// Moves a finished upload from `staged` to `target`: one atomic rename where the driver has
-/// it, else (an object store) a server-side copy, itself atomic, and a delete of the staged
-/// object.
-pub(super) fn move_into_place(
-    driver: &dyn Driver,
-    staged: &StoragePath,
-    target: &StoragePath,
-) -> Result<(), DriverError> {
-    if driver.capabilities().rename {
-        return driver.rename(staged, target);
+/// A verified upload, ready to become a blob: staged at a path of its own, or written at the
+/// blob's path by a direct writer (`Driver::direct_writer`) and not yet committed there.
+pub(super) enum Verified<'a> {
+    /// Staged at this path.
+    Staged(&'a StoragePath),
+    /// Written at the blob's path, visible once committed.
+    Direct(Box<dyn UploadWriter>),
+}
+
+impl Verified<'_> {
+    /// Makes it the blob at `target`. A staged upload is moved: one atomic rename where the
+    /// driver has it, else (an object store) a server-side copy, itself atomic, and a delete
+    /// of the staged object. A direct write is committed where it is.
+    pub(super) fn land(self, driver: &dyn Driver, target: &StoragePath) -> Result<(), DriverError> {
+        let staged = match self {
+            Verified::Direct(out) => return out.commit(),
+            Verified::Staged(staged) => staged,
+        };
+        if driver.capabilities().rename {
+            return driver.rename(staged, target);
+        }
+        driver.copy(staged, target)?;
+        match driver.delete(staged) {
+            Ok(()) | Err(DriverError::NotFound { .. }) => {}
+            // The blob is in place; the collector removes the idle upload later.
+            Err(e) => tracing::warn!(path = %staged, "cannot remove a placed upload: {e}"),
+        }
+        Ok(())
     }
-    driver.copy(staged, target)?;
-    match driver.delete(staged) {
-        Ok(()) | Err(DriverError::NotFound { .. }) => {}
-        // The blob is in place; the collector removes the idle upload later.
-        Err(e) => tracing::warn!(path = %staged, "cannot remove a placed upload: {e}"),
+
+    /// Drops it, where the blob is in place already or its bytes are held elsewhere: best
+    /// effort (a staged leftover is an idle upload for the collector; a direct write that
+    /// cannot be cancelled stored nothing visible).
+    pub(super) fn discard(self, driver: &dyn Driver) {
+        let _ = match self {
+            Verified::Staged(staged) => driver.delete(staged),
+            Verified::Direct(out) => out.cancel(),
+        };
     }
-    Ok(())
 }

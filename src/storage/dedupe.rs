@@ -23,6 +23,7 @@
 //! is unavailable costs only dedupe: blobs land as full copies (`cache::Outage`).
 
 use super::StoreError;
+use super::blobs::Verified;
 use super::driver::{Capabilities, Driver, DriverError, StoragePath};
 use super::locks::Striped;
 use super::placeholders;
@@ -76,8 +77,8 @@ pub(super) struct Dedupe {
 
 /// Where a blob landing in a repository comes from.
 pub(super) enum Source<'a> {
-    /// A verified upload staged at this path; it is moved into place or dropped.
-    Staged(&'a StoragePath),
+    /// A verified upload; it lands at the target or is discarded.
+    Upload(Verified<'a>),
     /// Another repository's copy, linked (mount).
     Existing(&'a StoragePath),
 }
@@ -159,13 +160,13 @@ impl Dedupe {
         // takes no more names.
         let past_the_limit = match (source, from_original) {
             // There already, or linked from the original: the source is not needed.
-            (Source::Staged(staged), None | Some(FromOriginal::Linked)) => {
-                let _ = driver.delete(staged);
+            (Source::Upload(upload), None | Some(FromOriginal::Linked)) => {
+                upload.discard(driver);
                 false
             }
             (Source::Existing(_), None | Some(FromOriginal::Linked)) => false,
-            (Source::Staged(staged), Some(outcome)) => {
-                super::blobs::move_into_place(driver, staged, target)?;
+            (Source::Upload(upload), Some(outcome)) => {
+                upload.land(driver, target)?;
                 outcome == FromOriginal::Full
             }
             (Source::Existing(path), Some(outcome)) => {
@@ -234,22 +235,22 @@ impl Dedupe {
             holder = None;
         }
         let holds_bytes = match (&holder, source) {
-            (Some(holder), Source::Staged(staged)) => {
+            (Some(holder), Source::Upload(upload)) => {
                 driver.put_placeholder(target, holder)?;
-                let _ = driver.delete(staged);
+                upload.discard(driver);
                 return Ok(());
             }
             (Some(holder), Source::Existing(_)) => {
                 driver.put_placeholder(target, holder)?;
                 return Ok(());
             }
-            (None, Source::Staged(staged)) if already_there => {
-                let _ = driver.delete(staged);
+            (None, Source::Upload(upload)) if already_there => {
+                upload.discard(driver);
                 false
             }
             (None, Source::Existing(_)) if already_there => false,
-            (None, Source::Staged(staged)) => {
-                super::blobs::move_into_place(driver, staged, target)?;
+            (None, Source::Upload(upload)) => {
+                upload.land(driver, target)?;
                 true
             }
             (None, Source::Existing(path)) => {

@@ -225,16 +225,16 @@ impl Store {
             .ok_or_else(|| StoreError::BlobUnknown(digest.clone()))
     }
 
-    /// Moves a verified upload staged at `staged` into `repo`'s blobs, as a link to the
-    /// store's copy when dedupe knows one. Done in `in_repo`, with the repository (re)created
-    /// first, so a collector removing it as empty cannot leave the blob in a directory that
-    /// is no longer a repository (issue 10).
+    /// Lands a verified upload in `repo`'s blobs, or a link or placeholder to the store's
+    /// copy when dedupe knows one. Done in `in_repo`, with the repository (re)created first,
+    /// so a collector removing it as empty cannot leave the blob in a directory that is no
+    /// longer a repository (issue 10).
     fn place_blob(
         &self,
         repo: &RepoName,
         digest: &Digest,
         size: u64,
-        staged: &StoragePath,
+        upload: blobs::Verified<'_>,
     ) -> Result<(), StoreError> {
         let target = layout::blob(repo, digest)?;
         self.in_repo(repo, || match &self.dedupe {
@@ -242,12 +242,12 @@ impl Store {
                 &*self.driver,
                 digest,
                 size,
-                dedupe::Source::Staged(staged),
+                dedupe::Source::Upload(upload),
                 &target,
             ),
             None => {
                 let _guard = self.blob_lock(digest);
-                Ok(blobs::move_into_place(&*self.driver, staged, &target)?)
+                Ok(upload.land(&*self.driver, &target)?)
             }
         })
     }
@@ -420,7 +420,9 @@ impl Store {
                     .driver
                     .copy(&source, &staging)
                     .map_err(StoreError::from)
-                    .and_then(|()| self.place_blob(repo, digest, size, &staging));
+                    .and_then(|()| {
+                        self.place_blob(repo, digest, size, blobs::Verified::Staged(&staging))
+                    });
                 if copied.is_err() {
                     let _ = self.driver.delete(&staging);
                 }

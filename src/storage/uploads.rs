@@ -12,7 +12,14 @@
 //! digest algorithm other than the running one the file is hashed at the end. A failed chunk
 //! ends the session (its bytes are removed and the client starts again), since an upload is
 //! never cut back: an object store cannot cut one.
+//!
+//! A blob whose bytes all come with its digest (POST `?digest=`, or a session's first and
+//! only request a PUT naming it) is written straight at its blob path where the driver has
+//! `direct_uploads` (an object store, where a staged upload costs a copy to place):
+//! committed only once its hash matches (or, where dedupe finds the bytes held elsewhere,
+//! cancelled for a placeholder), nothing visible otherwise.
 
+use super::blobs::Verified;
 use super::driver::UploadWriter;
 use super::layout::{self, UploadId};
 use super::{Store, StoreError};
@@ -241,8 +248,12 @@ impl Store {
             Some((mut hasher, saved)) if saved <= meta.size => {
                 // Bytes past the saved size came in a chunk the process did not finish
                 // (killed mid-append): the client may resume after them, so they count.
-                let mut tail = self.driver.reader(&path, saved)?.reader;
-                let reread = hash_into(&mut tail, &mut hasher)?;
+                let reread = if saved < meta.size {
+                    let mut tail = self.driver.reader(&path, saved)?.reader;
+                    hash_into(&mut tail, &mut hasher)?
+                } else {
+                    0
+                };
                 tracing::info!(repository = %repo, upload = %id, size = saved + reread, reread_bytes = reread, "upload session resumed from its saved state");
                 (hasher, saved + reread)
             }
@@ -480,6 +491,16 @@ impl Store {
         length: BodyLength,
     ) -> Result<(), StoreError> {
         self.with_session(repo, id, |session| {
+            if session.size == 0 && self.writes_direct(digest) {
+                // The whole blob in this request: written where it belongs, not staged. A
+                // failure leaves the session as it was (empty).
+                self.put_direct(repo, digest, body, length)?;
+                session.ended = true;
+                if let Err(e) = self.delete_upload(repo, id) {
+                    tracing::warn!(repository = %repo, upload = %id, "cannot remove a finished upload: {e}");
+                }
+                return Ok(());
+            }
             let path = layout::upload(repo, &id)?;
             let mut out = self.session_writer(repo, id, session)?;
             self.append_body(repo, id, session, out.as_mut(), body, length)?;
@@ -498,7 +519,7 @@ impl Store {
             }
             out.commit()?;
             // The upload becomes the blob (or goes, where the store has the bytes already).
-            self.place_blob(repo, digest, session.size, &path)?;
+            self.place_blob(repo, digest, session.size, Verified::Staged(&path))?;
             session.ended = true;
             Ok(())
         })
@@ -527,7 +548,7 @@ impl Store {
             let mut out = self.driver.writer(&staging)?;
             out.write(bytes.to_vec())?;
             out.commit()?;
-            self.place_blob(repo, digest, bytes.len() as u64, &staging)
+            self.place_blob(repo, digest, bytes.len() as u64, Verified::Staged(&staging))
         })();
         if result.is_err() {
             let _ = self.driver.delete(&staging);
@@ -535,8 +556,9 @@ impl Store {
         result
     }
 
-    /// A whole blob in one request (POST `?digest=`): streamed into a private session that is
-    /// removed again if anything fails, so a failed monolithic upload leaves nothing behind.
+    /// A whole blob in one request (POST `?digest=`): written straight at its blob path where
+    /// the driver can (`writes_direct`), else streamed into a private session that is removed
+    /// again if anything fails; either way a failed monolithic upload leaves nothing behind.
     pub fn blob_put(
         &self,
         repo: &RepoName,
@@ -544,12 +566,61 @@ impl Store {
         body: &mut dyn Read,
         length: BodyLength,
     ) -> Result<(), StoreError> {
+        if self.writes_direct(digest) {
+            return self.put_direct(repo, digest, body, length);
+        }
         let id = self.upload_start(repo)?;
         let result = self.upload_finish(repo, id, digest, body, length);
         if result.is_err() {
             let _ = self.upload_cancel(repo, id);
         }
         result
+    }
+}
+
+impl Store {
+    /// Whether an upload of `digest` whose bytes all come in one request goes straight to its
+    /// blob path: the driver writes direct uploads (an object store, where staging costs a
+    /// copy) and the running hash verifies it.
+    fn writes_direct(&self, digest: &Digest) -> bool {
+        self.driver.capabilities().direct_uploads && digest.algorithm() == RUNNING_ALGORITHM
+    }
+
+    /// Streams `body` to `digest`'s blob path in `repo` through a direct writer, committed
+    /// only if it hashes to `digest` (with its length, as `BodyLength` demands): otherwise, or
+    /// on any failure, cancelled, and nothing is visible.
+    fn put_direct(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        body: &mut dyn Read,
+        length: BodyLength,
+    ) -> Result<(), StoreError> {
+        let mut out = self.driver.direct_writer(&layout::blob(repo, digest)?)?;
+        let mut hasher = Hasher::new(RUNNING_ALGORITHM);
+        let verified = copy_hashed(body, length, &mut hasher, out.as_mut()).and_then(|size| {
+            let actual = hasher.finish();
+            if &actual == digest {
+                Ok(size)
+            } else {
+                Err(StoreError::DigestMismatch {
+                    expected: digest.clone(),
+                    actual,
+                })
+            }
+        });
+        match verified {
+            // Only the landing is in the repository: a slow body holds no presence, so the
+            // collector never waits on a client. With dedupe, a copy whose bytes are held
+            // elsewhere becomes a placeholder and the write is cancelled.
+            Ok(size) => self.place_blob(repo, digest, size, Verified::Direct(out)),
+            Err(e) => {
+                if let Err(cancel) = out.cancel() {
+                    tracing::warn!(repository = %repo, %digest, "cannot cancel a direct upload: {cancel}");
+                }
+                Err(e)
+            }
+        }
     }
 }
 

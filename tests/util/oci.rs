@@ -234,15 +234,7 @@ pub fn try_upload(
         Upload::Chunked(size) => {
             let mut offset = 0;
             for chunk in bytes.chunks(size.max(1)) {
-                let patched = client
-                    .request("PATCH", &location)
-                    .header("Content-Type", "application/octet-stream")
-                    .header(
-                        "Content-Range",
-                        &format!("{}-{}", offset, offset + chunk.len() - 1),
-                    )
-                    .body(chunk)
-                    .try_send()?;
+                let patched = try_patch(client, &location, offset, chunk)?;
                 if patched.status != 202 {
                     return Ok(patched);
                 }
@@ -271,6 +263,66 @@ pub fn try_upload(
         .header("Content-Type", "application/octet-stream")
         .body(final_body)
         .try_send()
+}
+
+/// Opens an upload session in `repo` (`POST`, asserting the spec's 202); returns its
+/// location.
+#[track_caller]
+pub fn start_upload(client: &Client, repo: &str) -> String {
+    client
+        .request("POST", &format!("/v2/{repo}/blobs/uploads/"))
+        .send()
+        .expect(202)
+        .location()
+}
+
+/// `PATCH`es `chunk` into the session at `location` as the bytes from `start` on (with
+/// `Content-Range`), status unchecked.
+pub fn try_patch(
+    client: &Client,
+    location: &str,
+    start: usize,
+    chunk: &[u8],
+) -> io::Result<Response> {
+    client
+        .request("PATCH", location)
+        .header("Content-Type", "application/octet-stream")
+        .header(
+            "Content-Range",
+            &format!("{start}-{}", start + chunk.len() - 1),
+        )
+        .body(chunk)
+        .try_send()
+}
+
+/// `try_patch`, asserting the spec's 202; returns the session's next location.
+#[track_caller]
+pub fn patch(client: &Client, location: &str, start: usize, chunk: &[u8]) -> String {
+    try_patch(client, location, start, chunk)
+        .unwrap_or_else(|e| panic!("PATCH {location}: transport error {e}"))
+        .expect(202)
+        .location()
+}
+
+/// Asserts that the session at `location` holds `size` bytes, as its status (204 and
+/// `Range`) says.
+#[track_caller]
+pub fn assert_upload_size(client: &Client, location: &str, size: usize) {
+    let status = client.get(location).expect(204);
+    assert_eq!(
+        status.header("Range"),
+        Some(format!("0-{}", size - 1).as_str()),
+        "the bytes the session at {location} holds"
+    );
+}
+
+/// Closes the session at `location` as `digest` with an empty `PUT`; asserts the 201.
+#[track_caller]
+pub fn finish_upload(client: &Client, location: &str, digest: &str) {
+    client
+        .request("PUT", &with_query(location, &format!("digest={digest}")))
+        .send()
+        .expect(201);
 }
 
 /// Uploads and asserts the spec's success: 201, a Location, and the digest echoed back.

@@ -234,6 +234,15 @@ impl Bucket {
         }
     }
 
+    /// How many multipart uploads of the bucket are open.
+    pub fn open_uploads(&self) -> usize {
+        let listed = self.send("GET", "?uploads", b"");
+        assert_eq!(listed.status, 200, "list uploads: {listed:?}");
+        String::from_utf8_lossy(&listed.body)
+            .matches("<UploadId>")
+            .count()
+    }
+
     /// A plain copy of every object under `prefix` into `dir`, as `aws s3 cp --recursive`
     /// would make it: object bytes only, so a placeholder comes out as an empty file.
     pub fn copy_out(&self, prefix: &str, dir: &Path) {

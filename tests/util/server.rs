@@ -325,6 +325,22 @@ impl Berth {
         self.log.lock().unwrap().clone()
     }
 
+    /// Asserts that an upload session was resumed at `size` bytes from its saved state,
+    /// reading none of its bytes again (the store's log line, waited for: the log is read
+    /// from stderr as it comes).
+    #[track_caller]
+    pub fn assert_resumed_without_rereading(&self, size: usize) {
+        let resumed = "upload session resumed from its saved state";
+        self.wait_for_log(resumed, Duration::from_secs(10));
+        let logs = self.logs();
+        assert!(
+            logs.contains(resumed)
+                && logs.contains(&format!("size={size}"))
+                && logs.contains("reread_bytes=0"),
+            "the session was not resumed from its saved state without re-reading:\n{logs}"
+        );
+    }
+
     /// Waits until the log holds `needle`; false when `timeout` passes first.
     pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;

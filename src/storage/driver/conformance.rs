@@ -40,6 +40,7 @@ pub(crate) fn run(driver: &dyn Driver) {
     appending_after_the_object_went(driver);
     cancelling(driver);
     noting_uploads(driver);
+    writing_direct(driver);
     rename_and_copy(driver);
     linking(driver);
     delete_trees(driver);
@@ -445,6 +446,56 @@ fn noting_uploads(d: &dyn Driver) {
         "the finished object has none"
     );
     assert_eq!(d.stat(&p).unwrap().unwrap().size, 5010);
+    d.delete(&p).unwrap();
+}
+
+/// A direct writer's object appears only when it commits, replacing what was there; one
+/// cancelled or dropped leaves the path as it was. Drivers without `direct_uploads` refuse.
+fn writing_direct(d: &dyn Driver) {
+    let p = path("d/blobs/sha256/direct");
+    if !d.capabilities().direct_uploads {
+        assert!(matches!(
+            d.direct_writer(&p),
+            Err(DriverError::Unsupported { .. })
+        ));
+        return;
+    }
+    let mut w = d.direct_writer(&p).unwrap();
+    w.write(b"small".to_vec()).unwrap();
+    w.flush().unwrap();
+    assert!(d.stat(&p).unwrap().is_none(), "nothing before the commit");
+    w.commit().unwrap();
+    assert_eq!(d.get(&p).unwrap(), b"small");
+    let mut w = d.direct_writer(&p).unwrap();
+    w.write(vec![7; 70_000]).unwrap();
+    w.cancel().unwrap();
+    let mut w = d.direct_writer(&p).unwrap();
+    w.write(vec![8; 10]).unwrap();
+    drop(w);
+    assert_eq!(
+        d.get(&p).unwrap(),
+        b"small",
+        "cancelled and dropped: as it was"
+    );
+    let mut w = d.direct_writer(&p).unwrap();
+    for piece in 0..7u8 {
+        w.write(vec![piece; 10_000]).unwrap();
+    }
+    assert_eq!(w.size(), 70_000);
+    w.commit().unwrap();
+    let stored = d.get(&p).unwrap();
+    assert_eq!(stored.len(), 70_000, "committed over it: replaced");
+    assert!(
+        stored
+            .chunks(10_000)
+            .enumerate()
+            .all(|(i, c)| c.iter().all(|&b| b == i as u8))
+    );
+    assert_eq!(
+        d.upload_note(&p).unwrap(),
+        None,
+        "a direct write keeps no note"
+    );
     d.delete(&p).unwrap();
 }
 

@@ -205,6 +205,11 @@ pub struct Capabilities {
     /// `upload_note`), where the store saves a session's state; without it a session is
     /// rebuilt after a restart by hashing its bytes once.
     pub upload_notes: bool,
+    /// `direct_writer` writes an upload whose digest is known up front straight at its final
+    /// path, visible only once the caller has verified it and commits (an object store: the
+    /// parts go to the blob's key, so no copy places it); without it, such an upload is
+    /// staged and moved into place like any other.
+    pub direct_uploads: bool,
 }
 
 /// One of a driver's own temporary files (see `Driver::scratch_files`).
@@ -441,6 +446,20 @@ pub trait Driver: Send + Sync {
     /// A writer for the upload at `path`: a new one (parents created) if nothing is there,
     /// else one that continues after the bytes already stored.
     fn writer(&self, path: &StoragePath) -> Result<Box<dyn UploadWriter>, DriverError>;
+
+    /// A writer of a whole object at its final `path`, for content the caller checks before
+    /// it commits: nothing is visible at `path` until `commit`, which replaces whatever is
+    /// there in one step (readers see the old object or the new, never a part) and marks it
+    /// as just written; `cancel`, a drop or a failed write leave `path` as it was. `flush`
+    /// only waits for writes in flight (nothing becomes visible); `save_note` is
+    /// `Unsupported`. Drivers without `direct_uploads` return `Unsupported`.
+    fn direct_writer(&self, path: &StoragePath) -> Result<Box<dyn UploadWriter>, DriverError> {
+        Err(DriverError::Unsupported {
+            driver: self.name(),
+            op: "direct write",
+            path: path.to_string(),
+        })
+    }
 
     /// The note the last writer of the upload at `path` saved (`UploadWriter::save_note`);
     /// `None` when it saved none or the driver keeps none. `NotFound` if no upload is there.

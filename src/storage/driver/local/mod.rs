@@ -987,6 +987,8 @@ impl Driver for LocalDriver {
             direct_io: self.direct,
             placeholders: self.xattrs,
             upload_notes: self.xattrs,
+            // A staged upload is placed by one rename: nothing for a direct write to save.
+            direct_uploads: false,
         }
     }
 

@@ -8,20 +8,22 @@
 //!   common prefixes), every page.
 //! - `put`: PUT; `create`: PUT with `If-None-Match: *`; `replace`: PUT with `If-Match` on the
 //!   ETag `stat` handed out (`412`, or `404` for a key gone, is `Conflict`).
-//! - `copy` (and `link`, no hard links): server-side CopyObject, with the metadata directive
-//!   REPLACE and no metadata, so a copy of a placeholder's holder over a placeholder promotes
-//!   it (it names no holder any more). `touch`: CopyObject onto
+//! - `copy` (and `link`, no hard links): a HEAD for the size, then server-side CopyObject up
+//!   to `multipartcopythresholdsize`, above it a multipart copy (`multipart`), the new object
+//!   without metadata either way, so a copy of a placeholder's holder over a placeholder
+//!   promotes it (it names no holder any more). `touch`: CopyObject onto
 //!   itself with the metadata directive REPLACE (keeping the object's metadata), stamping the
 //!   time in `x-amz-meta-berth-touched` as well, since S3 keeps LastModified in whole seconds
 //!   and a touch must make an object newer than a write in the same second.
-//! - `delete`: HEAD, DELETE, then every key below as a prefix (a listing, then a DELETE each:
-//!   as with any prefix delete on S3, a key written below meanwhile may survive).
+//! - `delete`: every key below as a prefix (a listing, then a DELETE each), then HEAD and
+//!   DELETE of the key (as with any prefix delete on S3, a key written below meanwhile may
+//!   survive).
 //! - Placeholders (DESIGN decision 9): `put_placeholder` PUTs an empty object with the
 //!   holder's path in `x-amz-meta-berth-holder`; `placeholder_holder` reads it with a HEAD.
 //! - `delete_dir`: nothing to remove; a prefix with keys below is reported as not empty, as
 //!   rmdir(2) would, since the collector relies on that.
-//! - `writer`: see `writer`. No `rename`, no local files, no hard links, no O_DIRECT:
-//!   placeholders are the one declared capability.
+//! - `writer`, `direct_writer`, `upload_note`: see `writer`. No `rename`, no local files, no
+//!   hard links, no O_DIRECT.
 //!
 //! **Client** (issue 13 "Client choice"). The design card names rust-s3. Read (0.38.0, not
 //! measured): its `put_object_builder` can add `If-Match` / `If-None-Match`, but copies the
@@ -39,6 +41,7 @@
 
 mod client;
 mod credentials;
+mod multipart;
 mod writer;
 
 pub use client::{CannedAcl, Encryption, LogLevel, StorageClass, Wire};
@@ -131,6 +134,10 @@ struct Inner {
     /// `root/` or empty.
     prefix: String,
     chunk_size: usize,
+    multipart_copy: MultipartCopy,
+    /// Requests sent, for the tests that count what an operation costs.
+    #[cfg(test)]
+    requests: std::sync::atomic::AtomicU64,
 }
 
 impl S3Driver {
@@ -164,6 +171,9 @@ impl S3Driver {
                 client: Client::new(endpoint),
                 prefix,
                 chunk_size: config.chunk_size,
+                multipart_copy: config.multipart_copy,
+                #[cfg(test)]
+                requests: Default::default(),
             }),
         })
     }
@@ -210,6 +220,14 @@ impl S3Driver {
             )))),
             _ => Err(failed(reply.into_error("ListObjectsV2"))),
         }
+    }
+
+    /// Requests this driver (and its clones) sent so far.
+    #[cfg(test)]
+    pub(crate) fn requests(&self) -> u64 {
+        self.inner
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Creates the bucket (in the configured region, which must not be `us-east-1` for
@@ -351,6 +369,9 @@ impl Inner {
         headers: &[(&str, &str)],
         body: Body<'_>,
     ) -> Result<Reply, DriverError> {
+        #[cfg(test)]
+        self.requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.client
             .send(method, key, query, headers, body)
             .map_err(|e| io_error(op, key.unwrap_or_default(), e))
@@ -663,11 +684,13 @@ impl Driver for S3Driver {
         }
     }
 
-    /// Placeholders only: no links (`link` copies), no rename (a finished upload is copied
-    /// into place), no local files, no O_DIRECT, whole objects.
+    /// Placeholders, upload notes and direct uploads; no links (`link` copies), no rename (a
+    /// finished upload is copied into place), no local files, no O_DIRECT, whole objects.
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             placeholders: true,
+            upload_notes: true,
+            direct_uploads: true,
             ..Capabilities::default()
         }
     }
@@ -741,10 +764,8 @@ impl Driver for S3Driver {
     fn delete(&self, path: &StoragePath) -> Result<(), DriverError> {
         let key = self.inner.key(path);
         let mut found = false;
-        if self.inner.head(&key)?.is_some() {
-            self.inner.delete_key(&key)?;
-            found = true;
-        }
+        // Below first: an upload's note is below its object, and a crash in between must not
+        // leave a note whose upload is gone (a prefix no idle scan would ever remove).
         loop {
             let below = self.inner.list(&format!("{key}/"), false, Some(1000))?;
             if below.objects.is_empty() {
@@ -754,6 +775,10 @@ impl Driver for S3Driver {
                 self.inner.delete_key(&object)?;
                 found = true;
             }
+        }
+        if self.inner.head(&key)?.is_some() {
+            self.inner.delete_key(&key)?;
+            found = true;
         }
         if found {
             Ok(())
@@ -812,8 +837,49 @@ impl Driver for S3Driver {
         )?))
     }
 
+    /// A HEAD for the size, then CopyObject up to `multipartcopythresholdsize`, a multipart
+    /// copy above it (`multipart`): two requests below the threshold, and above it
+    /// 3 + size / `multipartcopychunksize`.
+    /// A HEAD of the upload and a GET of its note (`writer`: notes).
+    fn upload_note(&self, path: &StoragePath) -> Result<Option<Vec<u8>>, DriverError> {
+        let key = self.inner.key(path);
+        let head = self
+            .inner
+            .head(&key)?
+            .ok_or_else(|| not_found(path.as_str()))?;
+        let note = writer::note_key(&key);
+        let reply = self
+            .inner
+            .send("read note", "GET", Some(&note), &[], &[], Body::Empty)?;
+        match reply.status {
+            200 => {
+                let stored = reply.bytes().map_err(|e| io_error("read note", &note, e))?;
+                Ok(writer::note_for(&head.etag, &stored))
+            }
+            404 => {
+                let _ = reply.bytes();
+                Ok(None)
+            }
+            _ => Err(io_error("read note", &note, reply.into_error("GetObject"))),
+        }
+    }
+
+    fn direct_writer(&self, path: &StoragePath) -> Result<Box<dyn UploadWriter>, DriverError> {
+        Ok(Box::new(writer::DirectWriter::new(
+            Arc::clone(&self.inner),
+            path,
+        )))
+    }
+
     fn copy(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError> {
         let (from_key, to_key) = (self.inner.key(from), self.inner.key(to));
+        let head = self
+            .inner
+            .head(&from_key)?
+            .ok_or_else(|| not_found(from.as_str()))?;
+        if head.size > self.inner.multipart_copy.threshold {
+            return self.inner.copy_in_parts(&from_key, &to_key, &head);
+        }
         self.inner
             .copy_object(
                 "copy",

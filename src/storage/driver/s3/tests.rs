@@ -238,3 +238,180 @@ pub(super) fn signed_requests(s3s: Service) -> String {
 fn s3_writer_uploads_parts_and_continues_on_s3s_fs() {
     multipart_writer(&service("S3S"));
 }
+
+/// The multipart uploads of the bucket still open (neither completed nor aborted).
+fn open_uploads(d: &S3Driver) -> usize {
+    let reply = d
+        .inner
+        .send(
+            "list uploads",
+            "GET",
+            None,
+            &[("uploads", "")],
+            &[],
+            Body::Empty,
+        )
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    client::elements(&reply.text().unwrap(), "Upload").len()
+}
+
+/// Above `multipartcopythresholdsize` an object is copied as UploadPartCopy parts of
+/// `multipartcopychunksize`, several at once, byte-identical and without the source's
+/// metadata (a placeholder copied over is promoted); below it with one CopyObject.
+#[test]
+fn s3_copies_large_objects_in_parts_on_moto() {
+    let moto = service("MOTO");
+    let (_, bucket) = fresh(&moto, "copy");
+    let d = S3Driver::new(S3Config {
+        multipart_copy: MultipartCopy {
+            chunk_size: MIN_PART as u64,
+            max_concurrency: 3,
+            threshold: MIN_PART as u64,
+        },
+        ..config(&moto, &bucket, "copy")
+    })
+    .unwrap();
+    let big = pattern(3 * MIN_PART + 4321, 7);
+    let (from, to) = (path("a/blobs/big"), path("b/blobs/big"));
+    let mut w = d.writer(&from).unwrap();
+    w.write(big.clone()).unwrap();
+    w.commit().unwrap();
+    d.put_placeholder(&to, &path("elsewhere")).unwrap();
+    let before = d.requests();
+    d.copy(&from, &to).unwrap();
+    assert_eq!(
+        d.requests() - before,
+        1 + 1 + 4 + 1,
+        "HEAD, CreateMultipartUpload, four UploadPartCopy, Complete"
+    );
+    assert!(d.get(&to).unwrap() == big, "byte-identical");
+    assert_eq!(d.placeholder_holder(&to).unwrap(), None, "promoted");
+    assert_eq!(open_uploads(&d), 0);
+
+    let (small, small_to) = (path("a/blobs/small"), path("b/blobs/small"));
+    d.put(&small, &big[..MIN_PART]).unwrap();
+    let before = d.requests();
+    d.copy(&small, &small_to).unwrap();
+    assert_eq!(d.requests() - before, 2, "HEAD, CopyObject");
+    assert!(d.get(&small_to).unwrap() == big[..MIN_PART]);
+    assert!(matches!(
+        d.copy(&path("a/blobs/none"), &to),
+        Err(DriverError::NotFound { .. })
+    ));
+}
+
+/// A direct upload past one part: its parts go to the final key, where nothing is visible
+/// before the commit, which is one request past the last part; a cancelled one leaves no
+/// object and no open multipart upload.
+#[test]
+fn s3_direct_uploads_complete_at_the_final_key_on_moto() {
+    let (d, _) = fresh(&service("MOTO"), "direct");
+    let p = path("r/blobs/sha256/x");
+    let bytes = pattern(2 * MIN_PART + 99, 3);
+    let before = d.requests();
+    let mut w = d.direct_writer(&p).unwrap();
+    for piece in bytes.chunks(1 << 20) {
+        w.write(piece.to_vec()).unwrap();
+    }
+    w.flush().unwrap();
+    let sent = d.requests() - before;
+    assert_eq!(sent, 1 + 2, "CreateMultipartUpload and the two full parts");
+    assert!(d.stat(&p).unwrap().is_none(), "nothing before the commit");
+    let before = d.requests();
+    w.commit().unwrap();
+    assert_eq!(d.requests() - before, 2, "the last part, Complete");
+    assert!(d.get(&p).unwrap() == bytes);
+
+    let other = path("r/blobs/sha256/y");
+    let mut w = d.direct_writer(&other).unwrap();
+    w.write(pattern(MIN_PART + 1, 4)).unwrap();
+    w.cancel().unwrap();
+    assert!(d.stat(&other).unwrap().is_none());
+    assert_eq!(open_uploads(&d), 0, "aborted");
+}
+
+/// A session's note is the ETag-keyed `<key>/.note`: another instance reads it while the
+/// bytes are those it was saved for; once another flush changed them it reads as none.
+#[test]
+fn s3_upload_notes_follow_the_bytes_on_moto() {
+    let moto = service("MOTO");
+    let (a, bucket) = fresh(&moto, "notes");
+    let b = S3Driver::new(config(&moto, &bucket, "notes")).unwrap();
+    let p = path("r/.uploads/session");
+    let mut w = a.writer(&p).unwrap();
+    w.write(pattern(MIN_PART + 10, 1)).unwrap();
+    w.flush().unwrap();
+    let before = a.requests();
+    w.save_note(b"state at the end").unwrap();
+    assert_eq!(a.requests() - before, 1, "one PUT per note");
+    drop(w);
+    assert_eq!(
+        b.upload_note(&p).unwrap().as_deref(),
+        Some(&b"state at the end"[..])
+    );
+    // Bytes flushed after the note (a process killed before saving the next one).
+    let mut w = b.writer(&p).unwrap();
+    w.write(vec![1; 10]).unwrap();
+    w.flush().unwrap();
+    drop(w);
+    assert_eq!(a.upload_note(&p).unwrap(), None, "stale: reads as none");
+    a.delete(&p).unwrap();
+    assert!(a.list(Some(&path("r/.uploads"))).unwrap().is_empty());
+}
+
+/// S3 requests of a monolithic push (`POST ?digest=`) into an existing repository, at
+/// distribution's default `chunksize`: the digest known up front, the bytes go straight to
+/// the blob's key. 1 MiB: the repository check and one PUT (staged, it took 10: the check,
+/// the session object's HEAD and PUT, a HEAD and a PUT to flush, the check again and
+/// CopyObject, then HEAD, DELETE and LIST to remove the staged object). 64 MiB: the check, a
+/// multipart upload of 7 parts and its completion (staged, it took 19). A body that does not
+/// hash to its digest leaves nothing: no blob, no open multipart upload.
+#[test]
+fn s3_monolithic_pushes_are_written_in_place_on_moto() {
+    let moto = service("MOTO");
+    let (_, bucket) = fresh(&moto, "pushes");
+    let driver = S3Driver::new(S3Config {
+        chunk_size: DEFAULT_CHUNK_SIZE,
+        ..config(&moto, &bucket, "pushes")
+    })
+    .unwrap();
+    let store = crate::storage::Store::new(Arc::new(driver.clone()), None);
+    let repo: crate::oci::RepoName = "pushes".parse().unwrap();
+    let push = |bytes: &[u8]| {
+        let digest = crate::digest::Digest::sha256_of(bytes);
+        let length = crate::storage::BodyLength::Exact(bytes.len() as u64);
+        let before = driver.requests();
+        store
+            .blob_put(&repo, &digest, &mut &bytes[..], length)
+            .unwrap();
+        let sent = driver.requests() - before;
+        assert_eq!(store.blob_size(&repo, &digest).unwrap(), bytes.len() as u64);
+        sent
+    };
+    push(b"creates the repository");
+    assert_eq!(push(&pattern(1 << 20, 1)), 2, "1 MiB");
+    assert_eq!(push(&pattern(64 << 20, 2)), 1 + 1 + 7 + 1, "64 MiB");
+    // Past one part, under another digest: aborted at the blob key, nothing visible.
+    let bytes = pattern(12 << 20, 3);
+    let wrong = crate::digest::Digest::sha256_of(b"other bytes");
+    let length = crate::storage::BodyLength::Exact(bytes.len() as u64);
+    let refused = store.blob_put(&repo, &wrong, &mut &bytes[..], length);
+    assert!(
+        matches!(
+            refused,
+            Err(crate::storage::StoreError::DigestMismatch { .. })
+        ),
+        "{refused:?}"
+    );
+    let blob = path(&format!("pushes/blobs/sha256/{}", wrong.hex()));
+    assert!(driver.stat(&blob).unwrap().is_none());
+    assert_eq!(open_uploads(&driver), 0, "aborted");
+    let names: Vec<String> = driver
+        .list(Some(&path("pushes/.uploads")))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(names.is_empty(), "nothing staged: {names:?}");
+}

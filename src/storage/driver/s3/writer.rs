@@ -1,51 +1,159 @@
-//! The S3 upload writer: bytes go out as multipart-upload parts of `chunksize`, and the
-//! object at the upload's key always holds every byte flushed, as a plain object.
+//! The S3 upload writers. Bytes go out as multipart-upload parts of `chunksize` (`Parts`); at
+//! most one part is buffered per writer.
 //!
-//! Why the stored state is the object itself: the contract asks that after `flush` the bytes
-//! are readable at the path (`stat`, `get`, `reader`: a session's size and a resumed hash are
-//! read from it) and that a writer opened later, in any process, continues after them. S3
-//! cannot read an unfinished multipart upload, so `flush` finishes one: a PUT (`If-Match` the
-//! ETag this writer last saw) while everything fits in one part, else the last part and
-//! CompleteMultipartUpload (checked against that ETag first, and sent with `If-Match`, which
-//! S3 honours). A writer opened on a stored object continues without reading it back: its
-//! bytes become the first parts of the next multipart upload by server-side UploadPartCopy
-//! (`x-amz-copy-source-if-match` the ETag), or, below S3's 5 MiB minimum part, are read into
-//! the buffer (a ranged GET of less than one part). So the state in the bucket is the object
-//! and its ETag, nothing else, and no upload id needs to outlive a flush: a writer dropped
-//! unflushed aborts its multipart upload, keeping what the last flush stored, as the contract
-//! says. Memory per writer: one part (`chunksize`) plus the caller's last buffer.
+//! **Session writer** (`S3Writer`, `Driver::writer`): the object at the upload's key always
+//! holds every byte flushed, as a plain object. Why the stored state is the object itself: the
+//! contract asks that after `flush` the bytes are readable at the path (`stat`, `get`,
+//! `reader`: a session's size and a resumed hash are read from it) and that a writer opened
+//! later, in any process, continues after them. S3 cannot read an unfinished multipart upload,
+//! so `flush` finishes one: a PUT (`If-Match` the ETag this writer last saw) while everything
+//! fits in one part, else the last part and CompleteMultipartUpload (checked against that ETag
+//! first, and sent with `If-Match`, which S3 honours). A writer opened on a stored object
+//! continues without reading it back: its bytes become the first parts of the next multipart
+//! upload by server-side UploadPartCopy (`x-amz-copy-source-if-match` the ETag), or, below
+//! S3's 5 MiB minimum part, are read into the buffer (a ranged GET of less than one part). No
+//! upload id needs to outlive a flush: a writer dropped unflushed aborts its multipart upload,
+//! keeping what the last flush stored, as the contract says.
+//!
+//! **Notes** (`save_note`): the object `<key>/.note`, whose first line is the ETag of the
+//! upload's object the note was saved for. A note is only handed out while that ETag is still
+//! the object's (`note_for`), so bytes and note never disagree: a flush after the note, by
+//! this process or another, makes it stale, and a stale note reads as none (the store then
+//! hashes the bytes once). One small PUT per saved note; the note goes with the upload
+//! (`delete` removes keys below a path) and is removed when the upload commits or is
+//! cancelled.
 //!
 //! "Gone": once the object is deleted or replaced by another write (a condition fails), the
 //! writer counts bytes but stores none, and `commit` changes nothing, as the contract asks.
+//!
+//! **Direct writer** (`DirectWriter`, `Driver::direct_writer`): an object whose content the
+//! caller verifies before it commits, written at its final key: parts go to a multipart upload
+//! there, and `commit` completes it (or, under one part, PUTs the buffer): one request past
+//! the parts. Nothing is visible before; a cancel or drop aborts.
 
-use super::client::{self, Body};
+use super::client::Body;
+use super::multipart::Multipart;
 use super::{DriverError, Inner, MAX_PART, MIN_PART, io_error};
 use crate::storage::driver::{StoragePath, UploadWriter};
 use std::sync::Arc;
 
-/// A multipart upload in progress: its id and the ETags of its parts, numbered from 1.
-struct Multipart {
-    id: String,
-    parts: Vec<String>,
+/// The key of the note of the upload at `key`.
+pub(super) fn note_key(key: &str) -> String {
+    format!("{key}/.note")
+}
+
+/// The note a note object holds if it was saved for the object version `etag`.
+pub(super) fn note_for(etag: &str, stored: &[u8]) -> Option<Vec<u8>> {
+    let newline = stored.iter().position(|&b| b == b'\n')?;
+    (&stored[..newline] == etag.as_bytes()).then(|| stored[newline + 1..].to_vec())
+}
+
+/// Bytes on their way to the object at `key`: fewer than one part in `buf`, the full parts
+/// before them in a multipart upload, started with the first of them.
+struct Parts {
+    inner: Arc<Inner>,
+    key: String,
+    upload: Option<Multipart>,
+    buf: Vec<u8>,
+}
+
+impl Parts {
+    fn new(inner: Arc<Inner>, key: String) -> Parts {
+        Parts {
+            inner,
+            key,
+            upload: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// The multipart upload in progress, started if there is none.
+    fn upload(&mut self) -> Result<&mut Multipart, DriverError> {
+        if self.upload.is_none() {
+            self.upload = Some(self.inner.start_multipart("start upload", &self.key, &[])?);
+        }
+        Ok(self.upload.as_mut().expect("started above"))
+    }
+
+    /// Adds `bytes`; every full part goes out.
+    fn extend(&mut self, bytes: &[u8]) -> Result<(), DriverError> {
+        let chunk = self.inner.chunk_size;
+        if self.buf.capacity() < chunk {
+            self.buf.reserve(chunk + bytes.len() - self.buf.len());
+        }
+        self.buf.extend_from_slice(bytes);
+        while self.buf.len() >= chunk {
+            self.put_part(chunk)?;
+            self.buf.drain(..chunk);
+        }
+        Ok(())
+    }
+
+    /// Uploads `buf[..len]` as the next part.
+    fn put_part(&mut self, len: usize) -> Result<(), DriverError> {
+        self.upload()?;
+        let upload = self.upload.as_mut().expect("started above");
+        self.inner
+            .upload_part("upload part", &self.key, upload, &self.buf[..len])
+    }
+
+    /// The rest of `buf` as the last part, then CompleteMultipartUpload with `headers`: the
+    /// object's ETag, or `None` (the upload left for the caller to abort) when a condition
+    /// failed.
+    fn complete(&mut self, headers: &[(&str, &str)]) -> Result<Option<String>, DriverError> {
+        if !self.buf.is_empty() {
+            self.put_part(self.buf.len())?;
+            self.buf.clear();
+        }
+        let upload = self.upload.as_ref().expect("completed only once started");
+        let etag = self
+            .inner
+            .complete_multipart("complete upload", &self.key, upload, headers)?;
+        if etag.is_some() {
+            self.upload = None;
+        }
+        Ok(etag)
+    }
+
+    /// Aborts the multipart upload in progress, if any.
+    fn abort(&mut self) {
+        if let Some(upload) = self.upload.take() {
+            self.inner.abort_multipart(&self.key, upload);
+        }
+    }
+}
+
+impl Drop for Parts {
+    /// Nothing of an upload that was not completed stays: S3 would keep its parts.
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// A request failed part-way: what a writer holds may miss bytes, so it stores nothing more
+/// (the caller ends the upload, as the contract says of a failed write).
+fn failed(key: &str) -> DriverError {
+    io_error(
+        "write upload",
+        key,
+        std::io::Error::other("an earlier request of this upload failed"),
+    )
 }
 
 pub(super) struct S3Writer {
-    inner: Arc<Inner>,
-    key: String,
+    parts: Parts,
     size: u64,
     /// The ETag of the object at `key` as this writer last saw or wrote it; `None` once the
     /// object is gone (deleted or replaced by another write).
     base: Option<String>,
-    /// Leading bytes of the stored object that are neither in `upload`'s parts nor in `buf`
-    /// yet: taken in (copied as parts, or read into `buf`) before the first new byte.
+    /// Leading bytes of the stored object that are neither in the parts nor in the buffer
+    /// yet: taken in (copied as parts, or read into the buffer) before the first new byte.
     unabsorbed: u64,
-    upload: Option<Multipart>,
-    /// Bytes after the last part (fewer than `chunk_size` between writes).
-    buf: Vec<u8>,
     /// Written since the last flush.
     dirty: bool,
-    /// A request failed part-way: what is held may miss bytes, so nothing more is stored
-    /// (the caller ends the upload, as the contract says of a failed write).
+    /// A note may be stored for this upload (this writer saved one, or an earlier writer
+    /// may have): committing or cancelling removes it.
+    noted: bool,
     failed: bool,
 }
 
@@ -70,120 +178,34 @@ impl S3Writer {
 
     fn new(inner: Arc<Inner>, key: String, size: u64, etag: String) -> S3Writer {
         S3Writer {
-            inner,
-            key,
+            parts: Parts::new(inner, key),
             size,
             base: Some(etag),
             unabsorbed: size,
-            upload: None,
-            buf: Vec::new(),
             dirty: false,
+            noted: size > 0,
             failed: false,
         }
     }
 
-    fn chunk(&self) -> usize {
-        self.inner.chunk_size
+    fn inner(&self) -> &Inner {
+        &self.parts.inner
+    }
+
+    fn key(&self) -> &str {
+        &self.parts.key
     }
 
     /// The object went: nothing of this writer is stored any more.
     fn gone(&mut self) {
         self.base = None;
         self.unabsorbed = 0;
-        self.buf = Vec::new();
-        self.abort();
-    }
-
-    /// Aborts the multipart upload in progress, if any (best effort: a leftover is only
-    /// storage until the bucket's lifecycle rule removes it).
-    fn abort(&mut self) {
-        let Some(upload) = self.upload.take() else {
-            return;
-        };
-        let result = self.inner.send(
-            "abort upload",
-            "DELETE",
-            Some(&self.key),
-            &[("uploadId", &upload.id)],
-            &[],
-            Body::Empty,
-        );
-        match result {
-            Ok(reply) if matches!(reply.status, 200 | 204 | 404) => {
-                let _ = reply.bytes();
-            }
-            Ok(reply) => {
-                tracing::warn!(key = %self.key, "cannot abort a multipart upload: {}", reply.into_error("AbortMultipartUpload"));
-            }
-            Err(e) => tracing::warn!(key = %self.key, "cannot abort a multipart upload: {e}"),
-        }
-    }
-
-    /// The multipart upload in progress, started if there is none.
-    fn upload(&mut self) -> Result<&mut Multipart, DriverError> {
-        if self.upload.is_none() {
-            let reply = self.inner.send(
-                "start upload",
-                "POST",
-                Some(&self.key),
-                &[("uploads", "")],
-                &[],
-                Body::Empty,
-            )?;
-            if reply.status != 200 {
-                return Err(io_error(
-                    "start upload",
-                    &self.key,
-                    reply.into_error("CreateMultipartUpload"),
-                ));
-            }
-            let xml = reply
-                .text()
-                .map_err(|e| io_error("start upload", &self.key, e))?;
-            let id = client::first(&xml, "UploadId").ok_or_else(|| {
-                io_error(
-                    "start upload",
-                    &self.key,
-                    std::io::Error::other("CreateMultipartUpload: no UploadId"),
-                )
-            })?;
-            self.upload = Some(Multipart {
-                id,
-                parts: Vec::new(),
-            });
-        }
-        Ok(self.upload.as_mut().expect("started above"))
-    }
-
-    /// Uploads `buf[..len]` as the next part.
-    fn put_part(&mut self, len: usize) -> Result<(), DriverError> {
-        let (id, number) = {
-            let upload = self.upload()?;
-            (upload.id.clone(), (upload.parts.len() + 1).to_string())
-        };
-        let reply = self.inner.send(
-            "upload part",
-            "PUT",
-            Some(&self.key),
-            &[("partNumber", &number), ("uploadId", &id)],
-            &[],
-            Body::Bytes(&self.buf[..len]),
-        )?;
-        if reply.status != 200 {
-            return Err(io_error(
-                "upload part",
-                &self.key,
-                reply.into_error("UploadPart"),
-            ));
-        }
-        let etag = reply.header("etag").unwrap_or_default().to_string();
-        let _ = reply.bytes();
-        self.upload()?.parts.push(etag);
-        Ok(())
+        self.parts.buf = Vec::new();
+        self.parts.abort();
     }
 
     /// Takes in the stored object before the first new byte: as copied parts when S3 takes
-    /// it as a part, else read into `buf`. Returns false if the object went.
+    /// it as a part, else read into the buffer. Returns false if the object went.
     fn absorb(&mut self) -> Result<bool, DriverError> {
         let stored = std::mem::take(&mut self.unabsorbed);
         let Some(base) = self.base.clone() else {
@@ -194,10 +216,10 @@ impl S3Writer {
         }
         if stored < MIN_PART as u64 {
             let range = format!("bytes=0-{}", stored - 1);
-            let reply = self.inner.send(
+            let reply = self.inner().send(
                 "continue upload",
                 "GET",
-                Some(&self.key),
+                Some(self.key()),
                 &[],
                 &[("range", &range), ("if-match", &base)],
                 Body::Empty,
@@ -206,8 +228,8 @@ impl S3Writer {
                 200 | 206 => {
                     let stored = reply
                         .bytes()
-                        .map_err(|e| io_error("continue upload", &self.key, e))?;
-                    self.buf.splice(0..0, stored);
+                        .map_err(|e| io_error("continue upload", self.key(), e))?;
+                    self.parts.buf.splice(0..0, stored);
                     Ok(true)
                 }
                 404 | 412 => {
@@ -217,60 +239,27 @@ impl S3Writer {
                 }
                 _ => Err(io_error(
                     "continue upload",
-                    &self.key,
+                    self.key(),
                     reply.into_error("GetObject"),
                 )),
             };
         }
         // Pieces of at most 5 GiB, each at least 5 MiB: equal shares.
         let pieces = stored.div_ceil(MAX_PART);
-        let source = self.inner.copy_source(&self.key);
         let mut start = 0;
         for piece in 0..pieces {
             let end = stored * (piece + 1) / pieces;
-            let (id, number) = {
-                let upload = self.upload()?;
-                (upload.id.clone(), (upload.parts.len() + 1).to_string())
-            };
-            let range = format!("bytes={start}-{}", end - 1);
-            let reply = self.inner.send(
-                "continue upload",
-                "PUT",
-                Some(&self.key),
-                &[("partNumber", &number), ("uploadId", &id)],
-                &[
-                    ("x-amz-copy-source", &source),
-                    ("x-amz-copy-source-range", &range),
-                    ("x-amz-copy-source-if-match", &base),
-                ],
-                Body::Empty,
-            )?;
-            match reply.status {
-                200 => {
-                    let xml = reply
-                        .text()
-                        .map_err(|e| io_error("continue upload", &self.key, e))?;
-                    let etag = client::first(&xml, "ETag").filter(|_| !xml.contains("<Error>"));
-                    let Some(etag) = etag else {
-                        return Err(io_error(
-                            "continue upload",
-                            &self.key,
-                            std::io::Error::other(format!("UploadPartCopy: {xml}")),
-                        ));
-                    };
-                    self.upload()?.parts.push(etag);
-                }
-                404 | 412 => {
-                    let _ = reply.bytes();
+            let upload = self.parts.upload()?;
+            let (id, number) = (upload.id.clone(), upload.parts.len() + 1);
+            let key = self.key();
+            let copied =
+                self.inner()
+                    .upload_part_copy(key, &id, number, key, (start, end), &base)?;
+            match copied {
+                Some(etag) => self.parts.upload()?.parts.push(etag),
+                None => {
                     self.gone();
                     return Ok(false);
-                }
-                _ => {
-                    return Err(io_error(
-                        "continue upload",
-                        &self.key,
-                        reply.into_error("UploadPartCopy"),
-                    ));
                 }
             }
             start = end;
@@ -281,71 +270,27 @@ impl S3Writer {
     /// Finishes the multipart upload as the object at `key`, if it is still this writer's.
     fn complete(&mut self, base: &str) -> Result<(), DriverError> {
         // moto ignores `If-Match` on completion; S3 honours it. Both see this check.
-        if self.inner.head(&self.key)?.is_none_or(|h| h.etag != base) {
+        if self
+            .inner()
+            .head(self.key())?
+            .is_none_or(|h| h.etag != base)
+        {
             self.gone();
             return Ok(());
         }
-        if !self.buf.is_empty() {
-            self.put_part(self.buf.len())?;
-            self.buf.clear();
-        }
-        let Some(upload) = self.upload.as_ref() else {
-            return Ok(());
-        };
-        let mut xml = String::from("<CompleteMultipartUpload>");
-        for (i, etag) in upload.parts.iter().enumerate() {
-            xml.push_str(&format!(
-                "<Part><PartNumber>{}</PartNumber><ETag>{etag}</ETag></Part>",
-                i + 1
-            ));
-        }
-        xml.push_str("</CompleteMultipartUpload>");
-        let id = upload.id.clone();
-        let reply = self.inner.send(
-            "complete upload",
-            "POST",
-            Some(&self.key),
-            &[("uploadId", &id)],
-            &[("if-match", base)],
-            Body::Bytes(xml.as_bytes()),
-        )?;
-        match reply.status {
-            200 => {
-                let body = reply
-                    .text()
-                    .map_err(|e| io_error("complete upload", &self.key, e))?;
-                let etag = client::first(&body, "ETag").filter(|_| !body.contains("<Error>"));
-                let Some(etag) = etag else {
-                    return Err(io_error(
-                        "complete upload",
-                        &self.key,
-                        std::io::Error::other(format!("CompleteMultipartUpload: {body}")),
-                    ));
-                };
-                self.upload = None;
+        match self.parts.complete(&[("if-match", base)])? {
+            Some(etag) => {
                 self.base = Some(etag);
                 self.unabsorbed = self.size;
-                Ok(())
             }
-            404 | 412 => {
-                let _ = reply.bytes();
-                self.gone();
-                Ok(())
-            }
-            _ => Err(io_error(
-                "complete upload",
-                &self.key,
-                reply.into_error("CompleteMultipartUpload"),
-            )),
+            None => self.gone(),
         }
+        Ok(())
     }
+
     fn check(&self) -> Result<(), DriverError> {
         if self.failed {
-            return Err(io_error(
-                "write upload",
-                &self.key,
-                std::io::Error::other("an earlier request of this upload failed"),
-            ));
+            return Err(failed(self.key()));
         }
         Ok(())
     }
@@ -359,15 +304,7 @@ impl S3Writer {
         if self.base.is_none() || !self.absorb()? {
             return Ok(buf);
         }
-        let chunk = self.chunk();
-        if self.buf.capacity() < chunk {
-            self.buf.reserve(chunk + buf.len() - self.buf.len());
-        }
-        self.buf.extend_from_slice(&buf);
-        while self.buf.len() >= chunk {
-            self.put_part(chunk)?;
-            self.buf.drain(..chunk);
-        }
+        self.parts.extend(&buf)?;
         Ok(buf)
     }
 
@@ -379,18 +316,28 @@ impl S3Writer {
         let Some(base) = self.base.clone() else {
             return Ok(());
         };
-        if self.upload.is_some() {
+        if self.parts.upload.is_some() {
             return self.complete(&base);
         }
-        // Everything is in `buf`, less than a part: one conditional PUT. `buf` stays, as the
-        // whole object, for the next write to go on from.
-        let key = self.key.clone();
-        match self
-            .inner
-            .put_object("flush upload", &key, &self.buf, &[("if-match", &base)])?
-        {
+        // Everything is in the buffer, less than a part: one conditional PUT. The buffer
+        // stays, as the whole object, for the next write to go on from.
+        let stored = self.inner().put_object(
+            "flush upload",
+            self.key(),
+            &self.parts.buf,
+            &[("if-match", &base)],
+        )?;
+        match stored {
             Some(etag) => self.base = Some(etag),
             None => self.gone(),
+        }
+        Ok(())
+    }
+
+    /// Removes the upload's note, if it may have one.
+    fn drop_note(&self) -> Result<(), DriverError> {
+        if self.noted {
+            self.inner().delete_key(&note_key(self.key()))?;
         }
         Ok(())
     }
@@ -415,37 +362,131 @@ impl UploadWriter for S3Writer {
         result
     }
 
-    /// Not yet: the driver declares no `upload_notes`, so a session resumed after a restart
-    /// hashes its stored bytes once (issue 13 keeps the note with the flushed object).
+    /// One PUT of `<key>/.note`, naming the ETag of the bytes flushed (see the module's
+    /// notes). An upload that is gone gets none.
     fn save_note(&mut self, note: &[u8]) -> Result<(), DriverError> {
-        let _ = note;
-        Err(DriverError::Unsupported {
-            driver: super::NAME,
-            op: "save note",
-            path: self.key.clone(),
-        })
+        self.flush()?;
+        let Some(base) = &self.base else {
+            return Ok(());
+        };
+        let mut stored = Vec::with_capacity(base.len() + 1 + note.len());
+        stored.extend_from_slice(base.as_bytes());
+        stored.push(b'\n');
+        stored.extend_from_slice(note);
+        let key = note_key(self.key());
+        self.noted = true;
+        match self.inner().put_object("save note", &key, &stored, &[])? {
+            Some(_) => Ok(()),
+            None => Err(io_error(
+                "save note",
+                &key,
+                std::io::Error::other("unconditional PUT refused"),
+            )),
+        }
     }
 
     fn commit(mut self: Box<Self>) -> Result<(), DriverError> {
-        self.flush()
+        self.flush()?;
+        // The note was the session's; the finished object is only its bytes.
+        self.drop_note()
     }
 
     fn cancel(mut self: Box<Self>) -> Result<(), DriverError> {
-        self.abort();
+        self.parts.abort();
         let Some(base) = self.base.take() else {
             return Ok(());
         };
         // Removed only while it is still this writer's (another write may have replaced it).
-        if self.inner.head(&self.key)?.is_some_and(|h| h.etag == base) {
-            self.inner.delete_key(&self.key)?;
+        // The note first: one left without its upload would be a prefix nothing removes.
+        if self
+            .inner()
+            .head(self.key())?
+            .is_some_and(|h| h.etag == base)
+        {
+            self.drop_note()?;
+            self.inner().delete_key(self.key())?;
         }
         Ok(())
     }
 }
 
-impl Drop for S3Writer {
-    /// Keeps what the last flush stored: a multipart upload begun since is aborted.
-    fn drop(&mut self) {
-        self.abort();
+/// A writer of an object at its final key, made visible by `commit` only (see the module).
+pub(super) struct DirectWriter {
+    parts: Parts,
+    size: u64,
+    failed: bool,
+}
+
+impl DirectWriter {
+    /// Makes no request: the first goes out with the first full part.
+    pub(super) fn new(inner: Arc<Inner>, path: &StoragePath) -> DirectWriter {
+        let key = inner.key(path);
+        DirectWriter {
+            parts: Parts::new(inner, key),
+            size: 0,
+            failed: false,
+        }
+    }
+}
+
+impl UploadWriter for DirectWriter {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn write(&mut self, buf: Vec<u8>) -> Result<Vec<u8>, DriverError> {
+        if self.failed {
+            return Err(failed(&self.parts.key));
+        }
+        self.size += buf.len() as u64;
+        let result = self.parts.extend(&buf);
+        self.failed = result.is_err();
+        result.map(|()| buf)
+    }
+
+    /// Parts go out as they fill, so nothing is in flight; nothing becomes visible either.
+    fn flush(&mut self) -> Result<(), DriverError> {
+        if self.failed {
+            return Err(failed(&self.parts.key));
+        }
+        Ok(())
+    }
+
+    /// A direct write is no session: it keeps no notes.
+    fn save_note(&mut self, note: &[u8]) -> Result<(), DriverError> {
+        let _ = note;
+        Err(DriverError::Unsupported {
+            driver: super::NAME,
+            op: "save note",
+            path: self.parts.key.clone(),
+        })
+    }
+
+    /// CompleteMultipartUpload, or under one part a PUT of the buffer: whatever was at the
+    /// key is replaced in one step (not kept by `If-None-Match`: a blob pushed again must be
+    /// as new as the push, for `gcDelay`, which keeping it would take a `touch` for).
+    fn commit(mut self: Box<Self>) -> Result<(), DriverError> {
+        self.flush()?;
+        let key = self.parts.key.clone();
+        let stored = if self.parts.upload.is_some() {
+            self.parts.complete(&[])?
+        } else {
+            self.parts
+                .inner
+                .put_object("put", &key, &self.parts.buf, &[])?
+        };
+        stored.map(drop).ok_or_else(|| {
+            io_error(
+                "commit upload",
+                &key,
+                std::io::Error::other("an unconditional write was refused"),
+            )
+        })
+    }
+
+    /// Nothing was visible: the parts go with the multipart upload.
+    fn cancel(mut self: Box<Self>) -> Result<(), DriverError> {
+        self.parts.abort();
+        Ok(())
     }
 }

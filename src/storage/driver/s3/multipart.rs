@@ -1,0 +1,279 @@
+//! S3 multipart uploads as requests (start, part, part copy, complete, abort), shared by the
+//! upload writers and `copy`, and the multipart copy of large objects: UploadPartCopy parts of
+//! `multipartcopychunksize`, at most `multipartcopymaxconcurrency` of them in flight, each on
+//! a thread of a scope that ends with the copy, so a copy holds no thread and no byte after it.
+
+use super::client::{self, Body};
+use super::{DriverError, Head, Inner, MAX_PART, io_error, not_found};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// The most parts one multipart upload may have.
+const MAX_PARTS: u64 = 10_000;
+
+/// A multipart upload in progress: its id and the ETags of its parts, numbered from 1.
+pub(super) struct Multipart {
+    pub(super) id: String,
+    pub(super) parts: Vec<String>,
+}
+
+/// The ETag in an answer S3 may give with status 200 and an error in its body (part copies,
+/// completions).
+fn etag_of(op: &'static str, key: &str, xml: &str) -> Result<String, DriverError> {
+    client::first(xml, "ETag")
+        .filter(|_| !xml.contains("<Error>"))
+        .ok_or_else(|| io_error(op, key, std::io::Error::other(format!("{op}: {xml}"))))
+}
+
+impl Inner {
+    /// CreateMultipartUpload at `key` with `headers` (metadata the object gets).
+    pub(super) fn start_multipart(
+        &self,
+        op: &'static str,
+        key: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Multipart, DriverError> {
+        let reply = self.send(
+            op,
+            "POST",
+            Some(key),
+            &[("uploads", "")],
+            headers,
+            Body::Empty,
+        )?;
+        if reply.status != 200 {
+            return Err(io_error(op, key, reply.into_error("CreateMultipartUpload")));
+        }
+        let xml = reply.text().map_err(|e| io_error(op, key, e))?;
+        let id = client::first(&xml, "UploadId").ok_or_else(|| {
+            io_error(
+                op,
+                key,
+                std::io::Error::other("CreateMultipartUpload: no UploadId"),
+            )
+        })?;
+        Ok(Multipart {
+            id,
+            parts: Vec::new(),
+        })
+    }
+
+    /// UploadPart: `bytes` as the next part of `upload`.
+    pub(super) fn upload_part(
+        &self,
+        op: &'static str,
+        key: &str,
+        upload: &mut Multipart,
+        bytes: &[u8],
+    ) -> Result<(), DriverError> {
+        let number = (upload.parts.len() + 1).to_string();
+        let reply = self.send(
+            op,
+            "PUT",
+            Some(key),
+            &[("partNumber", &number), ("uploadId", &upload.id)],
+            &[],
+            Body::Bytes(bytes),
+        )?;
+        if reply.status != 200 {
+            return Err(io_error(op, key, reply.into_error("UploadPart")));
+        }
+        let etag = reply.header("etag").unwrap_or_default().to_string();
+        let _ = reply.bytes();
+        upload.parts.push(etag);
+        Ok(())
+    }
+
+    /// UploadPartCopy: bytes `start..end` of `source` at version `etag` as part `number` of
+    /// upload `id`; its ETag, or `None` when the source is gone or changed (or the upload).
+    pub(super) fn upload_part_copy(
+        &self,
+        key: &str,
+        id: &str,
+        number: usize,
+        source: &str,
+        (start, end): (u64, u64),
+        etag: &str,
+    ) -> Result<Option<String>, DriverError> {
+        let op = "copy part";
+        let number = number.to_string();
+        let range = format!("bytes={start}-{}", end - 1);
+        let reply = self.send(
+            op,
+            "PUT",
+            Some(key),
+            &[("partNumber", &number), ("uploadId", id)],
+            &[
+                ("x-amz-copy-source", &self.copy_source(source)),
+                ("x-amz-copy-source-range", &range),
+                ("x-amz-copy-source-if-match", etag),
+            ],
+            Body::Empty,
+        )?;
+        match reply.status {
+            200 => {
+                let xml = reply.text().map_err(|e| io_error(op, key, e))?;
+                etag_of(op, key, &xml).map(Some)
+            }
+            404 | 412 => {
+                let _ = reply.bytes();
+                Ok(None)
+            }
+            _ => Err(io_error(op, key, reply.into_error("UploadPartCopy"))),
+        }
+    }
+
+    /// CompleteMultipartUpload with `headers` (conditions): the object's new ETag, or `None`
+    /// when a condition failed or the upload is gone.
+    pub(super) fn complete_multipart(
+        &self,
+        op: &'static str,
+        key: &str,
+        upload: &Multipart,
+        headers: &[(&str, &str)],
+    ) -> Result<Option<String>, DriverError> {
+        let mut xml = String::from("<CompleteMultipartUpload>");
+        for (i, etag) in upload.parts.iter().enumerate() {
+            xml.push_str(&format!(
+                "<Part><PartNumber>{}</PartNumber><ETag>{etag}</ETag></Part>",
+                i + 1
+            ));
+        }
+        xml.push_str("</CompleteMultipartUpload>");
+        let reply = self.send(
+            op,
+            "POST",
+            Some(key),
+            &[("uploadId", &upload.id)],
+            headers,
+            Body::Bytes(xml.as_bytes()),
+        )?;
+        match reply.status {
+            200 => {
+                let body = reply.text().map_err(|e| io_error(op, key, e))?;
+                etag_of(op, key, &body).map(Some)
+            }
+            404 | 412 => {
+                let _ = reply.bytes();
+                Ok(None)
+            }
+            _ => Err(io_error(
+                op,
+                key,
+                reply.into_error("CompleteMultipartUpload"),
+            )),
+        }
+    }
+
+    /// AbortMultipartUpload, best effort: a leftover is only storage until the bucket's
+    /// lifecycle rule removes it.
+    pub(super) fn abort_multipart(&self, key: &str, upload: Multipart) {
+        let result = self.send(
+            "abort upload",
+            "DELETE",
+            Some(key),
+            &[("uploadId", &upload.id)],
+            &[],
+            Body::Empty,
+        );
+        match result {
+            Ok(reply) if matches!(reply.status, 200 | 204 | 404) => {
+                let _ = reply.bytes();
+            }
+            Ok(reply) => {
+                tracing::warn!(
+                    key,
+                    "cannot abort a multipart upload: {}",
+                    reply.into_error("AbortMultipartUpload")
+                );
+            }
+            Err(e) => tracing::warn!(key, "cannot abort a multipart upload: {e}"),
+        }
+    }
+
+    /// Copies the object `head` describes (at `from`) to `to` as a multipart upload of
+    /// UploadPartCopy parts, each conditional on `head`'s ETag so that every part comes from
+    /// the same version; the new object carries no metadata. Nothing is visible at `to` until
+    /// the completion, and a failed copy is aborted.
+    pub(super) fn copy_in_parts(
+        &self,
+        from: &str,
+        to: &str,
+        head: &Head,
+    ) -> Result<(), DriverError> {
+        let size = head.size;
+        let chunk = self
+            .multipart_copy
+            .chunk_size
+            .max(size.div_ceil(MAX_PARTS))
+            .min(MAX_PART);
+        let count = size.div_ceil(chunk) as usize;
+        let mut upload = self.start_multipart("copy", to, &[])?;
+        let etags: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; count]);
+        let failure: Mutex<Option<DriverError>> = Mutex::new(None);
+        let next = AtomicUsize::new(0);
+        let id = upload.id.as_str();
+        let work = || {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count || failure.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                    return;
+                }
+                let start = i as u64 * chunk;
+                let range = (start, (start + chunk).min(size));
+                let copied = self.upload_part_copy(to, id, i + 1, from, range, &head.etag);
+                match copied {
+                    Ok(Some(etag)) => {
+                        etags.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(etag);
+                    }
+                    Ok(None) => {
+                        let changed = io_error(
+                            "copy",
+                            from,
+                            std::io::Error::other("the source changed during the copy"),
+                        );
+                        *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(changed);
+                    }
+                    Err(e) => *failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(e),
+                }
+            }
+        };
+        std::thread::scope(|scope| {
+            // This thread is one of the workers, so a refused spawn only lowers concurrency.
+            let helpers = self
+                .multipart_copy
+                .max_concurrency
+                .min(count)
+                .saturating_sub(1);
+            for _ in 0..helpers {
+                if std::thread::Builder::new()
+                    .name("s3-copy".into())
+                    .spawn_scoped(scope, work)
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            work();
+        });
+        let failed = failure.into_inner().unwrap_or_else(|p| p.into_inner());
+        let parts: Option<Vec<String>> = etags
+            .into_inner()
+            .unwrap_or_else(|p| p.into_inner())
+            .into_iter()
+            .collect();
+        let (None, Some(parts)) = (&failed, parts) else {
+            self.abort_multipart(to, upload);
+            return Err(failed.unwrap_or_else(|| not_found(from)));
+        };
+        upload.parts = parts;
+        match self.complete_multipart("copy", to, &upload, &[])? {
+            Some(_) => Ok(()),
+            None => Err(io_error(
+                "copy",
+                to,
+                std::io::Error::other("CompleteMultipartUpload: the upload is gone"),
+            )),
+        }
+    }
+}
