@@ -310,7 +310,12 @@ fn prepare(target: &Target, kind: Kind, repo: &str, count: usize) -> Result<Prep
         Kind::Mixed => MIB,
         _ => 1024,
     };
-    let blobs = Blobs::new(size, target.run ^ size as u64);
+    // Seeded by the repository too: workloads of one size (push-mono-1m, push-chunked-1m)
+    // would otherwise push the same blobs, and the second would push blobs the server holds.
+    let repo_seed = repo.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    let blobs = Blobs::new(size, target.run ^ size as u64 ^ repo_seed);
     let digests = blobs.digests(count + PULL_SET);
     let pulls = matches!(kind, Kind::Pull(_) | Kind::Mixed);
     if pulls {
