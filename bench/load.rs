@@ -8,13 +8,16 @@
 //! With several `--target`s every workload runs against each in turn, and ratio tables follow:
 //! each target against the last, and with three or more the first against the second.
 //! Output: one JSON line per workload on stdout, then a table on stderr. Every loop is bounded
-//! by `--count` operations per workload.
+//! by `--count` operations per workload. With `--s3-log LABEL=FILE` (the log of bench/s3relay.rs
+//! between that target and its S3 server) it also reports the S3 requests per operation of
+//! each workload's timed phase, by S3 operation.
 
 mod http;
 
 use clap::Parser;
 use http::Connection;
 use sha2::{Digest as _, Sha256};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -47,6 +50,10 @@ struct Args {
     /// Default operations per workload.
     #[arg(long, default_value_t = 200)]
     count: usize,
+    /// `LABEL=FILE`: the request log of the S3 relay in front of target LABEL's S3 server;
+    /// the lines a timed phase adds are its S3 requests. Repeat it per target.
+    #[arg(long = "s3-log")]
+    s3_logs: Vec<String>,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -68,6 +75,7 @@ fn parse_kind(name: &str) -> Option<Kind> {
     Some(match name {
         "push-mono-1m" => Kind::PushMono(MIB),
         "push-mono-64m" => Kind::PushMono(64 * MIB),
+        "push-mono-256m" => Kind::PushMono(256 * MIB),
         "push-chunked-1m" => Kind::PushChunked(MIB),
         "push-chunked-64m" => Kind::PushChunked(64 * MIB),
         "manifest-put" => Kind::ManifestPut,
@@ -152,6 +160,7 @@ struct Target {
     host: String,
     pid: Option<u32>,
     run: u64,
+    s3_log: Option<String>,
 }
 
 impl Target {
@@ -163,6 +172,7 @@ impl Target {
             host: self.host.clone(),
             pid: self.pid,
             run: self.run.wrapping_add(round as u64 * 7919),
+            s3_log: self.s3_log.clone(),
         }
     }
 
@@ -186,6 +196,7 @@ impl Target {
             host: host.to_string(),
             pid,
             run,
+            s3_log: None,
         })
     }
 }
@@ -299,7 +310,12 @@ fn prepare(target: &Target, kind: Kind, repo: &str, count: usize) -> Result<Prep
         Kind::Mixed => MIB,
         _ => 1024,
     };
-    let blobs = Blobs::new(size, target.run ^ size as u64);
+    // Seeded by the repository too: workloads of one size (push-mono-1m, push-chunked-1m)
+    // would otherwise push the same blobs, and the second would push blobs the server holds.
+    let repo_seed = repo.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
+    let blobs = Blobs::new(size, target.run ^ size as u64 ^ repo_seed);
     let digests = blobs.digests(count + PULL_SET);
     let pulls = matches!(kind, Kind::Pull(_) | Kind::Mixed);
     if pulls {
@@ -433,6 +449,36 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / 100.0)
 }
 
+/// Starts a new peak-RSS measurement of a process (`5` to clear_refs resets VmHWM), so each
+/// workload reports its own peak rather than the highest since the server started.
+fn reset_peak_rss(pid: u32) {
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+}
+
+/// The S3 requests in the relay's log after byte `from`, counted by operation (the first word
+/// of each line).
+fn s3_requests_since(log: &str, from: u64) -> Result<BTreeMap<String, u64>, String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(log).map_err(|e| format!("{log}: {e}"))?;
+    file.seek(SeekFrom::Start(from))
+        .map_err(|e| format!("{log}: {e}"))?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)
+        .map_err(|e| format!("{log}: {e}"))?;
+    let mut counts = BTreeMap::new();
+    for line in text.lines() {
+        let op = line.split(' ').next().unwrap_or_default();
+        *counts.entry(op.to_string()).or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+fn log_len(log: &str) -> Result<u64, String> {
+    std::fs::metadata(log)
+        .map(|m| m.len())
+        .map_err(|e| format!("{log}: {e}"))
+}
+
 /// Peak resident memory of a process in MiB (VmHWM).
 fn peak_rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -464,6 +510,8 @@ struct Outcome {
     /// Server CPU seconds used during the timed phase.
     cpu_seconds: Option<f64>,
     peak_rss_mib: Option<f64>,
+    /// S3 requests of the timed phase by operation, when the target's relay log is given.
+    s3_requests: Option<BTreeMap<String, u64>>,
 }
 
 impl Outcome {
@@ -493,6 +541,27 @@ impl Outcome {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
+        self.s3_requests = match (self.s3_requests.take(), other.s3_requests) {
+            (Some(mut a), Some(b)) => {
+                for (op, n) in b {
+                    *a.entry(op).or_insert(0) += n;
+                }
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// S3 requests per operation, by S3 operation, as `Op n.nn` pairs, and their total.
+    fn s3_per_op(&self) -> Option<(f64, String)> {
+        let counts = self.s3_requests.as_ref()?;
+        let per = |n: u64| n as f64 / self.ops as f64;
+        let total = per(counts.values().sum());
+        let parts: Vec<String> = counts
+            .iter()
+            .map(|(op, n)| format!("{op} {:.2}", per(*n)))
+            .collect();
+        Some((total, parts.join(", ")))
     }
 }
 
@@ -506,6 +575,10 @@ fn run_workload(
     let repo = target.repo(name);
     let prepared = prepare(target, kind, &repo, count)?;
     let next = AtomicUsize::new(0);
+    let s3_from = target.s3_log.as_deref().map(log_len).transpose()?;
+    if let Some(pid) = target.pid {
+        reset_peak_rss(pid);
+    }
     let cpu_before = target.pid.and_then(cpu_seconds);
     let started = Instant::now();
     let results: Vec<(Vec<Duration>, u64, usize, Option<String>)> = std::thread::scope(|s| {
@@ -543,6 +616,10 @@ fn run_workload(
     });
     let seconds = started.elapsed().as_secs_f64();
     let cpu_after = target.pid.and_then(cpu_seconds);
+    let s3_requests = match (target.s3_log.as_deref(), s3_from) {
+        (Some(log), Some(from)) => Some(s3_requests_since(log, from)?),
+        _ => None,
+    };
     let mut latencies: Vec<Duration> = results.iter().flat_map(|r| r.0.iter().copied()).collect();
     latencies.sort();
     Ok(Outcome {
@@ -556,6 +633,7 @@ fn run_workload(
         latencies,
         cpu_seconds: cpu_before.zip(cpu_after).map(|(a, b)| b - a),
         peak_rss_mib: target.pid.and_then(peak_rss_mib),
+        s3_requests,
     })
 }
 
@@ -568,7 +646,8 @@ fn main() {
         .targets
         .iter()
         .map(|t| Target::parse(t, run))
-        .collect::<Result<_, _>>()
+        .collect::<Result<Vec<Target>, _>>()
+        .and_then(|mut targets| attach_s3_logs(&mut targets, &args.s3_logs).map(|()| targets))
         .unwrap_or_else(|e| {
             eprintln!("load: {e}");
             std::process::exit(2)
@@ -615,6 +694,7 @@ fn main() {
                         "p50_ms": o.percentile_ms(0.5), "p99_ms": o.percentile_ms(0.99),
                         "server_cpu_ms_per_op": o.cpu_ms_per_op(),
                         "server_peak_rss_mib": o.peak_rss_mib,
+                        "s3_requests": o.s3_requests,
                     })
                 );
                 match &mut merged[t] {
@@ -659,6 +739,20 @@ fn main() {
             );
         }
     }
+    for (target, done) in targets.iter().zip(&outcomes) {
+        if target.s3_log.is_none() {
+            continue;
+        }
+        eprintln!(
+            "\n{}: S3 requests per operation (timed phases, counted at the S3 server)\n{:<18} {:>7}  by S3 operation",
+            target.label, "workload", "total"
+        );
+        for o in done {
+            if let Some((total, parts)) = o.s3_per_op() {
+                eprintln!("{:<18} {:>7.2}  {parts}", o.workload, total);
+            }
+        }
+    }
     for (a, b) in ratio_pairs(outcomes.len()) {
         eprintln!(
             "\n{} / {}\n{:<18} {:>4} {:>12} {:>14}",
@@ -678,6 +772,21 @@ fn main() {
             );
         }
     }
+}
+
+/// Gives each `--s3-log LABEL=FILE` to the target of that label.
+fn attach_s3_logs(targets: &mut [Target], logs: &[String]) -> Result<(), String> {
+    for spec in logs {
+        let (label, file) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("--s3-log {spec:?}: expected LABEL=FILE"))?;
+        let target = targets
+            .iter_mut()
+            .find(|t| t.label == label)
+            .ok_or_else(|| format!("--s3-log {spec:?}: no target labelled {label:?}"))?;
+        target.s3_log = Some(file.to_string());
+    }
+    Ok(())
 }
 
 /// Which targets' ratios to print: every target against the last (the reference, such as

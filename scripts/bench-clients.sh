@@ -3,8 +3,8 @@
 # tools users run instead of our own generator, on the same targets, each measurement on both
 # servers in turn ROUNDS times with the order alternated (the first of a pair runs slower on
 # this machine), and one table at the end: tool, workload, berth, distribution, ratio.
-#   wrk     GET over keep-alive of the manifest (OCI Accept header), of the image config and
-#           of a ~17 KiB layer: req/s, p50 and p99
+#   wrk     GET over keep-alive of the manifest by tag (OCI Accept header), of the image
+#           config, of a ~17 KiB layer and of a ~1 MiB layer: req/s, p50 and p99
 #   skopeo  copy of a 40-layer image (scripts/gen-oci-image.py: gzip layers of 4 KiB to
 #           12 MiB, 64.5 MiB) from a local OCI layout into a fresh repository (push) and from
 #           the registry into a fresh layout (pull): seconds raw, and net of skopeo's own time
@@ -86,9 +86,11 @@ for s in berth distribution; do
   skopeo_fresh copy -q --dest-tls-verify=false "$image" "docker://127.0.0.1:${port[$s]}/$seed:v1"
 done
 
-wrk_names=("manifest GET" "config GET ($image_config_size B)" "layer GET ($image_small_blob_size B)")
-wrk_paths=("/v2/$seed/manifests/v1" "/v2/$seed/blobs/$image_config" "/v2/$seed/blobs/$image_small_blob")
-wrk_accepts=("application/vnd.oci.image.manifest.v1+json" "" "")
+wrk_names=("manifest GET" "config GET ($image_config_size B)" "layer GET ($image_small_blob_size B)"
+  "layer GET ($image_mib_blob_size B)")
+wrk_paths=("/v2/$seed/manifests/v1" "/v2/$seed/blobs/$image_config" "/v2/$seed/blobs/$image_small_blob"
+  "/v2/$seed/blobs/$image_mib_blob")
+wrk_accepts=("application/vnd.oci.image.manifest.v1+json" "" "" "")
 
 # A speed comparison needs the same answer from both: status 200, the same bytes, type and
 # digest, else stop. Header names only one server sends are printed for the record; asked

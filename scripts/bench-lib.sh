@@ -54,28 +54,31 @@ wait_http() {
   echo "server on port $1 did not start" >&2; exit 1
 }
 
-# start_berth PORT [BINARY [NAME]]: a berth (the release build of this tree unless BINARY is
-# given) on a fresh root $work/NAME (berth); sets bpid.
+# start_berth PORT [BINARY [NAME [DRIVER]]]: a berth (the release build of this tree unless
+# BINARY is given) on a fresh root $work/NAME (berth), its blobs and layout there or, given
+# DRIVER (a JSON object, zot's storage.storageDriver), in that object store; sets bpid.
 start_berth() {
-  local binary=${2:-target/release/berth} name=${3:-berth}
-  echo "{\"storage\":{\"rootDirectory\":\"$work/$name\"},\"http\":{\"address\":\"127.0.0.1\",\"port\":\"$1\"},\"log\":{\"level\":\"warn\"}}" > "$work/$name.json"
+  local binary=${2:-${CARGO_TARGET_DIR:-target}/release/berth} name=${3:-berth} driver=${4:+,\"storageDriver\":$4}
+  echo "{\"storage\":{\"rootDirectory\":\"$work/$name\"$driver},\"http\":{\"address\":\"127.0.0.1\",\"port\":\"$1\"},\"log\":{\"level\":\"warn\"}}" > "$work/$name.json"
   "$binary" serve "$work/$name.json" 2>"$work/$name.log" &
   bpid=$!; pids+=("$bpid")
   wait_http "$1"
 }
 
-# start_distribution PORT: docker-registry on a fresh root in $work; sets dpid. Deletes are
+# start_distribution PORT [DRIVER]: docker-registry on a fresh root in $work, or given DRIVER
+# (YAML lines indented under storage:, such as an s3: block), on that; sets dpid. Deletes are
 # enabled because berth serves them too: both servers offer the same API. The in-memory blob
 # descriptor cache is on, as in the config.yml that Debian and upstream ship.
 start_distribution() {
   need_debs docker-registry:docker-registry
+  local driver=${2:-"  filesystem:
+    rootdirectory: $work/distribution"}
   cat > "$work/registry.yml" <<YML
 version: 0.1
 log:
   level: error
 storage:
-  filesystem:
-    rootdirectory: $work/distribution
+$driver
   cache:
     blobdescriptor: inmemory
   delete:
@@ -83,7 +86,9 @@ storage:
 http:
   addr: 127.0.0.1:$1
 YML
-  docker-registry serve "$work/registry.yml" >"$work/distribution.log" 2>&1 &
+  # The AWS SDK in it refuses to start when AWS_CA_BUNDLE is set (this machine sets it) and
+  # its HTTP transport is distribution's own: "LoadCustomCABundleError".
+  env -u AWS_CA_BUNDLE docker-registry serve "$work/registry.yml" >"$work/distribution.log" 2>&1 &
   dpid=$!; pids+=("$dpid")
   wait_http "$1"
 }

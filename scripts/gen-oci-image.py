@@ -92,8 +92,8 @@ def main():
             "digest": manifest_digest, "size": len(manifest),
             "annotations": {"org.opencontainers.image.ref.name": a.tag}}]}, f)
 
-    # The layer closest to 16 KiB is the small blob that wrk fetches over and over.
-    small = min(layers, key=lambda l: abs(l["size"] - 16384))
+    # The layers closest to 16 KiB and to 1 MiB are the blobs that wrk fetches over and over.
+    small, mib = (min(layers, key=lambda l: abs(l["size"] - want)) for want in (16384, 2**20))
     blobs = [manifest_digest, config_desc["digest"]] + [l["digest"] for l in layers]
     print(f"image_layers={len(layers)}")
     print(f"image_layer_bytes={sum(l['size'] for l in layers)}")
@@ -105,6 +105,8 @@ def main():
     print(f"image_config_size={len(config)}")
     print(f"image_small_blob={small['digest']}")
     print(f"image_small_blob_size={small['size']}")
+    print(f"image_mib_blob={mib['digest']}")
+    print(f"image_mib_blob_size={mib['size']}")
     print(f"image_blobs='{' '.join(blobs)}'")
 
 
