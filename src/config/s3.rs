@@ -9,15 +9,17 @@
 //! Built so far: `name`, `region`, `regionendpoint`, `bucket`, `rootdirectory`,
 //! `forcepathstyle` (true only: path-style requests), `secure`, `chunksize`, `accesskey`,
 //! `secretkey` (else the environment, else the shared credentials file), `multipartcopychunksize`,
-//! `multipartcopymaxconcurrency`, `multipartcopythresholdsize`, the berth-only `redirect`, and
+//! `multipartcopymaxconcurrency`, `multipartcopythresholdsize`, the berth-only `redirect`,
+//! `timeout` and `revalidate` (Go durations), and
 //! the defaults of `v4auth` (true), `skipverify` (false), `encrypt`
 //! (false) and `storageclass` (`STANDARD`). Every other attribute of the table, and any other
 //! value of those four, is refused with an error naming the key until it is built; an
 //! unknown key is an error naming it.
 
-use crate::storage::driver::s3::MultipartCopy;
+use crate::storage::driver::s3::{MultipartCopy, S3Config};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::time::Duration;
 
 /// The default `chunksize`: distribution's.
 pub const DEFAULT_CHUNK_SIZE: u64 = 10 * 1024 * 1024;
@@ -56,6 +58,15 @@ pub struct S3Settings {
     /// berth-only: blob GETs answer with a redirect to a presigned URL (off by default, as
     /// zot does not redirect).
     pub redirect: bool,
+    /// berth-only: how long any step of an S3 request (connect, the answer, each read of a
+    /// body) may wait before the bucket counts as unavailable (HTTP 503).
+    #[serde(serialize_with = "super::serialize_duration")]
+    pub timeout: Duration,
+    /// berth-only: how long a repository's `index.json`, once read, is served without asking
+    /// the bucket again (a tag moved through another instance is seen within it; changes
+    /// through this one at once). `0s` asks on every request.
+    #[serde(serialize_with = "super::serialize_duration")]
+    pub revalidate: Duration,
     /// The access key given in the config, if any: not printed either, so a printed config
     /// read back finds its credentials where the secret's are (the environment).
     #[serde(skip)]
@@ -214,6 +225,8 @@ struct RawS3 {
     objectacl: Option<Value>,
     loglevel: Option<Value>,
     redirect: Option<bool>,
+    timeout: Option<String>,
+    revalidate: Option<String>,
 }
 
 /// A number, or a string of one (zot's examples write both).
@@ -336,6 +349,19 @@ pub(super) fn resolve(value: &Value, key: &str) -> Result<S3Settings, String> {
             }
         ));
     }
+    let duration = |value: &Option<String>, name: &str, default: Duration| {
+        value.as_deref().map_or(Ok(default), |v| {
+            super::duration::parse(v).map_err(|e| format!("{}: {e}", at(name)))
+        })
+    };
+    let timeout = duration(&raw.timeout, "timeout", S3Config::DEFAULT_TIME_OUT)?;
+    if timeout.is_zero() {
+        return Err(format!(
+            "{}: a request needs some time to be answered",
+            at("timeout")
+        ));
+    }
+    let revalidate = duration(&raw.revalidate, "revalidate", S3Config::DEFAULT_REVALIDATE)?;
     Ok(S3Settings {
         name: "s3".to_string(),
         region,
@@ -353,6 +379,8 @@ pub(super) fn resolve(value: &Value, key: &str) -> Result<S3Settings, String> {
         multipartcopymaxconcurrency,
         multipartcopythresholdsize,
         redirect: raw.redirect.unwrap_or(false),
+        timeout,
+        revalidate,
         accesskey: raw.accesskey,
         secretkey: raw.secretkey,
     })

@@ -3,7 +3,8 @@
 //! clients (`skopeo`, `oras`), and the command line (`cli`); issue 4's deduplication
 //! (`dedupe`) and `subPaths` stores (`subpaths`); issue 5's garbage collection and retention
 //! (`gc`) and scrub (`scrub`); issue 10's hostile HTTP at the front end (`hostile_http`); issue
-//! 13's S3 storage (`s3`, against moto from `scripts/s3-services.sh`).
+//! 13's S3 storage (`s3`, against moto from `scripts/s3-services.sh`; `s3_faults`, against an
+//! s3s-fs of its own that it stops, stalls and starts again, and the presigned redirect).
 
 mod api;
 mod bad_input;
@@ -19,6 +20,7 @@ mod hostile_store;
 mod leftovers;
 mod oras;
 mod s3;
+mod s3_faults;
 mod scrub;
 mod skopeo;
 mod subpaths;

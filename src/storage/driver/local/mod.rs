@@ -987,6 +987,7 @@ impl Driver for LocalDriver {
             direct_io: self.direct,
             placeholders: self.xattrs,
             upload_notes: self.xattrs,
+            presigned_urls: false,
         }
     }
 

@@ -63,8 +63,12 @@ impl Reply {
     }
 }
 
-/// Attempts before the last one of `Client::send`.
-const RETRIES: usize = 3;
+/// Most attempts `Client::send` makes of one request (DESIGN decision 12: a retry budget).
+const ATTEMPTS: usize = 4;
+
+/// The longest a connection may take to open, whatever the request time-out: a server that
+/// does not accept within it is down, and the next attempt may find it back.
+const CONNECT_TIME_OUT: Duration = Duration::from_secs(5);
 
 /// A request body: none, or bytes already in memory (a part of at most `chunksize`, or a small
 /// object).
@@ -77,23 +81,30 @@ pub(super) enum Body<'a> {
 pub(super) struct Client {
     agent: ureq::Agent,
     endpoint: Endpoint,
+    /// How long a request may wait for any one step (connect, send, the answer, each read of
+    /// a body), and how long after its first attempt it may still be retried.
+    time_out: Duration,
 }
 
 impl Client {
-    pub(super) fn new(endpoint: Endpoint) -> Client {
+    pub(super) fn new(endpoint: Endpoint, time_out: Duration) -> Client {
         // Time-outs per step, none on a whole body: a blob stream may take long, but never
-        // stall for a minute (DESIGN decision 12: no remote call hangs a worker).
+        // stall past `time_out` (DESIGN decision 12: no remote call hangs a worker).
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .timeout_recv_response(Some(Duration::from_secs(120)))
-            .timeout_per_read(Some(Duration::from_secs(60)))
-            .timeout_per_write(Some(Duration::from_secs(60)))
+            .timeout_connect(Some(time_out.min(CONNECT_TIME_OUT)))
+            .timeout_recv_response(Some(time_out))
+            .timeout_per_read(Some(time_out))
+            .timeout_per_write(Some(time_out))
             .max_idle_connections_per_host(64)
             .build()
             .into();
-        Client { agent, endpoint }
+        Client {
+            agent,
+            endpoint,
+            time_out,
+        }
     }
 
     pub(super) fn bucket(&self) -> &str {
@@ -101,9 +112,16 @@ impl Client {
     }
 
     /// Sends one signed request for `key` (`None`: the bucket itself) with `query` (pairs, not
-    /// yet encoded) and extra `headers`. A connection failure or a 500, 502, 503 or 504 is
-    /// retried a few times with a growing pause (every body is in memory, so it can be sent
-    /// again; every request the driver makes has the same effect sent twice).
+    /// yet encoded) and extra `headers`, within a retry budget: at most `ATTEMPTS` attempts
+    /// with a growing pause, none begun later than `time_out` after the first. Every body is
+    /// in memory, so it can be sent again. A 500, 502, 503 or 504 is retried, as AWS's SDKs
+    /// do; a request that never reached the server (refused, no connection) is retried
+    /// whatever it is; one that failed on the way only if sending it twice is harmless, which
+    /// holds for every GET, HEAD, PUT and DELETE the driver makes (a conditional PUT repeated
+    /// after it succeeded fails its condition, which callers read as someone else's write),
+    /// not for a POST (a repeated CompleteMultipartUpload finds its upload gone). A time-out
+    /// is not retried: it spent the budget. The error is a failure to get an answer: the
+    /// transport's, or the last 5xx.
     pub(super) fn send(
         &self,
         method: &str,
@@ -112,20 +130,30 @@ impl Client {
         headers: &[(&str, &str)],
         body: Body<'_>,
     ) -> std::io::Result<Reply> {
+        let started = std::time::Instant::now();
         let mut pause = Duration::from_millis(20);
-        for _ in 0..RETRIES {
+        let mut attempt = 1;
+        loop {
+            let last = attempt == ATTEMPTS || started.elapsed() + pause >= self.time_out;
             match self.send_once(method, key, query, headers, body) {
                 Ok(reply) if !matches!(reply.status, 500 | 502 | 503 | 504) => return Ok(reply),
+                Ok(reply) if last => return Err(reply.into_error(method)),
                 Ok(reply) => {
                     tracing::debug!(method, key, status = reply.status, "S3 request retried");
                     let _ = reply.bytes();
                 }
-                Err(e) => tracing::debug!(method, key, "S3 request retried: {e}"),
+                Err(e) => {
+                    let retry = !last && !timed_out(&e) && (unsent(&e) || method != "POST");
+                    if !retry {
+                        return Err(into_io(e));
+                    }
+                    tracing::debug!(method, key, "S3 request retried: {e}");
+                }
             }
             std::thread::sleep(pause);
             pause *= 4;
+            attempt += 1;
         }
-        self.send_once(method, key, query, headers, body)
     }
 
     fn send_once(
@@ -135,7 +163,7 @@ impl Client {
         query: &[(&str, &str)],
         headers: &[(&str, &str)],
         body: Body<'_>,
-    ) -> std::io::Result<Reply> {
+    ) -> Result<Reply, ureq::Error> {
         let mut path = format!("/{}", encode(&self.endpoint.bucket, false));
         if let Some(key) = key {
             path.push('/');
@@ -151,11 +179,7 @@ impl Client {
             .map(|(k, v)| format!("{k}={v}"))
             .collect::<Vec<_>>()
             .join("&");
-        let host = self
-            .endpoint
-            .url
-            .split_once("://")
-            .map_or(self.endpoint.url.as_str(), |(_, h)| h);
+        let host = self.host();
         let now = SystemTime::now();
         let amz_date = amz_date(now);
         let mut signed: Vec<(String, String)> = vec![
@@ -183,24 +207,11 @@ impl Client {
             }
         }
         request = request.header("authorization", authorization);
-        let result = match body {
-            Body::Empty if method != "PUT" && method != "POST" => {
-                let request = request.body(()).map_err(std::io::Error::other)?;
-                self.agent.run(request)
-            }
-            Body::Empty => {
-                let request = request.body(&[][..]).map_err(std::io::Error::other)?;
-                self.agent.run(request)
-            }
-            Body::Bytes(bytes) => {
-                let request = request.body(bytes).map_err(std::io::Error::other)?;
-                self.agent.run(request)
-            }
-        };
-        let response = result.map_err(|e| match e {
-            ureq::Error::Io(e) => e,
-            e => std::io::Error::other(e),
-        })?;
+        let response = match body {
+            Body::Empty if method != "PUT" && method != "POST" => self.agent.run(request.body(())?),
+            Body::Empty => self.agent.run(request.body(&[][..])?),
+            Body::Bytes(bytes) => self.agent.run(request.body(bytes)?),
+        }?;
         Ok(Reply {
             status: response.status().as_u16(),
             response,
@@ -222,6 +233,15 @@ impl Client {
             canonical.push_str(&format!("{name}:{value}\n"));
         }
         canonical.push_str(&format!("\n{signed_headers}\nUNSIGNED-PAYLOAD"));
+        let (scope, signature) = self.signature(&canonical, amz_date);
+        format!(
+            "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
+            self.endpoint.access_key
+        )
+    }
+
+    /// The credential scope and the SigV4 signature of the canonical request `canonical`.
+    fn signature(&self, canonical: &str, amz_date: &str) -> (String, String) {
         let date = &amz_date[..8];
         let scope = format!("{date}/{}/s3/aws4_request", self.endpoint.region);
         let to_sign = format!(
@@ -235,11 +255,86 @@ impl Client {
         for part in [self.endpoint.region.as_str(), "s3", "aws4_request"] {
             key = hmac(&key, part.as_bytes());
         }
-        let signature = hex(&hmac(&key, to_sign.as_bytes()));
+        (scope, hex(&hmac(&key, to_sign.as_bytes())))
+    }
+
+    /// A URL that GETs `key` without further credentials until `expires` from now: SigV4
+    /// with the signature in the query ("Authenticating Requests: Using Query Parameters"),
+    /// only the host signed, the payload unsigned. Makes no request.
+    pub(super) fn presign(&self, key: &str, expires: Duration) -> String {
+        let path = format!(
+            "/{}/{}",
+            encode(&self.endpoint.bucket, false),
+            encode(key, true)
+        );
+        let amz_date = amz_date(SystemTime::now());
+        let scope = format!(
+            "{}/{}/s3/aws4_request",
+            &amz_date[..8],
+            self.endpoint.region
+        );
+        let credential = format!("{}/{scope}", self.endpoint.access_key);
+        let expires = expires.as_secs().to_string();
+        let mut pairs = vec![
+            ("X-Amz-Algorithm", "AWS4-HMAC-SHA256"),
+            ("X-Amz-Credential", credential.as_str()),
+            ("X-Amz-Date", amz_date.as_str()),
+            ("X-Amz-Expires", expires.as_str()),
+            ("X-Amz-SignedHeaders", "host"),
+        ];
+        if let Some(token) = &self.endpoint.session_token {
+            pairs.push(("X-Amz-Security-Token", token));
+        }
+        pairs.sort();
+        let query = pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode(v, false)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let canonical = format!(
+            "GET\n{path}\n{query}\nhost:{}\n\nhost\nUNSIGNED-PAYLOAD",
+            self.host()
+        );
+        let (_, signature) = self.signature(&canonical, &amz_date);
         format!(
-            "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
-            self.endpoint.access_key
+            "{}{path}?{query}&X-Amz-Signature={signature}",
+            self.endpoint.url
         )
+    }
+
+    /// `host[:port]` of the endpoint, as the `host` header carries it.
+    fn host(&self) -> &str {
+        self.endpoint
+            .url
+            .split_once("://")
+            .map_or(self.endpoint.url.as_str(), |(_, h)| h)
+    }
+}
+
+/// Whether a failed attempt cannot have reached the server, so that sending it again cannot
+/// do anything twice.
+fn unsent(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
+        ureq::Error::Timeout(t) => matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve),
+        ureq::Error::Io(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        _ => false,
+    }
+}
+
+fn timed_out(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Timeout(_) => true,
+        ureq::Error::Io(e) => e.kind() == std::io::ErrorKind::TimedOut,
+        _ => false,
+    }
+}
+
+fn into_io(e: ureq::Error) -> std::io::Error {
+    match e {
+        ureq::Error::Io(e) => e,
+        e @ ureq::Error::Timeout(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, e),
+        e => std::io::Error::other(e),
     }
 }
 

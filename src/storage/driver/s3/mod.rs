@@ -3,7 +3,12 @@
 //!
 //! How each call maps onto S3:
 //! - `get`, `reader`: GET, with `Range: bytes=OFFSET-` past the start; bodies stream.
-//! - `stat`: HEAD (`version` = the ETag); a missing key that has keys below it is a prefix.
+//!   `reader_range`: GET with a bounded `Range: bytes=A-B`.
+//! - `stat`: HEAD (`version` = the ETag); a missing key that has keys below it is a prefix
+//!   (a listing more). `stat_object`: the HEAD alone.
+//! - `presigned_url` (with `redirect` on): a SigV4 query-signed GET URL, made locally.
+//! - Every request has time-outs and a retry budget (`client::Client::send`); a request
+//!   that gets no answer within them, or a 5xx after them, is `DriverError::Unavailable`.
 //! - `list`: ListObjectsV2 with delimiter `/` (objects with size and LastModified, and
 //!   common prefixes), every page.
 //! - `put`: PUT; `create`: PUT with `If-None-Match: *`; `replace`: PUT with `If-Match` on the
@@ -91,6 +96,21 @@ pub struct S3Config {
     pub multipart_copy: MultipartCopy,
     /// Blob GETs answer with a redirect to a presigned URL (berth-only key `redirect`).
     pub redirect: bool,
+    /// How long any step of a request may wait (connect, the answer, each read of a body)
+    /// before the bucket counts as unavailable (berth-only key `timeout`).
+    pub time_out: Duration,
+    /// How long a read of `index.json` is served again without asking the bucket whether it
+    /// changed (berth-only key `revalidate`): a tag moved through another instance is seen
+    /// within it.
+    pub revalidate: Duration,
+}
+
+impl S3Config {
+    /// The default of `time_out`: a healthy bucket answers within it under load; a bucket
+    /// that does not is reported unavailable rather than holding a request worker.
+    pub const DEFAULT_TIME_OUT: Duration = Duration::from_secs(30);
+    /// The default of `revalidate`.
+    pub const DEFAULT_REVALIDATE: Duration = Duration::from_secs(1);
 }
 
 /// `multipartcopychunksize`, `multipartcopymaxconcurrency`, `multipartcopythresholdsize`:
@@ -128,6 +148,8 @@ struct Inner {
     /// `root/` or empty.
     prefix: String,
     chunk_size: usize,
+    redirect: bool,
+    revalidate: Duration,
 }
 
 impl S3Driver {
@@ -159,9 +181,11 @@ impl S3Driver {
         };
         Ok(S3Driver {
             inner: Arc::new(Inner {
-                client: Client::new(endpoint),
+                client: Client::new(endpoint, config.time_out),
                 prefix,
                 chunk_size: config.chunk_size,
+                redirect: config.redirect,
+                revalidate: config.revalidate,
             }),
         })
     }
@@ -295,7 +319,8 @@ impl Inner {
         format!("{}{}", self.prefix, path.as_str())
     }
 
-    /// `Client::send`, its failure an error of `op` on `key`.
+    /// `Client::send`; its failure (no answer within the retry budget, or a 5xx after it)
+    /// is the bucket being unavailable.
     fn send(
         &self,
         op: &'static str,
@@ -307,7 +332,12 @@ impl Inner {
     ) -> Result<Reply, DriverError> {
         self.client
             .send(method, key, query, headers, body)
-            .map_err(|e| io_error(op, key.unwrap_or_default(), e))
+            .map_err(|source| DriverError::Unavailable {
+                driver: NAME,
+                op,
+                path: key.unwrap_or_default().to_string(),
+                source,
+            })
     }
 
     /// HEAD `key`: `None` if absent.
@@ -379,6 +409,65 @@ impl Inner {
             if !truncated || token.is_none() || max.is_some() {
                 return Ok(listed);
             }
+        }
+    }
+
+    /// GET of `path` from `offset`, `len` bytes of it when given (`Range: bytes=a-b`), else to
+    /// the end (`Range: bytes=a-` past the start).
+    fn read(
+        &self,
+        path: &StoragePath,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<ObjectReader, DriverError> {
+        let key = self.key(path);
+        let range = match len {
+            Some(len) if len > 0 => Some(format!("bytes={offset}-{}", offset + len - 1)),
+            _ if offset > 0 => Some(format!("bytes={offset}-")),
+            _ => None,
+        };
+        let headers: Vec<(&str, &str)> = range.iter().map(|r| ("range", r.as_str())).collect();
+        let reply = self.send("read", "GET", Some(&key), &[], &headers, Body::Empty)?;
+        match reply.status {
+            200 | 206 => {
+                // The total size: after the `/` of Content-Range, else the whole length.
+                let size = reply
+                    .header("content-range")
+                    .and_then(|r| r.rsplit('/').next())
+                    .and_then(|s| s.parse().ok())
+                    .or_else(|| reply.header("content-length").and_then(|s| s.parse().ok()))
+                    .unwrap_or(0);
+                let body = reply.response.into_body().into_reader();
+                let reader: Box<dyn std::io::Read + Send> = match len {
+                    Some(len) => Box::new(std::io::Read::take(body, len)),
+                    None => Box::new(body),
+                };
+                Ok(ObjectReader { reader, size })
+            }
+            404 => {
+                let _ = reply.bytes();
+                Err(not_found(path.as_str()))
+            }
+            416 => {
+                // Reading from the very end: nothing left, which S3 calls unsatisfiable.
+                let _ = reply.bytes();
+                let head = self.head(&key)?.ok_or_else(|| not_found(path.as_str()))?;
+                if offset > head.size {
+                    return Err(io_error(
+                        "read",
+                        &key,
+                        std::io::Error::other(format!(
+                            "offset {offset} past the end ({})",
+                            head.size
+                        )),
+                    ));
+                }
+                Ok(ObjectReader {
+                    reader: Box::new(std::io::empty()),
+                    size: head.size,
+                })
+            }
+            _ => Err(io_error("read", &key, reply.into_error("GetObject"))),
         }
     }
 
@@ -504,66 +593,50 @@ impl Driver for S3Driver {
     }
 
     fn reader(&self, path: &StoragePath, offset: u64) -> Result<ObjectReader, DriverError> {
-        let key = self.inner.key(path);
-        let range = format!("bytes={offset}-");
-        let headers: &[(&str, &str)] = if offset > 0 {
-            &[("range", &range)]
-        } else {
-            &[]
-        };
-        let reply = self
-            .inner
-            .send("read", "GET", Some(&key), &[], headers, Body::Empty)?;
-        match reply.status {
-            200 | 206 => {
-                // The total size: after the `/` of Content-Range, else the whole length.
-                let size = reply
-                    .header("content-range")
-                    .and_then(|r| r.rsplit('/').next())
-                    .and_then(|s| s.parse().ok())
-                    .or_else(|| reply.header("content-length").and_then(|s| s.parse().ok()))
-                    .unwrap_or(0);
-                Ok(ObjectReader {
-                    reader: Box::new(reply.response.into_body().into_reader()),
-                    size,
-                })
-            }
-            404 => {
-                let _ = reply.bytes();
-                Err(not_found(path.as_str()))
-            }
-            416 => {
-                // Reading from the very end: nothing left, which S3 calls unsatisfiable.
-                let _ = reply.bytes();
-                let head = self
-                    .inner
-                    .head(&key)?
-                    .ok_or_else(|| not_found(path.as_str()))?;
-                if offset > head.size {
-                    return Err(io_error(
-                        "read",
-                        &key,
-                        std::io::Error::other(format!(
-                            "offset {offset} past the end ({})",
-                            head.size
-                        )),
-                    ));
-                }
-                Ok(ObjectReader {
-                    reader: Box::new(std::io::empty()),
-                    size: head.size,
-                })
-            }
-            _ => Err(io_error("read", &key, reply.into_error("GetObject"))),
-        }
+        self.inner.read(path, offset, None)
     }
 
+    /// A bounded `Range`, so S3 sends no byte past the range and the connection goes back to
+    /// the pool once it is read.
+    fn reader_range(
+        &self,
+        path: &StoragePath,
+        offset: u64,
+        len: u64,
+    ) -> Result<ObjectReader, DriverError> {
+        self.inner.read(path, offset, Some(len))
+    }
+
+    /// HEAD; a missing key costs one listing more, to tell a prefix from nothing.
     fn stat(&self, path: &StoragePath) -> Result<Option<ObjectMeta>, DriverError> {
         let key = self.inner.key(path);
         if let Some(head) = self.inner.head(&key)? {
             return Ok(Some(head.meta()));
         }
         Ok(self.inner.has_below(&key)?.then(ObjectMeta::prefix))
+    }
+
+    /// One HEAD, missing key or not.
+    fn stat_object(&self, path: &StoragePath) -> Result<Option<ObjectMeta>, DriverError> {
+        Ok(self
+            .inner
+            .head(&self.inner.key(path))?
+            .map(|head| head.meta()))
+    }
+
+    fn revalidate_after(&self) -> Duration {
+        self.inner.revalidate
+    }
+
+    fn presigned_url(&self, path: &StoragePath, expires: Duration) -> Result<String, DriverError> {
+        if !self.inner.redirect {
+            return Err(DriverError::Unsupported {
+                driver: NAME,
+                op: "presign",
+                path: path.to_string(),
+            });
+        }
+        Ok(self.inner.client.presign(&self.inner.key(path), expires))
     }
 
     fn put(&self, path: &StoragePath, bytes: &[u8]) -> Result<(), DriverError> {
@@ -617,11 +690,13 @@ impl Driver for S3Driver {
         }
     }
 
-    /// Placeholders only: no links (`link` copies), no rename (a finished upload is copied
-    /// into place), no local files, no O_DIRECT, whole objects.
+    /// Placeholders, and presigned URLs when `redirect` is on: no links (`link` copies), no
+    /// rename (a finished upload is copied into place), no local files, no O_DIRECT, whole
+    /// objects.
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             placeholders: true,
+            presigned_urls: self.inner.redirect,
             ..Capabilities::default()
         }
     }

@@ -64,6 +64,8 @@ fn config(service: &Service, bucket: &str, root: &str) -> S3Config {
         chunk_size: MIN_PART,
         multipart_copy: MultipartCopy::default(),
         redirect: false,
+        time_out: S3Config::DEFAULT_TIME_OUT,
+        revalidate: S3Config::DEFAULT_REVALIDATE,
     }
 }
 
