@@ -418,6 +418,22 @@ mod tests {
         assert_eq!(s.chunksize, DEFAULT_CHUNK_SIZE);
         assert_eq!(s.multipartcopythresholdsize, 32 * 1024 * 1024);
         assert!(!s.redirect);
+        assert_eq!(
+            (s.timeout, s.revalidate),
+            (S3Config::DEFAULT_TIME_OUT, S3Config::DEFAULT_REVALIDATE)
+        );
+        let s =
+            parse(r#"{"name":"s3","region":"r","bucket":"b","timeout":"1m30s","revalidate":"0"}"#)
+                .unwrap();
+        assert_eq!(
+            (s.timeout, s.revalidate),
+            (Duration::from_secs(90), Duration::ZERO)
+        );
+        assert!(
+            serde_json::to_string(&s)
+                .unwrap()
+                .contains(r#""timeout":"1m30s""#)
+        );
         let s = parse(
             r#"{"name":"s3","region":"r","bucket":"b","multipartcopychunksize":5242880,
                 "multipartcopymaxconcurrency":"4","multipartcopythresholdsize":0,"redirect":true}"#,
@@ -538,6 +554,14 @@ mod tests {
             (
                 r#"{"name":"s3","region":"r","bucket":"b","bogus":1}"#,
                 "storage.storageDriver",
+            ),
+            (
+                r#"{"name":"s3","region":"r","bucket":"b","timeout":"0"}"#,
+                "storage.storageDriver.timeout",
+            ),
+            (
+                r#"{"name":"s3","region":"r","bucket":"b","revalidate":"soon"}"#,
+                "storage.storageDriver.revalidate",
             ),
             (
                 r#"{"name":"s3","region":"r","bucket":"b","accesskey":"a"}"#,

@@ -2,7 +2,8 @@
 //! (`rootdirectory`), with the same OCI layout as a local root.
 //!
 //! How each call maps onto S3:
-//! - `get`, `reader`: GET, with `Range: bytes=OFFSET-` past the start; bodies stream.
+//! - `get`, `reader`: GET, with `Range: bytes=OFFSET-` past the start; bodies stream, and a
+//!   body whose connection is cut resumes with a ranged GET on its ETag (`Resuming`).
 //!   `reader_range`: GET with a bounded `Range: bytes=A-B`.
 //! - `stat`: HEAD (`version` = the ETag); a missing key that has keys below it is a prefix
 //!   (a listing more). `stat_object`: the HEAD alone.
@@ -308,6 +309,70 @@ fn head_of(key: &str, reply: &Reply) -> Head {
     }
 }
 
+/// How often one body is resumed after its connection was cut.
+const RESUMES: usize = 3;
+
+/// A GET's body that, when its connection is lost before the end, asks for the rest with a
+/// ranged GET on the same ETag (`If-Match`: an object replaced meanwhile fails the read rather
+/// than splicing two versions), at most `RESUMES` times, each within `Client::send`'s retry
+/// budget: a pull survives a connection cut mid-body.
+struct Resuming {
+    inner: Arc<Inner>,
+    key: String,
+    etag: String,
+    /// The offset of the next byte, and the end of the range read (exclusive).
+    at: u64,
+    end: u64,
+    body: Box<dyn std::io::Read + Send>,
+    resumes: usize,
+}
+
+impl std::io::Read for Resuming {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = usize::try_from(self.end.saturating_sub(self.at)).unwrap_or(usize::MAX);
+        let want = buf.len().min(left);
+        if want == 0 {
+            return Ok(0);
+        }
+        loop {
+            let cut = match self.body.read(&mut buf[..want]) {
+                Ok(0) => std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the body ended {left} bytes early"),
+                ),
+                Ok(n) => {
+                    self.at += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => e,
+            };
+            if self.resumes == RESUMES {
+                return Err(cut);
+            }
+            self.resumes += 1;
+            tracing::debug!(key = %self.key, at = self.at, "S3 body cut ({cut}); resumed");
+            self.body = self.rest()?;
+        }
+    }
+}
+
+impl Resuming {
+    /// The rest of the range, on a new request.
+    fn rest(&self) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+        let range = format!("bytes={}-{}", self.at, self.end - 1);
+        let headers = [("range", range.as_str()), ("if-match", self.etag.as_str())];
+        let reply = self
+            .inner
+            .client
+            .send("GET", Some(&self.key), &[], &headers, Body::Empty)?;
+        if reply.status != 206 {
+            return Err(reply.into_error("GetObject (resumed)"));
+        }
+        Ok(Box::new(reply.response.into_body().into_reader()))
+    }
+}
+
 /// One page's worth of a listing.
 struct Listed {
     objects: Vec<(String, u64, SystemTime)>,
@@ -415,7 +480,7 @@ impl Inner {
     /// GET of `path` from `offset`, `len` bytes of it when given (`Range: bytes=a-b`), else to
     /// the end (`Range: bytes=a-` past the start).
     fn read(
-        &self,
+        self: &Arc<Self>,
         path: &StoragePath,
         offset: u64,
         len: Option<u64>,
@@ -437,10 +502,20 @@ impl Inner {
                     .and_then(|s| s.parse().ok())
                     .or_else(|| reply.header("content-length").and_then(|s| s.parse().ok()))
                     .unwrap_or(0);
-                let body = reply.response.into_body().into_reader();
-                let reader: Box<dyn std::io::Read + Send> = match len {
-                    Some(len) => Box::new(std::io::Read::take(body, len)),
-                    None => Box::new(body),
+                let etag = reply.header("etag").map(str::to_string);
+                let body = Box::new(reply.response.into_body().into_reader());
+                let end = len.map_or(size, |len| offset + len);
+                let reader: Box<dyn std::io::Read + Send> = match etag {
+                    Some(etag) => Box::new(Resuming {
+                        inner: Arc::clone(self),
+                        key,
+                        etag,
+                        at: offset,
+                        end,
+                        body,
+                        resumes: 0,
+                    }),
+                    None => Box::new(std::io::Read::take(body, end - offset)),
                 };
                 Ok(ObjectReader { reader, size })
             }
