@@ -2,8 +2,9 @@
 //! s3s-fs on a free 127.0.0.1 port over a directory, so it can kill the server and start it
 //! again on the same port and data, or stop it (SIGSTOP) to make it slow. berth runs with the
 //! berth-only `timeout` of two seconds. An outage is a 503 with the OCI error body within the
-//! time-out, never a hang; nothing pushed during it becomes visible; pulls work again as soon
-//! as the server is back, with no restart of berth. The same server, which checks presigned
+//! time-out (a server answering 5xx too, after retries), never a hang; nothing pushed during
+//! it becomes visible; pulls work again as soon as the server is back, with no restart of
+//! berth. The same server, which checks presigned
 //! signatures, shows the berth-only `redirect`. Without s3s-fs installed
 //! (`scripts/s3-services.sh start` installs it) the tests fail, naming the script.
 
@@ -324,4 +325,33 @@ fn with_redirect_a_blob_get_is_a_307_to_a_presigned_url_that_serves_the_bytes() 
         .try_send()
         .unwrap();
     assert_eq!(refused.status, 403, "{refused}");
+}
+
+#[test]
+fn a_server_answering_5xx_is_retried_then_a_503() {
+    let s3 = S3sFs::start();
+    let berth = Berth::start_with(s3.settings());
+    let client = berth.client();
+    let bytes = random_bytes(27, 1000);
+    push_blob(&client, "faults/fivexx", &bytes);
+    // s3s-fs answers 500 to a HEAD or GET of a key that is one of its directories: a blob key
+    // made a directory behind berth's back.
+    let digest = sha256(b"not stored");
+    let key = s3
+        .dir
+        .path()
+        .join(BUCKET)
+        .join("berth/faults/fivexx/blobs/sha256")
+        .join(&digest["sha256:".len()..]);
+    std::fs::create_dir_all(key.join("below")).unwrap();
+    let since = Instant::now();
+    let head = client.head(&format!("/v2/faults/fivexx/blobs/{digest}"));
+    // Retried: the pauses between the attempts (20 + 80 + 320 ms) passed. A HEAD has no body.
+    let took = since.elapsed();
+    assert_eq!(head.status, 503, "{head}");
+    assert!(took >= Duration::from_millis(420), "{took:?}");
+    assert!(took < TIME_OUT + SLACK, "answered after {took:?}");
+    let since = Instant::now();
+    let get = client.get(&format!("/v2/faults/fivexx/blobs/{digest}"));
+    assert_unavailable(&get, since);
 }
