@@ -283,6 +283,8 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
                     threshold: s3.multipartcopythresholdsize,
                 },
                 redirect: s3.redirect,
+                time_out: s3.timeout,
+                revalidate: s3.revalidate,
             };
             let described = format!(
                 "s3 bucket {} at {} ({}) under {:?}, chunksize {}, credentials from the {source}",

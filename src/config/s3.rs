@@ -9,13 +9,15 @@
 //! Every attribute of zot's table is taken, with distribution's defaults and accepted values
 //! (its `s3-aws` driver is where zot's table comes from); a value outside them, and an
 //! unknown key, is an error naming the key. What each changes on the wire is in
-//! `storage::driver::s3::client`.
+//! `storage::driver::s3::client`. berth-only: `redirect`, `timeout`, `revalidate`.
 
 use crate::storage::driver::s3::{
-    CannedAcl, Credentials, Encryption, Instance, LogLevel, MultipartCopy, StorageClass, Wire,
+    CannedAcl, Credentials, Encryption, Instance, LogLevel, MultipartCopy, S3Config, StorageClass,
+    Wire,
 };
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::Value;
+use std::time::Duration;
 
 /// The default `chunksize`: distribution's.
 pub const DEFAULT_CHUNK_SIZE: u64 = 10 * 1024 * 1024;
@@ -78,6 +80,15 @@ pub struct S3Settings {
     /// berth-only: blob GETs answer with a redirect to a presigned URL (off by default, as
     /// zot does not redirect).
     pub redirect: bool,
+    /// berth-only: how long any step of an S3 request (connect, the answer, each read of a
+    /// body) may wait before the bucket counts as unavailable (HTTP 503).
+    #[serde(serialize_with = "super::serialize_duration")]
+    pub timeout: Duration,
+    /// berth-only: how long a repository's `index.json`, once read, is served without asking
+    /// the bucket again (a tag moved through another instance is seen within it; changes
+    /// through this one at once). `0s` asks on every request.
+    #[serde(serialize_with = "super::serialize_duration")]
+    pub revalidate: Duration,
     /// The access key given in the config, if any: not printed either, so a printed config
     /// read back finds its credentials where the secret's are (the environment).
     #[serde(skip)]
@@ -301,6 +312,8 @@ struct RawS3 {
     objectacl: Option<Value>,
     loglevel: Option<Value>,
     redirect: Option<bool>,
+    timeout: Option<String>,
+    revalidate: Option<String>,
 }
 
 /// A number, or a string of one (zot's examples write both).
@@ -490,6 +503,19 @@ pub(super) fn resolve(value: &Value, key: &str) -> Result<S3Settings, String> {
             }
         ));
     }
+    let duration = |value: &Option<String>, name: &str, default: Duration| {
+        value.as_deref().map_or(Ok(default), |v| {
+            super::duration::parse(v).map_err(|e| format!("{}: {e}", at(name)))
+        })
+    };
+    let timeout = duration(&raw.timeout, "timeout", S3Config::DEFAULT_TIME_OUT)?;
+    if timeout.is_zero() {
+        return Err(format!(
+            "{}: a request needs some time to be answered",
+            at("timeout")
+        ));
+    }
+    let revalidate = duration(&raw.revalidate, "revalidate", S3Config::DEFAULT_REVALIDATE)?;
     Ok(S3Settings {
         name: "s3".to_string(),
         region,
@@ -517,6 +543,8 @@ pub(super) fn resolve(value: &Value, key: &str) -> Result<S3Settings, String> {
         multipartcopymaxconcurrency,
         multipartcopythresholdsize,
         redirect: raw.redirect.unwrap_or(false),
+        timeout,
+        revalidate,
         accesskey: raw.accesskey,
         secretkey: raw.secretkey,
     })
@@ -554,6 +582,22 @@ mod tests {
         assert_eq!(s.chunksize, DEFAULT_CHUNK_SIZE);
         assert_eq!(s.multipartcopythresholdsize, 32 * 1024 * 1024);
         assert!(!s.redirect);
+        assert_eq!(
+            (s.timeout, s.revalidate),
+            (S3Config::DEFAULT_TIME_OUT, S3Config::DEFAULT_REVALIDATE)
+        );
+        let s =
+            parse(r#"{"name":"s3","region":"r","bucket":"b","timeout":"1m30s","revalidate":"0"}"#)
+                .unwrap();
+        assert_eq!(
+            (s.timeout, s.revalidate),
+            (Duration::from_secs(90), Duration::ZERO)
+        );
+        assert!(
+            serde_json::to_string(&s)
+                .unwrap()
+                .contains(r#""timeout":"1m30s""#)
+        );
         let s = parse(
             r#"{"name":"s3","region":"r","bucket":"b","multipartcopychunksize":5242880,
                 "multipartcopymaxconcurrency":"4","multipartcopythresholdsize":0,"redirect":true}"#,
@@ -828,6 +872,14 @@ mod tests {
             (
                 r#"{"name":"s3","region":"r","bucket":"b","bogus":1}"#,
                 "storage.storageDriver",
+            ),
+            (
+                r#"{"name":"s3","region":"r","bucket":"b","timeout":"0"}"#,
+                "storage.storageDriver.timeout",
+            ),
+            (
+                r#"{"name":"s3","region":"r","bucket":"b","revalidate":"soon"}"#,
+                "storage.storageDriver.revalidate",
             ),
             (
                 r#"{"name":"s3","region":"r","bucket":"b","accesskey":"a"}"#,

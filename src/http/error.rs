@@ -160,6 +160,16 @@ impl From<StoreError> for ApiError {
             StoreError::Driver(DriverError::InvalidPath { .. }) => ErrorKind::NameInvalid,
             // Deletes wait for the start-up pass; the message says why, nothing is broken.
             StoreError::DedupeUnavailable(_) => ErrorKind::Unavailable,
+            // The backend is down or slow (DESIGN decision 12): the client may retry; the
+            // cause names keys in the bucket, so it is logged, not sent.
+            StoreError::Driver(DriverError::Unavailable { .. }) => {
+                let mut unavailable = ApiError::new(
+                    ErrorKind::Unavailable,
+                    "the registry's storage is unavailable; retry later",
+                );
+                unavailable.cause = Some(message);
+                return unavailable;
+            }
             StoreError::CorruptLayout { .. } | StoreError::Driver(_) => {
                 let mut internal = ApiError::new(
                     ErrorKind::Internal,
@@ -211,6 +221,24 @@ mod tests {
                 .unwrap()
                 .contains("/srv/registry/root/app/index.json")
         );
+    }
+
+    #[test]
+    fn an_unavailable_backend_is_a_503_without_its_keys() {
+        let e: ApiError = StoreError::Driver(DriverError::Unavailable {
+            driver: "s3",
+            op: "stat",
+            path: "root/app/index.json".into(),
+            source: std::io::ErrorKind::TimedOut.into(),
+        })
+        .into();
+        let v: Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(
+            (e.status(), v["errors"][0]["code"].as_str()),
+            (503, Some("UNAVAILABLE"))
+        );
+        assert!(!v.to_string().contains("index.json"), "{v}");
+        assert!(e.cause.unwrap().contains("root/app/index.json"));
     }
 
     #[test]

@@ -336,6 +336,12 @@ fn blob_get(
         let size = store.blob_size(repo, digest)?;
         return Ok(base(200).body(Body::LengthOnly(size)));
     }
+    // The client fetches the bytes from the storage itself (a Range goes along with it).
+    if !head && let Some(url) = store.blob_redirect(repo, digest)? {
+        return Ok(Reply::new(307)
+            .header("Location", url)
+            .header("Docker-Content-Digest", digest.to_string()));
+    }
     let range = match spec {
         None => None,
         Some(RangeSpec::From(start, end)) => Some(ByteRange {

@@ -1,35 +1,65 @@
 //! A per-repository cache of parsed `index.json`, so manifest and tag lookups do not re-read
-//! and re-parse the file on every request. Each lookup revalidates with one `stat`: an entry is
-//! used only while the file's fingerprint is unchanged, so layouts changed on disk by other
-//! tools are still served correctly. The map is striped; no lock covers the whole store. The
-//! cache holds about `BUDGET` bytes of listings across all repositories (a mirror must not keep
-//! every index it ever read: a gc sweep reads them all): past that, other repositories' entries
-//! are dropped, in no particular order, and parsed again when next used.
+//! and re-parse the file on every request, and a cache of manifest bytes for drivers where
+//! reading them is a round trip.
+//!
+//! An index entry is used only while the file's fingerprint is unchanged, so layouts changed
+//! on disk by other tools, or through other instances, are still served correctly. Where the
+//! driver asks for it to be revalidated on every use (local: one `stat`), it is; where asking
+//! is a round trip (S3: a HEAD), pulls serve an entry checked within the driver's
+//! `revalidate_after` without asking (`fresh`), and writes always ask. The map is striped; no
+//! lock covers the whole store. The cache holds about `BUDGET` bytes of listings across all
+//! repositories (a mirror must not keep every index it ever read: a gc sweep reads them all):
+//! past that, other repositories' entries are dropped, in no particular order, and parsed
+//! again when next used.
 
 use super::listing::Listing;
 use super::locks::Striped;
+use crate::digest::Digest;
 use crate::oci::RepoName;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 /// Bytes of listings (`Listing::weight`) the cache keeps across repositories: room for one
 /// repository of 100,000 tags (~90 MB) and many small ones.
 const BUDGET: usize = 128 << 20;
 
-/// A parsed index and the fingerprint of the file it was parsed from (or written as).
-type Entry = (u64, Arc<Listing>);
+/// A parsed index, the fingerprint of the file it was parsed from (or written as), and when
+/// that fingerprint was last found current (`IndexCache::now`).
+struct Entry {
+    fingerprint: u64,
+    checked: AtomicU64,
+    index: Arc<Listing>,
+}
 
 /// Parsed indexes keyed by repository.
-#[derive(Default)]
 pub(super) struct IndexCache {
     stripes: Striped<RwLock<HashMap<RepoName, Entry>>>,
     /// Bytes held by the entries now (as `Listing::weight` counts them).
     weight: AtomicUsize,
+    /// What `Entry::checked` counts from.
+    epoch: Instant,
+}
+
+impl Default for IndexCache {
+    fn default() -> IndexCache {
+        IndexCache {
+            stripes: Striped::default(),
+            weight: AtomicUsize::new(0),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 impl IndexCache {
-    /// The cached index of `repo` if it was parsed from a file with `fingerprint`.
+    /// Nanoseconds since `epoch`.
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The cached index of `repo` if it was parsed from a file with `fingerprint`, which the
+    /// caller just found current.
     pub(super) fn get(&self, repo: &RepoName, fingerprint: u64) -> Option<Arc<Listing>> {
         let map = self
             .stripes
@@ -37,23 +67,47 @@ impl IndexCache {
             .read()
             .unwrap_or_else(PoisonError::into_inner);
         match map.get(repo) {
-            Some((f, index)) if *f == fingerprint => Some(Arc::clone(index)),
+            Some(entry) if entry.fingerprint == fingerprint => {
+                entry.checked.store(self.now(), Ordering::Relaxed);
+                Some(Arc::clone(&entry.index))
+            }
             _ => None,
         }
     }
 
-    /// Records the index parsed from (or just written as) the file with `fingerprint`.
+    /// The cached index of `repo`, with its fingerprint, if it was found current within
+    /// `max_age`.
+    pub(super) fn fresh(&self, repo: &RepoName, max_age: Duration) -> Option<(u64, Arc<Listing>)> {
+        let map = self
+            .stripes
+            .get(repo)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let entry = map.get(repo)?;
+        let age = self
+            .now()
+            .saturating_sub(entry.checked.load(Ordering::Relaxed));
+        (Duration::from_nanos(age) < max_age).then(|| (entry.fingerprint, Arc::clone(&entry.index)))
+    }
+
+    /// Records the index parsed from (or just written as) the file with `fingerprint`,
+    /// current now.
     pub(super) fn put(&self, repo: &RepoName, fingerprint: u64, index: Arc<Listing>) {
         let added = index.weight();
+        let entry = Entry {
+            fingerprint,
+            checked: AtomicU64::new(self.now()),
+            index,
+        };
         let replaced = self
             .stripes
             .get(repo)
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(repo.clone(), (fingerprint, index));
+            .insert(repo.clone(), entry);
         self.weight.fetch_add(added, Ordering::Relaxed);
-        if let Some((_, old)) = replaced {
-            self.weight.fetch_sub(old.weight(), Ordering::Relaxed);
+        if let Some(old) = replaced {
+            self.weight.fetch_sub(old.index.weight(), Ordering::Relaxed);
         }
         if self.weight.load(Ordering::Relaxed) > BUDGET {
             self.shrink(repo);
@@ -69,8 +123,8 @@ impl IndexCache {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(repo);
-        if let Some((_, old)) = removed {
-            self.weight.fetch_sub(old.weight(), Ordering::Relaxed);
+        if let Some(old) = removed {
+            self.weight.fetch_sub(old.index.weight(), Ordering::Relaxed);
         }
     }
 
@@ -84,13 +138,84 @@ impl IndexCache {
             let Ok(mut map) = stripe.try_write() else {
                 continue;
             };
-            map.retain(|repo, (_, index)| {
+            map.retain(|repo, entry| {
                 if repo == keep || self.weight.load(Ordering::Relaxed) <= BUDGET {
                     return true;
                 }
-                self.weight.fetch_sub(index.weight(), Ordering::Relaxed);
+                self.weight
+                    .fetch_sub(entry.index.weight(), Ordering::Relaxed);
                 false
             });
+        }
+    }
+}
+
+/// Bytes of manifests `ManifestBytes` keeps.
+const MANIFEST_BUDGET: usize = 64 << 20;
+
+/// Manifest bytes by repository and digest, for drivers where reading them is a round trip:
+/// the bytes of a digest never change, but they may be deleted (through another instance
+/// too), so an entry is served only within the driver's `revalidate_after` of its read, as
+/// the index that names it is. Past `MANIFEST_BUDGET` it is emptied, not evicted piece by
+/// piece: what is pulled is read again at once, and a full cache is rare.
+pub(super) struct ManifestBytes {
+    held: Mutex<Held>,
+}
+
+/// What `ManifestBytes` holds: each manifest's bytes and when they were read, and their
+/// total length.
+#[derive(Default)]
+struct Held {
+    bytes: HashMap<(RepoName, Digest), Read>,
+    weight: usize,
+}
+
+/// A manifest's bytes and when they were read.
+type Read = (Instant, Arc<Vec<u8>>);
+
+impl Default for ManifestBytes {
+    fn default() -> ManifestBytes {
+        ManifestBytes {
+            held: Mutex::new(Held::default()),
+        }
+    }
+}
+
+impl ManifestBytes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The bytes of `digest` in `repo` if read within `max_age`.
+    pub(super) fn fresh(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        max_age: Duration,
+    ) -> Option<Arc<Vec<u8>>> {
+        let held = self.lock();
+        let (read, bytes) = held.bytes.get(&(repo.clone(), digest.clone()))?;
+        (read.elapsed() < max_age).then(|| Arc::clone(bytes))
+    }
+
+    /// Records the bytes of `digest` in `repo`, read now.
+    pub(super) fn put(&self, repo: &RepoName, digest: &Digest, bytes: Arc<Vec<u8>>) {
+        let mut held = self.lock();
+        if held.weight + bytes.len() > MANIFEST_BUDGET {
+            *held = Held::default();
+        }
+        held.weight += bytes.len();
+        let key = (repo.clone(), digest.clone());
+        if let Some((_, old)) = held.bytes.insert(key, (Instant::now(), bytes)) {
+            held.weight -= old.len();
+        }
+    }
+
+    /// Drops the bytes of `digest` in `repo` (deleted through this store).
+    pub(super) fn forget(&self, repo: &RepoName, digest: &Digest) {
+        let mut held = self.lock();
+        if let Some((_, old)) = held.bytes.remove(&(repo.clone(), digest.clone())) {
+            held.weight -= old.len();
         }
     }
 }

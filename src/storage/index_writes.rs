@@ -64,6 +64,15 @@ impl PendingChanges {
 pub(super) fn shared_failure(e: &StoreError) -> StoreError {
     match e {
         StoreError::NameUnknown(repo) => StoreError::NameUnknown(repo.clone()),
+        // Still unavailable for each: a 503 the client retries, not a 500.
+        StoreError::Driver(DriverError::Unavailable {
+            driver, op, path, ..
+        }) => StoreError::Driver(DriverError::Unavailable {
+            driver,
+            op,
+            path: path.clone(),
+            source: std::io::Error::other(e.to_string()),
+        }),
         other => StoreError::Driver(DriverError::Io {
             driver: "index",
             op: "write index.json",

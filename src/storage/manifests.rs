@@ -53,9 +53,23 @@ const PUT_ATTEMPTS: usize = 3;
 
 impl Store {
     /// The parsed `index.json` of `repo`, or `NameUnknown`. Served from the cache while the
-    /// file's fingerprint is unchanged.
+    /// file's fingerprint is unchanged, which is asked of the driver every time: for writes,
+    /// deletes and sweeps, which must see what is there now.
     pub(super) fn read_index(&self, repo: &RepoName) -> Result<Arc<Listing>, StoreError> {
         self.read_index_version(repo).map(|(_, index)| index)
+    }
+
+    /// `read_index` for pulls, with the fingerprint: an index found current within the
+    /// driver's `revalidate_after` is served without asking (S3: no HEAD per manifest GET).
+    fn read_index_served(&self, repo: &RepoName) -> Result<(u64, Arc<Listing>), StoreError> {
+        let interval = self.driver.revalidate_after();
+        if !interval.is_zero()
+            && let Some(fresh) = self.indexes.fresh(repo, interval)
+        {
+            return Ok(fresh);
+        }
+        let (meta, index) = self.read_index_version(repo)?;
+        Ok((meta.fingerprint, index))
     }
 
     /// `read_index`, with what `stat` said of the file before it was read: a version no newer
@@ -67,7 +81,7 @@ impl Store {
         let path = layout::index_json(repo)?;
         let meta = self
             .driver
-            .stat(&path)?
+            .stat_object(&path)?
             .ok_or_else(|| StoreError::NameUnknown(repo.clone()))?;
         if let Some(index) = self.indexes.get(repo, meta.fingerprint) {
             return Ok((meta, index));
@@ -290,7 +304,7 @@ impl Store {
         repo: &RepoName,
         reference: &Reference,
     ) -> Result<Descriptor, StoreError> {
-        let index = self.read_index(repo)?;
+        let (_, index) = self.read_index_served(repo)?;
         let unknown = || StoreError::ManifestUnknown(reference.to_string());
         match reference {
             Reference::Tag(tag) => index.tagged(tag.as_str()).cloned().ok_or_else(unknown),
@@ -352,6 +366,15 @@ impl Store {
         reference: &Reference,
     ) -> Result<Descriptor, StoreError> {
         let descriptor = self.manifest_descriptor(repo, reference)?;
+        if !self.driver.revalidate_after().is_zero() {
+            // Reading a manifest costs an object store what asking for its size does, and
+            // a GET that follows the HEAD (what clients do) is then served from the cache.
+            let bytes = self.manifest_bytes_of(repo, reference, &descriptor.digest)?;
+            return Ok(Descriptor {
+                size: bytes.len() as u64,
+                ..descriptor
+            });
+        }
         let blob = layout::blob(repo, &descriptor.digest)?;
         match placeholders::resolve(&*self.driver, &blob, &descriptor.digest)? {
             Some(found) => Ok(Descriptor {
@@ -369,14 +392,39 @@ impl Store {
         reference: &Reference,
     ) -> Result<StoredManifest, StoreError> {
         let mut descriptor = self.manifest_descriptor(repo, reference)?;
-        let blob = layout::blob(repo, &descriptor.digest)?;
-        let bytes = placeholders::get(&*self.driver, &blob, &descriptor.digest)
-            .map_err(|e| not_found_as(e, || StoreError::ManifestUnknown(reference.to_string())))?;
+        // Unshared (nothing cached it) where the driver caches nothing: no copy then.
+        let bytes =
+            Arc::unwrap_or_clone(self.manifest_bytes_of(repo, reference, &descriptor.digest)?);
         descriptor.size = bytes.len() as u64;
         if let Some(usage) = &self.usage {
             usage.pulled(repo, &descriptor.digest);
         }
         Ok(StoredManifest { descriptor, bytes })
+    }
+
+    /// The bytes of manifest `digest`, which `reference` named: from the cache where the
+    /// driver's `revalidate_after` allows one and they were read within it, else read (and,
+    /// where it allows one, cached).
+    fn manifest_bytes_of(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        digest: &Digest,
+    ) -> Result<Arc<Vec<u8>>, StoreError> {
+        let interval = self.driver.revalidate_after();
+        if !interval.is_zero()
+            && let Some(bytes) = self.manifest_bytes.fresh(repo, digest, interval)
+        {
+            return Ok(bytes);
+        }
+        let blob = layout::blob(repo, digest)?;
+        let bytes = placeholders::get(&*self.driver, &blob, digest)
+            .map_err(|e| not_found_as(e, || StoreError::ManifestUnknown(reference.to_string())))?;
+        let bytes = Arc::new(bytes);
+        if !interval.is_zero() {
+            self.manifest_bytes.put(repo, digest, Arc::clone(&bytes));
+        }
+        Ok(bytes)
     }
 
     /// Deletes a tag (the manifest stays pullable by digest) or a manifest by digest (every
@@ -426,7 +474,7 @@ impl Store {
 
     /// The tags of `repo`, sorted and without duplicates.
     pub fn tags(&self, repo: &RepoName) -> Result<Vec<String>, StoreError> {
-        Ok(self.read_index(repo)?.tags())
+        Ok(self.read_index_served(repo)?.1.tags())
     }
 
     /// The referrers index of `subject` in `repo`: the manifests it lists whose `subject` is
@@ -438,8 +486,8 @@ impl Store {
         subject: &Digest,
         artifact_type: Option<&str>,
     ) -> Result<ReferrersPage, StoreError> {
-        let (fingerprint, index) = match self.read_index_version(repo) {
-            Ok((meta, index)) => (meta.fingerprint, index),
+        let (fingerprint, index) = match self.read_index_served(repo) {
+            Ok(found) => found,
             Err(StoreError::NameUnknown(_)) => return Ok(ReferrersPage::empty()),
             Err(e) => return Err(e),
         };
@@ -475,7 +523,7 @@ fn list_manifest(
     move |index| {
         check_content(&*driver, &repo, &required)?;
         let own = layout::blob(&repo, &entry.digest)?;
-        if driver.stat(&own)?.is_none_or(|m| m.is_dir) {
+        if driver.stat_object(&own)?.is_none() {
             return Err(StoreError::ManifestBlobUnknown(entry.digest.clone()));
         }
         let mut changed = false;
@@ -543,7 +591,7 @@ fn descriptor_height(
     heights: &mut Heights,
 ) -> Result<usize, StoreError> {
     let blob = layout::blob(repo, &d.digest)?;
-    if driver.stat(&blob)?.is_none_or(|m| m.is_dir) {
+    if driver.stat_object(&blob)?.is_none() {
         return Err(StoreError::ManifestBlobUnknown(d.digest.clone()));
     }
     if !media_type::is_manifest(&d.media_type) {

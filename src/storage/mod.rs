@@ -50,6 +50,9 @@ use driver::{Driver, DriverError, ObjectMeta, ObjectReader, StoragePath};
 use locks::Striped;
 use std::sync::Arc;
 
+/// How long a presigned blob URL is valid: distribution's 20 minutes.
+const REDIRECT_EXPIRY: std::time::Duration = std::time::Duration::from_secs(20 * 60);
+
 /// Largest manifest accepted, as zot and distribution do (4 MiB).
 pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
 
@@ -67,6 +70,7 @@ pub struct Store {
     blob_locks: Striped<std::sync::Mutex<()>>,
     sessions: uploads::Sessions,
     indexes: index_cache::IndexCache,
+    manifest_bytes: index_cache::ManifestBytes,
     referrers: referrers::ReferrerCache,
     pending: index_writes::PendingChanges,
     dedupe: Option<dedupe::Dedupe>,
@@ -172,6 +176,7 @@ impl Store {
             blob_locks: Striped::default(),
             sessions: uploads::Sessions::default(),
             indexes: index_cache::IndexCache::default(),
+            manifest_bytes: index_cache::ManifestBytes::default(),
             referrers: referrers::ReferrerCache::default(),
             pending: index_writes::PendingChanges::default(),
             dedupe,
@@ -254,12 +259,32 @@ impl Store {
 
     /// Whether `repo` exists (has an `index.json`).
     pub fn repo_exists(&self, repo: &RepoName) -> Result<bool, StoreError> {
-        Ok(self.driver.stat(&layout::index_json(repo)?)?.is_some())
+        Ok(self
+            .driver
+            .stat_object(&layout::index_json(repo)?)?
+            .is_some())
     }
 
     /// The size of a blob held by `repo`.
     pub fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64, StoreError> {
         Ok(self.blob_resolved(repo, digest)?.meta.size)
+    }
+
+    /// A URL from which the client can GET `repo`'s blob `digest` itself, where the driver
+    /// hands out presigned URLs (else `None`: the bytes are served), valid for
+    /// `REDIRECT_EXPIRY`. A placeholder's URL is its holder's. `BlobUnknown` if absent.
+    pub fn blob_redirect(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<String>, StoreError> {
+        if !self.driver.capabilities().presigned_urls {
+            return Ok(None);
+        }
+        let resolved = self.blob_resolved(repo, digest)?;
+        Ok(Some(
+            self.driver.presigned_url(&resolved.path, REDIRECT_EXPIRY)?,
+        ))
     }
 
     /// Opens a blob for reading, limited to `range` when given. A range whose start lies past
@@ -270,6 +295,12 @@ impl Store {
         digest: &Digest,
         range: Option<ByteRange>,
     ) -> Result<(BlobRead, Option<ByteRange>), StoreError> {
+        if range.is_none()
+            && !self.driver.capabilities().local_files
+            && let Some(whole) = self.blob_read_whole(repo, digest)?
+        {
+            return Ok((whole, None));
+        }
         let resolved = self.blob_resolved(repo, digest)?;
         let (path, size) = (resolved.path, resolved.meta.size);
         let range = match range {
@@ -296,12 +327,35 @@ impl Store {
             let body = BlobBody::File { file, offset, len };
             return Ok((BlobRead { size, body }, range));
         }
-        let ObjectReader { reader, .. } = self
-            .driver
-            .reader(&path, offset)
-            .map_err(|e| not_found_as(e, missing))?;
-        let body = BlobBody::Stream(Box::new(std::io::Read::take(reader, len)), len);
+        // A range is asked of the driver as such: an object store then sends only its bytes.
+        let read = match range {
+            Some(_) => self.driver.reader_range(&path, offset, len),
+            None => self.driver.reader(&path, 0),
+        };
+        let ObjectReader { reader, .. } = read.map_err(|e| not_found_as(e, missing))?;
+        let body = BlobBody::Stream(reader, len);
         Ok((BlobRead { size, body }, range))
+    }
+
+    /// A whole blob read with one request, where a `stat` would cost one more (an object
+    /// store): the answer to the read carries the size. `None` when the object may be a
+    /// placeholder, which the caller resolves first.
+    fn blob_read_whole(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<BlobRead>, StoreError> {
+        let read = self
+            .driver
+            .reader(&layout::blob(repo, digest)?, 0)
+            .map_err(|e| not_found_as(e, || StoreError::BlobUnknown(digest.clone())))?;
+        if placeholders::may_be(digest, read.size) {
+            return Ok(None);
+        }
+        Ok(Some(BlobRead {
+            size: read.size,
+            body: BlobBody::Stream(read.reader, read.size),
+        }))
     }
 
     /// Deletes a blob from one repository; other repositories' links to it are untouched. A
@@ -346,6 +400,7 @@ impl Store {
                  and some may still name it"
             )));
         }
+        self.manifest_bytes.forget(repo, digest);
         self.driver
             .delete(&path)
             .map_err(|e| not_found_as(e, unknown))?;

@@ -68,9 +68,8 @@ pub(super) fn lookup(
     path: &StoragePath,
     digest: &Digest,
 ) -> Result<Lookup, DriverError> {
-    let meta = match driver.stat(path)? {
-        Some(meta) if !meta.is_dir => meta,
-        _ => return Ok(Lookup::Missing),
+    let Some(meta) = driver.stat_object(path)? else {
+        return Ok(Lookup::Missing);
     };
     if !may_be(digest, meta.size) {
         return Ok(Lookup::Found(Resolved {
@@ -87,8 +86,8 @@ pub(super) fn lookup(
     };
     // A holder holds bytes: an empty one (itself a placeholder, or cut) would serve a
     // non-empty digest as zero bytes.
-    Ok(match driver.stat(&holder)? {
-        Some(meta) if !meta.is_dir && meta.size > 0 => Lookup::Found(Resolved {
+    Ok(match driver.stat_object(&holder)? {
+        Some(meta) if meta.size > 0 => Lookup::Found(Resolved {
             path: holder,
             meta,
             placeholder: true,

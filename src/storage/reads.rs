@@ -41,6 +41,15 @@ pub trait Reads: Send + Sync {
         self.store().blob_size(repo, digest)
     }
 
+    /// Where the client may fetch a blob itself, if anywhere (see `Store::blob_redirect`).
+    fn blob_redirect(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<String>, StoreError> {
+        self.store().blob_redirect(repo, digest)
+    }
+
     /// A blob's bytes, limited to `range` when given (see `Store::blob_read`).
     fn blob_read(
         &self,

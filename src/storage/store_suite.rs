@@ -84,6 +84,7 @@ pub(super) fn run(stores: &Stores<'_>) {
     }
     listing_the_catalog(&store);
     two_stores_lose_no_tag(&open(), &open());
+    another_store_sees_a_moved_tag(&open(), &open());
 }
 
 fn repo(name: &str) -> RepoName {
@@ -1007,7 +1008,35 @@ fn two_stores_lose_no_tag(first: &Store, second: &Store) {
             }
         }
     });
+    // `second` may serve what it last read for the driver's interval (DESIGN decision 11).
+    std::thread::sleep(second.driver.revalidate_after());
     assert_eq!(second.tags(&repo).unwrap().len(), 2 * THREADS * TAGS);
+}
+
+/// A tag moved, and a manifest deleted, through one store are seen by another that read
+/// them before, once the driver's revalidation interval has passed (at once where it is
+/// zero): what a pull serves is never older than that.
+fn another_store_sees_a_moved_tag(first: &Store, second: &Store) {
+    let repo = repo("moved-tag");
+    let config = push(first, &repo, b"{}");
+    let old = image_json(&config, &[], "old");
+    let new = image_json(&config, &[], "new");
+    let old_digest = put_manifest(first, &repo, "latest", &old);
+    assert!(manifest_bytes(second, &repo, "latest").unwrap() == old);
+    assert!(manifest_bytes(second, &repo, &old_digest.to_string()).unwrap() == old);
+    assert_eq!(second.tags(&repo).unwrap(), ["latest"]);
+    put_manifest(first, &repo, "latest", &new);
+    put_manifest(first, &repo, "next", &new);
+    first
+        .manifest_delete(&repo, &Reference::Digest(old_digest.clone()))
+        .unwrap();
+    std::thread::sleep(second.driver.revalidate_after());
+    assert!(manifest_bytes(second, &repo, "latest").unwrap() == new);
+    assert_eq!(second.tags(&repo).unwrap(), ["latest", "next"]);
+    assert!(matches!(
+        manifest_bytes(second, &repo, &old_digest.to_string()),
+        Err(StoreError::ManifestUnknown(_))
+    ));
 }
 
 /// A fresh local root: each driver opened is a separate `LocalDriver` over it, writing

@@ -4,9 +4,10 @@
 //! (`dedupe`) and `subPaths` stores (`subpaths`); issue 5's garbage collection and retention
 //! (`gc`) and scrub (`scrub`); issue 10's hostile HTTP at the front end (`hostile_http`); issue
 //! 13's S3 storage (`s3` and upload sessions in the bucket, `s3_uploads`, against moto from
-//! `scripts/s3-services.sh`, and `s3_credentials` against s3s-fs, which checks signatures; the
-//! skopeo, oras, dedupe, gc and scrub flows also run on S3 in their own modules, through
-//! `util::store`).
+//! `scripts/s3-services.sh`; `s3_credentials` against s3s-fs, which checks signatures;
+//! `s3_faults`, against an s3s-fs of its own that it stops, stalls and starts again, and the
+//! presigned redirect; the skopeo, oras, dedupe, gc and scrub flows also run on S3 in their
+//! own modules, through `util::store`).
 
 mod api;
 mod bad_input;
@@ -23,6 +24,7 @@ mod leftovers;
 mod oras;
 mod s3;
 mod s3_credentials;
+mod s3_faults;
 mod s3_uploads;
 mod scrub;
 mod skopeo;

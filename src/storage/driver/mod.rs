@@ -210,6 +210,10 @@ pub struct Capabilities {
     /// parts go to the blob's key, so no copy places it); without it, such an upload is
     /// staged and moved into place like any other.
     pub direct_uploads: bool,
+    /// `presigned_url` hands out a URL a client can fetch an object from directly (S3: a
+    /// SigV4 query-signed GET, when the store is configured to redirect), so blob GETs can
+    /// answer with a redirect instead of streaming the bytes through the registry.
+    pub presigned_urls: bool,
 }
 
 /// One of a driver's own temporary files (see `Driver::scratch_files`).
@@ -265,6 +269,20 @@ pub enum DriverError {
         op: &'static str,
         /// The path.
         path: String,
+    },
+    /// The backend cannot be reached, did not answer within its time-out, or answered that it
+    /// is failing (S3: a 5xx), after the driver's retry budget: nothing is wrong with the
+    /// request, and the same request may succeed once the backend is back (HTTP 503).
+    #[error("{driver}: {op} {path}: storage unavailable: {source}")]
+    Unavailable {
+        /// Driver name.
+        driver: &'static str,
+        /// The operation.
+        op: &'static str,
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
     },
     /// The backend failed.
     #[error("{driver}: {op} {path}: {source}")]
@@ -344,6 +362,38 @@ pub trait Driver: Send + Sync {
 
     /// Metadata, or `None` if nothing is there.
     fn stat(&self, path: &StoragePath) -> Result<Option<ObjectMeta>, DriverError>;
+
+    /// Metadata of the object at `path`, or `None` if no object is there (nothing, or only a
+    /// directory or prefix): for callers that ask about an object (a blob, `index.json`), so
+    /// an object store need not list to tell a prefix from nothing.
+    fn stat_object(&self, path: &StoragePath) -> Result<Option<ObjectMeta>, DriverError> {
+        Ok(self.stat(path)?.filter(|meta| !meta.is_dir))
+    }
+
+    /// Streams `len` bytes of an object from `offset` (both within its size), for a ranged
+    /// read: an object store asks its backend for that range only, rather than reading to the
+    /// end and dropping the rest. `NotFound` if absent.
+    fn reader_range(
+        &self,
+        path: &StoragePath,
+        offset: u64,
+        len: u64,
+    ) -> Result<ObjectReader, DriverError> {
+        let ObjectReader { reader, size } = self.reader(path, offset)?;
+        Ok(ObjectReader {
+            reader: Box::new(reader.take(len)),
+            size,
+        })
+    }
+
+    /// How long what was read of a mutable document (a repository's `index.json`) may be
+    /// served again without asking the backend whether it changed. Zero (the default) asks
+    /// every time: a local `stat` costs a system call. An object store, where asking is a
+    /// round trip, may trust a read for a short interval: a change made through another
+    /// instance is then seen within it (changes made through this store are seen at once).
+    fn revalidate_after(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 
     /// Writes a whole object atomically: readers see the old bytes or the new, never a part.
     /// Missing parent directories are created.
@@ -486,6 +536,22 @@ pub trait Driver: Send + Sync {
 
     /// Makes `to` hold the same bytes as `from`, atomically. `NotFound` if `from` is absent.
     fn copy(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError>;
+
+    /// A URL from which a client can GET the object at `path` itself, valid for `expires`,
+    /// where the driver declares `presigned_urls`; without it, `Unsupported`. Makes no
+    /// request: the object is not checked for.
+    fn presigned_url(
+        &self,
+        path: &StoragePath,
+        expires: std::time::Duration,
+    ) -> Result<String, DriverError> {
+        let _ = expires;
+        Err(DriverError::Unsupported {
+            driver: self.name(),
+            op: "presign",
+            path: path.to_string(),
+        })
+    }
 
     /// The object as an open local file, so the front end can send it with sendfile(2)
     /// instead of copying it through user space: what `local_files` declares. `Ok(None)`

@@ -989,6 +989,7 @@ impl Driver for LocalDriver {
             upload_notes: self.xattrs,
             // A staged upload is placed by one rename: nothing for a direct write to save.
             direct_uploads: false,
+            presigned_urls: false,
         }
     }
 

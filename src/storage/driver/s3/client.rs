@@ -223,8 +223,12 @@ impl Reply {
     }
 }
 
-/// Attempts before the last one of `Client::send`.
-const RETRIES: usize = 3;
+/// Most attempts `Client::send` makes of one request (DESIGN decision 12: a retry budget).
+const ATTEMPTS: usize = 4;
+
+/// The longest a connection may take to open, whatever the request time-out: a server that
+/// does not accept within it is down, and the next attempt may find it back.
+const CONNECT_TIME_OUT: Duration = Duration::from_secs(5);
 
 /// A request body: none, or bytes already in memory (a part of at most `chunksize`, or a small
 /// object).
@@ -276,19 +280,22 @@ pub(super) struct Client {
     /// The URL up to the path (`scheme://host`).
     base: String,
     user_agent: String,
+    /// How long a request may wait for any one step (connect, send, the answer, each read of
+    /// a body), and how long after its first attempt it may still be retried.
+    time_out: Duration,
 }
 
 impl Client {
-    pub(super) fn new(endpoint: Endpoint) -> Client {
+    pub(super) fn new(endpoint: Endpoint, time_out: Duration) -> Client {
         // Time-outs per step, none on a whole body: a blob stream may take long, but never
-        // stall for a minute (DESIGN decision 12: no remote call hangs a worker).
+        // stall past `time_out` (DESIGN decision 12: no remote call hangs a worker).
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .max_redirects(0)
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .timeout_recv_response(Some(Duration::from_secs(120)))
-            .timeout_per_read(Some(Duration::from_secs(60)))
-            .timeout_per_write(Some(Duration::from_secs(60)))
+            .timeout_connect(Some(time_out.min(CONNECT_TIME_OUT)))
+            .timeout_recv_response(Some(time_out))
+            .timeout_per_read(Some(time_out))
+            .timeout_per_write(Some(time_out))
             .max_idle_connections_per_host(64)
             .tls_config(
                 ureq::tls::TlsConfig::builder()
@@ -322,6 +329,7 @@ impl Client {
             host,
             base,
             user_agent,
+            time_out,
         }
     }
 
@@ -335,9 +343,16 @@ impl Client {
     }
 
     /// Sends one signed request for `key` (`None`: the bucket itself) with `query` (pairs, not
-    /// yet encoded) and extra `headers`. A connection failure or a 500, 502, 503 or 504 is
-    /// retried a few times with a growing pause (every body is in memory, so it can be sent
-    /// again; every request the driver makes has the same effect sent twice).
+    /// yet encoded) and extra `headers`, within a retry budget: at most `ATTEMPTS` attempts
+    /// with a growing pause, none begun later than `time_out` after the first. Every body is
+    /// in memory, so it can be sent again. A 500, 502, 503 or 504 is retried, as AWS's SDKs
+    /// do; a request that never reached the server (refused, no connection) is retried
+    /// whatever it is; one that failed on the way only if sending it twice is harmless, which
+    /// holds for every GET, HEAD, PUT and DELETE the driver makes (a conditional PUT repeated
+    /// after it succeeded fails its condition, which callers read as someone else's write),
+    /// not for a POST (a repeated CompleteMultipartUpload finds its upload gone). A time-out
+    /// is not retried: it spent the budget. The error is a failure to get an answer: the
+    /// transport's, or the last 5xx.
     pub(super) fn send(
         &self,
         method: &str,
@@ -346,11 +361,15 @@ impl Client {
         headers: &[(&str, &str)],
         body: Body<'_>,
     ) -> std::io::Result<Reply> {
+        let started = Instant::now();
         let mut pause = Duration::from_millis(20);
         let log = self.endpoint.wire.log;
-        for _ in 0..RETRIES {
+        let mut attempt = 1;
+        loop {
+            let last = attempt == ATTEMPTS || started.elapsed() + pause >= self.time_out;
             match self.send_once(method, key, query, headers, body) {
                 Ok(reply) if !matches!(reply.status, 500 | 502 | 503 | 504) => return Ok(reply),
+                Ok(reply) if last => return Err(reply.into_error(method)),
                 Ok(reply) => {
                     if log.retries() {
                         tracing::info!(method, key, status = reply.status, "S3 request retried");
@@ -359,13 +378,22 @@ impl Client {
                     }
                     let _ = reply.bytes();
                 }
-                Err(e) if log.retries() => tracing::info!(method, key, "S3 request retried: {e}"),
-                Err(e) => tracing::debug!(method, key, "S3 request retried: {e}"),
+                Err(e) => {
+                    let retry = !last && !timed_out(&e) && (unsent(&e) || method != "POST");
+                    if !retry {
+                        return Err(into_io(e));
+                    }
+                    if log.retries() {
+                        tracing::info!(method, key, "S3 request retried: {e}");
+                    } else {
+                        tracing::debug!(method, key, "S3 request retried: {e}");
+                    }
+                }
             }
             std::thread::sleep(pause);
             pause *= 4;
+            attempt += 1;
         }
-        self.send_once(method, key, query, headers, body)
     }
 
     /// The headers that go with a request creating an object (PutObject, CopyObject,
@@ -409,7 +437,7 @@ impl Client {
         query: &[(&str, &str)],
         headers: &[(&str, &str)],
         body: Body<'_>,
-    ) -> std::io::Result<Reply> {
+    ) -> Result<Reply, ureq::Error> {
         let started = Instant::now();
         let wire = &self.endpoint.wire;
         let credentials = self.endpoint.credentials.get()?;
@@ -498,20 +526,11 @@ impl Client {
             tracing::info!(method, key, headers = ?without_secrets(headers), "S3 request headers");
         }
         let result = match body {
-            Body::Empty if method != "PUT" && method != "POST" => {
-                let request = request.body(()).map_err(std::io::Error::other)?;
-                self.agent.run(request)
-            }
-            Body::Empty => {
-                let request = request.body(&[][..]).map_err(std::io::Error::other)?;
-                self.agent.run(request)
-            }
-            Body::Bytes(bytes) => {
-                let request = request.body(bytes).map_err(std::io::Error::other)?;
-                self.agent.run(request)
-            }
+            Body::Empty if method != "PUT" && method != "POST" => self.agent.run(request.body(())?),
+            Body::Empty => self.agent.run(request.body(&[][..])?),
+            Body::Bytes(bytes) => self.agent.run(request.body(bytes)?),
         };
-        let response = result.map_err(|e| {
+        let response = result.inspect_err(|e| {
             if wire.log.requests() {
                 tracing::info!(
                     method,
@@ -521,10 +540,6 @@ impl Client {
                     ms = started.elapsed().as_millis() as u64,
                     "S3 request failed: {e}"
                 );
-            }
-            match e {
-                ureq::Error::Io(e) => e,
-                e => std::io::Error::other(e),
             }
         })?;
         let status = response.status().as_u16();
@@ -573,6 +588,25 @@ impl Client {
             canonical.push_str(&format!("{name}:{value}\n"));
         }
         canonical.push_str(&format!("\n{signed_headers}\nUNSIGNED-PAYLOAD"));
+        let (scope, to_sign, signature) = self.signature(credentials, &canonical, amz_date);
+        (
+            format!(
+                "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
+                credentials.access_key
+            ),
+            canonical,
+            to_sign,
+        )
+    }
+
+    /// The credential scope, the string to sign and the SigV4 signature of the canonical
+    /// request `canonical`.
+    fn signature(
+        &self,
+        credentials: &Credentials,
+        canonical: &str,
+        amz_date: &str,
+    ) -> (String, String, String) {
         let date = &amz_date[..8];
         let scope = format!("{date}/{}/s3/aws4_request", self.endpoint.region);
         let to_sign = format!(
@@ -587,14 +621,83 @@ impl Client {
             key = hmac(&key, part.as_bytes());
         }
         let signature = hex(&hmac(&key, to_sign.as_bytes()));
-        (
-            format!(
-                "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
-                credentials.access_key
-            ),
-            canonical,
-            to_sign,
-        )
+        (scope, to_sign, signature)
+    }
+
+    /// A URL that GETs `key` without further credentials until `expires` from now, with the
+    /// signature in the query, as the requests are addressed and signed: SigV4 (only the
+    /// host signed, the payload unsigned) or, with `v4auth: false`, Signature Version 2
+    /// (`Expires` a time). Makes no request.
+    pub(super) fn presign(&self, key: &str, expires: Duration) -> std::io::Result<String> {
+        let credentials = self.endpoint.credentials.get()?;
+        let mut path = if self.endpoint.wire.virtual_hosted {
+            String::new()
+        } else {
+            format!("/{}", encode(&self.endpoint.bucket, false))
+        };
+        path.push('/');
+        path.push_str(&encode(key, true));
+        let now = SystemTime::now();
+        if self.endpoint.wire.signature_v2 {
+            let until = (now + expires)
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs();
+            let resource = if self.endpoint.wire.virtual_hosted {
+                format!("/{}{path}", encode(&self.endpoint.bucket, false))
+            } else {
+                path.clone()
+            };
+            let mut to_sign = format!("GET\n\n\n{until}\n");
+            if let Some(token) = &credentials.session_token {
+                to_sign.push_str(&format!("x-amz-security-token:{token}\n"));
+            }
+            to_sign.push_str(&resource);
+            let signature = sign_v2(&credentials.secret_key, &to_sign);
+            let mut url = format!(
+                "{}{path}?AWSAccessKeyId={}&Expires={until}&Signature={}",
+                self.base,
+                encode(&credentials.access_key, false),
+                encode(&signature, false)
+            );
+            if let Some(token) = &credentials.session_token {
+                url.push_str(&format!("&x-amz-security-token={}", encode(token, false)));
+            }
+            return Ok(url);
+        }
+        let amz_date = amz_date(now);
+        let scope = format!(
+            "{}/{}/s3/aws4_request",
+            &amz_date[..8],
+            self.endpoint.region
+        );
+        let credential = format!("{}/{scope}", credentials.access_key);
+        let expires = expires.as_secs().to_string();
+        let mut pairs = vec![
+            ("X-Amz-Algorithm", "AWS4-HMAC-SHA256"),
+            ("X-Amz-Credential", credential.as_str()),
+            ("X-Amz-Date", amz_date.as_str()),
+            ("X-Amz-Expires", expires.as_str()),
+            ("X-Amz-SignedHeaders", "host"),
+        ];
+        if let Some(token) = &credentials.session_token {
+            pairs.push(("X-Amz-Security-Token", token));
+        }
+        pairs.sort();
+        let query = pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={}", encode(v, false)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let canonical = format!(
+            "GET\n{path}\n{query}\nhost:{}\n\nhost\nUNSIGNED-PAYLOAD",
+            self.host
+        );
+        let (_, _, signature) = self.signature(&credentials, &canonical, &amz_date);
+        Ok(format!(
+            "{}{path}?{query}&X-Amz-Signature={signature}",
+            self.base
+        ))
     }
 
     /// Signature Version 2's `Authorization` (`v4auth: false`), with the string to sign.
@@ -619,6 +722,33 @@ impl Client {
             resource,
             to_sign,
         )
+    }
+}
+
+/// Whether a failed attempt cannot have reached the server, so that sending it again cannot
+/// do anything twice.
+fn unsent(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => true,
+        ureq::Error::Timeout(t) => matches!(t, ureq::Timeout::Connect | ureq::Timeout::Resolve),
+        ureq::Error::Io(e) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        _ => false,
+    }
+}
+
+fn timed_out(e: &ureq::Error) -> bool {
+    match e {
+        ureq::Error::Timeout(_) => true,
+        ureq::Error::Io(e) => e.kind() == std::io::ErrorKind::TimedOut,
+        _ => false,
+    }
+}
+
+fn into_io(e: ureq::Error) -> std::io::Error {
+    match e {
+        ureq::Error::Io(e) => e,
+        e @ ureq::Error::Timeout(_) => std::io::Error::new(std::io::ErrorKind::TimedOut, e),
+        e => std::io::Error::other(e),
     }
 }
 

@@ -2,8 +2,14 @@
 //! (`rootdirectory`), with the same OCI layout as a local root.
 //!
 //! How each call maps onto S3:
-//! - `get`, `reader`: GET, with `Range: bytes=OFFSET-` past the start; bodies stream.
-//! - `stat`: HEAD (`version` = the ETag); a missing key that has keys below it is a prefix.
+//! - `get`, `reader`: GET, with `Range: bytes=OFFSET-` past the start; bodies stream, and a
+//!   body whose connection is cut resumes with a ranged GET on its ETag (`Resuming`).
+//!   `reader_range`: GET with a bounded `Range: bytes=A-B`.
+//! - `stat`: HEAD (`version` = the ETag); a missing key that has keys below it is a prefix
+//!   (a listing more). `stat_object`: the HEAD alone.
+//! - `presigned_url` (with `redirect` on): a SigV4 query-signed GET URL, made locally.
+//! - Every request has time-outs and a retry budget (`client::Client::send`); a request
+//!   that gets no answer within them, or a 5xx after them, is `DriverError::Unavailable`.
 //! - `list`: ListObjectsV2 with delimiter `/` (objects with size and LastModified, and
 //!   common prefixes), every page.
 //! - `put`: PUT; `create`: PUT with `If-None-Match: *`; `replace`: PUT with `If-Match` on the
@@ -97,6 +103,21 @@ pub struct S3Config {
     pub multipart_copy: MultipartCopy,
     /// Blob GETs answer with a redirect to a presigned URL (berth-only key `redirect`).
     pub redirect: bool,
+    /// How long any step of a request may wait (connect, the answer, each read of a body)
+    /// before the bucket counts as unavailable (berth-only key `timeout`).
+    pub time_out: Duration,
+    /// How long a read of `index.json` is served again without asking the bucket whether it
+    /// changed (berth-only key `revalidate`): a tag moved through another instance is seen
+    /// within it.
+    pub revalidate: Duration,
+}
+
+impl S3Config {
+    /// The default of `time_out`: a healthy bucket answers within it under load; a bucket
+    /// that does not is reported unavailable rather than holding a request worker.
+    pub const DEFAULT_TIME_OUT: Duration = Duration::from_secs(30);
+    /// The default of `revalidate`.
+    pub const DEFAULT_REVALIDATE: Duration = Duration::from_secs(1);
 }
 
 /// `multipartcopychunksize`, `multipartcopymaxconcurrency`, `multipartcopythresholdsize`:
@@ -135,6 +156,8 @@ struct Inner {
     prefix: String,
     chunk_size: usize,
     multipart_copy: MultipartCopy,
+    redirect: bool,
+    revalidate: Duration,
     /// Requests sent, for the tests that count what an operation costs.
     #[cfg(test)]
     requests: std::sync::atomic::AtomicU64,
@@ -168,10 +191,12 @@ impl S3Driver {
         };
         Ok(S3Driver {
             inner: Arc::new(Inner {
-                client: Client::new(endpoint),
+                client: Client::new(endpoint, config.time_out),
                 prefix,
                 chunk_size: config.chunk_size,
                 multipart_copy: config.multipart_copy,
+                redirect: config.redirect,
+                revalidate: config.revalidate,
                 #[cfg(test)]
                 requests: Default::default(),
             }),
@@ -348,6 +373,70 @@ fn head_of(key: &str, reply: &Reply) -> Head {
     }
 }
 
+/// How often one body is resumed after its connection was cut.
+const RESUMES: usize = 3;
+
+/// A GET's body that, when its connection is lost before the end, asks for the rest with a
+/// ranged GET on the same ETag (`If-Match`: an object replaced meanwhile fails the read rather
+/// than splicing two versions), at most `RESUMES` times, each within `Client::send`'s retry
+/// budget: a pull survives a connection cut mid-body.
+struct Resuming {
+    inner: Arc<Inner>,
+    key: String,
+    etag: String,
+    /// The offset of the next byte, and the end of the range read (exclusive).
+    at: u64,
+    end: u64,
+    body: Box<dyn std::io::Read + Send>,
+    resumes: usize,
+}
+
+impl std::io::Read for Resuming {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = usize::try_from(self.end.saturating_sub(self.at)).unwrap_or(usize::MAX);
+        let want = buf.len().min(left);
+        if want == 0 {
+            return Ok(0);
+        }
+        loop {
+            let cut = match self.body.read(&mut buf[..want]) {
+                Ok(0) => std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the body ended {left} bytes early"),
+                ),
+                Ok(n) => {
+                    self.at += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => e,
+            };
+            if self.resumes == RESUMES {
+                return Err(cut);
+            }
+            self.resumes += 1;
+            tracing::debug!(key = %self.key, at = self.at, "S3 body cut ({cut}); resumed");
+            self.body = self.rest()?;
+        }
+    }
+}
+
+impl Resuming {
+    /// The rest of the range, on a new request.
+    fn rest(&self) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+        let range = format!("bytes={}-{}", self.at, self.end - 1);
+        let headers = [("range", range.as_str()), ("if-match", self.etag.as_str())];
+        let reply = self
+            .inner
+            .client
+            .send("GET", Some(&self.key), &[], &headers, Body::Empty)?;
+        if reply.status != 206 {
+            return Err(reply.into_error("GetObject (resumed)"));
+        }
+        Ok(Box::new(reply.response.into_body().into_reader()))
+    }
+}
+
 /// One page's worth of a listing.
 struct Listed {
     objects: Vec<(String, u64, SystemTime)>,
@@ -359,7 +448,8 @@ impl Inner {
         format!("{}{}", self.prefix, path.as_str())
     }
 
-    /// `Client::send`, its failure an error of `op` on `key`.
+    /// `Client::send`; its failure (no answer within the retry budget, or a 5xx after it)
+    /// is the bucket being unavailable.
     fn send(
         &self,
         op: &'static str,
@@ -374,7 +464,12 @@ impl Inner {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.client
             .send(method, key, query, headers, body)
-            .map_err(|e| io_error(op, key.unwrap_or_default(), e))
+            .map_err(|source| DriverError::Unavailable {
+                driver: NAME,
+                op,
+                path: key.unwrap_or_default().to_string(),
+                source,
+            })
     }
 
     /// HEAD `key`: `None` if absent.
@@ -446,6 +541,75 @@ impl Inner {
             if !truncated || token.is_none() || max.is_some() {
                 return Ok(listed);
             }
+        }
+    }
+
+    /// GET of `path` from `offset`, `len` bytes of it when given (`Range: bytes=a-b`), else to
+    /// the end (`Range: bytes=a-` past the start).
+    fn read(
+        self: &Arc<Self>,
+        path: &StoragePath,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<ObjectReader, DriverError> {
+        let key = self.key(path);
+        let range = match len {
+            Some(len) if len > 0 => Some(format!("bytes={offset}-{}", offset + len - 1)),
+            _ if offset > 0 => Some(format!("bytes={offset}-")),
+            _ => None,
+        };
+        let headers: Vec<(&str, &str)> = range.iter().map(|r| ("range", r.as_str())).collect();
+        let reply = self.send("read", "GET", Some(&key), &[], &headers, Body::Empty)?;
+        match reply.status {
+            200 | 206 => {
+                // The total size: after the `/` of Content-Range, else the whole length.
+                let size = reply
+                    .header("content-range")
+                    .and_then(|r| r.rsplit('/').next())
+                    .and_then(|s| s.parse().ok())
+                    .or_else(|| reply.header("content-length").and_then(|s| s.parse().ok()))
+                    .unwrap_or(0);
+                let etag = reply.header("etag").map(str::to_string);
+                let body = Box::new(reply.response.into_body().into_reader());
+                let end = len.map_or(size, |len| offset + len);
+                let reader: Box<dyn std::io::Read + Send> = match etag {
+                    Some(etag) => Box::new(Resuming {
+                        inner: Arc::clone(self),
+                        key,
+                        etag,
+                        at: offset,
+                        end,
+                        body,
+                        resumes: 0,
+                    }),
+                    None => Box::new(std::io::Read::take(body, end - offset)),
+                };
+                Ok(ObjectReader { reader, size })
+            }
+            404 => {
+                let _ = reply.bytes();
+                Err(not_found(path.as_str()))
+            }
+            416 => {
+                // Reading from the very end: nothing left, which S3 calls unsatisfiable.
+                let _ = reply.bytes();
+                let head = self.head(&key)?.ok_or_else(|| not_found(path.as_str()))?;
+                if offset > head.size {
+                    return Err(io_error(
+                        "read",
+                        &key,
+                        std::io::Error::other(format!(
+                            "offset {offset} past the end ({})",
+                            head.size
+                        )),
+                    ));
+                }
+                Ok(ObjectReader {
+                    reader: Box::new(std::io::empty()),
+                    size: head.size,
+                })
+            }
+            _ => Err(io_error("read", &key, reply.into_error("GetObject"))),
         }
     }
 
@@ -571,66 +735,53 @@ impl Driver for S3Driver {
     }
 
     fn reader(&self, path: &StoragePath, offset: u64) -> Result<ObjectReader, DriverError> {
-        let key = self.inner.key(path);
-        let range = format!("bytes={offset}-");
-        let headers: &[(&str, &str)] = if offset > 0 {
-            &[("range", &range)]
-        } else {
-            &[]
-        };
-        let reply = self
-            .inner
-            .send("read", "GET", Some(&key), &[], headers, Body::Empty)?;
-        match reply.status {
-            200 | 206 => {
-                // The total size: after the `/` of Content-Range, else the whole length.
-                let size = reply
-                    .header("content-range")
-                    .and_then(|r| r.rsplit('/').next())
-                    .and_then(|s| s.parse().ok())
-                    .or_else(|| reply.header("content-length").and_then(|s| s.parse().ok()))
-                    .unwrap_or(0);
-                Ok(ObjectReader {
-                    reader: Box::new(reply.response.into_body().into_reader()),
-                    size,
-                })
-            }
-            404 => {
-                let _ = reply.bytes();
-                Err(not_found(path.as_str()))
-            }
-            416 => {
-                // Reading from the very end: nothing left, which S3 calls unsatisfiable.
-                let _ = reply.bytes();
-                let head = self
-                    .inner
-                    .head(&key)?
-                    .ok_or_else(|| not_found(path.as_str()))?;
-                if offset > head.size {
-                    return Err(io_error(
-                        "read",
-                        &key,
-                        std::io::Error::other(format!(
-                            "offset {offset} past the end ({})",
-                            head.size
-                        )),
-                    ));
-                }
-                Ok(ObjectReader {
-                    reader: Box::new(std::io::empty()),
-                    size: head.size,
-                })
-            }
-            _ => Err(io_error("read", &key, reply.into_error("GetObject"))),
-        }
+        self.inner.read(path, offset, None)
     }
 
+    /// A bounded `Range`, so S3 sends no byte past the range and the connection goes back to
+    /// the pool once it is read.
+    fn reader_range(
+        &self,
+        path: &StoragePath,
+        offset: u64,
+        len: u64,
+    ) -> Result<ObjectReader, DriverError> {
+        self.inner.read(path, offset, Some(len))
+    }
+
+    /// HEAD; a missing key costs one listing more, to tell a prefix from nothing.
     fn stat(&self, path: &StoragePath) -> Result<Option<ObjectMeta>, DriverError> {
         let key = self.inner.key(path);
         if let Some(head) = self.inner.head(&key)? {
             return Ok(Some(head.meta()));
         }
         Ok(self.inner.has_below(&key)?.then(ObjectMeta::prefix))
+    }
+
+    /// One HEAD, missing key or not.
+    fn stat_object(&self, path: &StoragePath) -> Result<Option<ObjectMeta>, DriverError> {
+        Ok(self
+            .inner
+            .head(&self.inner.key(path))?
+            .map(|head| head.meta()))
+    }
+
+    fn revalidate_after(&self) -> Duration {
+        self.inner.revalidate
+    }
+
+    fn presigned_url(&self, path: &StoragePath, expires: Duration) -> Result<String, DriverError> {
+        if !self.inner.redirect {
+            return Err(DriverError::Unsupported {
+                driver: NAME,
+                op: "presign",
+                path: path.to_string(),
+            });
+        }
+        self.inner
+            .client
+            .presign(&self.inner.key(path), expires)
+            .map_err(|e| io_error("presign", &path.to_string(), e))
     }
 
     fn put(&self, path: &StoragePath, bytes: &[u8]) -> Result<(), DriverError> {
@@ -684,13 +835,15 @@ impl Driver for S3Driver {
         }
     }
 
-    /// Placeholders, upload notes and direct uploads; no links (`link` copies), no rename (a
-    /// finished upload is copied into place), no local files, no O_DIRECT, whole objects.
+    /// Placeholders, upload notes, direct uploads, and presigned URLs when `redirect` is on;
+    /// no links (`link` copies), no rename (a finished upload is copied into place), no local
+    /// files, no O_DIRECT, whole objects.
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             placeholders: true,
             upload_notes: true,
             direct_uploads: true,
+            presigned_urls: self.inner.redirect,
             ..Capabilities::default()
         }
     }

@@ -72,6 +72,8 @@ pub(super) fn config(service: &Service, bucket: &str, root: &str) -> S3Config {
         chunk_size: MIN_PART,
         multipart_copy: MultipartCopy::default(),
         redirect: false,
+        time_out: S3Config::DEFAULT_TIME_OUT,
+        revalidate: S3Config::DEFAULT_REVALIDATE,
     }
 }
 
@@ -414,4 +416,107 @@ fn s3_monolithic_pushes_are_written_in_place_on_moto() {
         .map(|e| e.name)
         .collect();
     assert!(names.is_empty(), "nothing staged: {names:?}");
+}
+
+/// A TCP relay to `upstream` on a free 127.0.0.1 port that, once `cut_after` is armed with a
+/// byte count, closes the connection carrying the answer after that many more bytes, as a
+/// network fault would mid-body.
+struct Cutter {
+    endpoint: String,
+    cut_after: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl Cutter {
+    fn start(upstream: &str) -> Cutter {
+        use std::net::{Shutdown, TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicI64, Ordering};
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let cut_after = Arc::new(AtomicI64::new(-1));
+        let armed = Arc::clone(&cut_after);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let server = TcpStream::connect(&upstream).unwrap();
+                let (mut to_server, mut from_client) =
+                    (server.try_clone().unwrap(), client.try_clone().unwrap());
+                std::thread::spawn(move || std::io::copy(&mut from_client, &mut to_server));
+                let (mut from_server, mut to_client) = (server, client);
+                let armed = Arc::clone(&armed);
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    while let Ok(n @ 1..) = from_server.read(&mut buf) {
+                        let left = armed.load(Ordering::SeqCst);
+                        let n = match left {
+                            0.. if (n as i64) >= left => {
+                                armed.store(-1, Ordering::SeqCst);
+                                let _ = std::io::Write::write_all(
+                                    &mut to_client,
+                                    &buf[..left as usize],
+                                );
+                                break;
+                            }
+                            0.. => {
+                                armed.fetch_sub(n as i64, Ordering::SeqCst);
+                                n
+                            }
+                            _ => n,
+                        };
+                        if std::io::Write::write_all(&mut to_client, &buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to_client.shutdown(Shutdown::Both);
+                    let _ = from_server.shutdown(Shutdown::Both);
+                });
+            }
+        });
+        Cutter {
+            endpoint,
+            cut_after,
+        }
+    }
+}
+
+/// A body whose connection is cut midway is resumed from where it was, whole or ranged, and
+/// the bytes read are the object's.
+#[test]
+fn a_body_cut_midway_resumes_with_a_ranged_get() {
+    let moto = service("MOTO");
+    let (direct, bucket) = fresh(&moto, "root");
+    let p = path("blobs/big");
+    let bytes = pattern(3 * 1024 * 1024 + 11, 7);
+    direct.put(&p, &bytes).unwrap();
+    let cutter = Cutter::start(&moto.endpoint);
+    let relayed = S3Driver::new(S3Config {
+        endpoint: cutter.endpoint.clone(),
+        ..config(&moto, &bucket, "root")
+    })
+    .unwrap();
+    cutter
+        .cut_after
+        .store(1024 * 1024, std::sync::atomic::Ordering::SeqCst);
+    let (read, size) = read_from(&relayed, &p, 0);
+    assert_eq!(size, bytes.len() as u64);
+    assert!(read == bytes, "the whole object, resumed after the cut");
+    assert_eq!(
+        cutter.cut_after.load(std::sync::atomic::Ordering::SeqCst),
+        -1,
+        "the connection was cut"
+    );
+    cutter
+        .cut_after
+        .store(100_000, std::sync::atomic::Ordering::SeqCst);
+    let mut ranged = Vec::new();
+    relayed
+        .reader_range(&p, 10, 2 * 1024 * 1024)
+        .unwrap()
+        .reader
+        .read_to_end(&mut ranged)
+        .unwrap();
+    assert!(
+        ranged == bytes[10..10 + 2 * 1024 * 1024],
+        "the range, resumed"
+    );
 }
