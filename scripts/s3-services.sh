@@ -88,7 +88,7 @@ wait_for() {
 # process is left alone).
 our_pids() {
     [ -f "$ENV_FILE" ] || return 0
-    for pid in $(sed -n 's/^BERTH_S3_[A-Z0-9]*_PID=//p' "$ENV_FILE"); do
+    for pid in $(sed -n 's/^BERTH_S3_[A-Z0-9_]*_PID=//p' "$ENV_FILE"); do
         if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qE 'moto_server|s3s-fs'; then
             echo "$pid"
         fi
