@@ -230,6 +230,9 @@ const ATTEMPTS: usize = 4;
 /// does not accept within it is down, and the next attempt may find it back.
 const CONNECT_TIME_OUT: Duration = Duration::from_secs(5);
 
+/// Idle connections the client keeps for reuse, all to its one endpoint.
+const IDLE_CONNECTIONS: usize = 64;
+
 /// A request body: none, or bytes already in memory (a part of at most `chunksize`, or a small
 /// object).
 #[derive(Clone, Copy)]
@@ -296,7 +299,10 @@ impl Client {
             .timeout_recv_response(Some(time_out))
             .timeout_per_read(Some(time_out))
             .timeout_per_write(Some(time_out))
-            .max_idle_connections_per_host(64)
+            // One endpoint: the total must be as high as the per-host count, or ureq's
+            // default total of 10 closes connections above 10 concurrent calls.
+            .max_idle_connections(IDLE_CONNECTIONS)
+            .max_idle_connections_per_host(IDLE_CONNECTIONS)
             .tls_config(
                 ureq::tls::TlsConfig::builder()
                     .disable_verification(endpoint.wire.skip_verify)
