@@ -357,7 +357,7 @@ impl Client {
     /// holds for every GET, HEAD, PUT and DELETE the driver makes (a conditional PUT repeated
     /// after it succeeded fails its condition, which callers read as someone else's write),
     /// not for a POST (a repeated CompleteMultipartUpload finds its upload gone). A time-out
-    /// is not retried: it spent the budget. The error is a failure to get an answer: the
+    /// is not retried, it spent the budget, unless it was connecting (see `retried`). The error is a failure to get an answer: the
     /// transport's, or the last 5xx.
     pub(super) fn send(
         &self,
@@ -385,8 +385,7 @@ impl Client {
                     let _ = reply.bytes();
                 }
                 Err(e) => {
-                    let retry = !last && !timed_out(&e) && (unsent(&e) || method != "POST");
-                    if !retry {
+                    if last || !retried(&e, method) {
                         return Err(into_io(e));
                     }
                     if log.retries() {
@@ -742,6 +741,14 @@ fn unsent(e: &ureq::Error) -> bool {
     }
 }
 
+/// Whether an attempt that failed with `e` is sent again (budget allowing): one that never
+/// reached the server always, even after timing out while connecting (`CONNECT_TIME_OUT` is
+/// shorter than the budget so that a server back up is found); one that did only if it did
+/// not time out (that spent the budget) and sending it twice is harmless (not a POST).
+fn retried(e: &ureq::Error, method: &str) -> bool {
+    unsent(e) || (!timed_out(e) && method != "POST")
+}
+
 fn timed_out(e: &ureq::Error) -> bool {
     match e {
         ureq::Error::Timeout(_) => true,
@@ -959,6 +966,45 @@ pub(super) fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connect time-out was checked as a time-out before as unsent, so it was never retried
+    /// (issue 13 review, finding 3).
+    #[test]
+    fn what_is_retried() {
+        let cases = [
+            (ureq::Error::Timeout(ureq::Timeout::Connect), "POST", true),
+            (ureq::Error::Timeout(ureq::Timeout::Resolve), "GET", true),
+            (ureq::Error::ConnectionFailed, "POST", true),
+            (
+                ureq::Error::Io(std::io::ErrorKind::ConnectionRefused.into()),
+                "POST",
+                true,
+            ),
+            (
+                ureq::Error::Io(std::io::ErrorKind::ConnectionReset.into()),
+                "PUT",
+                true,
+            ),
+            (
+                ureq::Error::Io(std::io::ErrorKind::ConnectionReset.into()),
+                "POST",
+                false,
+            ),
+            (
+                ureq::Error::Timeout(ureq::Timeout::RecvResponse),
+                "GET",
+                false,
+            ),
+            (
+                ureq::Error::Io(std::io::ErrorKind::TimedOut.into()),
+                "GET",
+                false,
+            ),
+        ];
+        for (e, method, retry) in cases {
+            assert_eq!(retried(&e, method), retry, "{method} after {e}");
+        }
+    }
 
     #[test]
     fn hmac_matches_rfc_4231() {
