@@ -21,7 +21,7 @@ use crate::digest::Digest;
 use crate::oci::RepoName;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 /// Bytes of listings (`Listing::weight`) the cache keeps across repositories: room for one
@@ -209,34 +209,25 @@ const MANIFEST_BUDGET: usize = 64 << 20;
 /// Manifest bytes by repository and digest, for drivers where reading them is a round trip:
 /// the bytes of a digest never change, but they may be deleted (through another instance
 /// too), so an entry is served only within the driver's `revalidate_after` of its read, as
-/// the index that names it is. Past `MANIFEST_BUDGET` it is emptied, not evicted piece by
-/// piece: what is pulled is read again at once, and a full cache is rare.
-pub(super) struct ManifestBytes {
-    held: Mutex<Held>,
-}
-
-/// What `ManifestBytes` holds: each manifest's bytes and when they were read, and their
-/// total length.
+/// the index that names it is. Striped by repository like `IndexCache` (every manifest GET
+/// and HEAD comes here). Past `MANIFEST_BUDGET` across stripes it is emptied, not evicted
+/// piece by piece: what is pulled is read again at once, and a full cache is rare.
 #[derive(Default)]
-struct Held {
-    bytes: HashMap<(RepoName, Digest), Read>,
-    weight: usize,
+pub(super) struct ManifestBytes {
+    stripes: Striped<Mutex<HashMap<(RepoName, Digest), Read>>>,
+    /// Bytes held across stripes.
+    weight: AtomicUsize,
 }
 
 /// A manifest's bytes and when they were read.
 type Read = (Instant, Arc<Vec<u8>>);
 
-impl Default for ManifestBytes {
-    fn default() -> ManifestBytes {
-        ManifestBytes {
-            held: Mutex::new(Held::default()),
-        }
-    }
-}
-
 impl ManifestBytes {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
-        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self, repo: &RepoName) -> MutexGuard<'_, HashMap<(RepoName, Digest), Read>> {
+        self.stripes
+            .get(repo)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The bytes of `digest` in `repo` if read within `max_age`.
@@ -246,29 +237,37 @@ impl ManifestBytes {
         digest: &Digest,
         max_age: Duration,
     ) -> Option<Arc<Vec<u8>>> {
-        let held = self.lock();
-        let (read, bytes) = held.bytes.get(&(repo.clone(), digest.clone()))?;
+        let held = self.lock(repo);
+        let (read, bytes) = held.get(&(repo.clone(), digest.clone()))?;
         (read.elapsed() < max_age).then(|| Arc::clone(bytes))
     }
 
     /// Records the bytes of `digest` in `repo`, read now.
     pub(super) fn put(&self, repo: &RepoName, digest: &Digest, bytes: Arc<Vec<u8>>) {
-        let mut held = self.lock();
-        if held.weight + bytes.len() > MANIFEST_BUDGET {
-            *held = Held::default();
+        if self.weight.load(Ordering::Relaxed) + bytes.len() > MANIFEST_BUDGET {
+            // One stripe at a time, holding no other: no lock covers the whole cache.
+            for stripe in self.stripes.all() {
+                let mut held = stripe.lock().unwrap_or_else(PoisonError::into_inner);
+                let freed: usize = held.values().map(|(_, b)| b.len()).sum();
+                held.clear();
+                self.weight.fetch_sub(freed, Ordering::Relaxed);
+            }
         }
-        held.weight += bytes.len();
-        let key = (repo.clone(), digest.clone());
-        if let Some((_, old)) = held.bytes.insert(key, (Instant::now(), bytes)) {
-            held.weight -= old.len();
+        let added = bytes.len();
+        let old = self
+            .lock(repo)
+            .insert((repo.clone(), digest.clone()), (Instant::now(), bytes));
+        self.weight.fetch_add(added, Ordering::Relaxed);
+        if let Some((_, old)) = old {
+            self.weight.fetch_sub(old.len(), Ordering::Relaxed);
         }
     }
 
     /// Drops the bytes of `digest` in `repo` (deleted through this store).
     pub(super) fn forget(&self, repo: &RepoName, digest: &Digest) {
-        let mut held = self.lock();
-        if let Some((_, old)) = held.bytes.remove(&(repo.clone(), digest.clone())) {
-            held.weight -= old.len();
+        let old = self.lock(repo).remove(&(repo.clone(), digest.clone()));
+        if let Some((_, old)) = old {
+            self.weight.fetch_sub(old.len(), Ordering::Relaxed);
         }
     }
 }
@@ -335,5 +334,24 @@ mod tests {
             cache.get(&repo, 4).map(|l| l.weight()),
             Some(listing(1).weight())
         );
+    }
+
+    #[test]
+    fn manifest_bytes_stay_within_their_budget() {
+        let cache = ManifestBytes::default();
+        let bytes = Arc::new(vec![0; MANIFEST_BUDGET / 3]);
+        let age = Duration::from_secs(60);
+        for n in 0..10 {
+            let repo: RepoName = format!("r{n}").parse().unwrap();
+            let digest = Digest::sha256_of(format!("{n}").as_bytes());
+            cache.put(&repo, &digest, Arc::clone(&bytes));
+            assert!(cache.fresh(&repo, &digest, age).is_some());
+            assert!(cache.weight.load(Ordering::Relaxed) <= MANIFEST_BUDGET);
+        }
+        let (repo, digest) = ("r9".parse().unwrap(), Digest::sha256_of(b"9"));
+        cache.forget(&repo, &digest);
+        assert!(cache.fresh(&repo, &digest, age).is_none());
+        // Three fit; the cache was emptied before r9 was put, so it held r9 alone.
+        assert_eq!(cache.weight.load(Ordering::Relaxed), 0);
     }
 }
