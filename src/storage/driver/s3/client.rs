@@ -749,6 +749,23 @@ fn retried(e: &ureq::Error, method: &str) -> bool {
     unsent(e) || (!timed_out(e) && method != "POST")
 }
 
+/// Whether reading an answer's body failed because the server or the network did (it
+/// stalled past the time-out, or the connection was cut), not because of what was read.
+pub(super) fn outage(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    // ureq hands its own errors (a time-out) to a body's reader wrapped in an io::Error.
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+    {
+        Some(e) => timed_out(e),
+        None => matches!(
+            e.kind(),
+            TimedOut | ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+        ),
+    }
+}
+
 fn timed_out(e: &ureq::Error) -> bool {
     match e {
         ureq::Error::Timeout(_) => true,

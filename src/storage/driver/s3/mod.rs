@@ -9,7 +9,8 @@
 //!   (a listing more). `stat_object`: the HEAD alone.
 //! - `presigned_url` (with `redirect` on): a SigV4 query-signed GET URL, made locally.
 //! - Every request has time-outs and a retry budget (`client::Client::send`); a request
-//!   that gets no answer within them, or a 5xx after them, is `DriverError::Unavailable`.
+//!   that gets no answer within them, or a 5xx after them, is `DriverError::Unavailable`,
+//!   and so is a body read whole (`get`, a listing, a completion) that stalls or is cut.
 //! - `list`: ListObjectsV2 with delimiter `/` (objects with size and LastModified, and
 //!   common prefixes), every page.
 //! - `put`: PUT; `create`: PUT with `If-None-Match: *`; `replace`: PUT with `If-Match` on the
@@ -279,12 +280,25 @@ impl S3Driver {
     }
 }
 
+/// A failure of `op` on `path`. One that is S3 or the network failing after the headers
+/// came back (a body stalled or cut: `client::outage`) is `Unavailable` (503), like no
+/// answer at all, not an I/O error (500).
 fn io_error(op: &'static str, path: &str, source: std::io::Error) -> DriverError {
-    DriverError::Io {
-        driver: NAME,
-        op,
-        path: path.to_string(),
-        source,
+    let path = path.to_string();
+    if client::outage(&source) {
+        DriverError::Unavailable {
+            driver: NAME,
+            op,
+            path,
+            source,
+        }
+    } else {
+        DriverError::Io {
+            driver: NAME,
+            op,
+            path,
+            source,
+        }
     }
 }
 

@@ -520,3 +520,42 @@ fn a_body_cut_midway_resumes_with_a_ranged_get() {
         "the range, resumed"
     );
 }
+
+/// A body cut after the headers came back is an outage like no answer at all (503), not an
+/// I/O error (500): a `get`, which reads its body whole, and a listing.
+#[test]
+fn a_body_cut_midway_in_a_get_or_a_list_is_unavailable() {
+    let moto = service("MOTO");
+    let (direct, bucket) = fresh(&moto, "root");
+    let p = path("repo/index.json");
+    direct.put(&p, &pattern(1024 * 1024, 3)).unwrap();
+    for n in 0..200 {
+        direct
+            .put(&path(&format!("many/{n:04}-{}", "k".repeat(100))), b"")
+            .unwrap();
+    }
+    let cutter = Cutter::start(&moto.endpoint);
+    let relayed = S3Driver::new(S3Config {
+        endpoint: cutter.endpoint.clone(),
+        ..config(&moto, &bucket, "root")
+    })
+    .unwrap();
+    let cut = |after: i64| {
+        cutter
+            .cut_after
+            .store(after, std::sync::atomic::Ordering::SeqCst)
+    };
+    cut(100_000);
+    let got = relayed.get(&p);
+    assert!(
+        matches!(got, Err(DriverError::Unavailable { .. })),
+        "get: {got:?}"
+    );
+    cut(2_000);
+    let listed = relayed.list(Some(&path("many")));
+    assert!(
+        matches!(listed, Err(DriverError::Unavailable { .. })),
+        "list: {:?}",
+        listed.map(|l| l.len())
+    );
+}
