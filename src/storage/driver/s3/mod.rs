@@ -7,7 +7,8 @@
 //!   `reader_range`: GET with a bounded `Range: bytes=A-B`.
 //! - `stat`: HEAD (`version` = the ETag); a missing key that has keys below it is a prefix
 //!   (a listing more). `stat_object`: the HEAD alone.
-//! - `presigned_url` (with `redirect` on): a SigV4 query-signed GET URL, made locally.
+//! - `presigned_url` (with `redirect` on): a query-signed GET URL, made locally, signed as
+//!   the requests are (SigV4, or SigV2 with `v4auth: false`).
 //! - Every request has time-outs and a retry budget (`client::Client::send`); a request
 //!   that gets no answer within them, or a 5xx after them, is `DriverError::Unavailable`,
 //!   and so is a body read whole (`get`, a listing, a completion) that stalls or is cut.
@@ -1004,9 +1005,6 @@ impl Driver for S3Driver {
         )?))
     }
 
-    /// A HEAD for the size, then CopyObject up to `multipartcopythresholdsize`, a multipart
-    /// copy above it (`multipart`): two requests below the threshold, and above it
-    /// 3 + size / `multipartcopychunksize`.
     /// A HEAD of the upload and a GET of its note (`writer`: notes).
     fn upload_note(&self, path: &StoragePath) -> Result<Option<Vec<u8>>, DriverError> {
         let key = self.inner.key(path);
@@ -1038,6 +1036,9 @@ impl Driver for S3Driver {
         )))
     }
 
+    /// A HEAD for the size, then CopyObject up to `multipartcopythresholdsize`, a multipart
+    /// copy above it (`multipart`): two requests below the threshold, and above it
+    /// 3 + size / `multipartcopychunksize`.
     fn copy(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError> {
         let (from_key, to_key) = (self.inner.key(from), self.inner.key(to));
         let head = self
