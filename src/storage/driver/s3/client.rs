@@ -356,7 +356,10 @@ impl Client {
     /// whatever it is; one that failed on the way only if sending it twice is harmless, which
     /// holds for every GET, HEAD, PUT and DELETE the driver makes (a conditional PUT repeated
     /// after it succeeded fails its condition, which callers read as someone else's write),
-    /// not for a POST (a repeated CompleteMultipartUpload finds its upload gone). A time-out
+    /// not for a POST (a repeated CompleteMultipartUpload finds its upload gone). A
+    /// conditional PUT repeated after it succeeded fails its condition (412): then the
+    /// object is read back, and if it holds the bytes sent the write was this one's
+    /// (`landed`). A time-out
     /// is not retried, it spent the budget, unless it was connecting (see `retried`). The error is a failure to get an answer: the
     /// transport's, or the last 5xx.
     pub(super) fn send(
@@ -374,6 +377,9 @@ impl Client {
         loop {
             let last = attempt == ATTEMPTS || started.elapsed() + pause >= self.time_out;
             match self.send_once(method, key, query, headers, body) {
+                Ok(reply) if reply.status == 412 && attempt > 1 && method == "PUT" => {
+                    return self.landed(key, body, reply);
+                }
                 Ok(reply) if !matches!(reply.status, 500 | 502 | 503 | 504) => return Ok(reply),
                 Ok(reply) if last => return Err(reply.into_error(method)),
                 Ok(reply) => {
@@ -398,6 +404,33 @@ impl Client {
             std::thread::sleep(pause);
             pause *= 4;
             attempt += 1;
+        }
+    }
+
+    /// A conditional PUT of `body` at `key` answered `refused` (412) on a later attempt: an
+    /// earlier one may have written it and lost only its answer (a cut connection, a 5xx
+    /// after the write). If the object holds exactly the bytes sent, the answer is a HEAD of
+    /// it conditional on the ETag read with them (200 with that ETag, or 412 if it was
+    /// replaced since): the write is reported as done, which is what it was, and not as
+    /// someone else's. Otherwise `refused` stands. Bytes, not the ETag, are compared: an
+    /// encrypted object's ETag is not its MD5.
+    fn landed(&self, key: Option<&str>, body: Body<'_>, refused: Reply) -> std::io::Result<Reply> {
+        let Body::Bytes(sent) = body else {
+            return Ok(refused);
+        };
+        let stored = self.send("GET", key, &[], &[], Body::Empty)?;
+        let etag = stored.header("etag").map(str::to_string);
+        let same = stored.status == 200 && stored.bytes()? == sent;
+        match etag {
+            Some(etag) if same => {
+                let _ = refused.bytes();
+                tracing::debug!(
+                    key,
+                    "S3 conditional PUT refused on a retry had landed before"
+                );
+                self.send("HEAD", key, &[], &[("if-match", &etag)], Body::Empty)
+            }
+            _ => Ok(refused),
         }
     }
 

@@ -559,3 +559,42 @@ fn a_body_cut_midway_in_a_get_or_a_list_is_unavailable() {
         listed.map(|l| l.len())
     );
 }
+
+/// A conditional PUT whose answer is cut after it was written is sent again and refused
+/// (412) by its own write: `replace` and `create` still report it done, so the store does
+/// not re-apply an index batch to its own write (issue 13 review, finding 4). One written
+/// by someone else is still a conflict.
+#[test]
+fn a_conditional_put_whose_answer_was_cut_is_reported_done() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let moto = service("MOTO");
+    let (direct, bucket) = fresh(&moto, "root");
+    let p = path("repo/index.json");
+    direct.put(&p, b"old").unwrap();
+    let version = direct.stat(&p).unwrap().unwrap().version;
+    let cutter = Cutter::start(&moto.endpoint);
+    let relayed = S3Driver::new(S3Config {
+        endpoint: cutter.endpoint.clone(),
+        ..config(&moto, &bucket, "root")
+    })
+    .unwrap();
+    cutter.cut_after.store(0, SeqCst);
+    let written = relayed.replace(&p, b"new", 0, Some(&version));
+    assert_eq!(cutter.cut_after.load(SeqCst), -1, "the answer was cut");
+    let written = written.unwrap();
+    let now = direct.stat(&p).unwrap().unwrap();
+    assert_eq!(written.version, now.version);
+    assert_eq!(direct.get(&p).unwrap(), b"new");
+
+    let q = path("repo/created");
+    cutter.cut_after.store(0, SeqCst);
+    assert!(relayed.create(&q, b"mine").unwrap(), "created, not found");
+    assert_eq!(cutter.cut_after.load(SeqCst), -1, "the answer was cut");
+
+    // Someone else's bytes: still a conflict, cut or not.
+    let refused = relayed.replace(&p, b"other", 0, Some(&version));
+    assert!(
+        matches!(refused, Err(DriverError::Conflict { .. })),
+        "{refused:?}"
+    );
+}
