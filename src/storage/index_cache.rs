@@ -6,8 +6,11 @@
 //! on disk by other tools, or through other instances, are still served correctly. Where the
 //! driver asks for it to be revalidated on every use (local: one `stat`), it is; where asking
 //! is a round trip (S3: a HEAD), pulls serve an entry checked within the driver's
-//! `revalidate_after` without asking (`fresh`), and writes always ask. The map is striped; no
-//! lock covers the whole store. The cache holds about `BUDGET` bytes of listings across all
+//! `revalidate_after` without asking (`fresh`), and writes always ask. A pull reads without the
+//! repository lock, so its read may end after a write through this instance began; each
+//! stripe counts the writes to its repositories, and a read's entry is kept only if none
+//! began since the read did (`Ticket`), so a pull never puts an index older than a write's
+//! back in its place. The map is striped; no lock covers the whole store. The cache holds about `BUDGET` bytes of listings across all
 //! repositories (a mirror must not keep every index it ever read: a gc sweep reads them all):
 //! past that, other repositories' entries are dropped, in no particular order, and parsed
 //! again when next used.
@@ -18,7 +21,7 @@ use crate::digest::Digest;
 use crate::oci::RepoName;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 /// Bytes of listings (`Listing::weight`) the cache keeps across repositories: room for one
@@ -33,9 +36,22 @@ struct Entry {
     index: Arc<Listing>,
 }
 
+/// The entries of one stripe, and how many writes to its repositories began (`forget`,
+/// `put_written`): a read that began before the count it last saw may not cache.
+#[derive(Default)]
+struct Stripe {
+    entries: HashMap<RepoName, Entry>,
+    writes: u64,
+}
+
+/// What a read of an index saw before it began (`IndexCache::ticket`): its entry goes in
+/// only if no write to its stripe began since.
+#[derive(Clone, Copy)]
+pub(super) struct Ticket(u64);
+
 /// Parsed indexes keyed by repository.
 pub(super) struct IndexCache {
-    stripes: Striped<RwLock<HashMap<RepoName, Entry>>>,
+    stripes: Striped<RwLock<Stripe>>,
     /// Bytes held by the entries now (as `Listing::weight` counts them).
     weight: AtomicUsize,
     /// What `Entry::checked` counts from.
@@ -66,7 +82,7 @@ impl IndexCache {
             .get(repo)
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        match map.get(repo) {
+        match map.entries.get(repo) {
             Some(entry) if entry.fingerprint == fingerprint => {
                 entry.checked.store(self.now(), Ordering::Relaxed);
                 Some(Arc::clone(&entry.index))
@@ -83,28 +99,61 @@ impl IndexCache {
             .get(repo)
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let entry = map.get(repo)?;
+        let entry = map.entries.get(repo)?;
         let age = self
             .now()
             .saturating_sub(entry.checked.load(Ordering::Relaxed));
         (Duration::from_nanos(age) < max_age).then(|| (entry.fingerprint, Arc::clone(&entry.index)))
     }
 
-    /// Records the index parsed from (or just written as) the file with `fingerprint`,
-    /// current now.
-    pub(super) fn put(&self, repo: &RepoName, fingerprint: u64, index: Arc<Listing>) {
+    /// Taken before a read of `repo`'s index begins (before its `stat`), for `put_read`.
+    pub(super) fn ticket(&self, repo: &RepoName) -> Ticket {
+        let map = self
+            .stripes
+            .get(repo)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ticket(map.writes)
+    }
+
+    /// Records the index parsed from the file with `fingerprint`, current now, unless a write
+    /// began since `ticket` was taken: what the read saw may be older than what it wrote.
+    pub(super) fn put_read(
+        &self,
+        repo: &RepoName,
+        ticket: Ticket,
+        fingerprint: u64,
+        index: Arc<Listing>,
+    ) {
+        self.insert(repo, Some(ticket), fingerprint, index);
+    }
+
+    /// Records the index just written as the file with `fingerprint`, over whatever a read
+    /// put, and keeps reads that began before it from putting theirs.
+    pub(super) fn put_written(&self, repo: &RepoName, fingerprint: u64, index: Arc<Listing>) {
+        self.insert(repo, None, fingerprint, index);
+    }
+
+    fn insert(&self, repo: &RepoName, read: Option<Ticket>, fingerprint: u64, index: Arc<Listing>) {
         let added = index.weight();
         let entry = Entry {
             fingerprint,
             checked: AtomicU64::new(self.now()),
             index,
         };
-        let replaced = self
-            .stripes
-            .get(repo)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(repo.clone(), entry);
+        let replaced = {
+            let mut map = self
+                .stripes
+                .get(repo)
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            match read {
+                Some(Ticket(writes)) if writes != map.writes => return,
+                Some(_) => {}
+                None => map.writes += 1,
+            }
+            map.entries.insert(repo.clone(), entry)
+        };
         self.weight.fetch_add(added, Ordering::Relaxed);
         if let Some(old) = replaced {
             self.weight.fetch_sub(old.index.weight(), Ordering::Relaxed);
@@ -115,14 +164,18 @@ impl IndexCache {
     }
 
     /// Drops the cached index of `repo`, so that a writer holding the only other reference
-    /// can change it in place instead of copying it.
+    /// can change it in place instead of copying it. A write begins here: reads that began
+    /// before may not put what they read.
     pub(super) fn forget(&self, repo: &RepoName) {
-        let removed = self
-            .stripes
-            .get(repo)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(repo);
+        let removed = {
+            let mut map = self
+                .stripes
+                .get(repo)
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            map.writes += 1;
+            map.entries.remove(repo)
+        };
         if let Some(old) = removed {
             self.weight.fetch_sub(old.index.weight(), Ordering::Relaxed);
         }
@@ -138,7 +191,7 @@ impl IndexCache {
             let Ok(mut map) = stripe.try_write() else {
                 continue;
             };
-            map.retain(|repo, entry| {
+            map.entries.retain(|repo, entry| {
                 if repo == keep || self.weight.load(Ordering::Relaxed) <= BUDGET {
                     return true;
                 }
@@ -156,34 +209,25 @@ const MANIFEST_BUDGET: usize = 64 << 20;
 /// Manifest bytes by repository and digest, for drivers where reading them is a round trip:
 /// the bytes of a digest never change, but they may be deleted (through another instance
 /// too), so an entry is served only within the driver's `revalidate_after` of its read, as
-/// the index that names it is. Past `MANIFEST_BUDGET` it is emptied, not evicted piece by
-/// piece: what is pulled is read again at once, and a full cache is rare.
-pub(super) struct ManifestBytes {
-    held: Mutex<Held>,
-}
-
-/// What `ManifestBytes` holds: each manifest's bytes and when they were read, and their
-/// total length.
+/// the index that names it is. Striped by repository like `IndexCache` (every manifest GET
+/// and HEAD comes here). Past `MANIFEST_BUDGET` across stripes it is emptied, not evicted
+/// piece by piece: what is pulled is read again at once, and a full cache is rare.
 #[derive(Default)]
-struct Held {
-    bytes: HashMap<(RepoName, Digest), Read>,
-    weight: usize,
+pub(super) struct ManifestBytes {
+    stripes: Striped<Mutex<HashMap<(RepoName, Digest), Read>>>,
+    /// Bytes held across stripes.
+    weight: AtomicUsize,
 }
 
 /// A manifest's bytes and when they were read.
 type Read = (Instant, Arc<Vec<u8>>);
 
-impl Default for ManifestBytes {
-    fn default() -> ManifestBytes {
-        ManifestBytes {
-            held: Mutex::new(Held::default()),
-        }
-    }
-}
-
 impl ManifestBytes {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
-        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self, repo: &RepoName) -> MutexGuard<'_, HashMap<(RepoName, Digest), Read>> {
+        self.stripes
+            .get(repo)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The bytes of `digest` in `repo` if read within `max_age`.
@@ -193,29 +237,37 @@ impl ManifestBytes {
         digest: &Digest,
         max_age: Duration,
     ) -> Option<Arc<Vec<u8>>> {
-        let held = self.lock();
-        let (read, bytes) = held.bytes.get(&(repo.clone(), digest.clone()))?;
+        let held = self.lock(repo);
+        let (read, bytes) = held.get(&(repo.clone(), digest.clone()))?;
         (read.elapsed() < max_age).then(|| Arc::clone(bytes))
     }
 
     /// Records the bytes of `digest` in `repo`, read now.
     pub(super) fn put(&self, repo: &RepoName, digest: &Digest, bytes: Arc<Vec<u8>>) {
-        let mut held = self.lock();
-        if held.weight + bytes.len() > MANIFEST_BUDGET {
-            *held = Held::default();
+        if self.weight.load(Ordering::Relaxed) + bytes.len() > MANIFEST_BUDGET {
+            // One stripe at a time, holding no other: no lock covers the whole cache.
+            for stripe in self.stripes.all() {
+                let mut held = stripe.lock().unwrap_or_else(PoisonError::into_inner);
+                let freed: usize = held.values().map(|(_, b)| b.len()).sum();
+                held.clear();
+                self.weight.fetch_sub(freed, Ordering::Relaxed);
+            }
         }
-        held.weight += bytes.len();
-        let key = (repo.clone(), digest.clone());
-        if let Some((_, old)) = held.bytes.insert(key, (Instant::now(), bytes)) {
-            held.weight -= old.len();
+        let added = bytes.len();
+        let old = self
+            .lock(repo)
+            .insert((repo.clone(), digest.clone()), (Instant::now(), bytes));
+        self.weight.fetch_add(added, Ordering::Relaxed);
+        if let Some((_, old)) = old {
+            self.weight.fetch_sub(old.len(), Ordering::Relaxed);
         }
     }
 
     /// Drops the bytes of `digest` in `repo` (deleted through this store).
     pub(super) fn forget(&self, repo: &RepoName, digest: &Digest) {
-        let mut held = self.lock();
-        if let Some((_, old)) = held.bytes.remove(&(repo.clone(), digest.clone())) {
-            held.weight -= old.len();
+        let old = self.lock(repo).remove(&(repo.clone(), digest.clone()));
+        if let Some((_, old)) = old {
+            self.weight.fetch_sub(old.len(), Ordering::Relaxed);
         }
     }
 }
@@ -244,7 +296,7 @@ mod tests {
         assert!(weight <= BUDGET / 4);
         for n in 0..10 {
             let repo: RepoName = format!("r{n}").parse().unwrap();
-            cache.put(&repo, 1, Arc::clone(&big));
+            cache.put_written(&repo, 1, Arc::clone(&big));
             assert!(cache.get(&repo, 1).is_some(), "the entry just put stays");
             assert!(cache.weight.load(Ordering::Relaxed) <= BUDGET);
         }
@@ -254,5 +306,52 @@ mod tests {
         assert_eq!(held, 4);
         cache.forget(&"r9".parse().unwrap());
         assert_eq!(cache.weight.load(Ordering::Relaxed), 3 * weight);
+    }
+
+    /// A pull reads index.json without the repository lock: its entry must not replace the
+    /// one a write through this instance put after the pull began (issue 13 review, finding 2).
+    #[test]
+    fn a_read_that_began_before_a_write_does_not_replace_its_entry() {
+        let cache = IndexCache::default();
+        let repo: RepoName = "r".parse().unwrap();
+        let (old, new) = (listing(1), listing(2));
+        let ticket = cache.ticket(&repo);
+        cache.forget(&repo);
+        cache.put_written(&repo, 2, Arc::clone(&new));
+        cache.put_read(&repo, ticket, 1, old);
+        let (fingerprint, served) = cache.fresh(&repo, Duration::from_secs(60)).unwrap();
+        assert_eq!(fingerprint, 2);
+        assert!(Arc::ptr_eq(&served, &new));
+        // The same read begun after a write began (between its `forget` and its put) too.
+        let ticket = cache.ticket(&repo);
+        cache.put_written(&repo, 3, Arc::clone(&new));
+        cache.put_read(&repo, ticket, 2, listing(1));
+        assert_eq!(cache.fresh(&repo, Duration::from_secs(60)).unwrap().0, 3);
+        // A read with no write since is cached.
+        let ticket = cache.ticket(&repo);
+        cache.put_read(&repo, ticket, 4, listing(1));
+        assert_eq!(
+            cache.get(&repo, 4).map(|l| l.weight()),
+            Some(listing(1).weight())
+        );
+    }
+
+    #[test]
+    fn manifest_bytes_stay_within_their_budget() {
+        let cache = ManifestBytes::default();
+        let bytes = Arc::new(vec![0; MANIFEST_BUDGET / 3]);
+        let age = Duration::from_secs(60);
+        for n in 0..10 {
+            let repo: RepoName = format!("r{n}").parse().unwrap();
+            let digest = Digest::sha256_of(format!("{n}").as_bytes());
+            cache.put(&repo, &digest, Arc::clone(&bytes));
+            assert!(cache.fresh(&repo, &digest, age).is_some());
+            assert!(cache.weight.load(Ordering::Relaxed) <= MANIFEST_BUDGET);
+        }
+        let (repo, digest) = ("r9".parse().unwrap(), Digest::sha256_of(b"9"));
+        cache.forget(&repo, &digest);
+        assert!(cache.fresh(&repo, &digest, age).is_none());
+        // Three fit; the cache was emptied before r9 was put, so it held r9 alone.
+        assert_eq!(cache.weight.load(Ordering::Relaxed), 0);
     }
 }

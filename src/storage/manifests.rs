@@ -79,6 +79,7 @@ impl Store {
         repo: &RepoName,
     ) -> Result<(ObjectMeta, Arc<Listing>), StoreError> {
         let path = layout::index_json(repo)?;
+        let ticket = self.indexes.ticket(repo);
         let meta = self
             .driver
             .stat_object(&path)?
@@ -97,8 +98,10 @@ impl Store {
             })?,
         );
         // The file may have been replaced between the stat and the read; then the next
-        // lookup sees a new fingerprint and parses again, so caching here is always safe.
-        self.indexes.put(repo, meta.fingerprint, Arc::clone(&index));
+        // lookup sees a new fingerprint and parses again. A write through this instance since
+        // the ticket may have cached a newer index, which this one must not replace.
+        self.indexes
+            .put_read(repo, ticket, meta.fingerprint, Arc::clone(&index));
         Ok((meta, index))
     }
 
@@ -197,7 +200,7 @@ impl Store {
         let written = self
             .driver
             .replace(&path, bytes, unchanged, Some(&read.version))?;
-        self.indexes.put(repo, written.fingerprint, index);
+        self.indexes.put_written(repo, written.fingerprint, index);
         Ok(())
     }
 

@@ -211,7 +211,8 @@ pub struct Capabilities {
     /// staged and moved into place like any other.
     pub direct_uploads: bool,
     /// `presigned_url` hands out a URL a client can fetch an object from directly (S3: a
-    /// SigV4 query-signed GET, when the store is configured to redirect), so blob GETs can
+    /// query-signed GET, SigV4 or SigV2 as its requests are signed, when the store is
+    /// configured to redirect), so blob GETs can
     /// answer with a redirect instead of streaming the bytes through the registry.
     pub presigned_urls: bool,
 }

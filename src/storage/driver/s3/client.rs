@@ -230,6 +230,9 @@ const ATTEMPTS: usize = 4;
 /// does not accept within it is down, and the next attempt may find it back.
 const CONNECT_TIME_OUT: Duration = Duration::from_secs(5);
 
+/// Idle connections the client keeps for reuse, all to its one endpoint.
+const IDLE_CONNECTIONS: usize = 64;
+
 /// A request body: none, or bytes already in memory (a part of at most `chunksize`, or a small
 /// object).
 #[derive(Clone, Copy)]
@@ -296,7 +299,10 @@ impl Client {
             .timeout_recv_response(Some(time_out))
             .timeout_per_read(Some(time_out))
             .timeout_per_write(Some(time_out))
-            .max_idle_connections_per_host(64)
+            // One endpoint: the total must be as high as the per-host count, or ureq's
+            // default total of 10 closes connections above 10 concurrent calls.
+            .max_idle_connections(IDLE_CONNECTIONS)
+            .max_idle_connections_per_host(IDLE_CONNECTIONS)
             .tls_config(
                 ureq::tls::TlsConfig::builder()
                     .disable_verification(endpoint.wire.skip_verify)
@@ -350,8 +356,11 @@ impl Client {
     /// whatever it is; one that failed on the way only if sending it twice is harmless, which
     /// holds for every GET, HEAD, PUT and DELETE the driver makes (a conditional PUT repeated
     /// after it succeeded fails its condition, which callers read as someone else's write),
-    /// not for a POST (a repeated CompleteMultipartUpload finds its upload gone). A time-out
-    /// is not retried: it spent the budget. The error is a failure to get an answer: the
+    /// not for a POST (a repeated CompleteMultipartUpload finds its upload gone). A
+    /// conditional PUT repeated after it succeeded fails its condition (412): then the
+    /// object is read back, and if it holds the bytes sent the write was this one's
+    /// (`landed`). A time-out
+    /// is not retried, it spent the budget, unless it was connecting (see `retried`). The error is a failure to get an answer: the
     /// transport's, or the last 5xx.
     pub(super) fn send(
         &self,
@@ -368,6 +377,9 @@ impl Client {
         loop {
             let last = attempt == ATTEMPTS || started.elapsed() + pause >= self.time_out;
             match self.send_once(method, key, query, headers, body) {
+                Ok(reply) if reply.status == 412 && attempt > 1 && method == "PUT" => {
+                    return self.landed(key, body, reply);
+                }
                 Ok(reply) if !matches!(reply.status, 500 | 502 | 503 | 504) => return Ok(reply),
                 Ok(reply) if last => return Err(reply.into_error(method)),
                 Ok(reply) => {
@@ -379,8 +391,7 @@ impl Client {
                     let _ = reply.bytes();
                 }
                 Err(e) => {
-                    let retry = !last && !timed_out(&e) && (unsent(&e) || method != "POST");
-                    if !retry {
+                    if last || !retried(&e, method) {
                         return Err(into_io(e));
                     }
                     if log.retries() {
@@ -393,6 +404,33 @@ impl Client {
             std::thread::sleep(pause);
             pause *= 4;
             attempt += 1;
+        }
+    }
+
+    /// A conditional PUT of `body` at `key` answered `refused` (412) on a later attempt: an
+    /// earlier one may have written it and lost only its answer (a cut connection, a 5xx
+    /// after the write). If the object holds exactly the bytes sent, the answer is a HEAD of
+    /// it conditional on the ETag read with them (200 with that ETag, or 412 if it was
+    /// replaced since): the write is reported as done, which is what it was, and not as
+    /// someone else's. Otherwise `refused` stands. Bytes, not the ETag, are compared: an
+    /// encrypted object's ETag is not its MD5.
+    fn landed(&self, key: Option<&str>, body: Body<'_>, refused: Reply) -> std::io::Result<Reply> {
+        let Body::Bytes(sent) = body else {
+            return Ok(refused);
+        };
+        let stored = self.send("GET", key, &[], &[], Body::Empty)?;
+        let etag = stored.header("etag").map(str::to_string);
+        let same = stored.status == 200 && stored.bytes()? == sent;
+        match etag {
+            Some(etag) if same => {
+                let _ = refused.bytes();
+                tracing::debug!(
+                    key,
+                    "S3 conditional PUT refused on a retry had landed before"
+                );
+                self.send("HEAD", key, &[], &[("if-match", &etag)], Body::Empty)
+            }
+            _ => Ok(refused),
         }
     }
 
@@ -736,6 +774,31 @@ fn unsent(e: &ureq::Error) -> bool {
     }
 }
 
+/// Whether an attempt that failed with `e` is sent again (budget allowing): one that never
+/// reached the server always, even after timing out while connecting (`CONNECT_TIME_OUT` is
+/// shorter than the budget so that a server back up is found); one that did only if it did
+/// not time out (that spent the budget) and sending it twice is harmless (not a POST).
+fn retried(e: &ureq::Error, method: &str) -> bool {
+    unsent(e) || (!timed_out(e) && method != "POST")
+}
+
+/// Whether reading an answer's body failed because the server or the network did (it
+/// stalled past the time-out, or the connection was cut), not because of what was read.
+pub(super) fn outage(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    // ureq hands its own errors (a time-out) to a body's reader wrapped in an io::Error.
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<ureq::Error>())
+    {
+        Some(e) => timed_out(e),
+        None => matches!(
+            e.kind(),
+            TimedOut | ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+        ),
+    }
+}
+
 fn timed_out(e: &ureq::Error) -> bool {
     match e {
         ureq::Error::Timeout(_) => true,
@@ -953,6 +1016,45 @@ pub(super) fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A connect time-out was checked as a time-out before as unsent, so it was never retried
+    /// (issue 13 review, finding 3).
+    #[test]
+    fn what_is_retried() {
+        let cases = [
+            (ureq::Error::Timeout(ureq::Timeout::Connect), "POST", true),
+            (ureq::Error::Timeout(ureq::Timeout::Resolve), "GET", true),
+            (ureq::Error::ConnectionFailed, "POST", true),
+            (
+                ureq::Error::Io(std::io::ErrorKind::ConnectionRefused.into()),
+                "POST",
+                true,
+            ),
+            (
+                ureq::Error::Io(std::io::ErrorKind::ConnectionReset.into()),
+                "PUT",
+                true,
+            ),
+            (
+                ureq::Error::Io(std::io::ErrorKind::ConnectionReset.into()),
+                "POST",
+                false,
+            ),
+            (
+                ureq::Error::Timeout(ureq::Timeout::RecvResponse),
+                "GET",
+                false,
+            ),
+            (
+                ureq::Error::Io(std::io::ErrorKind::TimedOut.into()),
+                "GET",
+                false,
+            ),
+        ];
+        for (e, method, retry) in cases {
+            assert_eq!(retried(&e, method), retry, "{method} after {e}");
+        }
+    }
 
     #[test]
     fn hmac_matches_rfc_4231() {

@@ -7,9 +7,11 @@
 //!   `reader_range`: GET with a bounded `Range: bytes=A-B`.
 //! - `stat`: HEAD (`version` = the ETag); a missing key that has keys below it is a prefix
 //!   (a listing more). `stat_object`: the HEAD alone.
-//! - `presigned_url` (with `redirect` on): a SigV4 query-signed GET URL, made locally.
+//! - `presigned_url` (with `redirect` on): a query-signed GET URL, made locally, signed as
+//!   the requests are (SigV4, or SigV2 with `v4auth: false`).
 //! - Every request has time-outs and a retry budget (`client::Client::send`); a request
-//!   that gets no answer within them, or a 5xx after them, is `DriverError::Unavailable`.
+//!   that gets no answer within them, or a 5xx after them, is `DriverError::Unavailable`,
+//!   and so is a body read whole (`get`, a listing, a completion) that stalls or is cut.
 //! - `list`: ListObjectsV2 with delimiter `/` (objects with size and LastModified, and
 //!   common prefixes), every page.
 //! - `put`: PUT; `create`: PUT with `If-None-Match: *`; `replace`: PUT with `If-Match` on the
@@ -279,12 +281,25 @@ impl S3Driver {
     }
 }
 
+/// A failure of `op` on `path`. One that is S3 or the network failing after the headers
+/// came back (a body stalled or cut: `client::outage`) is `Unavailable` (503), like no
+/// answer at all, not an I/O error (500).
 fn io_error(op: &'static str, path: &str, source: std::io::Error) -> DriverError {
-    DriverError::Io {
-        driver: NAME,
-        op,
-        path: path.to_string(),
-        source,
+    let path = path.to_string();
+    if client::outage(&source) {
+        DriverError::Unavailable {
+            driver: NAME,
+            op,
+            path,
+            source,
+        }
+    } else {
+        DriverError::Io {
+            driver: NAME,
+            op,
+            path,
+            source,
+        }
     }
 }
 
@@ -990,9 +1005,6 @@ impl Driver for S3Driver {
         )?))
     }
 
-    /// A HEAD for the size, then CopyObject up to `multipartcopythresholdsize`, a multipart
-    /// copy above it (`multipart`): two requests below the threshold, and above it
-    /// 3 + size / `multipartcopychunksize`.
     /// A HEAD of the upload and a GET of its note (`writer`: notes).
     fn upload_note(&self, path: &StoragePath) -> Result<Option<Vec<u8>>, DriverError> {
         let key = self.inner.key(path);
@@ -1024,6 +1036,9 @@ impl Driver for S3Driver {
         )))
     }
 
+    /// A HEAD for the size, then CopyObject up to `multipartcopythresholdsize`, a multipart
+    /// copy above it (`multipart`): two requests below the threshold, and above it
+    /// 3 + size / `multipartcopychunksize`.
     fn copy(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError> {
         let (from_key, to_key) = (self.inner.key(from), self.inner.key(to));
         let head = self

@@ -420,11 +420,16 @@ fn s3_monolithic_pushes_are_written_in_place_on_moto() {
 
 /// A TCP relay to `upstream` on a free 127.0.0.1 port that, once `cut_after` is armed with a
 /// byte count, closes the connection carrying the answer after that many more bytes, as a
-/// network fault would mid-body.
+/// network fault would mid-body; with `stall` set it holds the connection silent for
+/// `STALL` first, as a server stalled mid-body would.
 struct Cutter {
     endpoint: String,
     cut_after: Arc<std::sync::atomic::AtomicI64>,
+    stall: Arc<std::sync::atomic::AtomicBool>,
 }
+
+/// How long a stalled `Cutter` holds a connection silent: past a test driver's time-out.
+const STALL: Duration = Duration::from_secs(5);
 
 impl Cutter {
     fn start(upstream: &str) -> Cutter {
@@ -434,7 +439,9 @@ impl Cutter {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let cut_after = Arc::new(AtomicI64::new(-1));
+        let stall = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let armed = Arc::clone(&cut_after);
+        let stalls = Arc::clone(&stall);
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
@@ -444,6 +451,7 @@ impl Cutter {
                 std::thread::spawn(move || std::io::copy(&mut from_client, &mut to_server));
                 let (mut from_server, mut to_client) = (server, client);
                 let armed = Arc::clone(&armed);
+                let stalls = Arc::clone(&stalls);
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 16 * 1024];
                     while let Ok(n @ 1..) = from_server.read(&mut buf) {
@@ -455,6 +463,9 @@ impl Cutter {
                                     &mut to_client,
                                     &buf[..left as usize],
                                 );
+                                if stalls.load(Ordering::SeqCst) {
+                                    std::thread::sleep(STALL);
+                                }
                                 break;
                             }
                             0.. => {
@@ -475,6 +486,7 @@ impl Cutter {
         Cutter {
             endpoint,
             cut_after,
+            stall,
         }
     }
 }
@@ -518,5 +530,102 @@ fn a_body_cut_midway_resumes_with_a_ranged_get() {
     assert!(
         ranged == bytes[10..10 + 2 * 1024 * 1024],
         "the range, resumed"
+    );
+}
+
+/// A body cut or stalled after the headers came back is an outage like no answer at all
+/// (503), not an I/O error (500): a `get`, which reads its body whole, and a listing.
+#[test]
+fn a_body_cut_or_stalled_midway_is_unavailable() {
+    let moto = service("MOTO");
+    let (direct, bucket) = fresh(&moto, "root");
+    let p = path("repo/index.json");
+    direct.put(&p, &pattern(1024 * 1024, 3)).unwrap();
+    for n in 0..200 {
+        direct
+            .put(&path(&format!("many/{n:04}-{}", "k".repeat(100))), b"")
+            .unwrap();
+    }
+    let cutter = Cutter::start(&moto.endpoint);
+    let relayed = S3Driver::new(S3Config {
+        endpoint: cutter.endpoint.clone(),
+        ..config(&moto, &bucket, "root")
+    })
+    .unwrap();
+    let cut = |after: i64| {
+        cutter
+            .cut_after
+            .store(after, std::sync::atomic::Ordering::SeqCst)
+    };
+    cut(100_000);
+    let got = relayed.get(&p);
+    assert!(
+        matches!(got, Err(DriverError::Unavailable { .. })),
+        "get: {got:?}"
+    );
+    cut(2_000);
+    let listed = relayed.list(Some(&path("many")));
+    assert!(
+        matches!(listed, Err(DriverError::Unavailable { .. })),
+        "list: {:?}",
+        listed.map(|l| l.len())
+    );
+    // Stalled mid-body past the time-out rather than cut.
+    let time_out = Duration::from_secs(1);
+    let short = S3Driver::new(S3Config {
+        endpoint: cutter.endpoint.clone(),
+        time_out,
+        ..config(&moto, &bucket, "root")
+    })
+    .unwrap();
+    cutter
+        .stall
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    cut(100_000);
+    let since = std::time::Instant::now();
+    let got = short.get(&p);
+    assert!(
+        matches!(got, Err(DriverError::Unavailable { .. })),
+        "stalled get: {got:?}"
+    );
+    assert!(since.elapsed() < STALL, "given up at the time-out");
+}
+
+/// A conditional PUT whose answer is cut after it was written is sent again and refused
+/// (412) by its own write: `replace` and `create` still report it done, so the store does
+/// not re-apply an index batch to its own write (issue 13 review, finding 4). One written
+/// by someone else is still a conflict.
+#[test]
+fn a_conditional_put_whose_answer_was_cut_is_reported_done() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let moto = service("MOTO");
+    let (direct, bucket) = fresh(&moto, "root");
+    let p = path("repo/index.json");
+    direct.put(&p, b"old").unwrap();
+    let version = direct.stat(&p).unwrap().unwrap().version;
+    let cutter = Cutter::start(&moto.endpoint);
+    let relayed = S3Driver::new(S3Config {
+        endpoint: cutter.endpoint.clone(),
+        ..config(&moto, &bucket, "root")
+    })
+    .unwrap();
+    cutter.cut_after.store(0, SeqCst);
+    let written = relayed.replace(&p, b"new", 0, Some(&version));
+    assert_eq!(cutter.cut_after.load(SeqCst), -1, "the answer was cut");
+    let written = written.unwrap();
+    let now = direct.stat(&p).unwrap().unwrap();
+    assert_eq!(written.version, now.version);
+    assert_eq!(direct.get(&p).unwrap(), b"new");
+
+    let q = path("repo/created");
+    cutter.cut_after.store(0, SeqCst);
+    assert!(relayed.create(&q, b"mine").unwrap(), "created, not found");
+    assert_eq!(cutter.cut_after.load(SeqCst), -1, "the answer was cut");
+
+    // Someone else's bytes: still a conflict, cut or not.
+    let refused = relayed.replace(&p, b"other", 0, Some(&version));
+    assert!(
+        matches!(refused, Err(DriverError::Conflict { .. })),
+        "{refused:?}"
     );
 }
