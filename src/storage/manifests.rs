@@ -80,10 +80,17 @@ impl Store {
     ) -> Result<(ObjectMeta, Arc<Listing>), StoreError> {
         let path = layout::index_json(repo)?;
         let ticket = self.indexes.ticket(repo);
-        let meta = self
-            .driver
-            .stat_object(&path)?
-            .ok_or_else(|| StoreError::NameUnknown(repo.clone()))?;
+        let Some(meta) = self.driver.stat_object(&path)? else {
+            // Nothing there, or a directory where the document should be: a damaged layout,
+            // which must not pass for an unknown repository (one more request, on misses only).
+            return Err(match self.driver.stat(&path)? {
+                Some(_) => StoreError::CorruptLayout {
+                    path: path.to_string(),
+                    reason: "a directory, not a document".to_string(),
+                },
+                None => StoreError::NameUnknown(repo.clone()),
+            });
+        };
         if let Some(index) = self.indexes.get(repo, meta.fingerprint) {
             return Ok((meta, index));
         }
