@@ -5,6 +5,7 @@
 
 use super::client::{self, Body};
 use super::{DriverError, Head, Inner, MAX_PART, io_error, not_found};
+use std::ops::Deref;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -23,6 +24,68 @@ fn etag_of(op: &'static str, key: &str, xml: &str) -> Result<String, DriverError
     client::first(xml, "ETag")
         .filter(|_| !xml.contains("<Error>"))
         .ok_or_else(|| io_error(op, key, std::io::Error::other(format!("{op}: {xml}"))))
+}
+
+/// A multipart upload at `key` that is aborted when dropped before it completed (an early
+/// return, a failed completion, a panic): S3 would keep an open upload's parts, billed and
+/// invisible. The writers' `Parts` (`Arc<Inner>`) and `copy_in_parts` (`&Inner`) share it.
+pub(super) struct OpenUpload<I: Deref<Target = Inner>> {
+    pub(super) inner: I,
+    pub(super) key: String,
+    /// `None` until started and once completed or aborted.
+    pub(super) upload: Option<Multipart>,
+}
+
+impl<I: Deref<Target = Inner>> OpenUpload<I> {
+    pub(super) fn new(inner: I, key: String) -> OpenUpload<I> {
+        OpenUpload {
+            inner,
+            key,
+            upload: None,
+        }
+    }
+
+    /// The upload, started (with `headers`) if there is none.
+    pub(super) fn started(
+        &mut self,
+        op: &'static str,
+        headers: &[(&str, &str)],
+    ) -> Result<&mut Multipart, DriverError> {
+        if self.upload.is_none() {
+            self.upload = Some(self.inner.start_multipart(op, &self.key, headers)?);
+        }
+        Ok(self.upload.as_mut().expect("started above"))
+    }
+
+    /// CompleteMultipartUpload with `headers`: the object's ETag, after which there is
+    /// nothing to abort; `None` (still open: aborted on drop) when a condition failed.
+    pub(super) fn complete(
+        &mut self,
+        op: &'static str,
+        headers: &[(&str, &str)],
+    ) -> Result<Option<String>, DriverError> {
+        let upload = self.upload.as_ref().expect("completed only once started");
+        let etag = self
+            .inner
+            .complete_multipart(op, &self.key, upload, headers)?;
+        if etag.is_some() {
+            self.upload = None;
+        }
+        Ok(etag)
+    }
+
+    /// Aborts the upload in progress, if any.
+    pub(super) fn abort(&mut self) {
+        if let Some(upload) = self.upload.take() {
+            self.inner.abort_multipart(&self.key, upload);
+        }
+    }
+}
+
+impl<I: Deref<Target = Inner>> Drop for OpenUpload<I> {
+    fn drop(&mut self) {
+        self.abort();
+    }
 }
 
 impl Inner {
@@ -208,11 +271,12 @@ impl Inner {
             .max(size.div_ceil(MAX_PARTS))
             .min(MAX_PART);
         let count = size.div_ceil(chunk) as usize;
-        let mut upload = self.start_multipart("copy", to, &[])?;
+        let mut open = OpenUpload::new(self, to.to_string());
+        let id = open.started("copy", &[])?.id.clone();
+        let id = id.as_str();
         let etags: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; count]);
         let failure: Mutex<Option<DriverError>> = Mutex::new(None);
         let next = AtomicUsize::new(0);
-        let id = upload.id.as_str();
         let work = || {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
@@ -262,12 +326,13 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner())
             .into_iter()
             .collect();
+        // Any return from here without a completion (or a worker's panic unwinding through
+        // the scope above) drops `open`, which aborts the upload.
         let (None, Some(parts)) = (&failed, parts) else {
-            self.abort_multipart(to, upload);
             return Err(failed.unwrap_or_else(|| not_found(from)));
         };
-        upload.parts = parts;
-        match self.complete_multipart("copy", to, &upload, &[])? {
+        open.upload.as_mut().expect("started above").parts = parts;
+        match open.complete("copy", &[])? {
             Some(_) => Ok(()),
             None => Err(io_error(
                 "copy",

@@ -303,6 +303,29 @@ fn s3_copies_large_objects_in_parts_on_moto() {
     ));
 }
 
+/// A multipart copy whose completion fails leaves no open upload behind (S3 would keep its
+/// parts): parts below S3's minimum part size copy fine and are refused at the completion
+/// (EntityTooSmall).
+#[test]
+fn s3_a_failed_multipart_copy_is_aborted_on_moto() {
+    let moto = service("MOTO");
+    let (_, bucket) = fresh(&moto, "copy-fails");
+    let small = 1024 * 1024;
+    let d = S3Driver::new(S3Config {
+        multipart_copy: MultipartCopy {
+            chunk_size: small,
+            max_concurrency: 2,
+            threshold: small,
+        },
+        ..config(&moto, &bucket, "copy-fails")
+    })
+    .unwrap();
+    let from = path("a/blobs/big");
+    d.put(&from, &pattern(3 * small as usize, 1)).unwrap();
+    assert!(d.copy(&from, &path("b/blobs/big")).is_err());
+    assert_eq!(open_uploads(&d), 0);
+}
+
 /// A direct upload past one part: its parts go to the final key, where nothing is visible
 /// before the commit, which is one request past the last part; a cancelled one leaves no
 /// object and no open multipart upload.
