@@ -656,18 +656,7 @@ impl Inner {
         match reply.status {
             200 => {
                 let body = reply.text().map_err(|e| io_error(op, from, e))?;
-                if body.contains("<Error>") {
-                    let code = client::first(&body, "Code").unwrap_or_default();
-                    if code == "NoSuchKey" {
-                        return Err(not_found(from));
-                    }
-                    return Err(io_error(
-                        op,
-                        from,
-                        std::io::Error::other(format!("CopyObject: {code}")),
-                    ));
-                }
-                Ok(())
+                error_in_body(op, from, &body)
             }
             404 => {
                 let _ = reply.bytes();
@@ -1044,6 +1033,23 @@ impl Driver for S3Driver {
                 DriverError::NotFound { .. } => not_found(from.as_str()),
                 e => e,
             })
+    }
+}
+
+/// S3 may answer a copy (CopyObject, UploadPartCopy) or a completion with 200 and then an
+/// `<Error>` in the body, the failure having come after the status was sent: that error as
+/// the driver's, `NotFound` (of `key`) for `NoSuchKey`. The one check of this quirk.
+fn error_in_body(op: &'static str, key: &str, xml: &str) -> Result<(), DriverError> {
+    if !xml.contains("<Error>") {
+        return Ok(());
+    }
+    match client::first(xml, "Code").unwrap_or_default().as_str() {
+        "NoSuchKey" => Err(not_found(key)),
+        code => Err(io_error(
+            op,
+            key,
+            std::io::Error::other(format!("{op}: {code} in a 200 answer")),
+        )),
     }
 }
 

@@ -21,8 +21,8 @@ pub(super) struct Multipart {
 /// The ETag in an answer S3 may give with status 200 and an error in its body (part copies,
 /// completions).
 fn etag_of(op: &'static str, key: &str, xml: &str) -> Result<String, DriverError> {
+    super::error_in_body(op, key, xml)?;
     client::first(xml, "ETag")
-        .filter(|_| !xml.contains("<Error>"))
         .ok_or_else(|| io_error(op, key, std::io::Error::other(format!("{op}: {xml}"))))
 }
 
