@@ -441,6 +441,46 @@ fn s3_monolithic_pushes_are_written_in_place_on_moto() {
     assert!(names.is_empty(), "nothing staged: {names:?}");
 }
 
+/// S3 requests of a mount without dedupe into an existing repository: the copy goes
+/// straight to the blob key (CopyObject is atomic, nothing partial is ever visible), not
+/// through `.uploads/`. Five: the source's HEAD, the target's (an object: no LIST), the
+/// repository check, and the copy's HEAD (its size picks CopyObject or parts) and
+/// CopyObject. Staged, with a LIST for the target, it took 11.
+#[test]
+fn s3_mounts_copy_straight_to_the_blob_key_on_moto() {
+    let moto = service("MOTO");
+    let (driver, _) = fresh(&moto, "mounts");
+    let store = crate::storage::Store::new(Arc::new(driver.clone()), None);
+    let (from, to): (crate::oci::RepoName, crate::oci::RepoName) =
+        ("from".parse().unwrap(), "to".parse().unwrap());
+    let bytes = pattern(1 << 20, 4);
+    let digest = crate::digest::Digest::sha256_of(&bytes);
+    let length = crate::storage::BodyLength::Exact(bytes.len() as u64);
+    store
+        .blob_put(&from, &digest, &mut &bytes[..], length)
+        .unwrap();
+    let other = b"creates the repository";
+    let length = crate::storage::BodyLength::Exact(other.len() as u64);
+    store
+        .blob_put(
+            &to,
+            &crate::digest::Digest::sha256_of(other),
+            &mut &other[..],
+            length,
+        )
+        .unwrap();
+    let before = driver.requests();
+    assert!(store.blob_mount(&to, &digest, Some(&from)).unwrap());
+    let sent = driver.requests() - before;
+    let blob = path(&format!("to/blobs/sha256/{}", digest.hex()));
+    assert!(driver.get(&blob).unwrap() == bytes);
+    assert_eq!(sent, 5, "requests of a mount");
+    assert!(
+        driver.list(Some(&path("to/.uploads"))).unwrap().is_empty(),
+        "nothing staged"
+    );
+}
+
 /// A TCP relay to `upstream` on a free 127.0.0.1 port that, once `cut_after` is armed with a
 /// byte count, closes the connection carrying the answer after that many more bytes, as a
 /// network fault would mid-body.
