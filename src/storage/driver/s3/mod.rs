@@ -156,6 +156,8 @@ struct Inner {
     prefix: String,
     chunk_size: usize,
     multipart_copy: MultipartCopy,
+    /// Bounds the part copies in flight across this driver's copies.
+    copy_slots: multipart::CopySlots,
     redirect: bool,
     revalidate: Duration,
     /// Requests sent, for the tests that count what an operation costs.
@@ -195,6 +197,7 @@ impl S3Driver {
                 prefix,
                 chunk_size: config.chunk_size,
                 multipart_copy: config.multipart_copy,
+                copy_slots: multipart::CopySlots::new(config.multipart_copy.max_concurrency),
                 redirect: config.redirect,
                 revalidate: config.revalidate,
                 #[cfg(test)]

@@ -1,13 +1,14 @@
 //! S3 multipart uploads as requests (start, part, part copy, complete, abort), shared by the
 //! upload writers and `copy`, and the multipart copy of large objects: UploadPartCopy parts of
-//! `multipartcopychunksize`, at most `multipartcopymaxconcurrency` of them in flight, each on
-//! a thread of a scope that ends with the copy, so a copy holds no thread and no byte after it.
+//! `multipartcopychunksize`, at most `multipartcopymaxconcurrency` of them in flight across
+//! all of a driver's copies (`CopySlots`), each on a thread of a scope that ends with the
+//! copy, so a copy holds no thread and no byte after it.
 
 use super::client::{self, Body};
 use super::{DriverError, Head, Inner, MAX_PART, io_error, not_found};
 use std::ops::Deref;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
 
 /// The most parts one multipart upload may have.
 const MAX_PARTS: u64 = 10_000;
@@ -85,6 +86,84 @@ impl<I: Deref<Target = Inner>> OpenUpload<I> {
 impl<I: Deref<Target = Inner>> Drop for OpenUpload<I> {
     fn drop(&mut self) {
         self.abort();
+    }
+}
+
+/// The driver's part-copy slots: at most `multipartcopymaxconcurrency` UploadPartCopy
+/// requests in flight across all of its copies at once, so N concurrent copies share one
+/// bound rather than each spawning its own (N x 99 threads by default).
+pub(super) struct CopySlots {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+/// Slots held, given back when dropped (also when a copy's worker panics).
+struct Held<'a> {
+    slots: &'a CopySlots,
+    count: usize,
+}
+
+impl CopySlots {
+    pub(super) fn new(count: usize) -> CopySlots {
+        CopySlots {
+            free: Mutex::new(count.max(1)),
+            freed: Condvar::new(),
+        }
+    }
+
+    /// Up to `want` slots that are free now, without waiting (helper threads: a copy spawns
+    /// one per slot it gets, so the threads are bounded as the requests are).
+    fn take_free(&self, want: usize) -> Held<'_> {
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = want.min(*free);
+        *free -= count;
+        Held { slots: self, count }
+    }
+
+    /// The slots free now.
+    #[cfg(test)]
+    pub(super) fn free(&self) -> usize {
+        *self.free.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One slot, waiting for it (the copying thread itself, which always makes progress).
+    fn take_one(&self) -> Held<'_> {
+        let mut free = self.free.lock().unwrap_or_else(PoisonError::into_inner);
+        while *free == 0 {
+            free = self
+                .freed
+                .wait(free)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *free -= 1;
+        Held {
+            slots: self,
+            count: 1,
+        }
+    }
+}
+
+impl<'a> Held<'a> {
+    /// One of the held slots, held apart from the rest.
+    fn split_off_one(&mut self) -> Held<'a> {
+        self.count -= 1;
+        Held {
+            slots: self.slots,
+            count: 1,
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if self.count > 0 {
+            *self
+                .slots
+                .free
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) += self.count;
+            self.slots.freed.notify_all();
+        }
     }
 }
 
@@ -277,12 +356,15 @@ impl Inner {
         let etags: Mutex<Vec<Option<String>>> = Mutex::new(vec![None; count]);
         let failure: Mutex<Option<DriverError>> = Mutex::new(None);
         let next = AtomicUsize::new(0);
-        let work = || {
+        // A worker copies parts until none is left, each under a slot: a helper's own, held
+        // for its life, or (`per_part`) one waited for per part.
+        let work = |per_part: bool| {
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= count || failure.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
                     return;
                 }
+                let _slot = per_part.then(|| self.copy_slots.take_one());
                 let start = i as u64 * chunk;
                 let range = (start, (start + chunk).min(size));
                 let copied = self.upload_part_copy(to, id, i + 1, from, range, &head.etag);
@@ -303,22 +385,30 @@ impl Inner {
             }
         };
         std::thread::scope(|scope| {
-            // This thread is one of the workers, so a refused spawn only lowers concurrency.
-            let helpers = self
+            // Helpers only for slots free now; this thread is a worker too, waiting for a
+            // slot per part, so a copy progresses even when every slot is taken elsewhere.
+            let want = self
                 .multipart_copy
                 .max_concurrency
                 .min(count)
                 .saturating_sub(1);
-            for _ in 0..helpers {
-                if std::thread::Builder::new()
+            let mut helpers = self.copy_slots.take_free(want);
+            while helpers.count > 0 {
+                let own = helpers.split_off_one();
+                let work = &work;
+                let spawned = std::thread::Builder::new()
                     .name("s3-copy".into())
-                    .spawn_scoped(scope, work)
-                    .is_err()
-                {
+                    .spawn_scoped(scope, move || {
+                        let _own = own;
+                        work(false)
+                    });
+                // A refused spawn only lowers concurrency (its slot went back on drop).
+                if spawned.is_err() {
                     break;
                 }
             }
-            work();
+            drop(helpers);
+            work(true);
         });
         let failed = failure.into_inner().unwrap_or_else(|p| p.into_inner());
         let parts: Option<Vec<String>> = etags

@@ -303,6 +303,38 @@ fn s3_copies_large_objects_in_parts_on_moto() {
     ));
 }
 
+/// Concurrent multipart copies share the driver's `multipartcopymaxconcurrency` slots (one
+/// bound across copies, not one per copy): each completes byte-identical, and every slot is
+/// free again afterwards.
+#[test]
+fn s3_concurrent_multipart_copies_share_one_bound_on_moto() {
+    let moto = service("MOTO");
+    let (_, bucket) = fresh(&moto, "copies");
+    let d = S3Driver::new(S3Config {
+        multipart_copy: MultipartCopy {
+            chunk_size: MIN_PART as u64,
+            max_concurrency: 2,
+            threshold: MIN_PART as u64,
+        },
+        ..config(&moto, &bucket, "copies")
+    })
+    .unwrap();
+    let big = pattern(3 * MIN_PART + 1, 9);
+    let from = path("a/blobs/big");
+    d.put(&from, &big).unwrap();
+    std::thread::scope(|scope| {
+        for i in 0..4 {
+            let (d, from) = (&d, &from);
+            scope.spawn(move || d.copy(from, &path(&format!("b{i}/blobs/big"))).unwrap());
+        }
+    });
+    for i in 0..4 {
+        assert!(d.get(&path(&format!("b{i}/blobs/big"))).unwrap() == big);
+    }
+    assert_eq!(d.inner.copy_slots.free(), 2, "every slot given back");
+    assert_eq!(open_uploads(&d), 0);
+}
+
 /// A multipart copy whose completion fails leaves no open upload behind (S3 would keep its
 /// parts): parts below S3's minimum part size copy fine and are refused at the completion
 /// (EntityTooSmall).
