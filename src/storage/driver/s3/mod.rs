@@ -830,6 +830,10 @@ impl Driver for S3Driver {
     /// Placeholders, upload notes, direct uploads, and presigned URLs when `redirect` is on;
     /// no links (`link` copies), no rename (a finished upload is copied into place), no local
     /// files, no O_DIRECT, whole objects.
+    fn abort_stale_uploads(&self, older_than: Duration) -> Result<usize, DriverError> {
+        self.inner.abort_stale(older_than)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             placeholders: true,

@@ -2,13 +2,16 @@
 //! upload writers and `copy`, and the multipart copy of large objects: UploadPartCopy parts of
 //! `multipartcopychunksize`, at most `multipartcopymaxconcurrency` of them in flight across
 //! all of a driver's copies (`CopySlots`), each on a thread of a scope that ends with the
-//! copy, so a copy holds no thread and no byte after it.
+//! copy, so a copy holds no thread and no byte after it. Also the sweep of stale uploads
+//! (`Driver::abort_stale_uploads`): ListMultipartUploads under the store's prefix, aborting
+//! those initiated, and last given a part (ListParts), at least `gcDelay` ago.
 
 use super::client::{self, Body};
 use super::{DriverError, Head, Inner, MAX_PART, io_error, not_found};
 use std::ops::Deref;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 /// The most parts one multipart upload may have.
 const MAX_PARTS: u64 = 10_000;
@@ -330,6 +333,92 @@ impl Inner {
                 );
             }
             Err(e) => tracing::warn!(key, "cannot abort a multipart upload: {e}"),
+        }
+    }
+
+    /// ListMultipartUploads under the store's prefix, page by page; each upload initiated
+    /// `older_than` ago or earlier, and whose latest part is as old, is aborted. How many were.
+    pub(super) fn abort_stale(&self, older_than: Duration) -> Result<usize, DriverError> {
+        let op = "list uploads";
+        let now = SystemTime::now();
+        let mut aborted = 0;
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut query = vec![("uploads", ""), ("prefix", self.prefix.as_str())];
+            if let Some((key, id)) = &markers {
+                query.push(("key-marker", key));
+                query.push(("upload-id-marker", id));
+            }
+            let reply = self.send(op, "GET", None, &query, &[], Body::Empty)?;
+            if reply.status != 200 {
+                let e = reply.into_error("ListMultipartUploads");
+                return Err(io_error(op, &self.prefix, e));
+            }
+            let xml = reply.text().map_err(|e| io_error(op, &self.prefix, e))?;
+            for upload in client::elements(&xml, "Upload") {
+                let (Some(key), Some(id), Some(initiated)) = (
+                    client::first(upload, "Key"),
+                    client::first(upload, "UploadId"),
+                    client::first(upload, "Initiated").and_then(|t| client::parse_iso8601(&t)),
+                ) else {
+                    continue;
+                };
+                let old = |t: SystemTime| now.duration_since(t).unwrap_or_default() >= older_than;
+                // A live upload may have started long ago (a slow, large PATCH): it is judged
+                // by its latest part, as a scratch file is by its last write.
+                if old(initiated) && old(self.last_part(&key, &id)?.unwrap_or(initiated)) {
+                    self.abort_multipart(
+                        &key,
+                        Multipart {
+                            id,
+                            parts: Vec::new(),
+                        },
+                    );
+                    aborted += 1;
+                }
+            }
+            let truncated = client::first(&xml, "IsTruncated").as_deref() == Some("true");
+            match (
+                client::first(&xml, "NextKeyMarker"),
+                client::first(&xml, "NextUploadIdMarker"),
+            ) {
+                (Some(key), Some(id)) if truncated => markers = Some((key, id)),
+                _ => return Ok(aborted),
+            }
+        }
+    }
+
+    /// ListParts of upload `id` at `key`, page by page: when its latest part was uploaded
+    /// (`None`: no part yet, or the upload is gone).
+    fn last_part(&self, key: &str, id: &str) -> Result<Option<SystemTime>, DriverError> {
+        let op = "list parts";
+        let mut latest = None;
+        let mut marker: Option<String> = None;
+        loop {
+            let mut query = vec![("uploadId", id)];
+            if let Some(marker) = &marker {
+                query.push(("part-number-marker", marker));
+            }
+            let reply = self.send(op, "GET", Some(key), &query, &[], Body::Empty)?;
+            match reply.status {
+                200 => {}
+                404 => {
+                    let _ = reply.bytes();
+                    return Ok(None);
+                }
+                _ => return Err(io_error(op, key, reply.into_error("ListParts"))),
+            }
+            let xml = reply.text().map_err(|e| io_error(op, key, e))?;
+            for part in client::elements(&xml, "Part") {
+                let modified =
+                    client::first(part, "LastModified").and_then(|t| client::parse_iso8601(&t));
+                latest = latest.max(modified);
+            }
+            let truncated = client::first(&xml, "IsTruncated").as_deref() == Some("true");
+            match client::first(&xml, "NextPartNumberMarker") {
+                Some(next) if truncated => marker = Some(next),
+                _ => return Ok(latest),
+            }
         }
     }
 

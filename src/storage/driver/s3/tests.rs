@@ -335,6 +335,33 @@ fn s3_concurrent_multipart_copies_share_one_bound_on_moto() {
     assert_eq!(open_uploads(&d), 0);
 }
 
+/// A multipart upload nothing will finish (a failed abort, a killed process) is aborted by
+/// the sweep once its latest part is older than the delay it is given, and not before; the
+/// bucket's uploads outside the store's root are not the store's to abort.
+#[test]
+fn s3_stale_multipart_uploads_are_aborted_on_moto() {
+    let moto = service("MOTO");
+    let (d, bucket) = fresh(&moto, "stale");
+    let outside = S3Driver::new(config(&moto, &bucket, "elsewhere")).unwrap();
+    let mut w = d.direct_writer(&path("r/blobs/sha256/left")).unwrap();
+    w.write(pattern(MIN_PART + 1, 2)).unwrap();
+    std::mem::forget(w);
+    let mut w = outside
+        .direct_writer(&path("r/blobs/sha256/theirs"))
+        .unwrap();
+    w.write(pattern(MIN_PART + 1, 3)).unwrap();
+    std::mem::forget(w);
+    assert_eq!(
+        open_uploads(&d),
+        2,
+        "a killed writer leaves its upload open"
+    );
+    let minute = Duration::from_secs(60);
+    assert_eq!(d.abort_stale_uploads(minute).unwrap(), 0, "a part just now");
+    assert_eq!(d.abort_stale_uploads(Duration::ZERO).unwrap(), 1);
+    assert_eq!(open_uploads(&d), 1, "only the store's own");
+}
+
 /// A multipart copy whose completion fails leaves no open upload behind (S3 would keep its
 /// parts): parts below S3's minimum part size copy fine and are refused at the completion
 /// (EntityTooSmall).
