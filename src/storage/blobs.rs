@@ -59,22 +59,28 @@ impl Store {
     }
 }
 
-/// A verified upload, ready to become a blob: staged at a path of its own, or written at the
-/// blob's path by a direct writer (`Driver::direct_writer`) and not yet committed there.
+/// A verified upload, ready to become a blob: staged at a path of its own, written at the
+/// blob's path by a direct writer (`Driver::direct_writer`) and not yet committed there, or
+/// (a mount) another repository's blob to copy.
 pub(super) enum Verified<'a> {
     /// Staged at this path.
     Staged(&'a StoragePath),
     /// Written at the blob's path, visible once committed.
     Direct(Box<dyn UploadWriter>),
+    /// A blob stored at this path, copied straight to the target: only where the driver has
+    /// `direct_uploads` (an object store, whose server-side copy leaves nothing, partial or
+    /// temporary, when it fails), so staging it would only cost a second copy.
+    Stored(&'a StoragePath),
 }
 
 impl Verified<'_> {
     /// Makes it the blob at `target`. A staged upload is moved: one atomic rename where the
     /// driver has it, else (an object store) a server-side copy, itself atomic, and a delete
-    /// of the staged object. A direct write is committed where it is.
+    /// of the staged object. A direct write is committed where it is; a stored blob copied.
     pub(super) fn land(self, driver: &dyn Driver, target: &StoragePath) -> Result<(), DriverError> {
         let staged = match self {
             Verified::Direct(out) => return out.commit(),
+            Verified::Stored(source) => return driver.copy(source, target),
             Verified::Staged(staged) => staged,
         };
         if driver.capabilities().rename {
@@ -91,11 +97,12 @@ impl Verified<'_> {
 
     /// Drops it, where the blob is in place already or its bytes are held elsewhere: best
     /// effort (a staged leftover is an idle upload for the collector; a direct write that
-    /// cannot be cancelled stored nothing visible).
+    /// cannot be cancelled stored nothing visible; a stored blob is not this one's to drop).
     pub(super) fn discard(self, driver: &dyn Driver) {
         let _ = match self {
             Verified::Staged(staged) => driver.delete(staged),
             Verified::Direct(out) => out.cancel(),
+            Verified::Stored(_) => Ok(()),
         };
     }
 }

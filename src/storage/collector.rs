@@ -78,6 +78,14 @@ fn log_leftovers(key: &str, found: &Leftovers, dry_run: bool) {
             found.remnants.len()
         );
     }
+    if found.multipart_uploads > 0 {
+        tracing::info!(
+            store = key,
+            uploads = found.multipart_uploads,
+            "gc: aborted {} incomplete multipart uploads older than gcDelay",
+            found.multipart_uploads
+        );
+    }
     for (path, e) in &found.failed {
         tracing::warn!(store = key, path = %path, "gc: leftovers here stay: {e}");
     }

@@ -8,7 +8,10 @@
 //! by time (`Stale`): at start-up, written before this process opened the store; in a sweep,
 //! untouched for the store's `gcDelay` (a write keeps its file's time fresh). The collector
 //! removes leftovers at start-up (gc on or off: they are berth's own files, never content) and
-//! in every sweep; scrub reports them. Also here: whether a repository holds nothing but its
+//! in every sweep; scrub reports them. A sweep also aborts the driver's incomplete multipart
+//! uploads started at least `gcDelay` ago (`Driver::abort_stale_uploads`: an object store's
+//! parts of an upload whose abort failed or whose process was killed; S3 lists them with
+//! their start time, so they are judged by age only and never reported without removal). Also here: whether a repository holds nothing but its
 //! layout, and its removal, shared by the collector's `remove_if_empty` and the remains.
 
 use super::driver::{DriverError, ScratchFile, StoragePath};
@@ -56,6 +59,8 @@ pub struct Leftovers {
     pub files: Vec<Leftover>,
     /// Directories that were repositories (named by repository), with what was left in them.
     pub remnants: Vec<String>,
+    /// Incomplete multipart uploads aborted (a sweep only).
+    pub multipart_uploads: usize,
     /// Directories that could not be searched or entries that could not be removed, with why.
     pub failed: Vec<(String, String)>,
 }
@@ -73,6 +78,14 @@ impl Store {
     pub(super) fn leftovers(&self, walk: &StoreWalk, stale: Stale, report_only: bool) -> Leftovers {
         let now = SystemTime::now();
         let mut found = Leftovers::default();
+        if let (Stale::OlderThan(delay), false) = (stale, report_only) {
+            match self.driver.abort_stale_uploads(delay) {
+                Ok(n) => found.multipart_uploads = n,
+                Err(e) => found
+                    .failed
+                    .push(("multipart uploads".into(), e.to_string())),
+            }
+        }
         self.scratch_in(None, stale, now, report_only, &mut found);
         for name in &walk.repos {
             let Ok(repo) = name.parse::<RepoName>() else {

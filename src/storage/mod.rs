@@ -449,7 +449,7 @@ impl Store {
         if self.dedupe.is_none() {
             // Mounted again: new to an age-based collector; deleted meanwhile: copied below.
             let _guard = self.blob_lock(digest);
-            if self.driver.stat(&target)?.is_some() {
+            if self.driver.stat_object(&target)?.is_some() {
                 match self.driver.touch(&target) {
                     Ok(()) => return Ok(true),
                     Err(DriverError::NotFound { .. }) => {}
@@ -467,9 +467,14 @@ impl Store {
                     &target,
                 )
             }),
+            // An object store's copy is atomic and leaves nothing behind: straight in place.
+            None if self.driver.capabilities().direct_uploads => {
+                self.place_blob(repo, digest, size, blobs::Verified::Stored(&source))
+            }
             None => {
                 // Copied before `place_blob` holds anything, staged in `.uploads/` like every
-                // blob write, so no partial copy ever has a blob's place.
+                // blob write, so no partial copy (a local temporary file a crash left) ever has
+                // a blob's place.
                 let staging = layout::upload(repo, &layout::UploadId::new())?;
                 let copied = self
                     .driver

@@ -9,7 +9,8 @@
 //! local by hard links and by placeholders, memory by placeholders, each with LMDB and without
 //! a cache, which turns dedupe off): a new driver, strategy or cache joins with one line there.
 //!
-//! Covered: monolithic, chunked (in and out of order) and resumed uploads, digest mismatches,
+//! Covered: monolithic, chunked (in and out of order) and resumed uploads (also one finished
+//! with an empty body by a store that saw it empty while another filled it), digest mismatches,
 //! ranged pulls, mounts (from a repository and, with dedupe, from anywhere), manifests by tag
 //! and digest, tags, referrers, blob deletes, garbage collection (down to removing a
 //! repository left empty), retention (`keepTags`), dedupe and the start-up pass deduplicating
@@ -62,6 +63,7 @@ pub(super) fn run(stores: &Stores<'_>) {
     pushing_whole_blobs(&store);
     pushing_in_chunks(&store);
     resuming_uploads(&store, &open());
+    finishing_what_another_store_wrote(&open(), &open());
     mounting(&store);
     manifests_and_tags(&store);
     referrers(&store);
@@ -244,6 +246,24 @@ fn resuming_uploads(first: &Store, second: &Store) {
     let digest = Digest::sha256_of(&bytes);
     second
         .upload_finish(&repo, id, &digest, &mut &tail[..], exactly(tail))
+        .unwrap();
+    assert!(pull(first, &repo, &digest, None) == bytes);
+}
+
+/// Issue 13: a session started by one store, filled by another and finished by the first
+/// with an empty body is the other store's bytes, whatever the first remembers (it saw the
+/// session empty: a shortcut for a whole blob in the final request must not trust that).
+fn finishing_what_another_store_wrote(first: &Store, second: &Store) {
+    let repo = repo("finished-elsewhere");
+    let bytes = pattern(300_000, 5);
+    let digest = Digest::sha256_of(&bytes);
+    let id = first.upload_start(&repo).unwrap();
+    assert_eq!(first.upload_size(&repo, id).unwrap(), 0);
+    second
+        .upload_append(&repo, id, Some(0), &mut &bytes[..], exactly(&bytes))
+        .unwrap();
+    first
+        .upload_finish(&repo, id, &digest, &mut &b""[..], exactly(b""))
         .unwrap();
     assert!(pull(first, &repo, &digest, None) == bytes);
 }

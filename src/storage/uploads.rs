@@ -14,13 +14,14 @@
 //! never cut back: an object store cannot cut one.
 //!
 //! A blob whose bytes all come with its digest (POST `?digest=`, or a session's first and
-//! only request a PUT naming it) is written straight at its blob path where the driver has
+//! only request a PUT naming it, its upload object still empty: another instance may have
+//! filled it behind this one's back) is written straight at its blob path where the driver has
 //! `direct_uploads` (an object store, where a staged upload costs a copy to place):
 //! committed only once its hash matches (or, where dedupe finds the bytes held elsewhere,
 //! cancelled for a placeholder), nothing visible otherwise.
 
 use super::blobs::Verified;
-use super::driver::UploadWriter;
+use super::driver::{StoragePath, UploadWriter};
 use super::layout::{self, UploadId};
 use super::{Store, StoreError};
 use crate::digest::{Algorithm, Digest, Hasher};
@@ -491,7 +492,8 @@ impl Store {
         length: BodyLength,
     ) -> Result<(), StoreError> {
         self.with_session(repo, id, |session| {
-            if session.size == 0 && self.writes_direct(digest) {
+            let path = layout::upload(repo, &id)?;
+            if session.size == 0 && self.writes_direct(digest) && self.still_empty(&path)? {
                 // The whole blob in this request: written where it belongs, not staged. A
                 // failure leaves the session as it was (empty).
                 self.put_direct(repo, digest, body, length)?;
@@ -501,7 +503,6 @@ impl Store {
                 }
                 return Ok(());
             }
-            let path = layout::upload(repo, &id)?;
             let mut out = self.session_writer(repo, id, session)?;
             self.append_body(repo, id, session, out.as_mut(), body, length)?;
             let actual = if digest.algorithm() == session.hasher.algorithm() {
@@ -584,6 +585,17 @@ impl Store {
     /// copy) and the running hash verifies it.
     fn writes_direct(&self, digest: &Digest) -> bool {
         self.driver.capabilities().direct_uploads && digest.algorithm() == RUNNING_ALGORITHM
+    }
+
+    /// Whether the upload object at `path` holds no bytes. A session this process saw empty
+    /// may have been filled by another instance (POST here, PATCH there, PUT here): only the
+    /// object tells, so the direct shortcut asks it (one HEAD) before it trusts memory. An
+    /// absent object is not empty: the session path decides what that means.
+    fn still_empty(&self, path: &StoragePath) -> Result<bool, StoreError> {
+        Ok(self
+            .driver
+            .stat_object(path)?
+            .is_some_and(|meta| meta.size == 0))
     }
 
     /// Streams `body` to `digest`'s blob path in `repo` through a direct writer, committed

@@ -2,7 +2,8 @@
 //! `kill -9` between two PATCHes, and again in the middle of one, continues after a restart
 //! from the offset the registry reports, without reading the bytes it had again (the session
 //! state is the upload's note in the bucket), and finishes with the right digest; no blob is
-//! visible before the upload finishes, and nothing of the session stays behind after.
+//! visible before the upload finishes, and nothing of the session stays behind after: the
+//! multipart upload the kill left open is aborted by the store's sweep (`gcDelay`).
 
 use std::io::Write;
 use std::time::Duration;
@@ -75,4 +76,25 @@ fn a_chunked_upload_on_s3_cut_by_kill_9_continues_without_rereading() {
     );
     let left = bucket.keys("berth/resume/s3/.uploads/");
     assert!(left.is_empty(), "the session left {left:?}");
+    drop(berth);
+
+    // The multipart upload the killed PATCH had open is left to the store's sweep, which
+    // aborts those untouched for gcDelay (here a sweep every second).
+    assert!(
+        bucket.open_uploads() > uploads_before,
+        "the kill left it open"
+    );
+    let mut swept = Settings::default();
+    swept.storage.extend([
+        ("gc".to_string(), true.into()),
+        ("gcDelay".to_string(), "1s".into()),
+        ("gcInterval".to_string(), "1s".into()),
+    ]);
+    let _berth = Berth::start_with(bucket.settings("/berth", swept));
+    assert!(
+        wait_until(Duration::from_secs(20), || bucket.open_uploads()
+            == uploads_before),
+        "the sweep left {} multipart uploads open",
+        bucket.open_uploads()
+    );
 }

@@ -480,6 +480,17 @@ pub trait Driver: Send + Sync {
         Ok(Vec::new())
     }
 
+    /// Aborts the driver's incomplete multipart uploads under the store's root that were
+    /// started `older_than` ago or earlier, and returns how many it aborted: parts stored and
+    /// billed but no object, left by an abort that failed (an outage) or a process killed
+    /// mid-upload, which nothing would ever finish. A live upload is younger than that (the
+    /// caller passes `gcDelay`); aborting one fails its completion, as for `scratch_files`.
+    /// Drivers without multipart uploads have none.
+    fn abort_stale_uploads(&self, older_than: std::time::Duration) -> Result<usize, DriverError> {
+        let _ = older_than;
+        Ok(0)
+    }
+
     /// Removes an object (with whatever storage `replace` keeps for it), or a directory and
     /// everything below it. `NotFound` if absent.
     fn delete(&self, path: &StoragePath) -> Result<(), DriverError>;

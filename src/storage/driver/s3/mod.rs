@@ -158,6 +158,8 @@ struct Inner {
     prefix: String,
     chunk_size: usize,
     multipart_copy: MultipartCopy,
+    /// Bounds the part copies in flight across this driver's copies.
+    copy_slots: multipart::CopySlots,
     redirect: bool,
     revalidate: Duration,
     /// Requests sent, for the tests that count what an operation costs.
@@ -197,6 +199,7 @@ impl S3Driver {
                 prefix,
                 chunk_size: config.chunk_size,
                 multipart_copy: config.multipart_copy,
+                copy_slots: multipart::CopySlots::new(config.multipart_copy.max_concurrency),
                 redirect: config.redirect,
                 revalidate: config.revalidate,
                 #[cfg(test)]
@@ -671,18 +674,7 @@ impl Inner {
         match reply.status {
             200 => {
                 let body = reply.text().map_err(|e| io_error(op, from, e))?;
-                if body.contains("<Error>") {
-                    let code = client::first(&body, "Code").unwrap_or_default();
-                    if code == "NoSuchKey" {
-                        return Err(not_found(from));
-                    }
-                    return Err(io_error(
-                        op,
-                        from,
-                        std::io::Error::other(format!("CopyObject: {code}")),
-                    ));
-                }
-                Ok(())
+                error_in_body(op, from, &body)
             }
             404 => {
                 let _ = reply.bytes();
@@ -853,6 +845,10 @@ impl Driver for S3Driver {
     /// Placeholders, upload notes, direct uploads, and presigned URLs when `redirect` is on;
     /// no links (`link` copies), no rename (a finished upload is copied into place), no local
     /// files, no O_DIRECT, whole objects.
+    fn abort_stale_uploads(&self, older_than: Duration) -> Result<usize, DriverError> {
+        self.inner.abort_stale(older_than)
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             placeholders: true,
@@ -1059,6 +1055,23 @@ impl Driver for S3Driver {
                 DriverError::NotFound { .. } => not_found(from.as_str()),
                 e => e,
             })
+    }
+}
+
+/// S3 may answer a copy (CopyObject, UploadPartCopy) or a completion with 200 and then an
+/// `<Error>` in the body, the failure having come after the status was sent: that error as
+/// the driver's, `NotFound` (of `key`) for `NoSuchKey`. The one check of this quirk.
+fn error_in_body(op: &'static str, key: &str, xml: &str) -> Result<(), DriverError> {
+    if !xml.contains("<Error>") {
+        return Ok(());
+    }
+    match client::first(xml, "Code").unwrap_or_default().as_str() {
+        "NoSuchKey" => Err(not_found(key)),
+        code => Err(io_error(
+            op,
+            key,
+            std::io::Error::other(format!("{op}: {code} in a 200 answer")),
+        )),
     }
 }
 

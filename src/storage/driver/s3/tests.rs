@@ -303,6 +303,88 @@ fn s3_copies_large_objects_in_parts_on_moto() {
     ));
 }
 
+/// Concurrent multipart copies share the driver's `multipartcopymaxconcurrency` slots (one
+/// bound across copies, not one per copy): each completes byte-identical, and every slot is
+/// free again afterwards.
+#[test]
+fn s3_concurrent_multipart_copies_share_one_bound_on_moto() {
+    let moto = service("MOTO");
+    let (_, bucket) = fresh(&moto, "copies");
+    let d = S3Driver::new(S3Config {
+        multipart_copy: MultipartCopy {
+            chunk_size: MIN_PART as u64,
+            max_concurrency: 2,
+            threshold: MIN_PART as u64,
+        },
+        ..config(&moto, &bucket, "copies")
+    })
+    .unwrap();
+    let big = pattern(3 * MIN_PART + 1, 9);
+    let from = path("a/blobs/big");
+    d.put(&from, &big).unwrap();
+    std::thread::scope(|scope| {
+        for i in 0..4 {
+            let (d, from) = (&d, &from);
+            scope.spawn(move || d.copy(from, &path(&format!("b{i}/blobs/big"))).unwrap());
+        }
+    });
+    for i in 0..4 {
+        assert!(d.get(&path(&format!("b{i}/blobs/big"))).unwrap() == big);
+    }
+    assert_eq!(d.inner.copy_slots.free(), 2, "every slot given back");
+    assert_eq!(open_uploads(&d), 0);
+}
+
+/// A multipart upload nothing will finish (a failed abort, a killed process) is aborted by
+/// the sweep once its latest part is older than the delay it is given, and not before; the
+/// bucket's uploads outside the store's root are not the store's to abort.
+#[test]
+fn s3_stale_multipart_uploads_are_aborted_on_moto() {
+    let moto = service("MOTO");
+    let (d, bucket) = fresh(&moto, "stale");
+    let outside = S3Driver::new(config(&moto, &bucket, "elsewhere")).unwrap();
+    let mut w = d.direct_writer(&path("r/blobs/sha256/left")).unwrap();
+    w.write(pattern(MIN_PART + 1, 2)).unwrap();
+    std::mem::forget(w);
+    let mut w = outside
+        .direct_writer(&path("r/blobs/sha256/theirs"))
+        .unwrap();
+    w.write(pattern(MIN_PART + 1, 3)).unwrap();
+    std::mem::forget(w);
+    assert_eq!(
+        open_uploads(&d),
+        2,
+        "a killed writer leaves its upload open"
+    );
+    let minute = Duration::from_secs(60);
+    assert_eq!(d.abort_stale_uploads(minute).unwrap(), 0, "a part just now");
+    assert_eq!(d.abort_stale_uploads(Duration::ZERO).unwrap(), 1);
+    assert_eq!(open_uploads(&d), 1, "only the store's own");
+}
+
+/// A multipart copy whose completion fails leaves no open upload behind (S3 would keep its
+/// parts): parts below S3's minimum part size copy fine and are refused at the completion
+/// (EntityTooSmall).
+#[test]
+fn s3_a_failed_multipart_copy_is_aborted_on_moto() {
+    let moto = service("MOTO");
+    let (_, bucket) = fresh(&moto, "copy-fails");
+    let small = 1024 * 1024;
+    let d = S3Driver::new(S3Config {
+        multipart_copy: MultipartCopy {
+            chunk_size: small,
+            max_concurrency: 2,
+            threshold: small,
+        },
+        ..config(&moto, &bucket, "copy-fails")
+    })
+    .unwrap();
+    let from = path("a/blobs/big");
+    d.put(&from, &pattern(3 * small as usize, 1)).unwrap();
+    assert!(d.copy(&from, &path("b/blobs/big")).is_err());
+    assert_eq!(open_uploads(&d), 0);
+}
+
 /// A direct upload past one part: its parts go to the final key, where nothing is visible
 /// before the commit, which is one request past the last part; a cancelled one leaves no
 /// object and no open multipart upload.
@@ -416,6 +498,46 @@ fn s3_monolithic_pushes_are_written_in_place_on_moto() {
         .map(|e| e.name)
         .collect();
     assert!(names.is_empty(), "nothing staged: {names:?}");
+}
+
+/// S3 requests of a mount without dedupe into an existing repository: the copy goes
+/// straight to the blob key (CopyObject is atomic, nothing partial is ever visible), not
+/// through `.uploads/`. Five: the source's HEAD, the target's (an object: no LIST), the
+/// repository check, and the copy's HEAD (its size picks CopyObject or parts) and
+/// CopyObject. Staged, with a LIST for the target, it took 11.
+#[test]
+fn s3_mounts_copy_straight_to_the_blob_key_on_moto() {
+    let moto = service("MOTO");
+    let (driver, _) = fresh(&moto, "mounts");
+    let store = crate::storage::Store::new(Arc::new(driver.clone()), None);
+    let (from, to): (crate::oci::RepoName, crate::oci::RepoName) =
+        ("from".parse().unwrap(), "to".parse().unwrap());
+    let bytes = pattern(1 << 20, 4);
+    let digest = crate::digest::Digest::sha256_of(&bytes);
+    let length = crate::storage::BodyLength::Exact(bytes.len() as u64);
+    store
+        .blob_put(&from, &digest, &mut &bytes[..], length)
+        .unwrap();
+    let other = b"creates the repository";
+    let length = crate::storage::BodyLength::Exact(other.len() as u64);
+    store
+        .blob_put(
+            &to,
+            &crate::digest::Digest::sha256_of(other),
+            &mut &other[..],
+            length,
+        )
+        .unwrap();
+    let before = driver.requests();
+    assert!(store.blob_mount(&to, &digest, Some(&from)).unwrap());
+    let sent = driver.requests() - before;
+    let blob = path(&format!("to/blobs/sha256/{}", digest.hex()));
+    assert!(driver.get(&blob).unwrap() == bytes);
+    assert_eq!(sent, 5, "requests of a mount");
+    assert!(
+        driver.list(Some(&path("to/.uploads"))).unwrap().is_empty(),
+        "nothing staged"
+    );
 }
 
 /// A TCP relay to `upstream` on a free 127.0.0.1 port that, once `cut_after` is armed with a

@@ -32,7 +32,7 @@
 //! the parts. Nothing is visible before; a cancel or drop aborts.
 
 use super::client::Body;
-use super::multipart::Multipart;
+use super::multipart::{Multipart, OpenUpload};
 use super::{DriverError, Inner, MAX_PART, MIN_PART, io_error};
 use crate::storage::driver::{StoragePath, UploadWriter};
 use std::sync::Arc;
@@ -49,35 +49,29 @@ pub(super) fn note_for(etag: &str, stored: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Bytes on their way to the object at `key`: fewer than one part in `buf`, the full parts
-/// before them in a multipart upload, started with the first of them.
+/// before them in a multipart upload (aborted if dropped open), started with the first of
+/// them.
 struct Parts {
-    inner: Arc<Inner>,
-    key: String,
-    upload: Option<Multipart>,
+    open: OpenUpload<Arc<Inner>>,
     buf: Vec<u8>,
 }
 
 impl Parts {
     fn new(inner: Arc<Inner>, key: String) -> Parts {
         Parts {
-            inner,
-            key,
-            upload: None,
+            open: OpenUpload::new(inner, key),
             buf: Vec::new(),
         }
     }
 
     /// The multipart upload in progress, started if there is none.
     fn upload(&mut self) -> Result<&mut Multipart, DriverError> {
-        if self.upload.is_none() {
-            self.upload = Some(self.inner.start_multipart("start upload", &self.key, &[])?);
-        }
-        Ok(self.upload.as_mut().expect("started above"))
+        self.open.started("start upload", &[])
     }
 
     /// Adds `bytes`; every full part goes out.
     fn extend(&mut self, bytes: &[u8]) -> Result<(), DriverError> {
-        let chunk = self.inner.chunk_size;
+        let chunk = self.open.inner.chunk_size;
         if self.buf.capacity() < chunk {
             self.buf.reserve(chunk + bytes.len() - self.buf.len());
         }
@@ -92,9 +86,10 @@ impl Parts {
     /// Uploads `buf[..len]` as the next part.
     fn put_part(&mut self, len: usize) -> Result<(), DriverError> {
         self.upload()?;
-        let upload = self.upload.as_mut().expect("started above");
-        self.inner
-            .upload_part("upload part", &self.key, upload, &self.buf[..len])
+        let open = &mut self.open;
+        let upload = open.upload.as_mut().expect("started above");
+        open.inner
+            .upload_part("upload part", &open.key, upload, &self.buf[..len])
     }
 
     /// The rest of `buf` as the last part, then CompleteMultipartUpload with `headers`: the
@@ -105,28 +100,16 @@ impl Parts {
             self.put_part(self.buf.len())?;
             self.buf.clear();
         }
-        let upload = self.upload.as_ref().expect("completed only once started");
-        let etag = self
-            .inner
-            .complete_multipart("complete upload", &self.key, upload, headers)?;
-        if etag.is_some() {
-            self.upload = None;
-        }
-        Ok(etag)
+        self.open.complete("complete upload", headers)
     }
 
     /// Aborts the multipart upload in progress, if any.
     fn abort(&mut self) {
-        if let Some(upload) = self.upload.take() {
-            self.inner.abort_multipart(&self.key, upload);
-        }
+        self.open.abort();
     }
-}
 
-impl Drop for Parts {
-    /// Nothing of an upload that was not completed stays: S3 would keep its parts.
-    fn drop(&mut self) {
-        self.abort();
+    fn key(&self) -> &str {
+        &self.open.key
     }
 }
 
@@ -189,11 +172,11 @@ impl S3Writer {
     }
 
     fn inner(&self) -> &Inner {
-        &self.parts.inner
+        &self.parts.open.inner
     }
 
     fn key(&self) -> &str {
-        &self.parts.key
+        self.parts.key()
     }
 
     /// The object went: nothing of this writer is stored any more.
@@ -316,7 +299,7 @@ impl S3Writer {
         let Some(base) = self.base.clone() else {
             return Ok(());
         };
-        if self.parts.upload.is_some() {
+        if self.parts.open.upload.is_some() {
             return self.complete(&base);
         }
         // Everything is in the buffer, less than a part: one conditional PUT. The buffer
@@ -436,7 +419,7 @@ impl UploadWriter for DirectWriter {
 
     fn write(&mut self, buf: Vec<u8>) -> Result<Vec<u8>, DriverError> {
         if self.failed {
-            return Err(failed(&self.parts.key));
+            return Err(failed(self.parts.key()));
         }
         self.size += buf.len() as u64;
         let result = self.parts.extend(&buf);
@@ -447,7 +430,7 @@ impl UploadWriter for DirectWriter {
     /// Parts go out as they fill, so nothing is in flight; nothing becomes visible either.
     fn flush(&mut self) -> Result<(), DriverError> {
         if self.failed {
-            return Err(failed(&self.parts.key));
+            return Err(failed(self.parts.key()));
         }
         Ok(())
     }
@@ -458,7 +441,7 @@ impl UploadWriter for DirectWriter {
         Err(DriverError::Unsupported {
             driver: super::NAME,
             op: "save note",
-            path: self.parts.key.clone(),
+            path: self.parts.key().to_string(),
         })
     }
 
@@ -467,11 +450,12 @@ impl UploadWriter for DirectWriter {
     /// as new as the push, for `gcDelay`, which keeping it would take a `touch` for).
     fn commit(mut self: Box<Self>) -> Result<(), DriverError> {
         self.flush()?;
-        let key = self.parts.key.clone();
-        let stored = if self.parts.upload.is_some() {
+        let key = self.parts.key().to_string();
+        let stored = if self.parts.open.upload.is_some() {
             self.parts.complete(&[])?
         } else {
             self.parts
+                .open
                 .inner
                 .put_object("put", &key, &self.parts.buf, &[])?
         };
