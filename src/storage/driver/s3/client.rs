@@ -192,14 +192,11 @@ impl Reply {
 
     /// The body, read whole: only for S3's own small XML answers and small objects.
     pub(super) fn text(self) -> std::io::Result<String> {
-        let mut body = String::new();
-        self.response
-            .into_body()
-            .into_reader()
-            .read_to_string(&mut body)?;
-        Ok(body)
+        String::from_utf8(self.bytes()?)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
     }
 
+    /// The body, read whole, as bytes.
     pub(super) fn bytes(self) -> std::io::Result<Vec<u8>> {
         let mut body = Vec::new();
         self.response
