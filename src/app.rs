@@ -58,6 +58,9 @@ pub enum StartError {
     /// The listener could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// A background thread could not be started (a thread limit, memory).
+    #[error("cannot start the {0} thread: {1}")]
+    Thread(&'static str, std::io::Error),
 }
 
 /// Stores and a bound server, ready to run.
@@ -141,11 +144,14 @@ impl App {
                 .scrub
                 .enabled
                 .then_some(o.settings.gc.delay);
-            dedupe_pass::spawn(Arc::clone(&o.store), &o.key, rescrub);
-            collector::spawn(Arc::clone(&o.store), &o.key, o.settings.gc.clone());
+            dedupe_pass::spawn(Arc::clone(&o.store), &o.key, rescrub)
+                .map_err(|e| StartError::Thread("dedupe pass", e))?;
+            collector::spawn(Arc::clone(&o.store), &o.key, o.settings.gc.clone())
+                .map_err(|e| StartError::Thread("garbage collector", e))?;
         }
         if config.extensions.scrub.enabled {
-            spawn_scrub(&opened, config.extensions.scrub.interval);
+            spawn_scrub(&opened, config.extensions.scrub.interval)
+                .map_err(|e| StartError::Thread("scrub", e))?;
         }
         let mut stores = opened.into_iter().map(|o| o.store);
         let default = stores.next().expect("the default store is first");
@@ -218,7 +224,7 @@ const FALLBACK_OPEN_FILES: u64 = 1024;
 /// Scrubs every store at start-up and then every `interval`, one store after another. Each
 /// store's scrub is pending from now on until one finishes, so the report never reads as
 /// healthy for a store that was not scrubbed yet.
-fn spawn_scrub(opened: &[OpenedStore], interval: std::time::Duration) {
+fn spawn_scrub(opened: &[OpenedStore], interval: std::time::Duration) -> std::io::Result<()> {
     let stores: Vec<(String, Arc<Store>, std::time::Duration)> = opened
         .iter()
         .map(|o| (o.key.clone(), Arc::clone(&o.store), o.settings.gc.delay))
@@ -237,8 +243,8 @@ fn spawn_scrub(opened: &[OpenedStore], interval: std::time::Duration) {
                 }
                 std::thread::sleep(interval);
             }
-        })
-        .expect("spawning scrub");
+        })?;
+    Ok(())
 }
 
 /// Opens one store: its driver, its cache when dedupe or retention's usage times need one,
@@ -347,7 +353,7 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
                     std::thread::sleep(USAGE_FLUSH_INTERVAL);
                 }
             })
-            .expect("spawning the usage flusher");
+            .map_err(|e| StartError::Thread("usage flusher", e))?;
     }
     Ok(store)
 }

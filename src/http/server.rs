@@ -30,9 +30,11 @@ const FDS_PER_CONNECTION: u64 = 2;
 const MIN_CONNECTIONS: u64 = 16;
 const MAX_DEFAULT_CONNECTIONS: u64 = 4096;
 
-/// A bound, not yet serving, HTTP front end.
+/// A bound, not yet serving, HTTP front end: connections queue in the listen backlog until
+/// `run` has its workers.
 pub struct Server {
-    http: Arc<tiny_http::Server>,
+    listener: TcpListener,
+    limits: tiny_http::Limits,
     addr: SocketAddr,
     workers: usize,
     reserved_workers: usize,
@@ -92,10 +94,9 @@ impl Server {
                 grace: config.body_rate_grace,
             },
         };
-        let http = tiny_http::Server::from_listener_with_limits(listener, None, limits)
-            .map_err(|e| BindError::Listen(target.clone(), io::Error::other(e.to_string())))?;
         Ok(Server {
-            http: Arc::new(http),
+            listener,
+            limits,
             addr,
             workers: config.workers,
             reserved_workers: config.reserved_workers,
@@ -109,7 +110,33 @@ impl Server {
     }
 
     /// Serves forever on `workers` threads; fails only when they cannot be started.
+    ///
+    /// The workers start before tiny_http's accept thread: that thread spawns one more per
+    /// connection, and under a thread limit (RLIMIT_NPROC) a burst of early connections
+    /// would otherwise spend the budget the workers need and stop berth at start.
     pub fn run(self, registry: Arc<Registry>) -> io::Result<()> {
+        let gate = Arc::new(BodyGate::new(self.workers - self.reserved_workers));
+        let (hand_over, handed) =
+            crossbeam_channel::bounded::<Arc<tiny_http::Server>>(self.workers);
+        let threads = (0..self.workers)
+            .map(|i| {
+                let handed = handed.clone();
+                let registry = Arc::clone(&registry);
+                let gate = Arc::clone(&gate);
+                std::thread::Builder::new()
+                    .name(format!("berth-http-{i}"))
+                    .spawn(move || {
+                        // Dropped unsent only when starting failed, and then this ends.
+                        if let Ok(http) = handed.recv() {
+                            worker(&http, &registry, &gate);
+                        }
+                    })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let http = Arc::new(
+            tiny_http::Server::from_listener_with_limits(self.listener, None, self.limits)
+                .map_err(|e| io::Error::other(e.to_string()))?,
+        );
         tracing::info!(
             addr = %self.addr,
             workers = self.workers,
@@ -118,17 +145,11 @@ impl Server {
             "listening on {}",
             self.addr
         );
-        let gate = Arc::new(BodyGate::new(self.workers - self.reserved_workers));
-        let threads = (0..self.workers)
-            .map(|i| {
-                let http = Arc::clone(&self.http);
-                let registry = Arc::clone(&registry);
-                let gate = Arc::clone(&gate);
-                std::thread::Builder::new()
-                    .name(format!("berth-http-{i}"))
-                    .spawn(move || worker(&http, &registry, &gate))
-            })
-            .collect::<io::Result<Vec<_>>>()?;
+        for _ in &threads {
+            hand_over
+                .send(Arc::clone(&http))
+                .expect("every worker waits for the server");
+        }
         for t in threads {
             let _ = t.join();
         }

@@ -135,7 +135,7 @@ fn minute_of_day() -> u32 {
 
 /// Runs the collector of `store` on its own thread: the start-up removal of leftovers (they
 /// are berth's own files, never content, so gc off or on), then sweeps when `gc` is on.
-pub fn spawn(store: Arc<Store>, key: &str, settings: GcConfig) {
+pub fn spawn(store: Arc<Store>, key: &str, settings: GcConfig) -> std::io::Result<()> {
     let key = key.to_string();
     std::thread::Builder::new()
         .name("berth-gc".into())
@@ -172,6 +172,6 @@ pub fn spawn(store: Arc<Store>, key: &str, settings: GcConfig) {
                     None => break,
                 }
             }
-        })
-        .expect("spawning the garbage collector");
+        })?;
+    Ok(())
 }

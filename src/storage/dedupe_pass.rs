@@ -83,10 +83,9 @@ pub struct PassReport {
 /// carry the store's config key (`storage`, `storage.subPaths./a`). With `rescrub` (the
 /// stale-upload age of a store that scrubs), a pass that repaired copies scrubs the store
 /// again at once, so its report does not show them as affected until the next interval.
-pub fn spawn(store: Arc<Store>, key: &str, rescrub: Option<Duration>) {
+pub fn spawn(store: Arc<Store>, key: &str, rescrub: Option<Duration>) -> std::io::Result<()> {
     if !store.dedupes() {
-        spawn_restore(store, key);
-        return;
+        return spawn_restore(store, key);
     }
     let span = tracing::info_span!("dedupe", store = key);
     let key = key.to_string();
@@ -107,17 +106,17 @@ pub fn spawn(store: Arc<Store>, key: &str, rescrub: Option<Duration>) {
                     tracing::error!("dedupe pass failed, will be retried at the next start: {e}")
                 }
             }
-        })
-        .expect("spawning the dedupe pass");
+        })?;
+    Ok(())
 }
 
 /// With dedupe off, restores placeholders into full copies on a background thread, if the
 /// store's driver would dedupe by placeholders (local stores, which dedupe by hard links,
 /// walk nothing).
-fn spawn_restore(store: Arc<Store>, key: &str) {
+fn spawn_restore(store: Arc<Store>, key: &str) -> std::io::Result<()> {
     let capabilities = store.driver.capabilities();
     if Strategy::for_driver(capabilities) != Some(Strategy::Placeholder) {
-        return;
+        return Ok(());
     }
     // Before the server starts: deletes of copies holding bytes wait for the restore.
     store.restoring.store(true, Ordering::Release);
@@ -129,8 +128,8 @@ fn spawn_restore(store: Arc<Store>, key: &str) {
             if let Err(e) = restore(&store) {
                 tracing::error!("dedupe restore failed, will be retried at the next start: {e}");
             }
-        })
-        .expect("spawning the dedupe restore");
+        })?;
+    Ok(())
 }
 
 /// What a restore did.
