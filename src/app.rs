@@ -251,7 +251,7 @@ fn spawn_scrub(opened: &[OpenedStore], interval: std::time::Duration) -> std::io
 /// and a thread that flushes usage times.
 fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartError> {
     let root = &settings.root_directory;
-    let (driver, described): (Arc<dyn Driver>, String) = match &settings.backend {
+    let (driver, described, blob_cache): (Arc<dyn Driver>, String, u64) = match &settings.backend {
         StorageBackend::Local { writer } => {
             let driver = LocalDriver::new(root, settings.commit, local_writer(*writer)).map_err(
                 |source| StartError::Storage {
@@ -266,7 +266,8 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
                     .writer_note()
                     .map_or(String::new(), |n| format!("; {n}"))
             );
-            (Arc::new(driver), described)
+            // Local blobs are sent by sendfile(2) from the page cache: nothing to keep.
+            (Arc::new(driver), described, 0)
         }
         StorageBackend::S3 { storage_driver: s3 } => {
             let at = format!("{key}.storageDriver");
@@ -293,7 +294,8 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
                 revalidate: s3.revalidate,
             };
             let described = format!(
-                "s3 bucket {} at {} ({}) under {:?}, chunksize {}, credentials from the {source}",
+                "s3 bucket {} at {} ({}) under {:?}, chunksize {}, blobcachesize {}, credentials \
+                 from the {source}",
                 config.bucket,
                 config.endpoint,
                 if config.wire.virtual_hosted {
@@ -303,12 +305,13 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
                 },
                 config.root,
                 config.chunk_size,
+                s3.blobcachesize,
             );
             // Wrong keys or a wrong bucket show now, not at the first push.
             let driver = S3Driver::new(config)
                 .and_then(|driver| driver.probe().map(|()| driver))
                 .map_err(|source| StartError::Storage { key: at, source })?;
-            (Arc::new(driver), described)
+            (Arc::new(driver), described, s3.blobcachesize)
         }
     };
     let retention = &settings.gc.retention;
@@ -327,7 +330,8 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
         .filter(|_| settings.dedupe)
         .map(DedupeCache::of);
     let capabilities = driver.capabilities();
-    let mut store = Store::new(driver, dedupe_cache);
+    let mut store = Store::new(driver, dedupe_cache)
+        .with_blob_cache(usize::try_from(blob_cache).unwrap_or(usize::MAX));
     tracing::info!(
         store = key,
         root = %root.display(),

@@ -1,6 +1,5 @@
 //! A per-repository cache of parsed `index.json`, so manifest and tag lookups do not re-read
-//! and re-parse the file on every request, and a cache of manifest bytes for drivers where
-//! reading them is a round trip.
+//! and re-parse the file on every request (manifest bytes are kept by `digest_bytes`).
 //!
 //! An index entry is used only while the file's fingerprint is unchanged, so layouts changed
 //! on disk by other tools, or through other instances, are still served correctly. Where the
@@ -17,11 +16,10 @@
 
 use super::listing::Listing;
 use super::locks::Striped;
-use crate::digest::Digest;
 use crate::oci::RepoName;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 /// Bytes of listings (`Listing::weight`) the cache keeps across repositories: room for one
@@ -203,75 +201,6 @@ impl IndexCache {
     }
 }
 
-/// Bytes of manifests `ManifestBytes` keeps.
-const MANIFEST_BUDGET: usize = 64 << 20;
-
-/// Manifest bytes by repository and digest, for drivers where reading them is a round trip:
-/// the bytes of a digest never change, but they may be deleted (through another instance
-/// too), so an entry is served only within the driver's `revalidate_after` of its read, as
-/// the index that names it is. Striped by repository like `IndexCache` (every manifest GET
-/// and HEAD comes here). Past `MANIFEST_BUDGET` across stripes it is emptied, not evicted
-/// piece by piece: what is pulled is read again at once, and a full cache is rare.
-#[derive(Default)]
-pub(super) struct ManifestBytes {
-    stripes: Striped<Mutex<HashMap<(RepoName, Digest), Read>>>,
-    /// Bytes held across stripes.
-    weight: AtomicUsize,
-}
-
-/// A manifest's bytes and when they were read.
-type Read = (Instant, Arc<Vec<u8>>);
-
-impl ManifestBytes {
-    fn lock(&self, repo: &RepoName) -> MutexGuard<'_, HashMap<(RepoName, Digest), Read>> {
-        self.stripes
-            .get(repo)
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The bytes of `digest` in `repo` if read within `max_age`.
-    pub(super) fn fresh(
-        &self,
-        repo: &RepoName,
-        digest: &Digest,
-        max_age: Duration,
-    ) -> Option<Arc<Vec<u8>>> {
-        let held = self.lock(repo);
-        let (read, bytes) = held.get(&(repo.clone(), digest.clone()))?;
-        (read.elapsed() < max_age).then(|| Arc::clone(bytes))
-    }
-
-    /// Records the bytes of `digest` in `repo`, read now.
-    pub(super) fn put(&self, repo: &RepoName, digest: &Digest, bytes: Arc<Vec<u8>>) {
-        if self.weight.load(Ordering::Relaxed) + bytes.len() > MANIFEST_BUDGET {
-            // One stripe at a time, holding no other: no lock covers the whole cache.
-            for stripe in self.stripes.all() {
-                let mut held = stripe.lock().unwrap_or_else(PoisonError::into_inner);
-                let freed: usize = held.values().map(|(_, b)| b.len()).sum();
-                held.clear();
-                self.weight.fetch_sub(freed, Ordering::Relaxed);
-            }
-        }
-        let added = bytes.len();
-        let old = self
-            .lock(repo)
-            .insert((repo.clone(), digest.clone()), (Instant::now(), bytes));
-        self.weight.fetch_add(added, Ordering::Relaxed);
-        if let Some((_, old)) = old {
-            self.weight.fetch_sub(old.len(), Ordering::Relaxed);
-        }
-    }
-
-    /// Drops the bytes of `digest` in `repo` (deleted through this store).
-    pub(super) fn forget(&self, repo: &RepoName, digest: &Digest) {
-        let old = self.lock(repo).remove(&(repo.clone(), digest.clone()));
-        if let Some((_, old)) = old {
-            self.weight.fetch_sub(old.len(), Ordering::Relaxed);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,24 +263,5 @@ mod tests {
             cache.get(&repo, 4).map(|l| l.weight()),
             Some(listing(1).weight())
         );
-    }
-
-    #[test]
-    fn manifest_bytes_stay_within_their_budget() {
-        let cache = ManifestBytes::default();
-        let bytes = Arc::new(vec![0; MANIFEST_BUDGET / 3]);
-        let age = Duration::from_secs(60);
-        for n in 0..10 {
-            let repo: RepoName = format!("r{n}").parse().unwrap();
-            let digest = Digest::sha256_of(format!("{n}").as_bytes());
-            cache.put(&repo, &digest, Arc::clone(&bytes));
-            assert!(cache.fresh(&repo, &digest, age).is_some());
-            assert!(cache.weight.load(Ordering::Relaxed) <= MANIFEST_BUDGET);
-        }
-        let (repo, digest) = ("r9".parse().unwrap(), Digest::sha256_of(b"9"));
-        cache.forget(&repo, &digest);
-        assert!(cache.fresh(&repo, &digest, age).is_none());
-        // Three fit; the cache was emptied before r9 was put, so it held r9 alone.
-        assert_eq!(cache.weight.load(Ordering::Relaxed), 0);
     }
 }

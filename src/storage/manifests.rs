@@ -8,6 +8,7 @@
 //! process that replaced the file meanwhile makes the swap fail, and the changes are applied
 //! again to its version. Readers never lock.
 
+use super::digest_bytes::Held;
 use super::driver::{Driver, DriverError, ObjectMeta};
 use super::listing::Listing;
 use super::referrers::ReferrersPage;
@@ -423,16 +424,18 @@ impl Store {
     ) -> Result<Arc<Vec<u8>>, StoreError> {
         let interval = self.driver.revalidate_after();
         if !interval.is_zero()
-            && let Some(bytes) = self.manifest_bytes.fresh(repo, digest, interval)
+            && let Some(Held::Fresh(bytes)) = self.manifest_bytes.get(repo, digest, interval)
         {
             return Ok(bytes);
         }
+        let ticket = self.manifest_bytes.ticket(repo, digest);
         let blob = layout::blob(repo, digest)?;
         let bytes = placeholders::get(&*self.driver, &blob, digest)
             .map_err(|e| not_found_as(e, || StoreError::ManifestUnknown(reference.to_string())))?;
         let bytes = Arc::new(bytes);
         if !interval.is_zero() {
-            self.manifest_bytes.put(repo, digest, Arc::clone(&bytes));
+            self.manifest_bytes
+                .put(repo, digest, ticket, Arc::clone(&bytes));
         }
         Ok(bytes)
     }

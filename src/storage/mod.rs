@@ -15,6 +15,7 @@ mod catalog;
 pub mod collector;
 mod dedupe;
 pub mod dedupe_pass;
+mod digest_bytes;
 pub mod driver;
 pub(crate) mod error;
 pub(crate) mod gc;
@@ -46,6 +47,7 @@ pub use uploads::BodyLength;
 use crate::cache::{Access, DedupeCache, UsageLog};
 use crate::digest::Digest;
 use crate::oci::RepoName;
+use digest_bytes::Held;
 use driver::{Driver, DriverError, ObjectMeta, ObjectReader, StoragePath};
 use locks::Striped;
 use std::sync::Arc;
@@ -55,6 +57,10 @@ const REDIRECT_EXPIRY: std::time::Duration = std::time::Duration::from_secs(20 *
 
 /// Largest manifest accepted, as zot and distribution do (4 MiB).
 pub const MAX_MANIFEST_SIZE: usize = 4 * 1024 * 1024;
+
+/// Bytes of manifests a store keeps in memory where reading them is a round trip: one
+/// object may take a sixteenth (`digest_bytes`), which is `MAX_MANIFEST_SIZE`.
+const MANIFEST_CACHE_SIZE: usize = 16 * MAX_MANIFEST_SIZE;
 
 /// One registry store: a driver plus the in-memory state of upload sessions.
 pub struct Store {
@@ -70,7 +76,9 @@ pub struct Store {
     blob_locks: Striped<std::sync::Mutex<()>>,
     sessions: uploads::Sessions,
     indexes: index_cache::IndexCache,
-    manifest_bytes: index_cache::ManifestBytes,
+    manifest_bytes: digest_bytes::DigestBytes,
+    /// Small blobs' bytes, where the store is given a budget for them (`with_blob_cache`).
+    blob_bytes: digest_bytes::DigestBytes,
     referrers: referrers::ReferrerCache,
     pending: index_writes::PendingChanges,
     dedupe: Option<dedupe::Dedupe>,
@@ -176,7 +184,8 @@ impl Store {
             blob_locks: Striped::default(),
             sessions: uploads::Sessions::default(),
             indexes: index_cache::IndexCache::default(),
-            manifest_bytes: index_cache::ManifestBytes::default(),
+            manifest_bytes: digest_bytes::DigestBytes::new(MANIFEST_CACHE_SIZE),
+            blob_bytes: digest_bytes::DigestBytes::new(0),
             referrers: referrers::ReferrerCache::default(),
             pending: index_writes::PendingChanges::default(),
             dedupe,
@@ -193,6 +202,14 @@ impl Store {
         if pushes || pulls {
             self.usage = Some(usage::Usage::new(log, pushes, pulls));
         }
+        self
+    }
+
+    /// Keeps up to `bytes` of blobs' bytes in memory (none at zero), for drivers where a read
+    /// is a round trip: a pull of a blob read within the driver's `revalidate_after` makes
+    /// no request, and one after it a `stat` instead of a read (`blob_read`).
+    pub fn with_blob_cache(mut self, bytes: usize) -> Store {
+        self.blob_bytes = digest_bytes::DigestBytes::new(bytes);
         self
     }
 
@@ -267,7 +284,45 @@ impl Store {
 
     /// The size of a blob held by `repo`.
     pub fn blob_size(&self, repo: &RepoName, digest: &Digest) -> Result<u64, StoreError> {
-        Ok(self.blob_resolved(repo, digest)?.meta.size)
+        match self.blob_cached(repo, digest)? {
+            Some(bytes) => Ok(bytes.len() as u64),
+            None => Ok(self.blob_resolved(repo, digest)?.meta.size),
+        }
+    }
+
+    /// The bytes of `repo`'s blob `digest` from the blob cache: as held, if found present
+    /// within the driver's `revalidate_after`, else once a `stat` (through a placeholder to its
+    /// holder) finds it still there. `BlobUnknown` if it is gone; `None` if not held.
+    fn blob_cached(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+    ) -> Result<Option<Arc<Vec<u8>>>, StoreError> {
+        let bytes = match self
+            .blob_bytes
+            .get(repo, digest, self.driver.revalidate_after())
+        {
+            None => return Ok(None),
+            Some(Held::Fresh(bytes)) => return Ok(Some(bytes)),
+            Some(Held::Stale(bytes)) => bytes,
+        };
+        match self.blob_resolved(repo, digest) {
+            Ok(found) if found.meta.size == bytes.len() as u64 => {
+                self.blob_bytes.confirmed(repo, digest);
+                Ok(Some(bytes))
+            }
+            // Not these bytes (an object cut or replaced behind the store's back): read again.
+            Ok(_) => {
+                self.blob_bytes.forget(repo, digest);
+                Ok(None)
+            }
+            Err(e) => {
+                if matches!(e, StoreError::BlobUnknown(_)) {
+                    self.blob_bytes.forget(repo, digest);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// A URL from which the client can GET `repo`'s blob `digest` itself, where the driver
@@ -295,24 +350,25 @@ impl Store {
         digest: &Digest,
         range: Option<ByteRange>,
     ) -> Result<(BlobRead, Option<ByteRange>), StoreError> {
+        if let Some(bytes) = self.blob_cached(repo, digest)? {
+            let size = bytes.len() as u64;
+            let range = clip(range, size)?;
+            let (offset, len) = range.map_or((0, size), |r| (r.start, r.end - r.start + 1));
+            let mut held = std::io::Cursor::new(Shared(bytes));
+            held.set_position(offset);
+            let body = BlobBody::Stream(Box::new(std::io::Read::take(held, len)), len);
+            return Ok((BlobRead { size, body }, range));
+        }
+        let ticket = self.blob_bytes.ticket(repo, digest);
         if range.is_none()
             && !self.driver.capabilities().local_files
-            && let Some(whole) = self.blob_read_whole(repo, digest)?
+            && let Some(whole) = self.blob_read_whole(repo, digest, ticket)?
         {
             return Ok((whole, None));
         }
         let resolved = self.blob_resolved(repo, digest)?;
         let (path, size) = (resolved.path, resolved.meta.size);
-        let range = match range {
-            Some(r) if r.start >= size || r.start > r.end => {
-                return Err(StoreError::RangeNotSatisfiable { size });
-            }
-            Some(r) => Some(ByteRange {
-                start: r.start,
-                end: r.end.min(size - 1),
-            }),
-            None => None,
-        };
+        let range = clip(range, size)?;
         let offset = range.map_or(0, |r| r.start);
         let len = range.map_or(size, |r| r.end - r.start + 1);
         let missing = || StoreError::BlobUnknown(digest.clone());
@@ -333,8 +389,51 @@ impl Store {
             None => self.driver.reader(&path, 0),
         };
         let ObjectReader { reader, .. } = read.map_err(|e| not_found_as(e, missing))?;
-        let body = BlobBody::Stream(reader, len);
+        let body = match range {
+            Some(_) => BlobBody::Stream(reader, len),
+            None => self.blob_body(repo, digest, ticket, reader, size)?,
+        };
         Ok((BlobRead { size, body }, range))
+    }
+
+    /// The body of a whole blob of `size` bytes read from `reader`: streamed, or, where the
+    /// blob cache keeps a blob of that size, read whole, checked against its digest and kept
+    /// (unless a delete began since `ticket`), so the next pulls make no read. Bytes that do
+    /// not hash to their digest are served as stored (a stream would have sent them too) but
+    /// never kept.
+    fn blob_body(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        ticket: digest_bytes::Ticket,
+        mut reader: Box<dyn std::io::Read + Send>,
+        size: u64,
+    ) -> Result<BlobBody, StoreError> {
+        if !self.blob_bytes.keeps(size) {
+            return Ok(BlobBody::Stream(reader, size));
+        }
+        let mut bytes = vec![0; size as usize];
+        // The backend answered with the object and its size, then failed to send it: an
+        // outage, as the S3 driver reports a body cut or stalled once its retries are spent.
+        reader
+            .read_exact(&mut bytes)
+            .map_err(|source| DriverError::Unavailable {
+                driver: self.driver.name(),
+                op: "read",
+                path: layout::blob(repo, digest)
+                    .map_or_else(|_| digest.to_string(), |p| p.to_string()),
+                source,
+            })?;
+        let bytes = Arc::new(bytes);
+        if Digest::of(digest.algorithm(), &bytes) == *digest {
+            self.blob_bytes
+                .put(repo, digest, ticket, Arc::clone(&bytes));
+        } else {
+            tracing::warn!(%repo, %digest, "stored bytes do not hash to their digest: not cached");
+        }
+        let mut held = std::io::Cursor::new(Shared(bytes));
+        held.set_position(0);
+        Ok(BlobBody::Stream(Box::new(held), size))
     }
 
     /// A whole blob read with one request, where a `stat` would cost one more (an object
@@ -344,6 +443,7 @@ impl Store {
         &self,
         repo: &RepoName,
         digest: &Digest,
+        ticket: digest_bytes::Ticket,
     ) -> Result<Option<BlobRead>, StoreError> {
         let read = self
             .driver
@@ -354,7 +454,7 @@ impl Store {
         }
         Ok(Some(BlobRead {
             size: read.size,
-            body: BlobBody::Stream(read.reader, read.size),
+            body: self.blob_body(repo, digest, ticket, read.reader, read.size)?,
         }))
     }
 
@@ -400,10 +500,11 @@ impl Store {
                  and some may still name it"
             )));
         }
+        let deleted = self.driver.delete(&path);
+        // After the delete, so a pull that read the bytes before it cannot keep them after.
         self.manifest_bytes.forget(repo, digest);
-        self.driver
-            .delete(&path)
-            .map_err(|e| not_found_as(e, unknown))?;
+        self.blob_bytes.forget(repo, digest);
+        deleted.map_err(|e| not_found_as(e, unknown))?;
         if let Some(d) = &self.dedupe {
             d.forget(digest, &path);
         }
@@ -611,6 +712,30 @@ impl Store {
             }
         }
         f()
+    }
+}
+
+/// `range` of a blob of `size` bytes as it is sent: an end past the end clipped, a start
+/// past it `RangeNotSatisfiable` (RFC 9110 14.1.2).
+fn clip(range: Option<ByteRange>, size: u64) -> Result<Option<ByteRange>, StoreError> {
+    match range {
+        Some(r) if r.start >= size || r.start > r.end => {
+            Err(StoreError::RangeNotSatisfiable { size })
+        }
+        Some(r) => Ok(Some(ByteRange {
+            start: r.start,
+            end: r.end.min(size - 1),
+        })),
+        None => Ok(None),
+    }
+}
+
+/// Bytes held by the blob cache, read by a `Cursor` without a copy.
+struct Shared(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
 

@@ -14,8 +14,9 @@
 //! ranged pulls, mounts (from a repository and, with dedupe, from anywhere), manifests by tag
 //! and digest, tags, referrers, blob deletes, garbage collection (down to removing a
 //! repository left empty), retention (`keepTags`), dedupe and the start-up pass deduplicating
-//! a copy written behind the store's back, scrub finding a damaged layer, the catalog, and two
-//! stores tagging one repository at once. With placeholders also: the second repository's
+//! a copy written behind the store's back, scrub finding a damaged layer, the catalog, two
+//! stores tagging one repository at once, and a blob deleted through one store no longer
+//! served by another that pulled it. Every store keeps blobs in memory (`BLOB_CACHE`). With placeholders also: the second repository's
 //! copy is a placeholder (layers and manifests; never the empty blob; one holder when eight
 //! repositories push at once), pulls, sizes, ranged reads and mounts through it, deleting and collecting the copy holding the bytes promotes a
 //! placeholder, the start-up pass rebuilding a lost cache from placeholders alone, scrub
@@ -87,6 +88,7 @@ pub(super) fn run(stores: &Stores<'_>) {
     listing_the_catalog(&store);
     two_stores_lose_no_tag(&open(), &open());
     another_store_sees_a_moved_tag(&open(), &open());
+    another_store_sees_a_deleted_blob(&open(), &open());
 }
 
 fn repo(name: &str) -> RepoName {
@@ -452,9 +454,16 @@ fn deleting_blobs(store: &Store) {
     let bytes = b"deleted from one repository";
     let digest = push(store, &one, bytes);
     assert!(store.blob_mount(&other, &digest, Some(&one)).unwrap());
+    // Pulled first, so a store that keeps blobs in memory holds both.
+    assert_eq!(pull(store, &one, &digest, None), bytes);
+    assert_eq!(pull(store, &other, &digest, None), bytes);
     store.blob_delete(&one, &digest).unwrap();
     assert!(matches!(
         store.blob_size(&one, &digest),
+        Err(StoreError::BlobUnknown(_))
+    ));
+    assert!(matches!(
+        store.blob_read(&one, &digest, None),
         Err(StoreError::BlobUnknown(_))
     ));
     assert!(matches!(
@@ -478,6 +487,7 @@ fn deleting_blobs(store: &Store) {
 fn collecting(store: &Store) {
     let repo = repo("gc");
     let orphan = push(store, &repo, b"referenced by nothing");
+    assert_eq!(pull(store, &repo, &orphan, None), b"referenced by nothing");
     let tagged = image(store, &repo, &[b"kept layer"], "tagged");
     let tagged = put_manifest(store, &repo, "kept", &tagged);
     let untagged = image(store, &repo, &[b"collected layer"], "untagged");
@@ -494,6 +504,10 @@ fn collecting(store: &Store) {
         assert!(removed.contains(&gone), "{gone} collected");
         assert!(matches!(
             store.blob_size(&repo, gone),
+            Err(StoreError::BlobUnknown(_))
+        ));
+        assert!(matches!(
+            store.blob_read(&repo, gone, None),
             Err(StoreError::BlobUnknown(_))
         ));
     }
@@ -1059,6 +1073,33 @@ fn another_store_sees_a_moved_tag(first: &Store, second: &Store) {
     ));
 }
 
+/// A blob deleted through one store stops being served by another that pulled it (and, on
+/// a driver where reads are round trips, keeps its bytes in memory) once the driver's
+/// revalidation interval has passed (at once where it is zero); ranges of it are served
+/// from what the other store read until then.
+fn another_store_sees_a_deleted_blob(first: &Store, second: &Store) {
+    let repo = repo("deleted-blob");
+    let bytes = b"pulled, then deleted elsewhere";
+    let digest = push(first, &repo, bytes);
+    assert_eq!(pull(second, &repo, &digest, None), bytes);
+    let range = ByteRange { start: 8, end: 12 };
+    assert_eq!(pull(second, &repo, &digest, Some(range)), &bytes[8..=12]);
+    assert_eq!(
+        second.blob_size(&repo, &digest).unwrap(),
+        bytes.len() as u64
+    );
+    first.blob_delete(&repo, &digest).unwrap();
+    std::thread::sleep(second.driver.revalidate_after());
+    assert!(matches!(
+        second.blob_read(&repo, &digest, None),
+        Err(StoreError::BlobUnknown(_))
+    ));
+    assert!(matches!(
+        second.blob_size(&repo, &digest),
+        Err(StoreError::BlobUnknown(_))
+    ));
+}
+
 /// A fresh local root: each driver opened is a separate `LocalDriver` over it, writing
 /// uploads as berth does by default.
 fn local(dir: &Path) -> Storage {
@@ -1097,6 +1138,11 @@ fn placeholder() -> Strategy {
     Strategy::Placeholder
 }
 
+/// What the suite's stores keep of blobs in memory: every store runs every check with its
+/// blob cache on (it serves nothing where the driver has local files, which are sent as
+/// they are), so a delete, collection or placeholder read it gets wrong shows.
+const BLOB_CACHE: usize = 16 << 20;
+
 /// Runs the suite over a new storage and cache made by the factories, deduplicating by
 /// `strategy` when there is a cache. The cache is opened once and shared by every store
 /// (LMDB opens a directory once per process); a lost cache is a new one in another directory.
@@ -1116,7 +1162,8 @@ fn run_one(
     // As every start does: the start-up pass runs on the store before it serves (with
     // placeholders, copies holding bytes are not deleted until a pass has completed).
     let open = || {
-        let store = Store::with_dedupe_strategy(driver(), shared.clone(), Some(strategy));
+        let store = Store::with_dedupe_strategy(driver(), shared.clone(), Some(strategy))
+            .with_blob_cache(BLOB_CACHE);
         if store.dedupes() {
             dedupe_pass::run(&store).unwrap();
         }
@@ -1128,7 +1175,8 @@ fn run_one(
         let fresh = cache(&dir.path().join(format!("cache-{n}")));
         Store::with_dedupe_strategy(driver(), fresh, Some(strategy))
     };
-    let without_dedupe = || Store::with_dedupe_strategy(driver(), None, None);
+    let without_dedupe =
+        || Store::with_dedupe_strategy(driver(), None, None).with_blob_cache(BLOB_CACHE);
     let store = open();
     assert_eq!(
         store.dedupes(),

@@ -5,7 +5,9 @@
 //! the OCI layout under `rootdirectory`, so a layout written on disk and copied into the
 //! bucket with plain PUTs is served as it is, and the bucket copied out is a layout a local
 //! berth serves; a `subPaths` config mixes a local and an S3 store behind one API; and a
-//! restart with dedupe off makes dedupe's placeholders full copies again.
+//! restart with dedupe off makes dedupe's placeholders full copies again; a small blob
+//! pulled is served from memory (`blobcachesize`) until `revalidate` has passed, then not
+//! once it was deleted from the bucket behind berth's back.
 //! skopeo, oras, scrub, gc and dedupe on S3 run the local flows in their own modules. Without
 //! the servers the tests fail, naming the script: they never pass by skipping.
 
@@ -279,4 +281,62 @@ fn a_restart_with_dedupe_off_makes_every_placeholder_a_full_copy() {
         assert_image(&berth.client(), repo, "v1", &image);
     }
     store.assert_sound();
+}
+
+/// A blob pulled once is kept in memory: deleted from the bucket by another tool, it is still
+/// served whole and in ranges within `revalidate` (no read reaches the bucket), and is
+/// unknown once `revalidate` has passed. With `blobcachesize: 0` nothing is kept.
+#[test]
+fn a_pulled_blob_is_served_from_memory_until_revalidate_passes() {
+    const REVALIDATE: Duration = Duration::from_secs(5);
+    let bucket = Bucket::new();
+    let start = |blobcachesize: u64| {
+        let mut settings = bucket.settings("/berth", Settings::default());
+        let driver = settings.storage.get_mut("storageDriver").unwrap();
+        driver["revalidate"] = json!(format!("{}s", REVALIDATE.as_secs()));
+        driver["blobcachesize"] = json!(blobcachesize);
+        Berth::start_with(settings)
+    };
+    let berth = start(64 << 20);
+    let c = berth.client();
+    let layer = random_bytes(31, 300_000);
+    let digest = push_blob(&c, "cached/app", &layer);
+    let key = format!(
+        "berth/cached/app/blobs/sha256/{}",
+        &digest["sha256:".len()..]
+    );
+    let target = format!("/v2/cached/app/blobs/{digest}");
+    assert!(get_blob(&c, "cached/app", &digest) == layer);
+    let pulled = std::time::Instant::now();
+    bucket.delete(&key);
+    assert!(
+        get_blob(&c, "cached/app", &digest) == layer,
+        "served from memory"
+    );
+    let ranged = c
+        .request("GET", &target)
+        .header("Range", "bytes=100-199")
+        .send()
+        .expect(206);
+    assert!(ranged.body == layer[100..200]);
+    c.head(&target).expect(200);
+    assert!(
+        pulled.elapsed() < REVALIDATE,
+        "the pulls from memory took longer than revalidate: the test proves nothing"
+    );
+    std::thread::sleep(REVALIDATE.saturating_sub(pulled.elapsed()));
+    c.get(&target).expect_error(404, "BLOB_UNKNOWN");
+    c.head(&target).expect(404);
+    drop(berth);
+
+    let berth = start(0);
+    let c = berth.client();
+    let digest = push_blob(&c, "uncached/app", &layer);
+    assert!(get_blob(&c, "uncached/app", &digest) == layer);
+    bucket.delete(&format!(
+        "berth/uncached/app/blobs/sha256/{}",
+        &digest["sha256:".len()..]
+    ));
+    c.get(&format!("/v2/uncached/app/blobs/{digest}"))
+        .expect_error(404, "BLOB_UNKNOWN");
 }

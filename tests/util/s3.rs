@@ -206,6 +206,12 @@ impl Bucket {
         assert_eq!(put.status, 200, "PUT {key}: {put:?}");
     }
 
+    /// Deletes the object at `key`, as any S3 tool would (another instance's delete).
+    pub fn delete(&self, key: &str) {
+        let deleted = self.send("DELETE", &format!("/{key}"), b"");
+        assert_eq!(deleted.status, 204, "DELETE {key}: {deleted:?}");
+    }
+
     /// The key holding the bytes of the placeholder at `key`, or None when `key` holds its
     /// own bytes; panics when there is no object at `key`.
     pub fn holder_of(&self, key: &str) -> Option<String> {

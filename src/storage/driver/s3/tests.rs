@@ -500,6 +500,74 @@ fn s3_monolithic_pushes_are_written_in_place_on_moto() {
     assert!(names.is_empty(), "nothing staged: {names:?}");
 }
 
+/// S3 requests of pulls from a store that keeps small blobs in memory (`blobcachesize`,
+/// here 16 MiB: blobs up to 1 MiB kept). The first pull of a kept blob is one GET; pulls,
+/// ranges and sizes of it within `revalidate` make none; after it, one HEAD confirms the
+/// blob is still there. A blob over the share is read every time. A blob deleted through
+/// this store is unknown at once; through another one (another instance on the bucket),
+/// once `revalidate` has passed.
+#[test]
+fn s3_small_blobs_are_pulled_from_memory_on_moto() {
+    use crate::storage::{BlobBody, ByteRange, Store, StoreError};
+    let moto = service("MOTO");
+    let (_, bucket) = fresh(&moto, "cached");
+    let open = |revalidate| {
+        let driver = S3Driver::new(S3Config {
+            revalidate,
+            ..config(&moto, &bucket, "cached")
+        })
+        .unwrap();
+        let store = Store::new(Arc::new(driver.clone()), None).with_blob_cache(16 << 20);
+        (driver, store)
+    };
+    let (a, first) = open(Duration::from_secs(3600));
+    let (b, second) = open(Duration::from_millis(300));
+    let repo: crate::oci::RepoName = "cached".parse().unwrap();
+    let (small, large) = (pattern(1 << 20, 5), pattern((1 << 20) + 1, 6));
+    let [small_digest, large_digest] = [&small, &large].map(|bytes| {
+        let digest = crate::digest::Digest::sha256_of(bytes);
+        let length = crate::storage::BodyLength::Exact(bytes.len() as u64);
+        first
+            .blob_put(&repo, &digest, &mut &bytes[..], length)
+            .unwrap();
+        digest
+    });
+    let pull = |driver: &S3Driver, store: &Store, digest, range| {
+        let before = driver.requests();
+        let (read, _) = store.blob_read(&repo, digest, range)?;
+        let BlobBody::Stream(mut reader, _) = read.body else {
+            panic!("an object store streams")
+        };
+        let mut bytes = Vec::new();
+        reader.read_to_end(&mut bytes).unwrap();
+        Ok::<_, StoreError>((bytes, driver.requests() - before))
+    };
+    assert!(pull(&a, &first, &small_digest, None).unwrap() == (small.clone(), 1));
+    assert!(pull(&a, &first, &small_digest, None).unwrap() == (small.clone(), 0));
+    let range = Some(ByteRange { start: 10, end: 19 });
+    assert!(pull(&a, &first, &small_digest, range).unwrap() == (small[10..20].to_vec(), 0));
+    let before = a.requests();
+    assert_eq!(first.blob_size(&repo, &small_digest).unwrap(), 1 << 20);
+    assert_eq!(a.requests() - before, 0, "a size from memory");
+    for _ in 0..2 {
+        assert!(pull(&a, &first, &large_digest, None).unwrap() == (large.clone(), 1));
+    }
+    assert!(pull(&b, &second, &small_digest, None).unwrap() == (small.clone(), 1));
+    std::thread::sleep(Duration::from_millis(300));
+    let confirmed = pull(&b, &second, &small_digest, None).unwrap();
+    assert!(confirmed == (small.clone(), 1), "one HEAD after revalidate");
+    first.blob_delete(&repo, &small_digest).unwrap();
+    assert!(matches!(
+        pull(&a, &first, &small_digest, None),
+        Err(StoreError::BlobUnknown(_))
+    ));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(matches!(
+        pull(&b, &second, &small_digest, None),
+        Err(StoreError::BlobUnknown(_))
+    ));
+}
+
 /// S3 requests of a mount without dedupe into an existing repository: the copy goes
 /// straight to the blob key (CopyObject is atomic, nothing partial is ever visible), not
 /// through `.uploads/`. Five: the source's HEAD, the target's (an object: no LIST), the
