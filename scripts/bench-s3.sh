@@ -33,7 +33,8 @@
 #
 # Run by hand, never by CI: scripts/bench-s3.sh [WORKLOADS]  (as bench-vs-distribution.sh)
 # Env: BENCH_CLIENTS=0 skips the real clients; RSS=0 skips the 256 MiB pushes; ROUNDS (1) and
-# WRK_DURATION (3s) go to bench-clients.sh. The counts and those two are sized so that one
+# WRK_DURATION (3s) go to bench-clients.sh; BERTH_S3_KEYS adds berth-only keys to berth's
+# storageDriver (e.g. '"blobcachesize":0' for a run without the blob cache). The counts and those two are sized so that one
 # run takes about 15 minutes on moto (919 s on the shared 2-core machine, load 8 to 15).
 set -euo pipefail
 workloads="${1:-push-mono-1m:8:40,push-chunked-1m:8:16,push-mono-64m:4:4,push-chunked-64m:4:4,pull-1m:8:200,pull-64m:4:8,manifest-get:16:400}"
@@ -92,7 +93,7 @@ bport=$(free_port)
 start_berth "$bport" "${CARGO_TARGET_DIR:-target}/release/berth" berth "{\"name\":\"s3\",\"region\":\"$region\",\
 \"regionendpoint\":\"http://127.0.0.1:$relay_port\",\"bucket\":\"berth\",\
 \"rootdirectory\":\"/berth\",\"accesskey\":\"$access_key\",\"secretkey\":\"$secret_key\",\
-\"secure\":false,\"chunksize\":$chunk}"
+\"secure\":false,\"chunksize\":$chunk${BERTH_S3_KEYS:+,$BERTH_S3_KEYS}}"
 
 machine_line
 echo "S3 server: $s3_name on 127.0.0.1:$s3port"

@@ -5,6 +5,8 @@
 # Starts a release berth on a fresh loopback root, samples it with `perf record -g` while
 # bench/load.rs runs WORKLOADS against it, and folds the samples with inferno into
 # flamegraphs/<date>-<commit>-<SCENARIO>.svg. Run by hand; add a line to flamegraphs/index.md.
+# BERTH_DRIVER (a JSON object, zot's storage.storageDriver) profiles berth on that object
+# store instead, e.g. an S3 bucket on scripts/s3-services.sh's moto.
 set -euo pipefail
 scenario="${1:?usage: flamegraph.sh SCENARIO WORKLOADS [COUNT]}"
 workloads="${2:?usage: flamegraph.sh SCENARIO WORKLOADS [COUNT]}"
@@ -15,7 +17,7 @@ command -v inferno-flamegraph >/dev/null || cargo install --quiet inferno
 source "$(dirname "$0")/bench-lib.sh"
 
 port=$(free_port)
-start_berth "$port"
+start_berth "$port" "" berth "${BERTH_DRIVER:-}"
 
 perf record -F 999 -g -p "$bpid" -o "$work/perf.data" 2>"$work/perf.log" &
 ppid=$!; pids+=($ppid)
