@@ -498,7 +498,7 @@ fn run(client: &dyn Client, op: Op, objects: &Objects) -> (f64, usize) {
     (started.elapsed().as_secs_f64(), peak)
 }
 
-/// Connections the client at `endpoint` opens (through `relay`) for `work`.
+/// The connections `relay` accepted while `work` ran.
 fn connections(relay: &Relay, work: impl FnOnce()) -> usize {
     let before = relay.accepted.load(Relaxed);
     work();
