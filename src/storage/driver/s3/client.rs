@@ -2,9 +2,12 @@
 //! (path-style or virtual-hosted addressing, encryption, storage class, canned ACL and
 //! `User-Agent` headers, TLS verification), signed with AWS Signature Version 4 (signed here,
 //! with `sha2`; the payload is sent as `UNSIGNED-PAYLOAD`, so no body is hashed twice) or, with
-//! `v4auth: false`, Version 2, over `ureq`'s pooled keep-alive connections, and the few pieces
-//! of the S3 XML the driver reads. It knows nothing of the `Driver` contract: `super` maps its
+//! `v4auth: false`, Version 2, over `ureq`'s pooled keep-alive connections (GETs over plain
+//! HTTP over its own, `direct`, which reads bodies without a copy), and the few pieces of the
+//! S3 XML the driver reads. It knows nothing of the `Driver` contract: `super` maps its
 //! answers.
+
+mod direct;
 
 use super::credentials::{Credentials, Provider};
 use sha2::{Digest as _, Sha256};
@@ -274,6 +277,8 @@ impl ureq::unversioned::resolver::Resolver for LocalhostResolver {
 
 pub(super) struct Client {
     agent: ureq::Agent,
+    /// GETs over plain HTTP with no proxy: their bodies are read without ureq's copy.
+    direct: Option<direct::Direct>,
     endpoint: Endpoint,
     /// The `Host` requests name (with the bucket when virtual-hosted).
     host: String,
@@ -306,6 +311,7 @@ impl Client {
                     .build(),
             )
             .build();
+        let proxied = config.proxy().is_some();
         let agent = ureq::Agent::with_parts(
             config,
             ureq::unversioned::transport::DefaultConnector::default(),
@@ -321,6 +327,16 @@ impl Client {
             authority.to_string()
         };
         let base = format!("{scheme}://{host}");
+        let direct = if proxied {
+            None
+        } else {
+            direct::Direct::new(
+                &base,
+                time_out.min(CONNECT_TIME_OUT),
+                time_out,
+                IDLE_CONNECTIONS,
+            )
+        };
         let user_agent = endpoint
             .wire
             .user_agent
@@ -328,6 +344,7 @@ impl Client {
             .unwrap_or_else(|| format!("berth/{}", env!("CARGO_PKG_VERSION")));
         Client {
             agent,
+            direct,
             endpoint,
             host,
             base,
@@ -560,10 +577,13 @@ impl Client {
         {
             tracing::info!(method, key, headers = ?without_secrets(headers), "S3 request headers");
         }
-        let result = match body {
-            Body::Empty if method != "PUT" && method != "POST" => self.agent.run(request.body(())?),
-            Body::Empty => self.agent.run(request.body(&[][..])?),
-            Body::Bytes(bytes) => self.agent.run(request.body(bytes)?),
+        let result = match (body, &self.direct) {
+            (Body::Empty, Some(direct)) if method == "GET" => direct.run(&request.body(())?),
+            (Body::Empty, _) if method != "PUT" && method != "POST" => {
+                self.agent.run(request.body(())?)
+            }
+            (Body::Empty, _) => self.agent.run(request.body(&[][..])?),
+            (Body::Bytes(bytes), _) => self.agent.run(request.body(bytes)?),
         };
         let response = result.inspect_err(|e| {
             if wire.log.requests() {

@@ -611,11 +611,13 @@ fn s3_mounts_copy_straight_to_the_blob_key_on_moto() {
 /// A TCP relay to `upstream` on a free 127.0.0.1 port that, once `cut_after` is armed with a
 /// byte count, closes the connection carrying the answer after that many more bytes, as a
 /// network fault would mid-body; with `stall` set it holds the connection silent for
-/// `STALL` first, as a server stalled mid-body would.
+/// `STALL` first, as a server stalled mid-body would. It counts the connections it accepts,
+/// and `close_all` closes every one, as a server closing idle connections would.
 struct Cutter {
     endpoint: String,
     cut_after: Arc<std::sync::atomic::AtomicI64>,
     stall: Arc<std::sync::atomic::AtomicBool>,
+    accepted: Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
 }
 
 /// How long a stalled `Cutter` holds a connection silent: past a test driver's time-out.
@@ -632,9 +634,12 @@ impl Cutter {
         let stall = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let armed = Arc::clone(&cut_after);
         let stalls = Arc::clone(&stall);
+        let accepted = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let clients = Arc::clone(&accepted);
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { return };
+                clients.lock().unwrap().push(client.try_clone().unwrap());
                 let server = TcpStream::connect(&upstream).unwrap();
                 let (mut to_server, mut from_client) =
                     (server.try_clone().unwrap(), client.try_clone().unwrap());
@@ -677,8 +682,65 @@ impl Cutter {
             endpoint,
             cut_after,
             stall,
+            accepted,
         }
     }
+
+    fn connections(&self) -> usize {
+        self.accepted.lock().unwrap().len()
+    }
+
+    fn close_all(&self) {
+        for client in self.accepted.lock().unwrap().iter() {
+            let _ = client.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// GETs over plain HTTP go on the client's own connections (`client::direct`): bodies read
+/// to their end, whole, ranged, empty or an error's, leave their connection for the next
+/// GET, and a kept connection the server closed meanwhile is replaced without failing the
+/// read. On s3s-fs: the test moto answers in HTTP/1.0, closing every connection.
+#[test]
+fn gets_keep_their_connection_and_replace_one_the_server_closed() {
+    let s3s = service("S3S");
+    let (direct, bucket) = fresh(&s3s, "root");
+    let big = path("blobs/big");
+    let bytes = pattern(1024 * 1024 + 3, 5);
+    direct.put(&big, &bytes).unwrap();
+    let empty = path("blobs/empty");
+    direct.put(&empty, b"").unwrap();
+    let cutter = Cutter::start(&s3s.endpoint);
+    let relayed = S3Driver::new(S3Config {
+        endpoint: cutter.endpoint.clone(),
+        ..config(&s3s, &bucket, "root")
+    })
+    .unwrap();
+    for _ in 0..3 {
+        assert!(relayed.get(&big).unwrap() == bytes);
+        assert!(read_from(&relayed, &big, 5).0 == bytes[5..]);
+        let mut ranged = Vec::new();
+        relayed
+            .reader_range(&big, 7, 1000)
+            .unwrap()
+            .reader
+            .read_to_end(&mut ranged)
+            .unwrap();
+        assert!(ranged == bytes[7..1007]);
+        assert_eq!(relayed.get(&empty).unwrap(), b"");
+        let missing = relayed.get(&path("blobs/missing"));
+        assert!(
+            matches!(missing, Err(DriverError::NotFound { .. })),
+            "{missing:?}"
+        );
+    }
+    assert_eq!(cutter.connections(), 1, "one connection for every GET");
+    cutter.close_all();
+    assert!(
+        relayed.get(&big).unwrap() == bytes,
+        "read on a new connection"
+    );
+    assert_eq!(cutter.connections(), 2);
 }
 
 /// A body whose connection is cut midway is resumed from where it was, whole or ranged, and
