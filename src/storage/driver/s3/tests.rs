@@ -123,11 +123,15 @@ fn s3_driver_conformance_on_moto_under_a_root_directory() {
     crate::storage::driver::conformance::run(&driver);
 }
 
-/// Uploads past one part: parts of `chunksize`, a flush that makes the object whole, a
-/// writer in another driver (another process) that continues it by copying the stored
-/// object as a part, a writer dropped unflushed that leaves the stored object as it was, and
-/// a writer whose object was deleted that stores nothing.
-pub(super) fn multipart_writer(service: &Service) {
+/// A session past one part: parts of `chunksize` sent as they fill, a flush that keeps the
+/// rest in the note and makes nothing readable, a writer in another driver (another process)
+/// that continues from the note alone, parts of a writer dropped unflushed that the
+/// completion leaves out, a commit that completes the one multipart upload, a writer whose
+/// session was deleted that stores nothing, and a cancel that leaves nothing. A server that
+/// keeps keys as files (`keys_as_files`: s3s-fs) cannot make a key an object once keys were
+/// below it (the directory stays): there the session is cancelled instead, and a direct
+/// write completes a multipart upload.
+pub(super) fn multipart_writer(service: &Service, keys_as_files: bool) {
     let (a, bucket) = fresh(service, "root");
     let p = path("repo/.uploads/big");
     let first = pattern(2 * MIN_PART + 12_345, 1);
@@ -138,42 +142,65 @@ pub(super) fn multipart_writer(service: &Service) {
     w.flush().unwrap();
     assert_eq!(w.size(), first.len() as u64);
     drop(w);
-    assert_eq!(a.stat(&p).unwrap().unwrap().size, first.len() as u64);
-    assert!(
-        a.get(&p).unwrap() == first,
-        "flushed bytes are stored whole"
-    );
+    let size = |d: &S3Driver| d.upload_status(&p).unwrap().map(|s| s.size);
+    assert_eq!(size(&a), Some(first.len() as u64));
 
-    // Another instance on the same bucket continues it.
+    // Another instance on the same bucket continues it: one GET of the note, then a full
+    // part (the 12 345 bytes of tail and the first of these), then the note with the rest.
     let b = S3Driver::new(config(service, &bucket, "root")).unwrap();
+    let before = b.requests();
     let mut w = b.writer(&p).unwrap();
     assert_eq!(w.size(), first.len() as u64);
     let second = pattern(MIN_PART + 777, 2);
     for piece in second.chunks(1 << 20) {
         w.write(piece.to_vec()).unwrap();
     }
+    w.flush().unwrap();
+    drop(w);
+    assert_eq!(
+        b.requests() - before,
+        3,
+        "GET note, UploadPart, PUT note: no byte copied or read back"
+    );
+
+    // Dropped unflushed with a part sent: the session stays as its note says.
+    let mut w = a.writer(&p).unwrap();
+    w.write(pattern(MIN_PART + 1, 3)).unwrap();
+    drop(w);
+    let mut whole = [first, second].concat();
+    assert_eq!(size(&a), Some(whole.len() as u64));
+
+    let before = a.requests();
+    let mut w = a.writer(&p).unwrap();
+    w.write(vec![4; 10]).unwrap();
+    if keys_as_files {
+        w.cancel().unwrap();
+        let blob = path("repo/blobs/big");
+        let mut w = a.direct_writer(&blob).unwrap();
+        w.write(whole.clone()).unwrap();
+        w.commit().unwrap();
+        assert!(a.get(&blob).unwrap() == whole);
+        return;
+    }
     w.commit().unwrap();
-    let mut whole = first.clone();
-    whole.extend_from_slice(&second);
+    assert_eq!(
+        a.requests() - before,
+        5,
+        "GET note; HEAD and DELETE note, the last part, Complete"
+    );
+    whole.extend_from_slice(&[4; 10]);
     assert!(
         a.get(&p).unwrap() == whole,
-        "continued after the stored bytes"
+        "the parts the note names, in order, and the last"
     );
     let offset = (MIN_PART + 3) as u64;
-    let (tail, size) = read_from(&a, &p, offset);
-    assert_eq!(size, whole.len() as u64);
+    let (tail, size_read) = read_from(&a, &p, offset);
+    assert_eq!(size_read, whole.len() as u64);
     assert!(
         tail == whole[offset as usize..],
         "ranged read past a part boundary"
     );
-
-    // Dropped unflushed with a part uploaded: the stored object stays as it was.
-    let before = a.stat(&p).unwrap().unwrap();
-    let mut w = a.writer(&p).unwrap();
-    w.write(pattern(MIN_PART + 1, 3)).unwrap();
-    drop(w);
-    let after = a.stat(&p).unwrap().unwrap();
-    assert_eq!((after.size, after.version), (before.size, before.version));
+    a.delete(&p).unwrap();
 
     // Deleted under an open writer with parts in flight: commit stores nothing.
     let mut w = a.writer(&p).unwrap();
@@ -189,13 +216,14 @@ pub(super) fn multipart_writer(service: &Service) {
     // Cancelled with parts uploaded: nothing left.
     let mut w = a.writer(&p).unwrap();
     w.write(pattern(MIN_PART + 1, 6)).unwrap();
+    w.flush().unwrap();
     w.cancel().unwrap();
     assert!(a.stat(&p).unwrap().is_none());
 }
 
 #[test]
 fn s3_writer_uploads_parts_and_continues_on_moto() {
-    multipart_writer(&service("MOTO"));
+    multipart_writer(&service("MOTO"), false);
 }
 
 /// s3s-fs checks every request's SigV4 signature: the driver's requests pass, with the
@@ -238,7 +266,7 @@ pub(super) fn signed_requests(s3s: Service) -> String {
 
 #[test]
 fn s3_writer_uploads_parts_and_continues_on_s3s_fs() {
-    multipart_writer(&service("S3S"));
+    multipart_writer(&service("S3S"), true);
 }
 
 /// The multipart uploads of the bucket still open (neither completed nor aborted).
@@ -415,32 +443,66 @@ fn s3_direct_uploads_complete_at_the_final_key_on_moto() {
     assert_eq!(open_uploads(&d), 0, "aborted");
 }
 
-/// A session's note is the ETag-keyed `<key>/.note`: another instance reads it while the
-/// bytes are those it was saved for; once another flush changed them it reads as none.
+/// A session's note is its state: saved with the bytes in one PUT, read by another
+/// instance; of two writers racing on one session, the one whose note went stale stores
+/// nothing, and the other's bytes complete. Deleting a session, or cancelling it, aborts its
+/// multipart upload.
 #[test]
-fn s3_upload_notes_follow_the_bytes_on_moto() {
+fn s3_sessions_live_in_their_note_on_moto() {
     let moto = service("MOTO");
     let (a, bucket) = fresh(&moto, "notes");
     let b = S3Driver::new(config(&moto, &bucket, "notes")).unwrap();
     let p = path("r/.uploads/session");
     let mut w = a.writer(&p).unwrap();
-    w.write(pattern(MIN_PART + 10, 1)).unwrap();
-    w.flush().unwrap();
+    let first = pattern(MIN_PART + 10, 1);
+    w.write(first.clone()).unwrap();
     let before = a.requests();
     w.save_note(b"state at the end").unwrap();
-    assert_eq!(a.requests() - before, 1, "one PUT per note");
+    assert_eq!(
+        a.requests() - before,
+        1,
+        "the bytes and the note in one PUT"
+    );
     drop(w);
     assert_eq!(
         b.upload_note(&p).unwrap().as_deref(),
         Some(&b"state at the end"[..])
     );
-    // Bytes flushed after the note (a process killed before saving the next one).
-    let mut w = b.writer(&p).unwrap();
-    w.write(vec![1; 10]).unwrap();
-    w.flush().unwrap();
-    drop(w);
-    assert_eq!(a.upload_note(&p).unwrap(), None, "stale: reads as none");
+    assert_eq!(
+        b.upload_status(&p).unwrap().map(|s| s.size),
+        Some(first.len() as u64)
+    );
+
+    let mut late = a.writer(&p).unwrap();
+    let mut early = b.writer(&p).unwrap();
+    early.write(vec![2; 10]).unwrap();
+    early.flush().unwrap();
+    late.write(vec![3; 10]).unwrap();
+    late.flush().unwrap();
+    late.commit().unwrap();
+    assert!(
+        a.stat_object(&p).unwrap().is_none(),
+        "the stale one stored nothing"
+    );
+    early.commit().unwrap();
+    assert!(a.get(&p).unwrap() == [first, vec![2; 10]].concat());
+    assert_eq!(a.upload_note(&p).unwrap(), None, "committed: no note");
+    assert_eq!(open_uploads(&a), 0);
     a.delete(&p).unwrap();
+
+    for cancel in [false, true] {
+        let mut w = a.writer(&p).unwrap();
+        w.write(pattern(MIN_PART + 1, 4)).unwrap();
+        w.flush().unwrap();
+        assert_eq!(open_uploads(&a), 1);
+        if cancel {
+            w.cancel().unwrap();
+        } else {
+            drop(w);
+            a.delete(&p).unwrap();
+        }
+        assert_eq!(open_uploads(&a), 0, "cancel {cancel}: aborted");
+    }
     assert!(a.list(Some(&path("r/.uploads"))).unwrap().is_empty());
 }
 
