@@ -364,7 +364,8 @@ fn s3_concurrent_multipart_copies_share_one_bound_on_moto() {
 }
 
 /// A multipart upload nothing will finish (a failed abort, a killed process) is aborted by
-/// the sweep once its latest part is older than the delay it is given, and not before; the
+/// the sweep once its latest part (and a session's note) is older than the delay it is
+/// given, and not before; the
 /// bucket's uploads outside the store's root are not the store's to abort.
 #[test]
 fn s3_stale_multipart_uploads_are_aborted_on_moto() {
@@ -388,6 +389,20 @@ fn s3_stale_multipart_uploads_are_aborted_on_moto() {
     assert_eq!(d.abort_stale_uploads(minute).unwrap(), 0, "a part just now");
     assert_eq!(d.abort_stale_uploads(Duration::ZERO).unwrap(), 1);
     assert_eq!(open_uploads(&d), 1, "only the store's own");
+
+    // A session's upload is judged by its note too: PATCHes under a part's size save only
+    // the note, and the session is live while they come.
+    let session = path("r/.uploads/live");
+    let mut w = d.writer(&session).unwrap();
+    w.write(pattern(MIN_PART, 4)).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    w.write(vec![5; 10]).unwrap();
+    w.flush().unwrap();
+    let two = Duration::from_secs(2);
+    assert_eq!(d.abort_stale_uploads(two).unwrap(), 0, "a note just now");
+    assert_eq!(open_uploads(&d), 2);
+    drop(w);
+    d.delete(&session).unwrap();
 }
 
 /// A multipart copy whose completion fails leaves no open upload behind (S3 would keep its
