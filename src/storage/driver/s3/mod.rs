@@ -31,8 +31,8 @@
 //! - `delete_dir`: nothing to remove; a prefix with keys below is reported as not empty, as
 //!   rmdir(2) would, since the collector relies on that.
 //! - `writer`, `direct_writer`, `upload_status`, `upload_note`: see `writer` (sessions are
-//!   sealed: an open multipart upload and a note, readable only once committed); `delete` of
-//!   a session also aborts the multipart upload its note names. No `rename`, no local files, no
+//!   sealed: an open multipart upload and, at the key, a note, readable only once committed);
+//!   `delete` of a session also aborts the multipart upload its note names. No `rename`, no local files, no
 //!   hard links, no O_DIRECT.
 //!
 //! **Client** (issue 13 "Client choice"). The design card names rust-s3. Read (0.38.0, not
@@ -940,12 +940,12 @@ impl Driver for S3Driver {
                 break;
             }
             for (object, _, _) in below.objects {
-                writer::abort_noted(&self.inner, &object)?;
                 self.inner.delete_key(&object)?;
                 found = true;
             }
         }
-        if self.inner.head(&key)?.is_some() {
+        if let Some(head) = self.inner.head(&key)? {
+            writer::abort_noted(&self.inner, &head);
             self.inner.delete_key(&key)?;
             found = true;
         }

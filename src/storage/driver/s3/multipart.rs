@@ -4,8 +4,8 @@
 //! all of a driver's copies (`CopySlots`), each on a thread of a scope that ends with the
 //! copy, so a copy holds no thread and no byte after it. Also the sweep of stale uploads
 //! (`Driver::abort_stale_uploads`): ListMultipartUploads under the store's prefix, aborting
-//! those initiated, last given a part (ListParts), and whose session's note was last saved
-//! (a HEAD), at least `gcDelay` ago.
+//! those initiated, last given a part (ListParts), and whose session's note at their key was
+//! last saved (a HEAD), at least `gcDelay` ago.
 
 use super::client::{self, Body};
 use super::{DriverError, Head, Inner, MAX_PART, io_error, not_found};
@@ -370,9 +370,9 @@ impl Inner {
                 // by its note too (PATCHes under a part's size only save the note).
                 if old(initiated)
                     && old(self.last_part(&key, &id)?.unwrap_or(initiated))
-                    && self
-                        .head(&super::writer::note_key(&key))?
-                        .is_none_or(|note| old(note.modified))
+                    && self.head(&key)?.is_none_or(|note| {
+                        super::writer::noted_size(&note).is_none() || old(note.modified)
+                    })
                 {
                     self.abort_multipart(
                         &key,

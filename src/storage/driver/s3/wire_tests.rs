@@ -187,7 +187,7 @@ fn signature_v2_passes_s3s_fs() {
         },
         true,
     ));
-    multipart_writer(&s3s_with(v2, false), true);
+    multipart_writer(&s3s_with(v2, false));
 }
 
 /// `secure` endpoints are verified: moto's self-signed certificate is refused with an error

@@ -10,22 +10,25 @@
 //! own where S3 takes it as one (at least 5 MiB: parts may differ in size, only the last may
 //! be smaller), else keeps it as the session's tail, and saves the session's note.
 //!
-//! **Notes**: the object `<key>/.note` is the session's whole state: a line of JSON (`State`:
-//! the upload id, the ETags of its parts, the size, the store's own note), then the tail's
-//! bytes; the size is also its `x-amz-meta-berth-size`, so `upload_status` is one HEAD. A
-//! writer opens a session with one GET of it (no ListParts, no byte read back: the tail,
-//! under 5 MiB, comes with it) and continues after the parts it names. Parts that a writer
-//! killed mid-chunk sent past them are not named: they are sent again under the same numbers
-//! and left out of the completion. Every save of the note is a PUT with `If-Match` the ETag
-//! this writer read or wrote (`If-None-Match: *` for a new session), so of two writers racing
-//! on one session the second's save fails rather than overwriting the first's state, and a
-//! part one of them overwrote under the other's number fails the other's completion (ETag
-//! mismatch) instead of completing wrong bytes. `commit` HEADs the note (still this
-//! writer's?), removes it, and completes the upload (or, with no part, PUTs the tail) at the
-//! upload key; the store then copies the verified object to its blob key. A writer
-//! dropped unflushed leaves the session as its last note says. A multipart upload nothing
-//! completes is aborted by `delete` of its session (which reads the note for the upload id)
-//! or by `Driver::abort_stale_uploads`.
+//! **Notes**: until the commit, the object at the upload's key is the session's note, its
+//! whole state: a line of JSON (`State`: the upload id, the ETags of its parts, the size, the
+//! store's own note), then the tail's bytes; the size and the upload id are also its metadata
+//! (`x-amz-meta-berth-size`, `-upload`), so `upload_status` is one HEAD and `delete` aborts
+//! the upload after one. A writer opens a session with one GET of it (no ListParts, no byte
+//! read back: the tail, under 5 MiB, comes with it) and continues after the parts it names.
+//! Parts that a writer killed mid-chunk sent past them are not named: they are sent again
+//! under the same numbers and left out of the completion. Every save of the note is a PUT
+//! with `If-Match` the ETag this writer read or wrote (`If-None-Match: *` for a new session),
+//! so of two writers racing on one session the second's save fails rather than overwriting
+//! the first's state, and a part one of them overwrote under the other's number fails the
+//! other's completion (ETag mismatch) instead of completing wrong bytes. `commit` HEADs the
+//! note (still this writer's?) and completes the upload with `If-Match` its ETag (or, with no
+//! part, PUTs the tail so): the completed object replaces the note in one step, so a kill
+//! leaves either the session or the object, and no key is ever both an object and a prefix
+//! (a file and a directory to s3s-fs). The store then copies the verified object to its blob
+//! key. A writer dropped unflushed leaves the session as its last note says. A multipart
+//! upload nothing completes is aborted by `delete` of its session or by
+//! `Driver::abort_stale_uploads`.
 //!
 //! "Gone": once the session's note is deleted or replaced by another writer (a condition
 //! fails), the writer counts bytes but stores none, and `commit` changes nothing, as the
@@ -42,13 +45,24 @@ use super::{DriverError, Inner, MIN_PART, io_error};
 use crate::storage::driver::{StoragePath, UploadStatus, UploadWriter};
 use std::sync::Arc;
 
-/// The key of the note of the upload at `key`.
-pub(super) fn note_key(key: &str) -> String {
-    format!("{key}/.note")
+/// The metadata header of a session's note that holds its size: an object without it is a
+/// committed upload (or no upload).
+const NOTE_SIZE: &str = "x-amz-meta-berth-size";
+
+/// The metadata header of a session's note naming its multipart upload.
+const NOTE_UPLOAD: &str = "x-amz-meta-berth-upload";
+
+/// The size a HEAD's metadata gives a session's note; `None` for any other object.
+pub(super) fn noted_size(head: &super::Head) -> Option<u64> {
+    metadata(head, NOTE_SIZE)?.parse().ok()
 }
 
-/// The metadata header of a note that holds its session's size.
-const NOTE_SIZE: &str = "x-amz-meta-berth-size";
+fn metadata<'a>(head: &'a super::Head, name: &str) -> Option<&'a str> {
+    head.metadata
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, value)| value.as_str())
+}
 
 /// A session as its note's first line records it.
 #[derive(Default, serde::Serialize, serde::Deserialize)]
@@ -87,46 +101,40 @@ fn decode(key: &str, bytes: &[u8]) -> Result<(State, Vec<u8>), DriverError> {
     })
 }
 
-/// The note of the session at `key`: its ETag and content; `None` if there is none.
-fn read_note(inner: &Inner, key: &str) -> Result<Option<(String, Vec<u8>)>, DriverError> {
-    let note = note_key(key);
-    let reply = inner.send("read note", "GET", Some(&note), &[], &[], Body::Empty)?;
+/// What is at the key of an upload.
+enum Stored {
+    Nothing,
+    /// A committed upload, with its ETag.
+    Object(String),
+    /// A session's note: its ETag and content.
+    Note(String, Vec<u8>),
+}
+
+/// One GET of the upload at `key`.
+fn read_note(inner: &Inner, key: &str) -> Result<Stored, DriverError> {
+    let reply = inner.send("read note", "GET", Some(key), &[], &[], Body::Empty)?;
     match reply.status {
         200 => {
             let etag = reply.header("etag").unwrap_or_default().to_string();
-            let bytes = reply.bytes().map_err(|e| io_error("read note", &note, e))?;
-            Ok(Some((etag, bytes)))
+            if reply.header(NOTE_SIZE).is_none() {
+                let _ = reply.bytes();
+                return Ok(Stored::Object(etag));
+            }
+            let bytes = reply.bytes().map_err(|e| io_error("read note", key, e))?;
+            Ok(Stored::Note(etag, bytes))
         }
         404 => {
             let _ = reply.bytes();
-            Ok(None)
+            Ok(Stored::Nothing)
         }
-        _ => Err(io_error("read note", &note, reply.into_error("GetObject"))),
+        _ => Err(io_error("read note", key, reply.into_error("GetObject"))),
     }
 }
 
-/// The session at `key` (one HEAD of its note), else the committed object there.
+/// The session at `key` (one HEAD of its note), or the committed object there.
 pub(super) fn status(inner: &Inner, key: &str) -> Result<Option<UploadStatus>, DriverError> {
-    if let Some(head) = inner.head(&note_key(key))? {
-        let size = head
-            .metadata
-            .iter()
-            .find(|(name, _)| name == NOTE_SIZE)
-            .and_then(|(_, size)| size.parse().ok())
-            .ok_or_else(|| {
-                io_error(
-                    "upload status",
-                    key,
-                    std::io::Error::other("a note without its size"),
-                )
-            })?;
-        return Ok(Some(UploadStatus {
-            size,
-            modified: head.modified,
-        }));
-    }
     Ok(inner.head(key)?.map(|head| UploadStatus {
-        size: head.size,
+        size: noted_size(&head).unwrap_or(head.size),
         modified: head.modified,
     }))
 }
@@ -134,11 +142,10 @@ pub(super) fn status(inner: &Inner, key: &str) -> Result<Option<UploadStatus>, D
 /// The store's note of the session at `key`: `None` if it saved none or the upload is a
 /// committed object; `NotFound` if there is neither.
 pub(super) fn store_note(inner: &Inner, key: &str) -> Result<Option<Vec<u8>>, DriverError> {
-    let Some((_, bytes)) = read_note(inner, key)? else {
-        return match inner.head(key)? {
-            Some(_) => Ok(None),
-            None => Err(super::not_found(key)),
-        };
+    let bytes = match read_note(inner, key)? {
+        Stored::Nothing => return Err(super::not_found(key)),
+        Stored::Object(_) => return Ok(None),
+        Stored::Note(_, bytes) => bytes,
     };
     let (state, _) = decode(key, &bytes)?;
     if state.note.is_empty() {
@@ -155,30 +162,19 @@ pub(super) fn store_note(inner: &Inner, key: &str) -> Result<Option<Vec<u8>>, Dr
         })
 }
 
-/// Aborts the multipart upload that the note at `note` names, if it is a session's note and
-/// names one: the session is being deleted, and the upload's parts would otherwise stay,
-/// billed and invisible, until the stale sweep.
-pub(super) fn abort_noted(inner: &Inner, note: &str) -> Result<(), DriverError> {
-    let Some(key) = note.strip_suffix("/.note") else {
-        return Ok(());
-    };
-    if let Some((_, bytes)) = read_note(inner, key)?
-        && let Ok((
-            State {
-                upload: Some(id), ..
-            },
-            _,
-        )) = decode(key, &bytes)
-    {
+/// Aborts the multipart upload that the session note `head` describes names, if any: the
+/// session is being deleted, and the upload's parts would otherwise stay, billed and
+/// invisible, until the stale sweep.
+pub(super) fn abort_noted(inner: &Inner, head: &super::Head) {
+    if let Some(id) = metadata(head, NOTE_UPLOAD) {
         inner.abort_multipart(
-            key,
+            &head.key,
             Multipart {
-                id,
+                id: id.to_string(),
                 parts: Vec::new(),
             },
         );
     }
-    Ok(())
 }
 
 /// Bytes on their way to the object at `key`: fewer than one part in `buf`, the full parts
@@ -279,22 +275,27 @@ impl S3Writer {
         // A session created or removed by another writer between the two steps is read
         // again, once.
         for _ in 0..2 {
-            if let Some((etag, bytes)) = read_note(&inner, &key)? {
-                let (state, tail) = decode(&key, &bytes)?;
-                let note = crate::digest::from_hex(&state.note).unwrap_or_default();
-                let mut parts = Parts::new(inner, key);
-                parts.buf = tail;
-                parts.open.upload = state.upload.map(|id| Multipart {
-                    id,
-                    parts: state.parts,
-                });
-                return Ok(S3Writer::new(parts, state.size, note, etag));
-            }
+            let over = match read_note(&inner, &key)? {
+                Stored::Note(etag, bytes) => {
+                    let (state, tail) = decode(&key, &bytes)?;
+                    let note = crate::digest::from_hex(&state.note).unwrap_or_default();
+                    let mut parts = Parts::new(inner, key);
+                    parts.buf = tail;
+                    parts.open.upload = state.upload.map(|id| Multipart {
+                        id,
+                        parts: state.parts,
+                    });
+                    return Ok(S3Writer::new(parts, state.size, note, etag));
+                }
+                Stored::Nothing => ("if-none-match", "*".to_string()),
+                // A committed upload: a new session replaces it.
+                Stored::Object(etag) => ("if-match", etag),
+            };
             let created = inner.put_object(
                 "create upload",
-                &note_key(&key),
+                &key,
                 &encode(&State::default(), &[]),
-                &[("if-none-match", "*"), (NOTE_SIZE, "0")],
+                &[(over.0, &over.1), (NOTE_SIZE, "0")],
             )?;
             if let Some(etag) = created {
                 return Ok(S3Writer::new(Parts::new(inner, key), 0, Vec::new(), etag));
@@ -374,11 +375,15 @@ impl S3Writer {
             note: crate::digest::to_hex(&self.note),
         };
         let size = self.size.to_string();
+        let mut headers = vec![("if-match", etag.as_str()), (NOTE_SIZE, size.as_str())];
+        if let Some(id) = &state.upload {
+            headers.push((NOTE_UPLOAD, id));
+        }
         let saved = self.inner().put_object(
             "save note",
-            &note_key(self.key()),
+            self.key(),
             &encode(&state, &self.parts.buf),
-            &[("if-match", &etag), (NOTE_SIZE, &size)],
+            &headers,
         )?;
         match saved {
             Some(etag) => self.etag = Some(etag),
@@ -394,7 +399,7 @@ impl S3Writer {
         };
         Ok(self
             .inner()
-            .head(&note_key(self.key()))?
+            .head(self.key())?
             .is_some_and(|head| &head.etag == etag))
     }
 
@@ -404,7 +409,7 @@ impl S3Writer {
         let Some(etag) = self.etag.clone() else {
             return Ok(());
         };
-        match self.inner().head(&note_key(self.key()))? {
+        match self.inner().head(self.key())? {
             Some(head) if head.etag == etag => {}
             // Deleted: the session ended, and its upload goes with it.
             None => {
@@ -419,16 +424,13 @@ impl S3Writer {
             }
         }
         let key = self.key().to_string();
-        // The note goes first: the session ends here, a racing writer's next save fails, and
-        // no key is ever both an object and a prefix (a file and a directory on a store that
-        // keeps keys as files, s3s-fs). A kill before the completion leaves no session: the
-        // client's next request is told the upload is unknown, and the sweep aborts the upload.
-        self.inner().delete_key(&note_key(&key))?;
+        // In place of the note, in one step (see the module's notes).
+        let condition = [("if-match", etag.as_str())];
         let stored = if self.parts.open.upload.is_some() {
-            self.parts.complete(&[])?
+            self.parts.complete(&condition)?
         } else {
             self.inner()
-                .put_object("commit upload", &key, &self.parts.buf, &[])?
+                .put_object("commit upload", &key, &self.parts.buf, &condition)?
         };
         if stored.is_none() {
             return Err(io_error(
@@ -491,7 +493,7 @@ impl UploadWriter for S3Writer {
             return Ok(());
         }
         self.parts.abort();
-        self.inner().delete_key(&note_key(self.key()))
+        self.inner().delete_key(self.key())
     }
 }
 
