@@ -99,8 +99,9 @@ impl Sessions {
     }
 }
 
-/// Streams `body` into `out`, hashing as it goes; returns how many bytes that was. On a
-/// failure, `out` and `hasher` hold part of the body: the caller ends the upload.
+/// Streams `body` into `out`, hashing as it goes; returns how many bytes that was. Nothing is
+/// flushed: the caller stores them (`flush`, `save_note` or `commit`). On a failure, `out`
+/// and `hasher` hold part of the body: the caller ends the upload.
 fn copy_hashed(
     body: &mut dyn Read,
     length: BodyLength,
@@ -143,7 +144,6 @@ fn copy_hashed(
         }
         total += filled as u64;
     }
-    out.flush()?;
     Ok(total)
 }
 
@@ -242,14 +242,19 @@ impl Store {
         id: UploadId,
     ) -> Result<Option<Session>, StoreError> {
         let path = layout::upload(repo, &id)?;
-        let Some(meta) = self.driver.stat(&path)? else {
+        let Some(status) = self.driver.upload_status(&path)? else {
             return Ok(None);
         };
+        // Sealed uploads (S3) cannot be read before they are committed: their note is the
+        // only state there is.
+        let sealed = self.driver.capabilities().sealed_uploads;
         let (hasher, size) = match self.saved_session(repo, id) {
-            Some((mut hasher, saved)) if saved <= meta.size => {
+            Some((mut hasher, saved))
+                if saved == status.size || (saved < status.size && !sealed) =>
+            {
                 // Bytes past the saved size came in a chunk the process did not finish
                 // (killed mid-append): the client may resume after them, so they count.
-                let reread = if saved < meta.size {
+                let reread = if saved < status.size {
                     let mut tail = self.driver.reader(&path, saved)?.reader;
                     hash_into(&mut tail, &mut hasher)?
                 } else {
@@ -257,6 +262,14 @@ impl Store {
                 };
                 tracing::info!(repository = %repo, upload = %id, size = saved + reread, reread_bytes = reread, "upload session resumed from its saved state");
                 (hasher, saved + reread)
+            }
+            None if status.size == 0 => (Hasher::new(RUNNING_ALGORITHM), 0),
+            _ if sealed => {
+                // Killed between storing a chunk and saving its state: the bytes cannot be
+                // hashed again, so the session ends and the client starts over.
+                tracing::warn!(repository = %repo, upload = %id, size = status.size, "upload session has no saved state for its bytes; ended");
+                self.delete_upload(repo, id)?;
+                return Ok(None);
             }
             _ => {
                 let (hasher, size) = self.hash_object(&path, RUNNING_ALGORITHM)?;
@@ -287,28 +300,32 @@ impl Store {
         Some((Hasher::restore(algorithm, &state)?, saved.size))
     }
 
-    /// Saves, as `out`'s note, where session `id`'s bytes end and its hash there (after `out`
-    /// was flushed). A failure costs only speed after a restart (the bytes past a stale state
-    /// are hashed again), so it is logged, not returned; a driver without notes saves none.
+    /// Stores what `out` was given: with its state saved as `out`'s note (where session
+    /// `id`'s bytes end, and its hash there) where the driver keeps notes, else by a flush.
+    /// A note that cannot be saved costs only speed after a restart (the bytes past a stale
+    /// state are hashed again), so it is logged and the bytes are flushed without it.
     fn save_session(
         &self,
         repo: &RepoName,
         id: UploadId,
         session: &Session,
         out: &mut dyn UploadWriter,
-    ) {
-        if !self.driver.capabilities().upload_notes {
-            return;
+    ) -> Result<(), StoreError> {
+        if self.driver.capabilities().upload_notes {
+            let saved = SavedSession {
+                size: session.size,
+                algorithm: session.hasher.algorithm().as_str().to_string(),
+                hash_state: crate::digest::to_hex(&session.hasher.save_state()),
+            };
+            let note = serde_json::to_vec(&saved).expect("a saved session serializes");
+            match out.save_note(&note) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(repository = %repo, upload = %id, "cannot save the upload session's state: {e}");
+                }
+            }
         }
-        let saved = SavedSession {
-            size: session.size,
-            algorithm: session.hasher.algorithm().as_str().to_string(),
-            hash_state: crate::digest::to_hex(&session.hasher.save_state()),
-        };
-        let note = serde_json::to_vec(&saved).expect("a saved session serializes");
-        if let Err(e) = out.save_note(&note) {
-            tracing::warn!(repository = %repo, upload = %id, "cannot save the upload session's state: {e}");
-        }
+        Ok(out.flush()?)
     }
 
     /// Deletes session `id`'s upload, with its note; it may be gone already.
@@ -348,9 +365,9 @@ impl Store {
     ) -> Result<Option<u64>, StoreError> {
         Ok(self
             .driver
-            .stat(&layout::upload(repo, &id)?)?
-            .filter(|m| super::gc::older_than(m.modified, now, delay))
-            .map(|m| m.size))
+            .upload_status(&layout::upload(repo, &id)?)?
+            .filter(|s| super::gc::older_than(s.modified, now, delay))
+            .map(|s| s.size))
     }
 
     /// Ends the session `id` of `repo` and deletes its files if it is still idle for `delay`.
@@ -423,8 +440,10 @@ impl Store {
         Ok(out)
     }
 
-    /// Streams `body` into the session through `out`. A failure ends the session: its bytes
+    /// Streams `body` into the session through `out`, then, with `save`, stores it with the
+    /// session's state (else the caller commits). A failure ends the session: its bytes
     /// (and their note) are removed, so the client's next request for it is `UploadUnknown`.
+    #[allow(clippy::too_many_arguments)]
     fn append_body(
         &self,
         repo: &RepoName,
@@ -433,20 +452,22 @@ impl Store {
         out: &mut dyn UploadWriter,
         body: &mut dyn Read,
         length: BodyLength,
+        save: bool,
     ) -> Result<(), StoreError> {
-        match copy_hashed(body, length, &mut session.hasher, out) {
-            Ok(n) => {
-                session.size += n;
-                Ok(())
+        let appended = copy_hashed(body, length, &mut session.hasher, out).and_then(|n| {
+            session.size += n;
+            if save {
+                self.save_session(repo, id, session, out)?;
             }
-            Err(e) => {
-                session.ended = true;
-                if let Err(e) = self.delete_upload(repo, id) {
-                    tracing::warn!(repository = %repo, upload = %id, "cannot remove a failed upload: {e}");
-                }
-                Err(e)
+            Ok(())
+        });
+        if appended.is_err() {
+            session.ended = true;
+            if let Err(e) = self.delete_upload(repo, id) {
+                tracing::warn!(repository = %repo, upload = %id, "cannot remove a failed upload: {e}");
             }
         }
+        appended
     }
 
     /// The number of bytes an upload holds.
@@ -474,8 +495,7 @@ impl Store {
                 });
             }
             let mut out = self.session_writer(repo, id, session)?;
-            self.append_body(repo, id, session, out.as_mut(), body, length)?;
-            self.save_session(repo, id, session, out.as_mut());
+            self.append_body(repo, id, session, out.as_mut(), body, length, true)?;
             Ok(session.size)
         })
     }
@@ -504,21 +524,43 @@ impl Store {
                 return Ok(());
             }
             let mut out = self.session_writer(repo, id, session)?;
-            self.append_body(repo, id, session, out.as_mut(), body, length)?;
+            self.append_body(repo, id, session, out.as_mut(), body, length, false)?;
+            let sealed = self.driver.capabilities().sealed_uploads;
             let actual = if digest.algorithm() == session.hasher.algorithm() {
-                session.hasher.clone().finish()
+                Some(session.hasher.clone().finish())
+            } else if !sealed {
+                out.flush()?;
+                Some(self.hash_object(&path, digest.algorithm())?.0.finish())
             } else {
-                self.hash_object(&path, digest.algorithm())?.0.finish()
+                // Readable only once committed: hashed below.
+                None
             };
-            if &actual != digest {
+            let checked = actual.is_some();
+            if let Some(actual) = actual
+                && &actual != digest
+            {
                 // The bytes stay for the client to finish with the right digest.
-                self.save_session(repo, id, session, out.as_mut());
+                if let Err(e) = self.save_session(repo, id, session, out.as_mut()) {
+                    tracing::warn!(repository = %repo, upload = %id, "cannot store a mismatched upload: {e}");
+                }
                 return Err(StoreError::DigestMismatch {
                     expected: digest.clone(),
                     actual,
                 });
             }
             out.commit()?;
+            if !checked {
+                let actual = self.hash_object(&path, digest.algorithm())?.0.finish();
+                if &actual != digest {
+                    // Committed, the session cannot go on: it ends with the mismatch.
+                    session.ended = true;
+                    self.delete_upload(repo, id)?;
+                    return Err(StoreError::DigestMismatch {
+                        expected: digest.clone(),
+                        actual,
+                    });
+                }
+            }
             // The upload becomes the blob (or goes, where the store has the bytes already).
             self.place_blob(repo, digest, session.size, Verified::Staged(&path))?;
             session.ended = true;
@@ -594,8 +636,8 @@ impl Store {
     fn still_empty(&self, path: &StoragePath) -> Result<bool, StoreError> {
         Ok(self
             .driver
-            .stat_object(path)?
-            .is_some_and(|meta| meta.size == 0))
+            .upload_status(path)?
+            .is_some_and(|status| status.size == 0))
     }
 
     /// Streams `body` to `digest`'s blob path in `repo` through a direct writer, committed

@@ -1,9 +1,11 @@
 //! Upload sessions kept in the bucket (issue 13), berth on moto: a chunked upload cut by
 //! `kill -9` between two PATCHes, and again in the middle of one, continues after a restart
 //! from the offset the registry reports, without reading the bytes it had again (the session
-//! state is the upload's note in the bucket), and finishes with the right digest; no blob is
-//! visible before the upload finishes, and nothing of the session stays behind after: the
-//! multipart upload the kill left open is aborted by the store's sweep (`gcDelay`).
+//! state is the upload's note in the bucket), and finishes with the right digest, its one
+//! multipart upload completed (the parts the killed PATCH sent are sent again under their
+//! numbers); no blob is visible before the upload finishes, and nothing of the session stays
+//! behind after. A session the client never resumes is ended by the store's sweep
+//! (`gcDelay`), its multipart upload aborted.
 
 use std::io::Write;
 use std::time::Duration;
@@ -40,7 +42,7 @@ fn a_chunked_upload_on_s3_cut_by_kill_9_continues_without_rereading() {
     berth.assert_resumed_without_rereading(first.len());
 
     // In the middle of a PATCH: a part of it is on its way to S3 when the process dies.
-    let uploads_before = bucket.open_uploads();
+    let parts_before = bucket.open_parts();
     let mut stream = client.connect().unwrap();
     let head = format!(
         "PATCH {location} HTTP/1.1\r\nHost: berth\r\nContent-Type: application/octet-stream\r\n\
@@ -52,9 +54,9 @@ fn a_chunked_upload_on_s3_cut_by_kill_9_continues_without_rereading() {
     stream.write_all(head.as_bytes()).unwrap();
     stream.write_all(&rest[..rest.len() - MIB]).unwrap();
     assert!(
-        wait_until(Duration::from_secs(20), || bucket.open_uploads()
-            > uploads_before),
-        "the PATCH never started a multipart upload"
+        wait_until(Duration::from_secs(20), || bucket.open_parts()
+            > parts_before),
+        "the PATCH never sent a part"
     );
     berth.kill9();
     drop(berth);
@@ -63,7 +65,7 @@ fn a_chunked_upload_on_s3_cut_by_kill_9_continues_without_rereading() {
         "no blob before the upload finished"
     );
 
-    let berth = Berth::start_with(settings());
+    let mut berth = Berth::start_with(settings());
     let client = berth.client();
     // A PATCH cut short stored none of its bytes.
     assert_upload_size(&client, &location, first.len());
@@ -76,14 +78,19 @@ fn a_chunked_upload_on_s3_cut_by_kill_9_continues_without_rereading() {
     );
     let left = bucket.keys("berth/resume/s3/.uploads/");
     assert!(left.is_empty(), "the session left {left:?}");
-    drop(berth);
-
-    // The multipart upload the killed PATCH had open is left to the store's sweep, which
-    // aborts those untouched for gcDelay (here a sweep every second).
-    assert!(
-        bucket.open_uploads() > uploads_before,
-        "the kill left it open"
+    assert_eq!(
+        bucket.open_uploads(),
+        0,
+        "its one multipart upload completed"
     );
+
+    // A session cut by a kill and never resumed: the store's sweep ends it once it was
+    // untouched for gcDelay (here a sweep every second), aborting its multipart upload.
+    let location = start_upload(&client, "resume/s3");
+    patch(&client, &location, 0, first);
+    assert_eq!(bucket.open_uploads(), 1);
+    berth.kill9();
+    drop(berth);
     let mut swept = Settings::default();
     swept.storage.extend([
         ("gc".to_string(), true.into()),
@@ -92,9 +99,10 @@ fn a_chunked_upload_on_s3_cut_by_kill_9_continues_without_rereading() {
     ]);
     let _berth = Berth::start_with(bucket.settings("/berth", swept));
     assert!(
-        wait_until(Duration::from_secs(20), || bucket.open_uploads()
-            == uploads_before),
-        "the sweep left {} multipart uploads open",
-        bucket.open_uploads()
+        wait_until(Duration::from_secs(20), || bucket.open_uploads() == 0
+            && bucket.keys("berth/resume/s3/.uploads/").is_empty()),
+        "the sweep left {} multipart uploads open, and {:?}",
+        bucket.open_uploads(),
+        bucket.keys("berth/resume/s3/.uploads/")
     );
 }

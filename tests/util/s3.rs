@@ -249,6 +249,27 @@ impl Bucket {
             .count()
     }
 
+    /// The parts sent to the bucket's open multipart uploads (ListParts of each).
+    pub fn open_parts(&self) -> usize {
+        let listed = self.send("GET", "?uploads", b"");
+        assert_eq!(listed.status, 200, "list uploads: {listed:?}");
+        let xml = String::from_utf8_lossy(&listed.body).into_owned();
+        elements(&xml, "Upload")
+            .iter()
+            .map(|upload| {
+                let (key, id) = (
+                    &elements(upload, "Key")[0],
+                    &elements(upload, "UploadId")[0],
+                );
+                let parts = self.send("GET", &format!("/{key}?uploadId={}", query_escape(id)), b"");
+                assert_eq!(parts.status, 200, "list parts: {parts:?}");
+                String::from_utf8_lossy(&parts.body)
+                    .matches("<PartNumber>")
+                    .count()
+            })
+            .sum()
+    }
+
     /// A plain copy of every object under `prefix` into `dir`, as `aws s3 cp --recursive`
     /// would make it: object bytes only, so a placeholder comes out as an empty file.
     pub fn copy_out(&self, prefix: &str, dir: &Path) {

@@ -210,11 +210,27 @@ pub struct Capabilities {
     /// parts go to the blob's key, so no copy places it); without it, such an upload is
     /// staged and moved into place like any other.
     pub direct_uploads: bool,
+    /// An upload's flushed bytes are a session readable at its path only once committed
+    /// (S3: an open multipart upload and its note, so that no chunk copies the ones before):
+    /// until then `upload_status` reports the session's size and age, the note saved with
+    /// it is the only state a later writer or process continues from (no byte is read back),
+    /// and a writer opened on a committed object starts a new session. Without it, flushed
+    /// bytes are readable at the path at once (local: the file).
+    pub sealed_uploads: bool,
     /// `presigned_url` hands out a URL a client can fetch an object from directly (S3: a
     /// query-signed GET, SigV4 or SigV2 as its requests are signed, when the store is
     /// configured to redirect), so blob GETs can
     /// answer with a redirect instead of streaming the bytes through the registry.
     pub presigned_urls: bool,
+}
+
+/// An upload session as `Driver::upload_status` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UploadStatus {
+    /// The bytes flushed.
+    pub size: u64,
+    /// When bytes were last flushed (or the session started).
+    pub modified: SystemTime,
 }
 
 /// One of a driver's own temporary files (see `Driver::scratch_files`).
@@ -338,8 +354,9 @@ pub trait UploadWriter: Send {
     /// Waits for every write in flight and reports the first error: the `size` bytes written
     /// are then stored.
     fn flush(&mut self) -> Result<(), DriverError>;
-    /// Keeps `note` with the upload, in place of the last one, for whoever opens it next
-    /// (`Driver::upload_note`): the store's session state for the bytes flushed so far, so a
+    /// `flush`, then keeps `note` with the upload, in place of the last one, for whoever
+    /// opens it next (`Driver::upload_note`): the store's session state for the bytes
+    /// flushed (with `sealed_uploads`, stored together with them, in one write), so a
     /// session continues after a restart, or on another instance, without reading them again.
     /// One small write beside the upload, not a document of its own (local: an extended
     /// attribute of the open file). Drivers without `upload_notes` return `Unsupported`.
@@ -521,6 +538,15 @@ pub trait Driver: Send + Sync {
             op: "direct write",
             path: path.to_string(),
         })
+    }
+
+    /// The session of the upload at `path`, or `None` if there is none: with
+    /// `sealed_uploads`, what its writers flushed; otherwise the object at `path` (`stat`).
+    fn upload_status(&self, path: &StoragePath) -> Result<Option<UploadStatus>, DriverError> {
+        Ok(self.stat(path)?.map(|meta| UploadStatus {
+            size: meta.size,
+            modified: meta.modified,
+        }))
     }
 
     /// The note the last writer of the upload at `path` saved (`UploadWriter::save_note`);

@@ -987,6 +987,7 @@ impl Driver for LocalDriver {
             direct_io: self.direct,
             placeholders: self.xattrs,
             upload_notes: self.xattrs,
+            sealed_uploads: false,
             // A staged upload is placed by one rename: nothing for a direct write to save.
             direct_uploads: false,
             presigned_urls: false,
@@ -1085,6 +1086,7 @@ impl UploadWriter for LocalWriter {
     }
 
     fn save_note(&mut self, note: &[u8]) -> Result<(), DriverError> {
+        self.flush()?;
         self.noted = true;
         xattr::set_note(&self.file, note).map_err(|e| note_err(&self.path, e))
     }

@@ -598,6 +598,7 @@ impl UploadWriter for UringUpload {
     }
 
     fn save_note(&mut self, note: &[u8]) -> Result<(), DriverError> {
+        self.flush()?;
         self.noted = true;
         super::xattr::set_note(&self.file, note).map_err(|e| super::note_err(&self.path, e))
     }

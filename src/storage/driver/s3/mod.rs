@@ -30,7 +30,9 @@
 //!   holder's path in `x-amz-meta-berth-holder`; `placeholder_holder` reads it with a HEAD.
 //! - `delete_dir`: nothing to remove; a prefix with keys below is reported as not empty, as
 //!   rmdir(2) would, since the collector relies on that.
-//! - `writer`, `direct_writer`, `upload_note`: see `writer`. No `rename`, no local files, no
+//! - `writer`, `direct_writer`, `upload_status`, `upload_note`: see `writer` (sessions are
+//!   sealed: an open multipart upload and, at the key, a note, readable only once committed);
+//!   `delete` of a session also aborts the multipart upload its note names. No `rename`, no local files, no
 //!   hard links, no O_DIRECT.
 //!
 //! **Client** (issue 13 "Client choice"). The design card names rust-s3. Read (0.38.0, not
@@ -57,7 +59,7 @@ pub use credentials::{Credentials, Instance, Refresh};
 
 use super::{
     Capabilities, Driver, DriverError, Entry, EntryKind, ObjectMeta, ObjectReader, StoragePath,
-    UploadWriter, Version,
+    UploadStatus, UploadWriter, Version,
 };
 use client::{Body, Client, Reply};
 use std::hash::{Hash, Hasher};
@@ -842,7 +844,8 @@ impl Driver for S3Driver {
         }
     }
 
-    /// Placeholders, upload notes, direct uploads, and presigned URLs when `redirect` is on;
+    /// Placeholders, upload notes, sealed and direct uploads, and presigned URLs when
+    /// `redirect` is on;
     /// no links (`link` copies), no rename (a finished upload is copied into place), no local
     /// files, no O_DIRECT, whole objects.
     fn abort_stale_uploads(&self, older_than: Duration) -> Result<usize, DriverError> {
@@ -853,6 +856,7 @@ impl Driver for S3Driver {
         Capabilities {
             placeholders: true,
             upload_notes: true,
+            sealed_uploads: true,
             direct_uploads: true,
             presigned_urls: self.inner.redirect,
             ..Capabilities::default()
@@ -940,7 +944,8 @@ impl Driver for S3Driver {
                 found = true;
             }
         }
-        if self.inner.head(&key)?.is_some() {
+        if let Some(head) = self.inner.head(&key)? {
+            writer::abort_noted(&self.inner, &head);
             self.inner.delete_key(&key)?;
             found = true;
         }
@@ -1001,28 +1006,17 @@ impl Driver for S3Driver {
         )?))
     }
 
-    /// A HEAD of the upload and a GET of its note (`writer`: notes).
+    /// One HEAD of the session's note (`writer`: notes), or of the committed object.
+    fn upload_status(&self, path: &StoragePath) -> Result<Option<UploadStatus>, DriverError> {
+        writer::status(&self.inner, &self.inner.key(path))
+    }
+
+    /// A GET of the session's note (`writer`: notes).
     fn upload_note(&self, path: &StoragePath) -> Result<Option<Vec<u8>>, DriverError> {
-        let key = self.inner.key(path);
-        let head = self
-            .inner
-            .head(&key)?
-            .ok_or_else(|| not_found(path.as_str()))?;
-        let note = writer::note_key(&key);
-        let reply = self
-            .inner
-            .send("read note", "GET", Some(&note), &[], &[], Body::Empty)?;
-        match reply.status {
-            200 => {
-                let stored = reply.bytes().map_err(|e| io_error("read note", &note, e))?;
-                Ok(writer::note_for(&head.etag, &stored))
-            }
-            404 => {
-                let _ = reply.bytes();
-                Ok(None)
-            }
-            _ => Err(io_error("read note", &note, reply.into_error("GetObject"))),
-        }
+        writer::store_note(&self.inner, &self.inner.key(path)).map_err(|e| match e {
+            DriverError::NotFound { .. } => not_found(path.as_str()),
+            e => e,
+        })
     }
 
     fn direct_writer(&self, path: &StoragePath) -> Result<Box<dyn UploadWriter>, DriverError> {

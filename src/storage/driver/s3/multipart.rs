@@ -4,7 +4,8 @@
 //! all of a driver's copies (`CopySlots`), each on a thread of a scope that ends with the
 //! copy, so a copy holds no thread and no byte after it. Also the sweep of stale uploads
 //! (`Driver::abort_stale_uploads`): ListMultipartUploads under the store's prefix, aborting
-//! those initiated, and last given a part (ListParts), at least `gcDelay` ago.
+//! those initiated, last given a part (ListParts), and whose session's note at their key was
+//! last saved (a HEAD), at least `gcDelay` ago.
 
 use super::client::{self, Body};
 use super::{DriverError, Head, Inner, MAX_PART, io_error, not_found};
@@ -365,8 +366,14 @@ impl Inner {
                 };
                 let old = |t: SystemTime| now.duration_since(t).unwrap_or_default() >= older_than;
                 // A live upload may have started long ago (a slow, large PATCH): it is judged
-                // by its latest part, as a scratch file is by its last write.
-                if old(initiated) && old(self.last_part(&key, &id)?.unwrap_or(initiated)) {
+                // by its latest part, as a scratch file is by its last write, and a session's
+                // by its note too (PATCHes under a part's size only save the note).
+                if old(initiated)
+                    && old(self.last_part(&key, &id)?.unwrap_or(initiated))
+                    && self.head(&key)?.is_none_or(|note| {
+                        super::writer::noted_size(&note).is_none() || old(note.modified)
+                    })
+                {
                     self.abort_multipart(
                         &key,
                         Multipart {

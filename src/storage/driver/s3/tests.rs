@@ -123,10 +123,11 @@ fn s3_driver_conformance_on_moto_under_a_root_directory() {
     crate::storage::driver::conformance::run(&driver);
 }
 
-/// Uploads past one part: parts of `chunksize`, a flush that makes the object whole, a
-/// writer in another driver (another process) that continues it by copying the stored
-/// object as a part, a writer dropped unflushed that leaves the stored object as it was, and
-/// a writer whose object was deleted that stores nothing.
+/// A session past one part: parts of `chunksize` sent as they fill, a flush that keeps the
+/// rest in the note and makes nothing readable, a writer in another driver (another process)
+/// that continues from the note alone, parts of a writer dropped unflushed that the
+/// completion leaves out, a commit that completes the one multipart upload, a writer whose
+/// session was deleted that stores nothing, and a cancel that leaves nothing.
 pub(super) fn multipart_writer(service: &Service) {
     let (a, bucket) = fresh(service, "root");
     let p = path("repo/.uploads/big");
@@ -138,42 +139,56 @@ pub(super) fn multipart_writer(service: &Service) {
     w.flush().unwrap();
     assert_eq!(w.size(), first.len() as u64);
     drop(w);
-    assert_eq!(a.stat(&p).unwrap().unwrap().size, first.len() as u64);
-    assert!(
-        a.get(&p).unwrap() == first,
-        "flushed bytes are stored whole"
-    );
+    let size = |d: &S3Driver| d.upload_status(&p).unwrap().map(|s| s.size);
+    assert_eq!(size(&a), Some(first.len() as u64));
 
-    // Another instance on the same bucket continues it.
+    // Another instance on the same bucket continues it: one GET of the note, then a full
+    // part (the 12 345 bytes of tail and the first of these), then the note with the rest.
     let b = S3Driver::new(config(service, &bucket, "root")).unwrap();
+    let before = b.requests();
     let mut w = b.writer(&p).unwrap();
     assert_eq!(w.size(), first.len() as u64);
     let second = pattern(MIN_PART + 777, 2);
     for piece in second.chunks(1 << 20) {
         w.write(piece.to_vec()).unwrap();
     }
+    w.flush().unwrap();
+    drop(w);
+    assert_eq!(
+        b.requests() - before,
+        3,
+        "GET note, UploadPart, PUT note: no byte copied or read back"
+    );
+
+    // Dropped unflushed with a part sent: the session stays as its note says.
+    let mut w = a.writer(&p).unwrap();
+    w.write(pattern(MIN_PART + 1, 3)).unwrap();
+    drop(w);
+    let mut whole = [first, second].concat();
+    assert_eq!(size(&a), Some(whole.len() as u64));
+
+    let before = a.requests();
+    let mut w = a.writer(&p).unwrap();
+    w.write(vec![4; 10]).unwrap();
     w.commit().unwrap();
-    let mut whole = first.clone();
-    whole.extend_from_slice(&second);
+    assert_eq!(
+        a.requests() - before,
+        4,
+        "GET note; HEAD note, the last part, Complete over the note"
+    );
+    whole.extend_from_slice(&[4; 10]);
     assert!(
         a.get(&p).unwrap() == whole,
-        "continued after the stored bytes"
+        "the parts the note names, in order, and the last"
     );
     let offset = (MIN_PART + 3) as u64;
-    let (tail, size) = read_from(&a, &p, offset);
-    assert_eq!(size, whole.len() as u64);
+    let (tail, size_read) = read_from(&a, &p, offset);
+    assert_eq!(size_read, whole.len() as u64);
     assert!(
         tail == whole[offset as usize..],
         "ranged read past a part boundary"
     );
-
-    // Dropped unflushed with a part uploaded: the stored object stays as it was.
-    let before = a.stat(&p).unwrap().unwrap();
-    let mut w = a.writer(&p).unwrap();
-    w.write(pattern(MIN_PART + 1, 3)).unwrap();
-    drop(w);
-    let after = a.stat(&p).unwrap().unwrap();
-    assert_eq!((after.size, after.version), (before.size, before.version));
+    a.delete(&p).unwrap();
 
     // Deleted under an open writer with parts in flight: commit stores nothing.
     let mut w = a.writer(&p).unwrap();
@@ -189,6 +204,7 @@ pub(super) fn multipart_writer(service: &Service) {
     // Cancelled with parts uploaded: nothing left.
     let mut w = a.writer(&p).unwrap();
     w.write(pattern(MIN_PART + 1, 6)).unwrap();
+    w.flush().unwrap();
     w.cancel().unwrap();
     assert!(a.stat(&p).unwrap().is_none());
 }
@@ -336,7 +352,8 @@ fn s3_concurrent_multipart_copies_share_one_bound_on_moto() {
 }
 
 /// A multipart upload nothing will finish (a failed abort, a killed process) is aborted by
-/// the sweep once its latest part is older than the delay it is given, and not before; the
+/// the sweep once its latest part (and a session's note) is older than the delay it is
+/// given, and not before; the
 /// bucket's uploads outside the store's root are not the store's to abort.
 #[test]
 fn s3_stale_multipart_uploads_are_aborted_on_moto() {
@@ -360,6 +377,20 @@ fn s3_stale_multipart_uploads_are_aborted_on_moto() {
     assert_eq!(d.abort_stale_uploads(minute).unwrap(), 0, "a part just now");
     assert_eq!(d.abort_stale_uploads(Duration::ZERO).unwrap(), 1);
     assert_eq!(open_uploads(&d), 1, "only the store's own");
+
+    // A session's upload is judged by its note too: PATCHes under a part's size save only
+    // the note, and the session is live while they come.
+    let session = path("r/.uploads/live");
+    let mut w = d.writer(&session).unwrap();
+    w.write(pattern(MIN_PART, 4)).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    w.write(vec![5; 10]).unwrap();
+    w.flush().unwrap();
+    let two = Duration::from_secs(2);
+    assert_eq!(d.abort_stale_uploads(two).unwrap(), 0, "a note just now");
+    assert_eq!(open_uploads(&d), 2);
+    drop(w);
+    d.delete(&session).unwrap();
 }
 
 /// A multipart copy whose completion fails leaves no open upload behind (S3 would keep its
@@ -415,32 +446,67 @@ fn s3_direct_uploads_complete_at_the_final_key_on_moto() {
     assert_eq!(open_uploads(&d), 0, "aborted");
 }
 
-/// A session's note is the ETag-keyed `<key>/.note`: another instance reads it while the
-/// bytes are those it was saved for; once another flush changed them it reads as none.
+/// A session's note is its state: saved with the bytes in one PUT, read by another
+/// instance; of two writers racing on one session, the one whose note went stale stores
+/// nothing, and the other's bytes complete. Deleting a session, or cancelling it, aborts its
+/// multipart upload.
 #[test]
-fn s3_upload_notes_follow_the_bytes_on_moto() {
+fn s3_sessions_live_in_their_note_on_moto() {
     let moto = service("MOTO");
     let (a, bucket) = fresh(&moto, "notes");
     let b = S3Driver::new(config(&moto, &bucket, "notes")).unwrap();
     let p = path("r/.uploads/session");
     let mut w = a.writer(&p).unwrap();
-    w.write(pattern(MIN_PART + 10, 1)).unwrap();
-    w.flush().unwrap();
+    let first = pattern(MIN_PART + 10, 1);
+    w.write(first.clone()).unwrap();
     let before = a.requests();
     w.save_note(b"state at the end").unwrap();
-    assert_eq!(a.requests() - before, 1, "one PUT per note");
+    assert_eq!(
+        a.requests() - before,
+        1,
+        "the bytes and the note in one PUT"
+    );
     drop(w);
     assert_eq!(
         b.upload_note(&p).unwrap().as_deref(),
         Some(&b"state at the end"[..])
     );
-    // Bytes flushed after the note (a process killed before saving the next one).
-    let mut w = b.writer(&p).unwrap();
-    w.write(vec![1; 10]).unwrap();
-    w.flush().unwrap();
-    drop(w);
-    assert_eq!(a.upload_note(&p).unwrap(), None, "stale: reads as none");
+    assert_eq!(
+        b.upload_status(&p).unwrap().map(|s| s.size),
+        Some(first.len() as u64)
+    );
+
+    let mut late = a.writer(&p).unwrap();
+    let mut early = b.writer(&p).unwrap();
+    early.write(vec![2; 10]).unwrap();
+    early.flush().unwrap();
+    late.write(vec![3; 10]).unwrap();
+    late.flush().unwrap();
+    late.commit().unwrap();
+    assert_eq!(
+        a.upload_status(&p).unwrap().map(|s| s.size),
+        Some(first.len() as u64 + 10),
+        "the stale one stored nothing"
+    );
+    early.commit().unwrap();
+    assert!(a.get(&p).unwrap() == [first, vec![2; 10]].concat());
+    assert_eq!(a.upload_note(&p).unwrap(), None, "committed: no note");
+    assert_eq!(open_uploads(&a), 0);
     a.delete(&p).unwrap();
+
+    for cancel in [false, true] {
+        let mut w = a.writer(&p).unwrap();
+        w.write(pattern(MIN_PART + 1, 4)).unwrap();
+        w.flush().unwrap();
+        assert_eq!(open_uploads(&a), 1);
+        if cancel {
+            w.cancel().unwrap();
+        } else {
+            drop(w);
+            a.delete(&p).unwrap();
+        }
+        assert_eq!(open_uploads(&a), 0, "cancel {cancel}: aborted");
+    }
     assert!(a.list(Some(&path("r/.uploads"))).unwrap().is_empty());
 }
 

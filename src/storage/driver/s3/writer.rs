@@ -1,30 +1,38 @@
 //! The S3 upload writers. Bytes go out as multipart-upload parts of `chunksize` (`Parts`); at
 //! most one part is buffered per writer.
 //!
-//! **Session writer** (`S3Writer`, `Driver::writer`): the object at the upload's key always
-//! holds every byte flushed, as a plain object. Why the stored state is the object itself: the
-//! contract asks that after `flush` the bytes are readable at the path (`stat`, `get`,
-//! `reader`: a session's size and a resumed hash are read from it) and that a writer opened
-//! later, in any process, continues after them. S3 cannot read an unfinished multipart upload,
-//! so `flush` finishes one: a PUT (`If-Match` the ETag this writer last saw) while everything
-//! fits in one part, else the last part and CompleteMultipartUpload (checked against that ETag
-//! first, and sent with `If-Match`, which S3 honours). A writer opened on a stored object
-//! continues without reading it back: its bytes become the first parts of the next multipart
-//! upload by server-side UploadPartCopy (`x-amz-copy-source-if-match` the ETag), or, below
-//! S3's 5 MiB minimum part, are read into the buffer (a ranged GET of less than one part). No
-//! upload id needs to outlive a flush: a writer dropped unflushed aborts its multipart upload,
-//! keeping what the last flush stored, as the contract says.
+//! **Session writer** (`S3Writer`, `Driver::writer`; the driver declares `sealed_uploads`):
+//! one multipart upload at the upload's key, open across every writer of the session, in any
+//! process, and completed only by `commit`. Why: S3 cannot read an unfinished multipart
+//! upload, and finishing one per flush made the next chunk copy every byte before it back in
+//! as a part (UploadPartCopy: 16 + 32 + 48 MiB copied for a 64 MiB blob in four chunks).
+//! `write` sends each full part of `chunksize`; `flush` sends what is left as a part of its
+//! own where S3 takes it as one (at least 5 MiB: parts may differ in size, only the last may
+//! be smaller), else keeps it as the session's tail, and saves the session's note.
 //!
-//! **Notes** (`save_note`): the object `<key>/.note`, whose first line is the ETag of the
-//! upload's object the note was saved for. A note is only handed out while that ETag is still
-//! the object's (`note_for`), so bytes and note never disagree: a flush after the note, by
-//! this process or another, makes it stale, and a stale note reads as none (the store then
-//! hashes the bytes once). One small PUT per saved note; the note goes with the upload
-//! (`delete` removes keys below a path) and is removed when the upload commits or is
-//! cancelled.
+//! **Notes**: until the commit, the object at the upload's key is the session's note, its
+//! whole state: a line of JSON (`State`: the upload id, the ETags of its parts, the size, the
+//! store's own note), then the tail's bytes; the size and the upload id are also its metadata
+//! (`x-amz-meta-berth-size`, `-upload`), so `upload_status` is one HEAD and `delete` aborts
+//! the upload after one. A writer opens a session with one GET of it (no ListParts, no byte
+//! read back: the tail, under 5 MiB, comes with it) and continues after the parts it names.
+//! Parts that a writer killed mid-chunk sent past them are not named: they are sent again
+//! under the same numbers and left out of the completion. Every save of the note is a PUT
+//! with `If-Match` the ETag this writer read or wrote (`If-None-Match: *` for a new session),
+//! so of two writers racing on one session the second's save fails rather than overwriting
+//! the first's state, and a part one of them overwrote under the other's number fails the
+//! other's completion (ETag mismatch) instead of completing wrong bytes. `commit` HEADs the
+//! note (still this writer's?) and completes the upload with `If-Match` its ETag (or, with no
+//! part, PUTs the tail so): the completed object replaces the note in one step, so a kill
+//! leaves either the session or the object, and no key is ever both an object and a prefix
+//! (a file and a directory to s3s-fs). The store then copies the verified object to its blob
+//! key. A writer dropped unflushed leaves the session as its last note says. A multipart
+//! upload nothing completes is aborted by `delete` of its session or by
+//! `Driver::abort_stale_uploads`.
 //!
-//! "Gone": once the object is deleted or replaced by another write (a condition fails), the
-//! writer counts bytes but stores none, and `commit` changes nothing, as the contract asks.
+//! "Gone": once the session's note is deleted or replaced by another writer (a condition
+//! fails), the writer counts bytes but stores none, and `commit` changes nothing, as the
+//! contract asks.
 //!
 //! **Direct writer** (`DirectWriter`, `Driver::direct_writer`): an object whose content the
 //! caller verifies before it commits, written at its final key: parts go to a multipart upload
@@ -33,19 +41,140 @@
 
 use super::client::Body;
 use super::multipart::{Multipart, OpenUpload};
-use super::{DriverError, Inner, MAX_PART, MIN_PART, io_error};
-use crate::storage::driver::{StoragePath, UploadWriter};
+use super::{DriverError, Inner, MIN_PART, io_error};
+use crate::storage::driver::{StoragePath, UploadStatus, UploadWriter};
 use std::sync::Arc;
 
-/// The key of the note of the upload at `key`.
-pub(super) fn note_key(key: &str) -> String {
-    format!("{key}/.note")
+/// The metadata header of a session's note that holds its size: an object without it is a
+/// committed upload (or no upload).
+const NOTE_SIZE: &str = "x-amz-meta-berth-size";
+
+/// The metadata header of a session's note naming its multipart upload.
+const NOTE_UPLOAD: &str = "x-amz-meta-berth-upload";
+
+/// The size a HEAD's metadata gives a session's note; `None` for any other object.
+pub(super) fn noted_size(head: &super::Head) -> Option<u64> {
+    metadata(head, NOTE_SIZE)?.parse().ok()
 }
 
-/// The note a note object holds if it was saved for the object version `etag`.
-pub(super) fn note_for(etag: &str, stored: &[u8]) -> Option<Vec<u8>> {
-    let newline = stored.iter().position(|&b| b == b'\n')?;
-    (&stored[..newline] == etag.as_bytes()).then(|| stored[newline + 1..].to_vec())
+fn metadata<'a>(head: &'a super::Head, name: &str) -> Option<&'a str> {
+    head.metadata
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, value)| value.as_str())
+}
+
+/// A session as its note's first line records it.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct State {
+    /// The multipart upload at the key, once a part went out.
+    upload: Option<String>,
+    /// The ETags of its parts, numbered from 1.
+    parts: Vec<String>,
+    /// Bytes in the parts and the tail.
+    size: u64,
+    /// The store's note (`save_note`), in hex.
+    note: String,
+}
+
+/// A note object's content: `state` as JSON on a line, then `tail`.
+fn encode(state: &State, tail: &[u8]) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec(state).expect("a session state serializes");
+    bytes.push(b'\n');
+    bytes.extend_from_slice(tail);
+    bytes
+}
+
+/// A note object's state and tail.
+fn decode(key: &str, bytes: &[u8]) -> Result<(State, Vec<u8>), DriverError> {
+    let parsed = bytes.iter().position(|&b| b == b'\n').and_then(|newline| {
+        let state: State = serde_json::from_slice(&bytes[..newline]).ok()?;
+        let tail = &bytes[newline + 1..];
+        (tail.len() as u64 <= state.size).then(|| (state, tail.to_vec()))
+    });
+    parsed.ok_or_else(|| {
+        io_error(
+            "read note",
+            key,
+            std::io::Error::other("not a session note"),
+        )
+    })
+}
+
+/// What is at the key of an upload.
+enum Stored {
+    Nothing,
+    /// A committed upload, with its ETag.
+    Object(String),
+    /// A session's note: its ETag and content.
+    Note(String, Vec<u8>),
+}
+
+/// One GET of the upload at `key`.
+fn read_note(inner: &Inner, key: &str) -> Result<Stored, DriverError> {
+    let reply = inner.send("read note", "GET", Some(key), &[], &[], Body::Empty)?;
+    match reply.status {
+        200 => {
+            let etag = reply.header("etag").unwrap_or_default().to_string();
+            if reply.header(NOTE_SIZE).is_none() {
+                let _ = reply.bytes();
+                return Ok(Stored::Object(etag));
+            }
+            let bytes = reply.bytes().map_err(|e| io_error("read note", key, e))?;
+            Ok(Stored::Note(etag, bytes))
+        }
+        404 => {
+            let _ = reply.bytes();
+            Ok(Stored::Nothing)
+        }
+        _ => Err(io_error("read note", key, reply.into_error("GetObject"))),
+    }
+}
+
+/// The session at `key` (one HEAD of its note), or the committed object there.
+pub(super) fn status(inner: &Inner, key: &str) -> Result<Option<UploadStatus>, DriverError> {
+    Ok(inner.head(key)?.map(|head| UploadStatus {
+        size: noted_size(&head).unwrap_or(head.size),
+        modified: head.modified,
+    }))
+}
+
+/// The store's note of the session at `key`: `None` if it saved none or the upload is a
+/// committed object; `NotFound` if there is neither.
+pub(super) fn store_note(inner: &Inner, key: &str) -> Result<Option<Vec<u8>>, DriverError> {
+    let bytes = match read_note(inner, key)? {
+        Stored::Nothing => return Err(super::not_found(key)),
+        Stored::Object(_) => return Ok(None),
+        Stored::Note(_, bytes) => bytes,
+    };
+    let (state, _) = decode(key, &bytes)?;
+    if state.note.is_empty() {
+        return Ok(None);
+    }
+    crate::digest::from_hex(&state.note)
+        .map(Some)
+        .ok_or_else(|| {
+            io_error(
+                "read note",
+                key,
+                std::io::Error::other("a store note not in hex"),
+            )
+        })
+}
+
+/// Aborts the multipart upload that the session note `head` describes names, if any: the
+/// session is being deleted, and the upload's parts would otherwise stay, billed and
+/// invisible, until the stale sweep.
+pub(super) fn abort_noted(inner: &Inner, head: &super::Head) {
+    if let Some(id) = metadata(head, NOTE_UPLOAD) {
+        inner.abort_multipart(
+            &head.key,
+            Multipart {
+                id: id.to_string(),
+                parts: Vec::new(),
+            },
+        );
+    }
 }
 
 /// Bytes on their way to the object at `key`: fewer than one part in `buf`, the full parts
@@ -124,49 +253,68 @@ fn failed(key: &str) -> DriverError {
 }
 
 pub(super) struct S3Writer {
+    /// The session's multipart upload (as its note names it, and the parts sent since) and
+    /// the bytes past its parts: the tail, then what was written since.
     parts: Parts,
     size: u64,
-    /// The ETag of the object at `key` as this writer last saw or wrote it; `None` once the
-    /// object is gone (deleted or replaced by another write).
-    base: Option<String>,
-    /// Leading bytes of the stored object that are neither in the parts nor in the buffer
-    /// yet: taken in (copied as parts, or read into the buffer) before the first new byte.
-    unabsorbed: u64,
-    /// Written since the last flush.
+    /// The store's note, saved with the session's state.
+    note: Vec<u8>,
+    /// The ETag of the session's note as this writer last read or wrote it; `None` once the
+    /// session is gone (its note deleted, or replaced by another writer).
+    etag: Option<String>,
+    /// Written since the note was last saved.
     dirty: bool,
-    /// A note may be stored for this upload (this writer saved one, or an earlier writer
-    /// may have): committing or cancelling removes it.
-    noted: bool,
     failed: bool,
 }
 
 impl S3Writer {
-    /// Continues the object at `path`, or creates it empty (visible at once: a session exists
-    /// from its start).
+    /// Continues the session at `path` from its note, or starts one (its note created, so a
+    /// session exists from its start).
     pub(super) fn open(inner: Arc<Inner>, path: &StoragePath) -> Result<S3Writer, DriverError> {
         let key = inner.key(path);
-        let mut head = inner.head(&key)?;
-        if head.is_none() {
-            match inner.put_object("create upload", &key, b"", &[("if-none-match", "*")])? {
-                Some(etag) => {
-                    return Ok(S3Writer::new(inner, key, 0, etag));
+        // A session created or removed by another writer between the two steps is read
+        // again, once.
+        for _ in 0..2 {
+            let over = match read_note(&inner, &key)? {
+                Stored::Note(etag, bytes) => {
+                    let (state, tail) = decode(&key, &bytes)?;
+                    let note = crate::digest::from_hex(&state.note).unwrap_or_default();
+                    let mut parts = Parts::new(inner, key);
+                    parts.buf = tail;
+                    parts.open.upload = state.upload.map(|id| Multipart {
+                        id,
+                        parts: state.parts,
+                    });
+                    return Ok(S3Writer::new(parts, state.size, note, etag));
                 }
-                // Created by another writer meanwhile: continue that one.
-                None => head = inner.head(&key)?,
+                Stored::Nothing => ("if-none-match", "*".to_string()),
+                // A committed upload: a new session replaces it.
+                Stored::Object(etag) => ("if-match", etag),
+            };
+            let created = inner.put_object(
+                "create upload",
+                &key,
+                &encode(&State::default(), &[]),
+                &[(over.0, &over.1), (NOTE_SIZE, "0")],
+            )?;
+            if let Some(etag) = created {
+                return Ok(S3Writer::new(Parts::new(inner, key), 0, Vec::new(), etag));
             }
         }
-        let head = head.ok_or_else(|| super::not_found(path.as_str()))?;
-        Ok(S3Writer::new(inner, key, head.size, head.etag))
+        Err(io_error(
+            "open upload",
+            &key,
+            std::io::Error::other("the session's note changed while it was opened"),
+        ))
     }
 
-    fn new(inner: Arc<Inner>, key: String, size: u64, etag: String) -> S3Writer {
+    fn new(parts: Parts, size: u64, note: Vec<u8>, etag: String) -> S3Writer {
         S3Writer {
-            parts: Parts::new(inner, key),
+            parts,
             size,
-            base: Some(etag),
-            unabsorbed: size,
+            note,
+            etag: Some(etag),
             dirty: false,
-            noted: size > 0,
             failed: false,
         }
     }
@@ -179,96 +327,12 @@ impl S3Writer {
         self.parts.key()
     }
 
-    /// The object went: nothing of this writer is stored any more.
+    /// The session went: nothing of this writer is stored any more. Its multipart upload is
+    /// left alone: it may be the writer's that replaced the note.
     fn gone(&mut self) {
-        self.base = None;
-        self.unabsorbed = 0;
+        self.etag = None;
         self.parts.buf = Vec::new();
-        self.parts.abort();
-    }
-
-    /// Takes in the stored object before the first new byte: as copied parts when S3 takes
-    /// it as a part, else read into the buffer. Returns false if the object went.
-    fn absorb(&mut self) -> Result<bool, DriverError> {
-        let stored = std::mem::take(&mut self.unabsorbed);
-        let Some(base) = self.base.clone() else {
-            return Ok(false);
-        };
-        if stored == 0 {
-            return Ok(true);
-        }
-        if stored < MIN_PART as u64 {
-            let range = format!("bytes=0-{}", stored - 1);
-            let reply = self.inner().send(
-                "continue upload",
-                "GET",
-                Some(self.key()),
-                &[],
-                &[("range", &range), ("if-match", &base)],
-                Body::Empty,
-            )?;
-            return match reply.status {
-                200 | 206 => {
-                    let stored = reply
-                        .bytes()
-                        .map_err(|e| io_error("continue upload", self.key(), e))?;
-                    self.parts.buf.splice(0..0, stored);
-                    Ok(true)
-                }
-                404 | 412 => {
-                    let _ = reply.bytes();
-                    self.gone();
-                    Ok(false)
-                }
-                _ => Err(io_error(
-                    "continue upload",
-                    self.key(),
-                    reply.into_error("GetObject"),
-                )),
-            };
-        }
-        // Pieces of at most 5 GiB, each at least 5 MiB: equal shares.
-        let pieces = stored.div_ceil(MAX_PART);
-        let mut start = 0;
-        for piece in 0..pieces {
-            let end = stored * (piece + 1) / pieces;
-            let upload = self.parts.upload()?;
-            let (id, number) = (upload.id.clone(), upload.parts.len() + 1);
-            let key = self.key();
-            let copied =
-                self.inner()
-                    .upload_part_copy(key, &id, number, key, (start, end), &base)?;
-            match copied {
-                Some(etag) => self.parts.upload()?.parts.push(etag),
-                None => {
-                    self.gone();
-                    return Ok(false);
-                }
-            }
-            start = end;
-        }
-        Ok(true)
-    }
-
-    /// Finishes the multipart upload as the object at `key`, if it is still this writer's.
-    fn complete(&mut self, base: &str) -> Result<(), DriverError> {
-        // moto ignores `If-Match` on completion; S3 honours it. Both see this check.
-        if self
-            .inner()
-            .head(self.key())?
-            .is_none_or(|h| h.etag != base)
-        {
-            self.gone();
-            return Ok(());
-        }
-        match self.parts.complete(&[("if-match", base)])? {
-            Some(etag) => {
-                self.base = Some(etag);
-                self.unabsorbed = self.size;
-            }
-            None => self.gone(),
-        }
-        Ok(())
+        self.parts.open.upload = None;
     }
 
     fn check(&self) -> Result<(), DriverError> {
@@ -284,45 +348,105 @@ impl S3Writer {
         }
         self.size += buf.len() as u64;
         self.dirty = true;
-        if self.base.is_none() || !self.absorb()? {
-            return Ok(buf);
+        if self.etag.is_some() {
+            self.parts.extend(&buf)?;
         }
-        self.parts.extend(&buf)?;
         Ok(buf)
     }
 
-    /// Makes every byte written so far the object at `key`.
+    /// Sends what is left as a part if S3 takes it as one, then saves the note, if anything
+    /// changed.
     fn store(&mut self) -> Result<(), DriverError> {
+        let Some(etag) = self.etag.clone() else {
+            return Ok(());
+        };
         if !std::mem::take(&mut self.dirty) {
             return Ok(());
         }
-        let Some(base) = self.base.clone() else {
-            return Ok(());
-        };
-        if self.parts.open.upload.is_some() {
-            return self.complete(&base);
+        if self.parts.buf.len() >= MIN_PART {
+            self.parts.put_part(self.parts.buf.len())?;
+            self.parts.buf.clear();
         }
-        // Everything is in the buffer, less than a part: one conditional PUT. The buffer
-        // stays, as the whole object, for the next write to go on from.
-        let stored = self.inner().put_object(
-            "flush upload",
+        let upload = self.parts.open.upload.as_ref();
+        let state = State {
+            upload: upload.map(|u| u.id.clone()),
+            parts: upload.map(|u| u.parts.clone()).unwrap_or_default(),
+            size: self.size,
+            note: crate::digest::to_hex(&self.note),
+        };
+        let size = self.size.to_string();
+        let mut headers = vec![("if-match", etag.as_str()), (NOTE_SIZE, size.as_str())];
+        if let Some(id) = &state.upload {
+            headers.push((NOTE_UPLOAD, id));
+        }
+        let saved = self.inner().put_object(
+            "save note",
             self.key(),
-            &self.parts.buf,
-            &[("if-match", &base)],
+            &encode(&state, &self.parts.buf),
+            &headers,
         )?;
-        match stored {
-            Some(etag) => self.base = Some(etag),
+        match saved {
+            Some(etag) => self.etag = Some(etag),
             None => self.gone(),
         }
         Ok(())
     }
 
-    /// Removes the upload's note, if it may have one.
-    fn drop_note(&self) -> Result<(), DriverError> {
-        if self.noted {
-            self.inner().delete_key(&note_key(self.key()))?;
+    /// Whether the session's note is still the one this writer last read or wrote.
+    fn still_ours(&self) -> Result<bool, DriverError> {
+        let Some(etag) = &self.etag else {
+            return Ok(false);
+        };
+        Ok(self
+            .inner()
+            .head(self.key())?
+            .is_some_and(|head| &head.etag == etag))
+    }
+
+    /// Makes every byte written the object at the key: the upload completed, or the buffer
+    /// PUT when no part went out.
+    fn complete(&mut self) -> Result<(), DriverError> {
+        let Some(etag) = self.etag.clone() else {
+            return Ok(());
+        };
+        match self.inner().head(self.key())? {
+            Some(head) if head.etag == etag => {}
+            // Deleted: the session ended, and its upload goes with it.
+            None => {
+                self.parts.abort();
+                self.gone();
+                return Ok(());
+            }
+            // Replaced by another writer, whose upload this is too.
+            Some(_) => {
+                self.gone();
+                return Ok(());
+            }
+        }
+        let key = self.key().to_string();
+        // In place of the note, in one step (see the module's notes).
+        let condition = [("if-match", etag.as_str())];
+        let stored = if self.parts.open.upload.is_some() {
+            self.parts.complete(&condition)?
+        } else {
+            self.inner()
+                .put_object("commit upload", &key, &self.parts.buf, &condition)?
+        };
+        if stored.is_none() {
+            return Err(io_error(
+                "commit upload",
+                &key,
+                std::io::Error::other("the multipart upload is gone (another writer ended it)"),
+            ));
         }
         Ok(())
+    }
+}
+
+/// The session's multipart upload stays open for the next writer: its note names it.
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        self.parts.open.upload = None;
     }
 }
 
@@ -345,51 +469,31 @@ impl UploadWriter for S3Writer {
         result
     }
 
-    /// One PUT of `<key>/.note`, naming the ETag of the bytes flushed (see the module's
-    /// notes). An upload that is gone gets none.
+    /// Saved with the session's state, in the PUT of the note that `flush` makes (see the
+    /// module's notes). A session that is gone gets none.
     fn save_note(&mut self, note: &[u8]) -> Result<(), DriverError> {
-        self.flush()?;
-        let Some(base) = &self.base else {
-            return Ok(());
-        };
-        let mut stored = Vec::with_capacity(base.len() + 1 + note.len());
-        stored.extend_from_slice(base.as_bytes());
-        stored.push(b'\n');
-        stored.extend_from_slice(note);
-        let key = note_key(self.key());
-        self.noted = true;
-        match self.inner().put_object("save note", &key, &stored, &[])? {
-            Some(_) => Ok(()),
-            None => Err(io_error(
-                "save note",
-                &key,
-                std::io::Error::other("unconditional PUT refused"),
-            )),
+        if self.note != note {
+            self.note = note.to_vec();
+            self.dirty = true;
         }
+        self.flush()
     }
 
     fn commit(mut self: Box<Self>) -> Result<(), DriverError> {
-        self.flush()?;
-        // The note was the session's; the finished object is only its bytes.
-        self.drop_note()
+        self.check()?;
+        let result = self.complete();
+        self.failed = result.is_err();
+        result
     }
 
+    /// Aborts the session's upload and removes its note, while the session is still this
+    /// writer's (another writer may have replaced it).
     fn cancel(mut self: Box<Self>) -> Result<(), DriverError> {
-        self.parts.abort();
-        let Some(base) = self.base.take() else {
+        if !self.still_ours()? {
             return Ok(());
-        };
-        // Removed only while it is still this writer's (another write may have replaced it).
-        // The note first: one left without its upload would be a prefix nothing removes.
-        if self
-            .inner()
-            .head(self.key())?
-            .is_some_and(|h| h.etag == base)
-        {
-            self.drop_note()?;
-            self.inner().delete_key(self.key())?;
         }
-        Ok(())
+        self.parts.abort();
+        self.inner().delete_key(self.key())
     }
 }
 
