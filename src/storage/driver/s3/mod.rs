@@ -35,19 +35,18 @@
 //!   `delete` of a session also aborts the multipart upload its note names. No `rename`, no local files, no
 //!   hard links, no O_DIRECT.
 //!
-//! **Client** (issue 13 "Client choice"). The design card names rust-s3. Read (0.38.0, not
-//! measured): its `put_object_builder` can add `If-Match` / `If-None-Match`, but copies the
-//! body into a new `Vec` first; its blocking backend (`sync`, attohttpc) makes a new session,
-//! so a new connection, for every request, and reads response bodies whole unless streamed to
-//! a writer; it has no UploadPartCopy (no `x-amz-copy-source-range`), which the writer
-//! continues a stored upload with, and its CopyObject takes no headers (no metadata directive,
-//! no `x-amz-copy-source-if-match`), which `touch` and `copy` need. Rather than its async
-//! client on a tokio runtime under threads-not-async request workers (DESIGN decision 3), or
-//! aws-sdk-s3's dependency tree, the driver signs its requests itself (SigV4, `client`,
-//! checked against s3s-fs, which verifies signatures) and sends them with `ureq`: blocking like
-//! the rest of the request path, connections kept alive in a pool, bodies streamed both ways,
-//! so memory per request is bounded by what the driver buffers (at most `chunksize` per
-//! writer).
+//! **Client** (issue 13 "Client choice"). The design card names rust-s3; `bench/s3clients.rs`
+//! measures 0.38.0 beside this driver (README, "The client"). Its blocking backend (`sync`,
+//! attohttpc) opens a connection per request and its `put_object` copies the body; its async
+//! client would put a tokio runtime under threads-not-async request workers (DESIGN decision
+//! 3) and sends up to ten parts of an upload at once (128 MiB of heap for a 64 MiB PUT); it
+//! has no UploadPartCopy (`x-amz-copy-source-range`), which multipart copies need, and its
+//! CopyObject takes no headers (no metadata directive, no `x-amz-copy-source-if-match`),
+//! which `touch` and `copy` need. So the driver signs its requests itself (SigV4 and SigV2,
+//! `client`, checked against s3s-fs, which verifies signatures) and sends them with `ureq`:
+//! blocking like the rest of the request path, connections kept alive in a pool, bodies
+//! streamed both ways, so memory per request is bounded by what the driver buffers (at most
+//! `chunksize` per writer). Plain-HTTP GETs skip ureq's input buffer (`client::direct`).
 
 mod client;
 mod credentials;
