@@ -105,10 +105,13 @@ fn invalid(what: &str) -> io::Error {
 
 /// Where the connections go to, and the idle ones.
 pub(super) struct Direct {
-    /// `host:port` connected to.
+    /// `host[:port]` as the base names it, for a request whose URI has none.
     authority: String,
+    /// The host resolved, without an IPv6 address's brackets.
+    host: String,
     /// The names under `localhost` resolve to loopback, as `LocalhostResolver` does for ureq.
     loopback: bool,
+    /// The base's port, or HTTP's (80) when it names none.
     port: u16,
     connect_time_out: Duration,
     time_out: Duration,
@@ -159,6 +162,10 @@ impl Direct {
         Some(Direct {
             authority: authority.to_string(),
             loopback: host == "localhost" || host.ends_with(".localhost"),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
             port: uri.port_u16().unwrap_or(80),
             connect_time_out,
             time_out,
@@ -214,7 +221,7 @@ impl Direct {
         let addrs: Vec<SocketAddr> = if self.loopback {
             vec![SocketAddr::from(([127, 0, 0, 1], self.port))]
         } else {
-            self.authority
+            (self.host.as_str(), self.port)
                 .to_socket_addrs()
                 .map_err(|_| ureq::Error::HostNotFound)?
                 .collect()
@@ -243,12 +250,12 @@ impl Direct {
     }
 
     /// Sends `head` on `connection` (`reused`: it served an answer before) and reads the
-    /// answer's head, within the time-out.
+    /// final answer's head, within the time-out.
     fn exchange(
         &self,
         mut connection: Connection,
         head: &[u8],
-        reused: bool,
+        mut reused: bool,
     ) -> Result<ureq::http::Response<ureq::Body>, Stale> {
         if let Err(e) = connection.stream.write_all(head) {
             return Err(match e.kind() {
@@ -267,6 +274,25 @@ impl Direct {
                 .parse(&connection.buf[..connection.filled])
                 .map_err(|e| Stale::Failed(ureq::Error::Io(invalid(&e.to_string()))))?;
             if let httparse::Status::Complete(len) = parsed {
+                match answer.code {
+                    // No protocol was asked to switch to: what follows is not HTTP/1.1.
+                    Some(101) => {
+                        return Err(Stale::Failed(ureq::Error::Io(invalid(
+                            "101 Switching Protocols",
+                        ))));
+                    }
+                    // An interim answer (RFC 9110 15.2): the final one follows it on this
+                    // connection, and taken as final it would be left there unread.
+                    Some(100..=199) => {
+                        connection.buf.copy_within(len..connection.filled, 0);
+                        connection.filled -= len;
+                        // The server answered: the request reached it, so a close from now
+                        // on is a failure, not a stale connection to send it again on.
+                        reused = false;
+                        continue;
+                    }
+                    _ => {}
+                }
                 let (response, framing, keep) = response(&answer)?;
                 connection.at = len;
                 connection.stream.set_read_timeout(Some(self.time_out))?;
@@ -354,20 +380,28 @@ fn response(
             }
             length = Some(len);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = value
-                .rsplit(',')
-                .next()
-                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
-            if !chunked {
+            // `chunked` alone: a coding under it (`gzip, chunked`) would have to be decoded
+            // (RFC 9112 7), and a second header would apply `chunked` twice.
+            if chunked || !value.eq_ignore_ascii_case("chunked") {
                 return Err(ureq::Error::Io(invalid("a Transfer-Encoding not chunked")));
             }
+            chunked = true;
         } else if h.name.eq_ignore_ascii_case("connection") {
             close |= value
                 .split(',')
                 .any(|c| c.trim().eq_ignore_ascii_case("close"));
         }
     }
-    let framing = if status < 200 || status == 204 || status == 304 {
+    // A server must not send both (RFC 9112 6.1); received, it "ought to be handled as an
+    // error" (6.3): it is how a response is split or smuggled, so which framing the server
+    // meant is unknown, and a body read by either may not be the object's bytes (which
+    // closing the connection after it would not mend). No S3 server sends both.
+    if chunked && length.is_some() {
+        return Err(ureq::Error::Io(invalid(
+            "both Content-Length and Transfer-Encoding",
+        )));
+    }
+    let framing = if status == 204 || status == 304 {
         Framing::Length(0)
     } else if chunked {
         Framing::Chunked {
@@ -489,5 +523,140 @@ impl Read for Body {
             self.done();
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn get(direct: &Direct, base: &str, path: &str) -> Result<(u16, Vec<u8>), ureq::Error> {
+        let request = ureq::http::Request::get(format!("{base}{path}"))
+            .body(())
+            .unwrap();
+        let response = direct.run(&request)?;
+        let status = response.status().as_u16();
+        let mut body = Vec::new();
+        response
+            .into_body()
+            .into_reader()
+            .read_to_end(&mut body)
+            .unwrap();
+        Ok((status, body))
+    }
+
+    /// Reads one request head from `stream`.
+    fn request(stream: &mut TcpStream) -> String {
+        let mut head = Vec::new();
+        let mut byte = [0u8];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).unwrap() == 0 {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        String::from_utf8(head).unwrap()
+    }
+
+    fn direct(base: &str) -> Direct {
+        Direct::new(base, Duration::from_secs(2), Duration::from_secs(2), 4).unwrap()
+    }
+
+    /// A GET answered with `answer` by a server that reads one request.
+    fn get_answered(answer: &'static [u8]) -> Result<(u16, Vec<u8>), ureq::Error> {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            request(&mut s);
+            s.write_all(answer).unwrap();
+        });
+        let got = get(&direct(&base), &base, "/a");
+        server.join().unwrap();
+        got
+    }
+
+    /// An interim 1xx answer (RFC 9110 15.2) is not the answer: the final one follows on
+    /// the same connection. Taken as final, the connection goes back to the pool with the
+    /// real answer unread, and the next GET gets the previous object's bytes. The first
+    /// interim answer arrives alone, the second in one write with its final answer.
+    #[test]
+    fn an_interim_answer_is_skipped_not_taken_as_final() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            request(&mut s);
+            s.write_all(b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n")
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(200));
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst")
+                .unwrap();
+            for answer in [
+                &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond"
+                    [..],
+                b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nthird",
+            ] {
+                if request(&mut s).is_empty() {
+                    return;
+                }
+                s.write_all(answer).unwrap();
+            }
+        });
+        let direct = direct(&base);
+        let got: Vec<_> = ["/a", "/b", "/c"]
+            .iter()
+            .map(|path| get(&direct, &base, path).map_err(|e| e.to_string()))
+            .collect();
+        drop(direct);
+        server.join().unwrap();
+        let want: Vec<Result<_, String>> = ["first", "second", "third"]
+            .iter()
+            .map(|body| Ok((200, body.as_bytes().to_vec())))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    /// No protocol was asked for: what would follow a 101 is not an HTTP answer.
+    #[test]
+    fn a_switch_of_protocols_is_refused() {
+        let got = get_answered(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\n");
+        assert!(got.is_err(), "{got:?}");
+    }
+
+    /// `regionendpoint: http://host` (or `secure: false` with AWS's endpoint) names no port:
+    /// HTTP's is 80. ureq connects there; handed the authority without a port,
+    /// `to_socket_addrs` refuses it, and every GET fails as HostNotFound. An IPv6 address
+    /// is resolved without its brackets.
+    #[test]
+    fn an_endpoint_without_a_port_is_reached_on_port_80() {
+        for base in ["http://127.0.0.1", "http://[::1]"] {
+            let got = direct(base).connect();
+            assert!(
+                !matches!(got, Err(ureq::Error::HostNotFound)),
+                "{base}: HostNotFound"
+            );
+        }
+    }
+
+    /// A transfer coding under `chunked` (RFC 9112 7: the client must decode it or fail):
+    /// the gzip bytes would be handed out as the object's.
+    #[test]
+    fn a_coding_under_chunked_is_refused() {
+        let got = get_answered(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n3\r\n\x1f\x8b\x08\r\n0\r\n\r\n",
+        );
+        assert!(got.is_err(), "{got:?}");
+    }
+
+    /// Content-Length with chunked (RFC 9112 6.3: "ought to be handled as an error"): which
+    /// framing the server meant is unknown.
+    #[test]
+    fn a_length_with_chunked_is_refused() {
+        let got = get_answered(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        );
+        assert!(got.is_err(), "{got:?}");
     }
 }
