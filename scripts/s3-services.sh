@@ -13,11 +13,15 @@
 #   moto (TLS)   a second moto_server on HTTPS with a self-signed certificate made here by
 #                openssl (for localhost and 127.0.0.1): `secure` verifies it and fails,
 #                `skipverify` does not. Its certificate is $STATE/tls/cert.pem.
+#   moto (metadata) a third moto_server whose only clients are the tests of instance
+#                credentials (moto serves EC2's instance metadata): they give up after about a
+#                second, as berth does, and behind the suites' uploads on the first one, served
+#                one at a time, an answer could take longer (CI saw it).
 #
 #   scripts/s3-services.sh start   installs what is missing (idempotent), stops what an earlier
-#                                  start left running, starts both on free 127.0.0.1 ports and
+#                                  start left running, starts them on free 127.0.0.1 ports and
 #                                  writes their endpoints, keys and PIDs to .s3-services/env
-#   scripts/s3-services.sh stop    stops both by PID (from that file) and removes the state
+#   scripts/s3-services.sh stop    stops them by PID (from that file) and removes the state
 #
 # The tests read .s3-services/env (or the same variables from the environment, which
 # scripts/test.sh exports); without it they fail, naming this script.
@@ -115,7 +119,7 @@ start() {
     install_missing
     stop
     mkdir -p "$STATE/s3s-root"
-    local moto_port s3s_port moto_pid s3s_pid tls_port tls_pid
+    local moto_port s3s_port moto_pid s3s_pid tls_port tls_pid metadata_port metadata_pid
     # `moto_server -H 127.0.0.1 -p PORT [-c CERT -k KEY]`, but one request at a time (see the
     # top). The word moto_server in its arguments is what `stop` recognises it by.
     local moto_app='
@@ -128,6 +132,9 @@ run_simple(sys.argv[2], int(sys.argv[3]), DomainDispatcherApplication(create_bac
     moto_port=$(free_port)
     "$PYTHON" -c "$moto_app" moto_server 127.0.0.1 "$moto_port" >"$STATE/moto.log" 2>&1 &
     moto_pid=$!
+    metadata_port=$(free_port)
+    "$PYTHON" -c "$moto_app" moto_server 127.0.0.1 "$metadata_port" >"$STATE/moto-metadata.log" 2>&1 &
+    metadata_pid=$!
     mkdir -p "$STATE/tls"
     openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj /CN=localhost \
         -addext "basicConstraints=critical,CA:FALSE" \
@@ -149,17 +156,19 @@ BERTH_S3_MOTO_ENDPOINT=http://127.0.0.1:$moto_port
 BERTH_S3_MOTO_PID=$moto_pid
 BERTH_S3_MOTO_TLS_ENDPOINT=https://127.0.0.1:$tls_port
 BERTH_S3_MOTO_TLS_PID=$tls_pid
+BERTH_S3_MOTO_METADATA_ENDPOINT=http://127.0.0.1:$metadata_port
+BERTH_S3_MOTO_METADATA_PID=$metadata_pid
 BERTH_S3_S3S_ENDPOINT=http://127.0.0.1:$s3s_port
 BERTH_S3_S3S_ACCESS_KEY=$S3S_ACCESS_KEY
 BERTH_S3_S3S_SECRET_KEY=$S3S_SECRET_KEY
 BERTH_S3_S3S_ROOT=$STATE/s3s-root
 BERTH_S3_S3S_PID=$s3s_pid
-BERTH_S3_S3S_ROOT=$STATE/s3s-root
 EOF
     wait_for moto "$moto_port" "$moto_pid"
     wait_for moto-tls "$tls_port" "$tls_pid"
+    wait_for moto-metadata "$metadata_port" "$metadata_pid"
     wait_for s3s-fs "$s3s_port" "$s3s_pid"
-    echo "s3-services: moto on 127.0.0.1:$moto_port (pid $moto_pid), moto on https://127.0.0.1:$tls_port (pid $tls_pid), s3s-fs on 127.0.0.1:$s3s_port (pid $s3s_pid); $ENV_FILE"
+    echo "s3-services: moto on 127.0.0.1:$moto_port (pid $moto_pid), moto on https://127.0.0.1:$tls_port (pid $tls_pid), moto for instance metadata on 127.0.0.1:$metadata_port (pid $metadata_pid), s3s-fs on 127.0.0.1:$s3s_port (pid $s3s_pid); $ENV_FILE"
 }
 
 case "${1:-}" in

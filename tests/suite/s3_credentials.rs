@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::util::oci::*;
-use crate::util::s3::{Bucket, S3s, storage_driver_at};
+use crate::util::s3::{Bucket, S3s, moto_metadata, storage_driver_at};
 use crate::util::server::{self, Berth, Launch, Settings, temp_dir};
 
 /// An environment with none of the test process's credentials: `HOME` an empty directory
@@ -146,12 +146,13 @@ fn credentials_from_config_environment_and_file_sign_pushes() {
     );
 }
 
-/// With no keys anywhere, EC2's instance metadata (moto's, on loopback) gives temporary ones,
+/// With no keys anywhere, EC2's instance metadata (a moto on loopback) gives temporary ones,
 /// with their session token.
 #[test]
 fn instance_credentials_sign_pushes_on_moto() {
     let bucket = Bucket::new();
     let moto = &bucket.endpoint;
+    let metadata = moto_metadata();
     let home = temp_dir();
     let log = push_and_pull(
         {
@@ -163,7 +164,7 @@ fn instance_credentials_sign_pushes_on_moto() {
             home.path(),
             &[
                 ("AWS_EC2_METADATA_DISABLED", "false"),
-                ("AWS_EC2_METADATA_SERVICE_ENDPOINT", moto),
+                ("AWS_EC2_METADATA_SERVICE_ENDPOINT", &metadata),
             ],
         ),
         5,

@@ -49,6 +49,11 @@ pub fn moto() -> String {
     service_var("BERTH_S3_MOTO_ENDPOINT")
 }
 
+/// The moto that only serves instance metadata (see scripts/s3-services.sh).
+pub fn moto_metadata() -> String {
+    service_var("BERTH_S3_MOTO_METADATA_ENDPOINT")
+}
+
 /// s3s-fs as `scripts/s3-services.sh` runs it: it checks every request's SigV4 signature
 /// against its one pair of keys.
 pub struct S3s {

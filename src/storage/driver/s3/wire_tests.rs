@@ -337,7 +337,7 @@ fn closed_port() -> u16 {
 /// URL given as the container endpoint is read as ECS's.
 #[test]
 fn instance_credentials_are_read_from_moto() {
-    let moto = service("MOTO").endpoint;
+    let moto = service("MOTO_METADATA").endpoint;
     let ec2 = Instance::Ec2 {
         endpoint: moto.clone(),
     }
@@ -396,7 +396,7 @@ fn instance_credentials_give_up_quickly() {
 #[test]
 fn temporary_credentials_are_refreshed_before_they_expire() {
     let moto = Instance::Ec2 {
-        endpoint: service("MOTO").endpoint,
+        endpoint: service("MOTO_METADATA").endpoint,
     };
     let closed = Instance::Ec2 {
         endpoint: format!("http://127.0.0.1:{}", closed_port()),
