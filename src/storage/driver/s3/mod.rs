@@ -35,7 +35,7 @@
 //!   `delete` of a session also aborts the multipart upload its note names. No `rename`, no local files, no
 //!   hard links, no O_DIRECT.
 //!
-//! **Client** (issue 13 "Client choice"). The design card names rust-s3; `bench/s3clients.rs`
+//! **Client** (issue 13 "Client choice"). The design card names rust-s3; `bench/s3clients`
 //! measures 0.38.0 beside this driver (README, "The client"). Its blocking backend (`sync`,
 //! attohttpc) opens a connection per request and its `put_object` copies the body; its async
 //! client would put a tokio runtime under threads-not-async request workers (DESIGN decision

@@ -1,5 +1,6 @@
-//! `s3clients`: berth's own S3 client (the `S3Driver`: requests signed here, sent with ureq)
-//! beside rust-s3 0.38, the crate the design card names (issue 13, "Client choice"), on two
+//! `s3clients`: berth's own S3 client (the `S3Driver`: requests signed here, sent with ureq,
+//! plain-HTTP GETs on the driver's own connections, `client::direct`) beside rust-s3 0.38, the
+//! crate the design card names (issue 13, "Client choice"), on two
 //! S3 servers that the bench starts on free 127.0.0.1 ports and stops by their PIDs:
 //! moto_server, which closes every connection after its answer, and s3s-fs, which keeps them
 //! alive (so a client that reuses connections shows it there). On each, both clients use the
@@ -14,9 +15,10 @@
 //! 50 GETs of 1 MiB) and for one multipart PUT of 64 MiB.
 //!
 //! rust-s3 builds one HTTP backend at a time, so the bench measures the one it was built with:
-//! `cargo bench --bench s3clients` its async client (reqwest) on one current-thread tokio
-//! runtime, `cargo bench --bench s3clients --no-default-features --features rusts3-sync` its
-//! blocking `sync` client (attohttpc). moto_server and s3s-fs are the ones
+//! `cargo run --release -p s3clients` its async client (reqwest) on one current-thread tokio
+//! runtime, `cargo run --release -p s3clients --no-default-features --features rusts3-sync`
+//! its blocking `sync` client (attohttpc). This is a package of its own (not a bench of the
+//! root's) so that the root's builds never build rust-s3. moto_server and s3s-fs are the ones
 //! `scripts/s3-services.sh start` installs.
 
 use berth::storage::driver::s3::{
@@ -172,7 +174,7 @@ fn path(key: &str) -> StoragePath {
 
 impl Client for Berth {
     fn name(&self) -> &'static str {
-        "berth (S3Driver, ureq)"
+        "berth (S3Driver)"
     }
 
     fn put(&self, key: &str, bytes: &[u8]) {
