@@ -389,17 +389,15 @@ mod tests {
         assert_eq!(held(&cache), LARGEST);
     }
 
-    /// Puts, forgets and evictions from many threads: the count never passes the budget
-    /// (nor wraps below zero) and ends equal to what is held.
+    /// Puts from many threads at once into a full cache, round after round, with forgets:
+    /// the count never passes the budget (nor wraps below zero) and equals what is held.
     #[test]
     fn concurrent_puts_keep_the_count_exact_and_within_the_budget() {
         const SMALL: usize = 64 << 10;
+        const THREADS: usize = 8;
         let cache = DigestBytes::new(SMALL);
-        let objects: Vec<_> = (0..64)
-            .map(|n| object(n, SMALL / OBJECT_SHARE - n))
-            .collect();
         let done = std::sync::atomic::AtomicBool::new(false);
-        std::thread::scope(|s| {
+        let (most, wrong) = std::thread::scope(|s| {
             let watcher = s.spawn(|| {
                 let mut most = 0;
                 while !done.load(Ordering::Relaxed) {
@@ -407,28 +405,33 @@ mod tests {
                 }
                 most
             });
-            let workers: Vec<_> = (0..8)
-                .map(|t| {
-                    let (cache, objects) = (&cache, &objects);
-                    s.spawn(move || {
-                        for i in 0..1000 {
-                            let o = &objects[(i * 7 + t * 13) % objects.len()];
-                            put(cache, o);
-                            if i % 5 == t % 5 {
+            let mut wrong = None;
+            for round in 0..1000 {
+                let start = std::sync::Barrier::new(THREADS);
+                std::thread::scope(|s| {
+                    for t in 0..THREADS {
+                        let (cache, start) = (&cache, &start);
+                        s.spawn(move || {
+                            let o = object(round * THREADS + t, SMALL / OBJECT_SHARE - t);
+                            start.wait();
+                            put(cache, &o);
+                            if (round + t) % 3 == 0 {
                                 cache.forget(&o.0, &o.1);
                             }
-                        }
-                    })
-                })
-                .collect();
-            for w in workers {
-                w.join().unwrap();
+                        });
+                    }
+                });
+                let counted = cache.weight.load(Ordering::Relaxed);
+                if counted > SMALL || counted != held(&cache) {
+                    wrong = Some((round, counted, held(&cache)));
+                    break;
+                }
             }
             done.store(true, Ordering::Relaxed);
-            let most = watcher.join().unwrap();
-            assert!(most <= SMALL, "counted {most} of a budget of {SMALL}");
+            (watcher.join().unwrap(), wrong)
         });
-        assert_eq!(cache.weight.load(Ordering::Relaxed), held(&cache));
+        assert_eq!(wrong, None, "round, counted, held (budget {SMALL})");
+        assert!(most <= SMALL, "counted {most} of a budget of {SMALL}");
     }
 
     #[test]
