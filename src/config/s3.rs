@@ -22,10 +22,13 @@ use std::time::Duration;
 
 /// The default `chunksize`: distribution's.
 pub const DEFAULT_CHUNK_SIZE: u64 = 10 * 1024 * 1024;
-/// The default `blobcachesize`: 64 MiB, so a store's peak memory stays under issue 13's
-/// 256 MiB goal with it full (172 MiB measured during 8 concurrent 256 MiB pushes, which
-/// keep nothing in it), and blobs up to a sixteenth of it (4 MiB: image configs, manifests
-/// read as blobs, small layers) are kept.
+/// The default `blobcachesize`: 64 MiB per store, blobs up to a sixteenth of it (4 MiB:
+/// image configs, manifests read as blobs, small layers) kept. It bounds the blobs held and
+/// those being read whole to be kept together (a pull that finds no room streams the blob
+/// without keeping it); a blob dropped while a response still sends it lives until that
+/// response ends. Beside it an S3 store keeps at most 64 MiB of manifests and about 128 MiB
+/// of parsed `index.json` listings. Measured: peak RSS 172 MiB during 8 concurrent 256 MiB
+/// pushes, with these caches empty; not measured with them full.
 pub const DEFAULT_BLOB_CACHE_SIZE: u64 = 64 * 1024 * 1024;
 /// The smallest part S3 takes in a multipart upload.
 const MIN_CHUNK_SIZE: u64 = 5 * 1024 * 1024;

@@ -415,7 +415,8 @@ impl Store {
 
     /// The bytes of manifest `digest`, which `reference` named: from the cache where the
     /// driver's `revalidate_after` allows one and they were read within it, else read (and,
-    /// where it allows one, cached).
+    /// where it allows one, cached if they hash to `digest`: bytes altered in the bucket are
+    /// served as stored, as a blob's are, and read again on the next GET).
     fn manifest_bytes_of(
         &self,
         repo: &RepoName,

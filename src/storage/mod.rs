@@ -397,10 +397,10 @@ impl Store {
     }
 
     /// The body of a whole blob of `size` bytes read from `reader`: streamed, or, where the
-    /// blob cache keeps a blob of that size, read whole, checked against its digest and kept
-    /// (unless a delete began since `ticket`), so the next pulls make no read. Bytes that do
-    /// not hash to their digest are served as stored (a stream would have sent them too) but
-    /// never kept.
+    /// blob cache makes room for it (`digest_bytes::DigestBytes::fill`), read whole and kept
+    /// if it hashes to its digest and no delete began since `ticket`, so the next pulls make
+    /// no read. Bytes that do not hash to their digest are served as stored (a stream would
+    /// have sent them too) but never kept. A failed read is what the driver classified it as.
     fn blob_body(
         &self,
         repo: &RepoName,
@@ -409,31 +409,21 @@ impl Store {
         mut reader: Box<dyn std::io::Read + Send>,
         size: u64,
     ) -> Result<BlobBody, StoreError> {
-        if !self.blob_bytes.keeps(size) {
+        let Some(fill) = self.blob_bytes.fill(repo, digest, ticket, size) else {
             return Ok(BlobBody::Stream(reader, size));
-        }
+        };
         let mut bytes = vec![0; size as usize];
-        // The backend answered with the object and its size, then failed to send it: an
-        // outage, as the S3 driver reports a body cut or stalled once its retries are spent.
-        reader
-            .read_exact(&mut bytes)
-            .map_err(|source| DriverError::Unavailable {
-                driver: self.driver.name(),
-                op: "read",
-                path: layout::blob(repo, digest)
-                    .map_or_else(|_| digest.to_string(), |p| p.to_string()),
-                source,
-            })?;
-        let bytes = Arc::new(bytes);
-        if Digest::of(digest.algorithm(), &bytes) == *digest {
-            self.blob_bytes
-                .put(repo, digest, ticket, Arc::clone(&bytes));
-        } else {
-            tracing::warn!(%repo, %digest, "stored bytes do not hash to their digest: not cached");
+        if let Err(e) = reader.read_exact(&mut bytes) {
+            let path = layout::blob(repo, digest)?;
+            let e = DriverError::from_read_error(self.driver.name(), &path, e);
+            return Err(not_found_as(e, || StoreError::BlobUnknown(digest.clone())));
         }
-        let mut held = std::io::Cursor::new(Shared(bytes));
-        held.set_position(0);
-        Ok(BlobBody::Stream(Box::new(held), size))
+        let bytes = Arc::new(bytes);
+        fill.keep(Arc::clone(&bytes));
+        Ok(BlobBody::Stream(
+            Box::new(std::io::Cursor::new(Shared(bytes))),
+            size,
+        ))
     }
 
     /// A whole blob read with one request, where a `stat` would cost one more (an object
@@ -489,7 +479,12 @@ impl Store {
         let size = match self.driver.stat(&path)? {
             Some(meta) if !meta.is_dir && still(&meta) => meta.size,
             Some(meta) if !meta.is_dir => return Ok(false),
-            _ => return Err(unknown()),
+            _ => {
+                // Gone behind the store's back: after this 404, no GET may serve it from
+                // memory either.
+                self.forget_bytes(repo, digest);
+                return Err(unknown());
+            }
         };
         // Placeholders naming this copy get another holder first (DESIGN decision 9).
         if let Some(d) = &self.dedupe {
@@ -502,13 +497,18 @@ impl Store {
         }
         let deleted = self.driver.delete(&path);
         // After the delete, so a pull that read the bytes before it cannot keep them after.
-        self.manifest_bytes.forget(repo, digest);
-        self.blob_bytes.forget(repo, digest);
+        self.forget_bytes(repo, digest);
         deleted.map_err(|e| not_found_as(e, unknown))?;
         if let Some(d) = &self.dedupe {
             d.forget(digest, &path);
         }
         Ok(true)
+    }
+
+    /// Drops what memory holds of `repo`'s `digest`, as a manifest or a blob.
+    fn forget_bytes(&self, repo: &RepoName, digest: &Digest) {
+        self.manifest_bytes.forget(repo, digest);
+        self.blob_bytes.forget(repo, digest);
     }
 
     /// Serialises what lands on and leaves `digest`'s blob files: with dedupe, its dedupe

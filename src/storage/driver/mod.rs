@@ -315,7 +315,39 @@ pub enum DriverError {
     },
 }
 
-/// A streaming read of one object.
+impl DriverError {
+    /// This error as a reader's (`ObjectReader`): an `io::Error` carrying it, so the caller
+    /// that reads the object gets the driver's classification back (`from_read_error`).
+    pub fn into_read_error(self) -> std::io::Error {
+        let kind = match &self {
+            DriverError::NotFound { .. } => std::io::ErrorKind::NotFound,
+            DriverError::Unavailable { source, .. } | DriverError::Io { source, .. } => {
+                source.kind()
+            }
+            _ => std::io::ErrorKind::Other,
+        };
+        std::io::Error::new(kind, self)
+    }
+
+    /// What reading `path` from a reader of `driver` failed with: the error the driver
+    /// classified it as (`into_read_error`), else an I/O error.
+    pub fn from_read_error(
+        driver: &'static str,
+        path: &StoragePath,
+        e: std::io::Error,
+    ) -> DriverError {
+        e.downcast::<DriverError>()
+            .unwrap_or_else(|source| DriverError::Io {
+                driver,
+                op: "read",
+                path: path.to_string(),
+                source,
+            })
+    }
+}
+
+/// A streaming read of one object. Its reader's errors carry the `DriverError` the driver
+/// classified them as, where it did (`DriverError::into_read_error`).
 pub struct ObjectReader {
     /// The bytes from the requested offset to the end of the object.
     pub reader: Box<dyn Read + Send>,

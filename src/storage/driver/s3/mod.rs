@@ -398,11 +398,14 @@ const RESUMES: usize = 3;
 /// A GET's body that, when its connection is lost before the end, asks for the rest with a
 /// ranged GET on the same ETag (`If-Match`: an object replaced meanwhile fails the read rather
 /// than splicing two versions), at most `RESUMES` times, each within `Client::send`'s retry
-/// budget: a pull survives a connection cut mid-body.
+/// budget: a pull survives a connection cut mid-body. Without an ETag it is not resumed. Its
+/// errors carry their classification (`DriverError::into_read_error`): the object deleted
+/// meanwhile is `NotFound`, replaced an I/O error, a body cut or stalled once the resumes
+/// are spent `Unavailable` (`io_error`), bad framing an I/O error.
 struct Resuming {
     inner: Arc<Inner>,
     key: String,
-    etag: String,
+    etag: Option<String>,
     /// The offset of the next byte, and the end of the range read (exclusive).
     at: u64,
     end: u64,
@@ -430,29 +433,36 @@ impl std::io::Read for Resuming {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => e,
             };
-            if self.resumes == RESUMES {
-                return Err(cut);
-            }
+            let Some(etag) = self.etag.as_deref().filter(|_| self.resumes < RESUMES) else {
+                return Err(io_error("read", &self.key, cut).into_read_error());
+            };
             self.resumes += 1;
             tracing::debug!(key = %self.key, at = self.at, "S3 body cut ({cut}); resumed");
-            self.body = self.rest()?;
+            self.body = self.rest(etag).map_err(DriverError::into_read_error)?;
         }
     }
 }
 
 impl Resuming {
     /// The rest of the range, on a new request.
-    fn rest(&self) -> std::io::Result<Box<dyn std::io::Read + Send>> {
+    fn rest(&self, etag: &str) -> Result<Box<dyn std::io::Read + Send>, DriverError> {
         let range = format!("bytes={}-{}", self.at, self.end - 1);
-        let headers = [("range", range.as_str()), ("if-match", self.etag.as_str())];
+        let headers = [("range", range.as_str()), ("if-match", etag)];
         let reply = self
             .inner
-            .client
-            .send("GET", Some(&self.key), &[], &headers, Body::Empty)?;
-        if reply.status != 206 {
-            return Err(reply.into_error("GetObject (resumed)"));
+            .send("read", "GET", Some(&self.key), &[], &headers, Body::Empty)?;
+        match reply.status {
+            206 => Ok(Box::new(reply.response.into_body().into_reader())),
+            404 => {
+                let _ = reply.bytes();
+                Err(not_found(&self.key))
+            }
+            _ => Err(io_error(
+                "read",
+                &self.key,
+                reply.into_error("GetObject (resumed)"),
+            )),
         }
-        Ok(Box::new(reply.response.into_body().into_reader()))
     }
 }
 
@@ -591,18 +601,15 @@ impl Inner {
                 let etag = reply.header("etag").map(str::to_string);
                 let body = Box::new(reply.response.into_body().into_reader());
                 let end = len.map_or(size, |len| offset + len);
-                let reader: Box<dyn std::io::Read + Send> = match etag {
-                    Some(etag) => Box::new(Resuming {
-                        inner: Arc::clone(self),
-                        key,
-                        etag,
-                        at: offset,
-                        end,
-                        body,
-                        resumes: 0,
-                    }),
-                    None => Box::new(std::io::Read::take(body, end - offset)),
-                };
+                let reader = Box::new(Resuming {
+                    inner: Arc::clone(self),
+                    key,
+                    etag,
+                    at: offset,
+                    end,
+                    body,
+                    resumes: 0,
+                });
                 Ok(ObjectReader { reader, size })
             }
             404 => {

@@ -947,3 +947,160 @@ fn a_conditional_put_whose_answer_was_cut_is_reported_done() {
         "{refused:?}"
     );
 }
+
+/// A store over `bucket` on `service` (under the root `root`) whose reads stay fresh for an
+/// hour, so what it keeps in memory is served without asking, with a 16 MiB blob cache.
+fn caching_store(
+    service: &Service,
+    bucket: &str,
+    root: &str,
+    time_out: Duration,
+) -> (S3Driver, crate::storage::Store) {
+    let driver = S3Driver::new(S3Config {
+        revalidate: Duration::from_secs(3600),
+        time_out,
+        ..config(service, bucket, root)
+    })
+    .unwrap();
+    let store =
+        crate::storage::Store::new(Arc::new(driver.clone()), None).with_blob_cache(16 << 20);
+    (driver, store)
+}
+
+/// A new bucket on moto, a driver on it, and a `caching_store` over it, with `name` as the
+/// root and the repository.
+fn caching_bucket(
+    name: &str,
+) -> (
+    Service,
+    S3Driver,
+    String,
+    crate::storage::Store,
+    crate::oci::RepoName,
+) {
+    let moto = service("MOTO");
+    let (driver, bucket) = fresh(&moto, name);
+    let (_, store) = caching_store(&moto, &bucket, name, S3Config::DEFAULT_TIME_OUT);
+    (moto, driver, bucket, store, name.parse().unwrap())
+}
+
+/// Pushes `bytes` as a blob of `repo` through `store`; its digest.
+fn push_blob(
+    store: &crate::storage::Store,
+    repo: &crate::oci::RepoName,
+    bytes: &[u8],
+) -> crate::digest::Digest {
+    let digest = crate::digest::Digest::sha256_of(bytes);
+    let length = crate::storage::BodyLength::Exact(bytes.len() as u64);
+    store
+        .blob_put(repo, &digest, &mut &bytes[..], length)
+        .unwrap();
+    digest
+}
+
+/// A blob removed from the bucket behind the store's back, then deleted through the store:
+/// the DELETE answers unknown (404), and so does a GET right after, not the bytes held in
+/// memory (issue 13 review 1, finding 6).
+#[test]
+fn a_delete_that_finds_the_blob_gone_forgets_its_bytes() {
+    use crate::storage::{BlobBody, StoreError};
+    let (_, driver, _, store, repo) = caching_bucket("gone");
+    let digest = push_blob(&store, &repo, &pattern(1000, 3));
+    let (read, _) = store.blob_read(&repo, &digest, None).unwrap();
+    let BlobBody::Stream(mut reader, _) = read.body else {
+        panic!("an object store streams")
+    };
+    std::io::copy(&mut reader, &mut std::io::sink()).unwrap();
+    driver
+        .delete(&crate::storage::layout::blob(&repo, &digest).unwrap())
+        .unwrap();
+    assert!(matches!(
+        store.blob_delete(&repo, &digest),
+        Err(StoreError::BlobUnknown(_))
+    ));
+    assert!(
+        matches!(
+            store.blob_read(&repo, &digest, None),
+            Err(StoreError::BlobUnknown(_))
+        ),
+        "served after a DELETE answered 404"
+    );
+}
+
+/// A manifest whose object was altered in the bucket is served as stored, as a blob is, but
+/// never kept as its digest's bytes: once the object is right again, so is the next GET
+/// (issue 13 review 1, finding 4).
+#[test]
+fn manifest_bytes_that_do_not_hash_to_their_digest_are_not_kept() {
+    use crate::oci::{Reference, manifest::media_type};
+    let (moto, driver, bucket, pusher, repo) = caching_bucket("altered");
+    let manifest = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#;
+    let tag: Reference = "v1".parse().unwrap();
+    let put = pusher
+        .manifest_put(&repo, &tag, Some(media_type::OCI_INDEX), manifest, &[])
+        .unwrap();
+    let object = crate::storage::layout::blob(&repo, &put.digest).unwrap();
+    let altered = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[ ]}"#;
+    driver.put(&object, altered).unwrap();
+    let (_, store) = caching_store(&moto, &bucket, "altered", S3Config::DEFAULT_TIME_OUT);
+    let by_digest = Reference::Digest(put.digest.clone());
+    assert_eq!(
+        store.manifest_get(&repo, &by_digest).unwrap().bytes,
+        altered
+    );
+    driver.put(&object, manifest).unwrap();
+    assert_eq!(
+        store.manifest_get(&repo, &by_digest).unwrap().bytes,
+        manifest,
+        "the altered bytes were kept as the manifest's"
+    );
+}
+
+/// A blob read whole to be kept, whose object is deleted or replaced in the bucket while its
+/// body stalls: the read resumes after the time-out and finds it gone (404, BLOB_UNKNOWN) or
+/// changed (`If-Match` fails: a 500), as the driver classified it, not an outage (503)
+/// (issue 13 review 1, finding 5).
+#[test]
+fn a_blob_deleted_or_replaced_mid_read_is_unknown_or_an_error_not_an_outage() {
+    use crate::storage::StoreError;
+    let (moto, driver, bucket, pusher, repo) = caching_bucket("midread");
+    // Small enough for moto's whole answer to fit in the sockets' buffers while the relay
+    // stalls: moto serves one request at a time, and must answer the resume and the change.
+    let bytes = pattern(256 << 10, 9);
+    let digest = push_blob(&pusher, &repo, &bytes);
+    let object = crate::storage::layout::blob(&repo, &digest).unwrap();
+    let cutter = Cutter::start(&moto.endpoint);
+    cutter
+        .stall
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let relayed = Service {
+        endpoint: cutter.endpoint.clone(),
+        access_key: moto.access_key.clone(),
+        secret_key: moto.secret_key.clone(),
+        wire: moto.wire.clone(),
+    };
+    let (_, store) = caching_store(&relayed, &bucket, "midread", Duration::from_secs(1));
+    let stalled_while = |change: &(dyn Fn() + Sync)| {
+        cutter
+            .cut_after
+            .store(20_000, std::sync::atomic::Ordering::SeqCst);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(Duration::from_millis(300));
+                change();
+            });
+            store.blob_read(&repo, &digest, None).map(|_| ())
+        })
+    };
+    let deleted = stalled_while(&|| driver.delete(&object).unwrap());
+    assert!(
+        matches!(deleted, Err(StoreError::BlobUnknown(_))),
+        "{deleted:?}"
+    );
+    driver.put(&object, &bytes).unwrap();
+    let replaced = stalled_while(&|| driver.put(&object, &pattern(256 << 10, 10)).unwrap());
+    assert!(
+        matches!(replaced, Err(StoreError::Driver(DriverError::Io { .. }))),
+        "{replaced:?}"
+    );
+}
