@@ -1091,7 +1091,7 @@ impl UploadWriter for LocalWriter {
         xattr::set_note(&self.file, note).map_err(|e| note_err(&self.path, e))
     }
 
-    fn commit(mut self: Box<Self>) -> Result<(), DriverError> {
+    fn commit(mut self: Box<Self>) -> Result<Version, DriverError> {
         self.flush()?;
         // The note was the session's; the finished object is only its bytes.
         if self.noted {
@@ -1102,7 +1102,11 @@ impl UploadWriter for LocalWriter {
                 .sync_all()
                 .map_err(|e| io_err("fsync", &self.path, e))?;
         }
-        Ok(())
+        let meta = self
+            .file
+            .metadata()
+            .map_err(|e| io_err("stat", &self.path, e))?;
+        Ok(version(&meta))
     }
 
     fn cancel(mut self: Box<Self>) -> Result<(), DriverError> {

@@ -307,6 +307,15 @@ fn io_error(op: &'static str, path: &str, source: std::io::Error) -> DriverError
     }
 }
 
+/// `from` is not the version a conditional call was given: it is `found` now.
+fn changed(from: &StoragePath, found: &str) -> DriverError {
+    DriverError::Conflict {
+        driver: NAME,
+        path: from.to_string(),
+        found: found.to_string(),
+    }
+}
+
 fn not_found(path: &str) -> DriverError {
     DriverError::NotFound {
         driver: NAME,
@@ -1029,21 +1038,62 @@ impl Driver for S3Driver {
     /// copy above it (`multipart`): two requests below the threshold, and above it
     /// 3 + size / `multipartcopychunksize`.
     fn copy(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError> {
-        let (from_key, to_key) = (self.inner.key(from), self.inner.key(to));
         let head = self
             .inner
-            .head(&from_key)?
+            .head(&self.inner.key(from))?
             .ok_or_else(|| not_found(from.as_str()))?;
-        if head.size > self.inner.multipart_copy.threshold {
-            return self.inner.copy_in_parts(&from_key, &to_key, &head);
+        self.copy_head(from, &head, to)
+    }
+
+    /// A HEAD, then the copy conditional on `version` (`copy_head`): a session's next writer
+    /// may replace a committed upload with its note at any moment, which is never copied.
+    fn copy_version(
+        &self,
+        from: &StoragePath,
+        version: &Version,
+        to: &StoragePath,
+    ) -> Result<(), DriverError> {
+        let head = self.inner.head(&self.inner.key(from))?;
+        match head {
+            Some(head) if head.etag.trim_matches('"') == version.to_string().trim_matches('"') => {
+                match self.copy_head(from, &head, to) {
+                    // The condition failed: replaced between the HEAD and the copy.
+                    Err(DriverError::NotFound { .. }) | Err(DriverError::Io { .. })
+                        if self
+                            .inner
+                            .head(&head.key)?
+                            .is_none_or(|now| now.etag != head.etag) =>
+                    {
+                        Err(changed(from, "another version"))
+                    }
+                    copied => copied,
+                }
+            }
+            Some(head) => Err(changed(from, &head.etag)),
+            None => Err(changed(from, "absent")),
         }
+    }
+}
+
+impl S3Driver {
+    /// `copy` of `from` at `etag` (a HEAD gave `head`): every CopyObject or UploadPartCopy
+    /// conditional on it (`x-amz-copy-source-if-match`), so no other version is ever copied.
+    fn copy_head(
+        &self,
+        from: &StoragePath,
+        head: &Head,
+        to: &StoragePath,
+    ) -> Result<(), DriverError> {
+        let to_key = self.inner.key(to);
+        if head.size > self.inner.multipart_copy.threshold {
+            return self.inner.copy_in_parts(&head.key, &to_key, head);
+        }
+        let headers = [
+            ("x-amz-metadata-directive", "REPLACE"),
+            ("x-amz-copy-source-if-match", head.etag.as_str()),
+        ];
         self.inner
-            .copy_object(
-                "copy",
-                &from_key,
-                &to_key,
-                &[("x-amz-metadata-directive", "REPLACE")],
-            )
+            .copy_object("copy", &head.key, &to_key, &headers)
             .map_err(|e| match e {
                 DriverError::NotFound { .. } => not_found(from.as_str()),
                 e => e,
