@@ -279,10 +279,12 @@ impl Store {
             }
             None if status.size == 0 => (Hasher::new(RUNNING_ALGORITHM), 0),
             _ if sealed => {
-                // Killed between storing a chunk and saving its state: the bytes cannot be
-                // hashed again, so the session ends and the client starts over.
-                tracing::warn!(repository = %repo, upload = %id, size = status.size, "upload session has no saved state for its bytes; ended");
-                self.delete_upload(repo, id)?;
+                // No state for its bytes: a committed upload its writer is placing (or was
+                // killed placing), or a note whose state could not be saved. Either way the
+                // bytes cannot be continued, so the client starts over; nothing is removed
+                // here (a read may come from any instance, mid-commit of another): an upload
+                // left is the idle collector's.
+                tracing::warn!(repository = %repo, upload = %id, size = status.size, "upload session has no saved state for its bytes; unknown");
                 return Ok(None);
             }
             _ => {
@@ -530,8 +532,11 @@ impl Store {
     }
 
     /// Appends a final chunk (possibly empty), verifies the whole upload against `digest`
-    /// and moves it into the repository's blobs. On a mismatch nothing becomes visible and
-    /// the session stays as it is.
+    /// and moves it into the repository's blobs. Under the running algorithm the hash is
+    /// checked before the commit: on a mismatch nothing becomes visible and the session stays
+    /// as it is. Under another one, a sealed upload is readable only once committed, so it
+    /// is hashed then, and a mismatch ends the session. A session another instance took over
+    /// meanwhile (`is_lost`) is `UploadUnknown`, and nothing is placed.
     pub fn upload_finish(
         &self,
         repo: &RepoName,

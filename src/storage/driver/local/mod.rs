@@ -1093,6 +1093,9 @@ impl UploadWriter for LocalWriter {
 
     fn commit(mut self: Box<Self>) -> Result<Version, DriverError> {
         self.flush()?;
+        // Written: the drop's flush must not write the staged tail again, which would change
+        // the version returned.
+        self.direct = None;
         // The note was the session's; the finished object is only its bytes.
         if self.noted {
             xattr::remove_note(&self.file).map_err(|e| io_err("remove note", &self.path, e))?;

@@ -605,6 +605,9 @@ impl UploadWriter for UringUpload {
 
     fn commit(mut self: Box<Self>) -> Result<Version, DriverError> {
         self.flush()?;
+        // Written: the drop's flush must not write it again, which would change the version
+        // returned.
+        self.tail.clear();
         // The note was the session's; the finished object is only its bytes.
         if self.noted {
             super::xattr::remove_note(&self.file).map_err(|e| self.err("remove note", e))?;

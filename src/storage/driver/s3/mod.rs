@@ -19,7 +19,9 @@
 //! - `copy` (and `link`, no hard links): a HEAD for the size, then server-side CopyObject up
 //!   to `multipartcopythresholdsize`, above it a multipart copy (`multipart`), the new object
 //!   without metadata either way, so a copy of a placeholder's holder over a placeholder
-//!   promotes it (it names no holder any more). `touch`: CopyObject onto
+//!   promotes it (it names no holder any more). `copy_version` (a committed upload): the
+//!   same, conditional on the ETag (`x-amz-copy-source-if-match`): that version or nothing.
+//!   `touch`: CopyObject onto
 //!   itself with the metadata directive REPLACE (keeping the object's metadata), stamping the
 //!   time in `x-amz-meta-berth-touched` as well, since S3 keeps LastModified in whole seconds
 //!   and a touch must make an object newer than a write in the same second.
@@ -1042,7 +1044,7 @@ impl Driver for S3Driver {
             .inner
             .head(&self.inner.key(from))?
             .ok_or_else(|| not_found(from.as_str()))?;
-        self.copy_head(from, &head, to)
+        self.copy_head(from, &head, to, false)
     }
 
     /// A HEAD, then the copy conditional on `version` (`copy_head`): a session's next writer
@@ -1056,7 +1058,7 @@ impl Driver for S3Driver {
         let head = self.inner.head(&self.inner.key(from))?;
         match head {
             Some(head) if head.etag.trim_matches('"') == version.to_string().trim_matches('"') => {
-                match self.copy_head(from, &head, to) {
+                match self.copy_head(from, &head, to, true) {
                     // The condition failed: replaced between the HEAD and the copy.
                     Err(DriverError::NotFound { .. }) | Err(DriverError::Io { .. })
                         if self
@@ -1076,22 +1078,24 @@ impl Driver for S3Driver {
 }
 
 impl S3Driver {
-    /// `copy` of `from` at `etag` (a HEAD gave `head`): every CopyObject or UploadPartCopy
-    /// conditional on it (`x-amz-copy-source-if-match`), so no other version is ever copied.
+    /// `copy` of `from`, which a HEAD found as `head`. A multipart copy's parts are each
+    /// conditional on its ETag (they must be of one version); with `exact`, so is CopyObject
+    /// (`x-amz-copy-source-if-match`), so no other version is ever copied.
     fn copy_head(
         &self,
         from: &StoragePath,
         head: &Head,
         to: &StoragePath,
+        exact: bool,
     ) -> Result<(), DriverError> {
         let to_key = self.inner.key(to);
         if head.size > self.inner.multipart_copy.threshold {
             return self.inner.copy_in_parts(&head.key, &to_key, head);
         }
-        let headers = [
-            ("x-amz-metadata-directive", "REPLACE"),
-            ("x-amz-copy-source-if-match", head.etag.as_str()),
-        ];
+        let mut headers = vec![("x-amz-metadata-directive", "REPLACE")];
+        if exact {
+            headers.push(("x-amz-copy-source-if-match", head.etag.as_str()));
+        }
         self.inner
             .copy_object("copy", &head.key, &to_key, &headers)
             .map_err(|e| match e {

@@ -1134,3 +1134,28 @@ fn review_overwritten_part_on_moto() {
 fn review_overwritten_part_on_s3s_fs() {
     review_overwritten_part(&service("S3S"));
 }
+
+/// Review finding 6: a committed upload not yet placed (its writer is copying it to the blob
+/// key, or was killed before) is no session another instance can continue, but a status
+/// request must not delete it: reads never remove, the idle collector does.
+#[test]
+fn a_status_request_leaves_a_committed_upload_alone() {
+    use crate::storage::{BodyLength, Store, StoreError};
+    let moto = service("MOTO");
+    let (da, bucket) = fresh(&moto, "placing");
+    let db = S3Driver::new(config(&moto, &bucket, "placing")).unwrap();
+    let a = Store::new(Arc::new(da.clone()), None);
+    let b = Store::new(Arc::new(db), None);
+    let repo: crate::oci::RepoName = "placing".parse().unwrap();
+    let id = a.upload_start(&repo).unwrap();
+    a.upload_append(&repo, id, Some(0), &mut &b"bytes"[..], BodyLength::Exact(5))
+        .unwrap();
+    let p = path(&format!("placing/.uploads/{id}"));
+    da.writer(&p).unwrap().commit().unwrap();
+    let status = b.upload_size(&repo, id);
+    assert!(
+        matches!(status, Err(StoreError::UploadUnknown(_))),
+        "{status:?}"
+    );
+    assert_eq!(da.get(&p).unwrap(), b"bytes", "still there to be placed");
+}

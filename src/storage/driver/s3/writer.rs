@@ -21,12 +21,13 @@
 //! with `If-Match` the ETag this writer read or wrote (`If-None-Match: *` for a new session),
 //! so of two writers racing on one session the second's save fails rather than overwriting
 //! the first's state, and a part one of them overwrote under the other's number fails the
-//! other's completion (ETag mismatch) instead of completing wrong bytes. `commit` HEADs the
-//! note (still this writer's?) and completes the upload with `If-Match` its ETag (or, with no
-//! part, PUTs the tail so): the completed object replaces the note in one step, so a kill
-//! leaves either the session or the object, and no key is ever both an object and a prefix
-//! (a file and a directory to s3s-fs). The store then copies the verified object to its blob
-//! key. A writer dropped unflushed leaves the session as its last note says. A multipart
+//! other's completion (S3 and moto: `InvalidPart`; elsewhere the ETag check below) instead
+//! of completing wrong bytes. `commit` HEADs the note (still this writer's?) and completes
+//! the upload with `If-Match` its ETag (or, with no part, PUTs the tail so): the completed
+//! object replaces the note in one step, so a kill leaves either the session or the object,
+//! and no key is ever both an object and a prefix (a file and a directory to s3s-fs). It
+//! returns the object's ETag, and the store copies that version only to the blob key
+//! (`copy_version`: `x-amz-copy-source-if-match`), whatever replaced it since. A writer dropped unflushed leaves the session as its last note says. A multipart
 //! upload nothing completes is aborted by `delete` of its session or by
 //! `Driver::abort_stale_uploads`.
 //!
