@@ -27,9 +27,9 @@
 //! object replaces the note in one step, so a kill leaves either the session or the object,
 //! and no key is ever both an object and a prefix (a file and a directory to s3s-fs). It
 //! returns the object's ETag, and the store copies that version only to the blob key
-//! (`copy_version`: `x-amz-copy-source-if-match`), whatever replaced it since. A writer dropped unflushed leaves the session as its last note says. A multipart
-//! upload nothing completes is aborted by `delete` of its session or by
-//! `Driver::abort_stale_uploads`.
+//! (`copy_version`: `x-amz-copy-source-if-match`), whatever replaced it since. A writer
+//! dropped unflushed leaves the session as its last note says. A multipart upload nothing
+//! completes is aborted by `delete` of its session or by `Driver::abort_stale_uploads`.
 //!
 //! "Lost": once the session's note is deleted or replaced by another writer (a condition
 //! fails), the writer stores nothing more: its `flush`, `save_note` and `commit` fail with
