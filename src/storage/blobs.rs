@@ -3,7 +3,7 @@
 //! under another algorithm than the running one), and landing a verified upload at its blob
 //! path (`Verified`).
 
-use super::driver::{Driver, DriverError, EntryKind, StoragePath, UploadWriter};
+use super::driver::{Driver, DriverError, EntryKind, StoragePath, UploadWriter, Version};
 use super::uploads::hash_into;
 use super::{Store, StoreError, layout};
 use crate::digest::{Algorithm, Digest, Hasher};
@@ -65,6 +65,9 @@ impl Store {
 pub(super) enum Verified<'a> {
     /// Staged at this path.
     Staged(&'a StoragePath),
+    /// Committed at this path by its writer, as this version (`UploadWriter::commit`): only
+    /// it is placed, whatever another writer of the upload put there since.
+    Committed(&'a StoragePath, Version),
     /// Written at the blob's path, visible once committed.
     Direct(Box<dyn UploadWriter>),
     /// A blob stored at this path, copied straight to the target: only where the driver has
@@ -78,15 +81,19 @@ impl Verified<'_> {
     /// driver has it, else (an object store) a server-side copy, itself atomic, and a delete
     /// of the staged object. A direct write is committed where it is; a stored blob copied.
     pub(super) fn land(self, driver: &dyn Driver, target: &StoragePath) -> Result<(), DriverError> {
-        let staged = match self {
-            Verified::Direct(out) => return out.commit(),
+        let (staged, version) = match self {
+            Verified::Direct(out) => return out.commit().map(drop),
             Verified::Stored(source) => return driver.copy(source, target),
-            Verified::Staged(staged) => staged,
+            Verified::Staged(staged) => (staged, None),
+            Verified::Committed(staged, version) => (staged, Some(version)),
         };
         if driver.capabilities().rename {
             return driver.rename(staged, target);
         }
-        driver.copy(staged, target)?;
+        match &version {
+            Some(version) => driver.copy_version(staged, version, target)?,
+            None => driver.copy(staged, target)?,
+        }
         match driver.delete(staged) {
             Ok(()) | Err(DriverError::NotFound { .. }) => {}
             // The blob is in place; the collector removes the idle upload later.
@@ -100,7 +107,7 @@ impl Verified<'_> {
     /// cannot be cancelled stored nothing visible; a stored blob is not this one's to drop).
     pub(super) fn discard(self, driver: &dyn Driver) {
         let _ = match self {
-            Verified::Staged(staged) => driver.delete(staged),
+            Verified::Staged(staged) | Verified::Committed(staged, _) => driver.delete(staged),
             Verified::Direct(out) => out.cancel(),
             Verified::Stored(_) => Ok(()),
         };

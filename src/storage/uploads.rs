@@ -21,7 +21,7 @@
 //! cancelled for a placeholder), nothing visible otherwise.
 
 use super::blobs::Verified;
-use super::driver::{StoragePath, UploadWriter};
+use super::driver::{DriverError, StoragePath, UploadWriter};
 use super::layout::{self, UploadId};
 use super::{Store, StoreError};
 use crate::digest::{Algorithm, Digest, Hasher};
@@ -147,6 +147,20 @@ fn copy_hashed(
     Ok(total)
 }
 
+/// Whether `e` is a writer's report that its session is not its own any more
+/// (`DriverError::Conflict`: another instance saved the session first, or deleted it).
+fn is_lost(e: &StoreError) -> bool {
+    matches!(e, StoreError::Driver(DriverError::Conflict { .. }))
+}
+
+/// Ends `session` in memory only, after its writer lost it (`is_lost`): what the request sent
+/// is not the session's, so the client hears that its upload is unknown; nothing is removed,
+/// since the session, if any, is the other writer's, and the next request reads it again.
+fn lost(session: &mut Session, id: UploadId) -> StoreError {
+    session.ended = true;
+    StoreError::UploadUnknown(id.to_string())
+}
+
 /// Feeds everything `reader` holds to `hasher`; returns how many bytes that was.
 pub(super) fn hash_into(reader: &mut dyn Read, hasher: &mut Hasher) -> Result<u64, StoreError> {
     let mut buf = vec![0u8; BODY_BUFFER];
@@ -265,10 +279,12 @@ impl Store {
             }
             None if status.size == 0 => (Hasher::new(RUNNING_ALGORITHM), 0),
             _ if sealed => {
-                // Killed between storing a chunk and saving its state: the bytes cannot be
-                // hashed again, so the session ends and the client starts over.
-                tracing::warn!(repository = %repo, upload = %id, size = status.size, "upload session has no saved state for its bytes; ended");
-                self.delete_upload(repo, id)?;
+                // No state for its bytes: a committed upload its writer is placing (or was
+                // killed placing), or a note whose state could not be saved. Either way the
+                // bytes cannot be continued, so the client starts over; nothing is removed
+                // here (a read may come from any instance, mid-commit of another): an upload
+                // left is the idle collector's.
+                tracing::warn!(repository = %repo, upload = %id, size = status.size, "upload session has no saved state for its bytes; unknown");
                 return Ok(None);
             }
             _ => {
@@ -331,7 +347,7 @@ impl Store {
     /// Deletes session `id`'s upload, with its note; it may be gone already.
     fn delete_upload(&self, repo: &RepoName, id: UploadId) -> Result<(), StoreError> {
         match self.driver.delete(&layout::upload(repo, &id)?) {
-            Ok(()) | Err(super::driver::DriverError::NotFound { .. }) => Ok(()),
+            Ok(()) | Err(DriverError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
@@ -461,18 +477,31 @@ impl Store {
             }
             Ok(())
         });
-        if appended.is_err() {
-            session.ended = true;
-            if let Err(e) = self.delete_upload(repo, id) {
-                tracing::warn!(repository = %repo, upload = %id, "cannot remove a failed upload: {e}");
+        match appended {
+            Err(e) if is_lost(&e) => Err(lost(session, id)),
+            Err(e) => {
+                session.ended = true;
+                if let Err(e) = self.delete_upload(repo, id) {
+                    tracing::warn!(repository = %repo, upload = %id, "cannot remove a failed upload: {e}");
+                }
+                Err(e)
             }
+            Ok(()) => Ok(()),
         }
-        appended
     }
 
-    /// The number of bytes an upload holds.
+    /// The number of bytes an upload holds. With `sealed_uploads` that is what its session's
+    /// note says (one HEAD): another instance may have appended since this one last saw it.
     pub fn upload_size(&self, repo: &RepoName, id: UploadId) -> Result<u64, StoreError> {
-        self.with_session(repo, id, |s| Ok(s.size))
+        self.with_session(repo, id, |session| {
+            if !self.driver.capabilities().sealed_uploads {
+                return Ok(session.size);
+            }
+            match self.driver.upload_status(&layout::upload(repo, &id)?)? {
+                Some(status) => Ok(status.size),
+                None => Err(lost(session, id)),
+            }
+        })
     }
 
     /// Appends a chunk. When `start` is given (from Content-Range) it must equal the bytes
@@ -486,6 +515,9 @@ impl Store {
         length: BodyLength,
     ) -> Result<u64, StoreError> {
         self.with_session(repo, id, |session| {
+            // Checked once the session is brought up to date: another instance may have
+            // appended since this one last saw it.
+            let mut out = self.session_writer(repo, id, session)?;
             if let Some(start) = start
                 && start != session.size
             {
@@ -494,15 +526,17 @@ impl Store {
                     got: start,
                 });
             }
-            let mut out = self.session_writer(repo, id, session)?;
             self.append_body(repo, id, session, out.as_mut(), body, length, true)?;
             Ok(session.size)
         })
     }
 
     /// Appends a final chunk (possibly empty), verifies the whole upload against `digest`
-    /// and moves it into the repository's blobs. On a mismatch nothing becomes visible and
-    /// the session stays as it is.
+    /// and moves it into the repository's blobs. Under the running algorithm the hash is
+    /// checked before the commit: on a mismatch nothing becomes visible and the session stays
+    /// as it is. Under another one, a sealed upload is readable only once committed, so it
+    /// is hashed then, and a mismatch ends the session. A session another instance took over
+    /// meanwhile (`is_lost`) is `UploadUnknown`, and nothing is placed.
     pub fn upload_finish(
         &self,
         repo: &RepoName,
@@ -548,7 +582,13 @@ impl Store {
                     actual,
                 });
             }
-            out.commit()?;
+            let version = match out.commit() {
+                Ok(version) => version,
+                Err(e) => {
+                    let e = StoreError::from(e);
+                    return Err(if is_lost(&e) { lost(session, id) } else { e });
+                }
+            };
             if !checked {
                 let actual = self.hash_object(&path, digest.algorithm())?.0.finish();
                 if &actual != digest {
@@ -562,7 +602,11 @@ impl Store {
                 }
             }
             // The upload becomes the blob (or goes, where the store has the bytes already).
-            self.place_blob(repo, digest, session.size, Verified::Staged(&path))?;
+            let placed = Verified::Committed(&path, version);
+            match self.place_blob(repo, digest, session.size, placed) {
+                Err(e) if is_lost(&e) => return Err(lost(session, id)),
+                placed => placed?,
+            }
             session.ended = true;
             Ok(())
         })
@@ -590,8 +634,13 @@ impl Store {
         let result = (|| {
             let mut out = self.driver.writer(&staging)?;
             out.write(bytes.to_vec())?;
-            out.commit()?;
-            self.place_blob(repo, digest, bytes.len() as u64, Verified::Staged(&staging))
+            let version = out.commit()?;
+            self.place_blob(
+                repo,
+                digest,
+                bytes.len() as u64,
+                Verified::Committed(&staging, version),
+            )
         })();
         if result.is_err() {
             let _ = self.driver.delete(&staging);

@@ -42,6 +42,7 @@ pub(crate) fn run(driver: &dyn Driver) {
     noting_uploads(driver);
     writing_direct(driver);
     rename_and_copy(driver);
+    copying_a_committed_version(driver);
     linking(driver);
     delete_trees(driver);
     deleting_empty_directories(driver);
@@ -564,13 +565,19 @@ fn appending_in_place(d: &dyn Driver) {
 /// A writer whose object was deleted, or replaced by another write, while it was open
 /// changes nothing any more: like bytes written to an unlinked file, what it writes has no
 /// name, and giving it one would bring back or overwrite what came later (an upload the
-/// collector ended, a session cancelled).
+/// collector ended, a session cancelled). Its commit says so (`Conflict`) where the driver
+/// can tell, and must with `sealed_uploads`, so that no caller places what it did not write.
 fn appending_after_the_object_went(d: &dyn Driver) {
+    let lost = |committed: Result<Version, DriverError>| match committed {
+        Err(DriverError::Conflict { .. }) => {}
+        Ok(_) if !d.capabilities().sealed_uploads => {}
+        other => panic!("a writer whose upload went committed: {other:?}"),
+    };
     let p = path("u/.uploads/gone");
     let mut w = d.writer(&p).unwrap();
     d.delete(&p).unwrap();
-    w.write(b"late".to_vec()).unwrap();
-    w.commit().unwrap();
+    let _ = w.write(b"late".to_vec());
+    lost(w.commit());
     assert!(
         d.stat(&p).unwrap().is_none(),
         "a deleted upload stays deleted"
@@ -584,10 +591,34 @@ fn appending_after_the_object_went(d: &dyn Driver) {
     } else {
         d.put(&p, b"newer").unwrap();
     }
-    w.write(b"late".to_vec()).unwrap();
-    w.commit().unwrap();
+    let _ = w.write(b"late".to_vec());
+    lost(w.commit());
     assert_eq!(d.get(&p).unwrap(), b"newer", "a later write stays");
     d.delete(&p).unwrap();
+}
+
+/// `copy_version` copies the version an upload's commit returned, and nothing once another
+/// write replaced it (a session's next writer, on an object store, replaces a committed
+/// upload with its note): `Conflict`, the target left as it was.
+fn copying_a_committed_version(d: &dyn Driver) {
+    let (from, to) = (path("v/.uploads/committed"), path("v/blobs/placed"));
+    let mut w = d.writer(&from).unwrap();
+    w.write(b"first".to_vec()).unwrap();
+    let first = w.commit().unwrap();
+    d.copy_version(&from, &first, &to).unwrap();
+    assert_eq!(d.get(&to).unwrap(), b"first");
+    d.delete(&from).unwrap();
+    let mut w = d.writer(&from).unwrap();
+    w.write(b"second".to_vec()).unwrap();
+    w.commit().unwrap();
+    let stale = d.copy_version(&from, &first, &path("v/blobs/other"));
+    assert!(
+        matches!(stale, Err(DriverError::Conflict { .. })),
+        "{stale:?}"
+    );
+    assert!(d.stat(&path("v/blobs/other")).unwrap().is_none());
+    d.delete(&from).unwrap();
+    d.delete(&to).unwrap();
 }
 
 /// Copies always; renames where the driver declares them, and says so where it does not.

@@ -637,11 +637,18 @@ impl UploadWriter for MemoryWriter {
 
     /// `flush`, without the note (it was the session's): memory has nothing more durable to
     /// reach.
-    fn commit(mut self: Box<Self>) -> Result<(), DriverError> {
+    fn commit(mut self: Box<Self>) -> Result<Version, DriverError> {
         if self.note.take().is_some() {
             self.dirty = true;
         }
-        self.flush()
+        self.flush()?;
+        self.published
+            .map(version)
+            .ok_or_else(|| DriverError::Conflict {
+                driver: NAME,
+                path: self.path.clone(),
+                found: "another write".to_string(),
+            })
     }
 
     /// Removes the object if it is still this writer's (another write may have replaced it).

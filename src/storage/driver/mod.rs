@@ -359,8 +359,11 @@ pub struct ObjectReader {
 /// end, never cut back (an object store cannot), so a failed write ends the upload rather than
 /// rolling it back. Once its object is deleted or replaced by another write, nothing it writes
 /// appears at the path (as with bytes written to an unlinked file): it never brings back or
-/// overwrites what came later. Dropped without either, it keeps what `flush` stored, for a
-/// writer opened on the same path later to continue after.
+/// overwrites what came later. Where the driver can tell (with `sealed_uploads` it must: the
+/// session is shared by writers in several processes), its `flush`, `save_note` and `commit`
+/// then fail with `Conflict`, so the caller never answers for bytes that are not the
+/// upload's. Dropped without either, it keeps what `flush` stored, for a writer opened on
+/// the same path later to continue after.
 pub trait UploadWriter: Send {
     /// Bytes written so far.
     fn size(&self) -> u64;
@@ -394,7 +397,8 @@ pub trait UploadWriter: Send {
     /// attribute of the open file). Drivers without `upload_notes` return `Unsupported`.
     fn save_note(&mut self, note: &[u8]) -> Result<(), DriverError>;
     /// `flush`, then makes the object complete at its path and, with `commit` on, durable.
-    fn commit(self: Box<Self>) -> Result<(), DriverError>;
+    /// Returns its version (as `stat` gives it), for `copy_version` to place exactly it.
+    fn commit(self: Box<Self>) -> Result<Version, DriverError>;
     /// Abandons the upload: its object is removed.
     fn cancel(self: Box<Self>) -> Result<(), DriverError>;
 }
@@ -606,6 +610,27 @@ pub trait Driver: Send + Sync {
 
     /// Makes `to` hold the same bytes as `from`, atomically. `NotFound` if `from` is absent.
     fn copy(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError>;
+
+    /// `copy`, only if `from` is at `version` (what `UploadWriter::commit` returned): else
+    /// `Conflict`, and `to` is left as it was. Where writers in other processes may replace
+    /// `from` (`sealed_uploads`: a session's next writer replaces a committed upload with a
+    /// new session), the driver checks and copies in one step (S3: a conditional copy);
+    /// otherwise a `stat` before the copy is enough.
+    fn copy_version(
+        &self,
+        from: &StoragePath,
+        version: &Version,
+        to: &StoragePath,
+    ) -> Result<(), DriverError> {
+        match self.stat(from)? {
+            Some(meta) if !meta.is_dir && &meta.version == version => self.copy(from, to),
+            found => Err(DriverError::Conflict {
+                driver: self.name(),
+                path: from.to_string(),
+                found: found.map_or_else(|| "absent".to_string(), |m| m.version.to_string()),
+            }),
+        }
+    }
 
     /// A URL from which a client can GET the object at `path` itself, valid for `expires`,
     /// where the driver declares `presigned_urls`; without it, `Unsupported`. Makes no

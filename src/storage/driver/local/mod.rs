@@ -1091,8 +1091,11 @@ impl UploadWriter for LocalWriter {
         xattr::set_note(&self.file, note).map_err(|e| note_err(&self.path, e))
     }
 
-    fn commit(mut self: Box<Self>) -> Result<(), DriverError> {
+    fn commit(mut self: Box<Self>) -> Result<Version, DriverError> {
         self.flush()?;
+        // Written: the drop's flush must not write the staged tail again, which would change
+        // the version returned.
+        self.direct = None;
         // The note was the session's; the finished object is only its bytes.
         if self.noted {
             xattr::remove_note(&self.file).map_err(|e| io_err("remove note", &self.path, e))?;
@@ -1102,7 +1105,11 @@ impl UploadWriter for LocalWriter {
                 .sync_all()
                 .map_err(|e| io_err("fsync", &self.path, e))?;
         }
-        Ok(())
+        let meta = self
+            .file
+            .metadata()
+            .map_err(|e| io_err("stat", &self.path, e))?;
+        Ok(version(&meta))
     }
 
     fn cancel(mut self: Box<Self>) -> Result<(), DriverError> {

@@ -35,7 +35,7 @@
 //! no release since 2024 and would add a runtime for what is one submission loop.
 
 use super::io_err;
-use crate::storage::driver::{DriverError, UploadWriter};
+use crate::storage::driver::{DriverError, UploadWriter, Version};
 use crossbeam_channel::{Receiver, Sender};
 use io_uring::{IoUring, opcode, types};
 use std::alloc::Layout;
@@ -603,8 +603,11 @@ impl UploadWriter for UringUpload {
         super::xattr::set_note(&self.file, note).map_err(|e| super::note_err(&self.path, e))
     }
 
-    fn commit(mut self: Box<Self>) -> Result<(), DriverError> {
+    fn commit(mut self: Box<Self>) -> Result<Version, DriverError> {
         self.flush()?;
+        // Written: the drop's flush must not write it again, which would change the version
+        // returned.
+        self.tail.clear();
         // The note was the session's; the finished object is only its bytes.
         if self.noted {
             super::xattr::remove_note(&self.file).map_err(|e| self.err("remove note", e))?;
@@ -614,7 +617,8 @@ impl UploadWriter for UringUpload {
             // (the device cache and the file size).
             self.file.sync_all().map_err(|e| self.err("fsync", e))?;
         }
-        Ok(())
+        let meta = self.file.metadata().map_err(|e| self.err("stat", e))?;
+        Ok(super::version(&meta))
     }
 
     fn cancel(mut self: Box<Self>) -> Result<(), DriverError> {

@@ -448,6 +448,13 @@ impl Client {
         }
     }
 
+    /// Whether the ETags of parts and completions are MD5s, from which a completion's ETag can
+    /// be foretold. With SSE-KMS they are not (AWS: "not an MD5 digest of their object data"),
+    /// and S3 itself then checks each part's ETag on completion.
+    pub(super) fn etags_are_md5(&self) -> bool {
+        !matches!(self.endpoint.wire.encryption, Some(Encryption::Kms(_)))
+    }
+
     /// The headers that go with a request creating an object (PutObject, CopyObject,
     /// CreateMultipartUpload; not the parts, which belong to their upload): encryption,
     /// storage class and canned ACL.

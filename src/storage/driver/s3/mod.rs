@@ -19,7 +19,9 @@
 //! - `copy` (and `link`, no hard links): a HEAD for the size, then server-side CopyObject up
 //!   to `multipartcopythresholdsize`, above it a multipart copy (`multipart`), the new object
 //!   without metadata either way, so a copy of a placeholder's holder over a placeholder
-//!   promotes it (it names no holder any more). `touch`: CopyObject onto
+//!   promotes it (it names no holder any more). `copy_version` (a committed upload): the
+//!   same, conditional on the ETag (`x-amz-copy-source-if-match`): that version or nothing.
+//!   `touch`: CopyObject onto
 //!   itself with the metadata directive REPLACE (keeping the object's metadata), stamping the
 //!   time in `x-amz-meta-berth-touched` as well, since S3 keeps LastModified in whole seconds
 //!   and a touch must make an object newer than a write in the same second.
@@ -304,6 +306,15 @@ fn io_error(op: &'static str, path: &str, source: std::io::Error) -> DriverError
             path,
             source,
         }
+    }
+}
+
+/// `from` is not the version a conditional call was given: it is `found` now.
+fn changed(from: &StoragePath, found: &str) -> DriverError {
+    DriverError::Conflict {
+        driver: NAME,
+        path: from.to_string(),
+        found: found.to_string(),
     }
 }
 
@@ -1036,21 +1047,64 @@ impl Driver for S3Driver {
     /// copy above it (`multipart`): two requests below the threshold, and above it
     /// 3 + size / `multipartcopychunksize`.
     fn copy(&self, from: &StoragePath, to: &StoragePath) -> Result<(), DriverError> {
-        let (from_key, to_key) = (self.inner.key(from), self.inner.key(to));
         let head = self
             .inner
-            .head(&from_key)?
+            .head(&self.inner.key(from))?
             .ok_or_else(|| not_found(from.as_str()))?;
+        self.copy_head(from, &head, to, false)
+    }
+
+    /// A HEAD, then the copy conditional on `version` (`copy_head`): a session's next writer
+    /// may replace a committed upload with its note at any moment, which is never copied.
+    fn copy_version(
+        &self,
+        from: &StoragePath,
+        version: &Version,
+        to: &StoragePath,
+    ) -> Result<(), DriverError> {
+        let head = self.inner.head(&self.inner.key(from))?;
+        match head {
+            Some(head) if head.etag.trim_matches('"') == version.to_string().trim_matches('"') => {
+                match self.copy_head(from, &head, to, true) {
+                    // The condition failed: replaced between the HEAD and the copy.
+                    Err(DriverError::NotFound { .. }) | Err(DriverError::Io { .. })
+                        if self
+                            .inner
+                            .head(&head.key)?
+                            .is_none_or(|now| now.etag != head.etag) =>
+                    {
+                        Err(changed(from, "another version"))
+                    }
+                    copied => copied,
+                }
+            }
+            Some(head) => Err(changed(from, &head.etag)),
+            None => Err(changed(from, "absent")),
+        }
+    }
+}
+
+impl S3Driver {
+    /// `copy` of `from`, which a HEAD found as `head`. A multipart copy's parts are each
+    /// conditional on its ETag (they must be of one version); with `exact`, so is CopyObject
+    /// (`x-amz-copy-source-if-match`), so no other version is ever copied.
+    fn copy_head(
+        &self,
+        from: &StoragePath,
+        head: &Head,
+        to: &StoragePath,
+        exact: bool,
+    ) -> Result<(), DriverError> {
+        let to_key = self.inner.key(to);
         if head.size > self.inner.multipart_copy.threshold {
-            return self.inner.copy_in_parts(&from_key, &to_key, &head);
+            return self.inner.copy_in_parts(&head.key, &to_key, head);
+        }
+        let mut headers = vec![("x-amz-metadata-directive", "REPLACE")];
+        if exact {
+            headers.push(("x-amz-copy-source-if-match", head.etag.as_str()));
         }
         self.inner
-            .copy_object(
-                "copy",
-                &from_key,
-                &to_key,
-                &[("x-amz-metadata-directive", "REPLACE")],
-            )
+            .copy_object("copy", &head.key, &to_key, &headers)
             .map_err(|e| match e {
                 DriverError::NotFound { .. } => not_found(from.as_str()),
                 e => e,

@@ -270,7 +270,8 @@ impl Inner {
     }
 
     /// CompleteMultipartUpload with `headers` (conditions): the object's new ETag, or `None`
-    /// when a condition failed or the upload is gone.
+    /// when a condition failed, the upload is gone, or its parts are not the ETags listed
+    /// (`InvalidPart`: another writer sent a part under one of their numbers).
     pub(super) fn complete_multipart(
         &self,
         op: &'static str,
@@ -302,6 +303,20 @@ impl Inner {
             404 | 412 => {
                 let _ = reply.bytes();
                 Ok(None)
+            }
+            400 => {
+                let body = reply.text().map_err(|e| io_error(op, key, e))?;
+                match client::first(&body, "Code").as_deref() {
+                    Some("InvalidPart" | "NoSuchUpload") => Ok(None),
+                    code => Err(io_error(
+                        op,
+                        key,
+                        std::io::Error::other(format!(
+                            "CompleteMultipartUpload: HTTP 400 {}",
+                            code.unwrap_or_default()
+                        )),
+                    )),
+                }
             }
             _ => Err(io_error(
                 op,

@@ -21,18 +21,24 @@
 //! with `If-Match` the ETag this writer read or wrote (`If-None-Match: *` for a new session),
 //! so of two writers racing on one session the second's save fails rather than overwriting
 //! the first's state, and a part one of them overwrote under the other's number fails the
-//! other's completion (ETag mismatch) instead of completing wrong bytes. `commit` HEADs the
-//! note (still this writer's?) and completes the upload with `If-Match` its ETag (or, with no
-//! part, PUTs the tail so): the completed object replaces the note in one step, so a kill
-//! leaves either the session or the object, and no key is ever both an object and a prefix
-//! (a file and a directory to s3s-fs). The store then copies the verified object to its blob
-//! key. A writer dropped unflushed leaves the session as its last note says. A multipart
-//! upload nothing completes is aborted by `delete` of its session or by
-//! `Driver::abort_stale_uploads`.
+//! other's completion (S3 and moto: `InvalidPart`; elsewhere the ETag check below) instead
+//! of completing wrong bytes. `commit` HEADs the note (still this writer's?) and completes
+//! the upload with `If-Match` its ETag (or, with no part, PUTs the tail so): the completed
+//! object replaces the note in one step, so a kill leaves either the session or the object,
+//! and no key is ever both an object and a prefix (a file and a directory to s3s-fs). It
+//! returns the object's ETag, and the store copies that version only to the blob key
+//! (`copy_version`: `x-amz-copy-source-if-match`), whatever replaced it since. A writer
+//! dropped unflushed leaves the session as its last note says. A multipart upload nothing
+//! completes is aborted by `delete` of its session or by `Driver::abort_stale_uploads`.
 //!
-//! "Gone": once the session's note is deleted or replaced by another writer (a condition
-//! fails), the writer counts bytes but stores none, and `commit` changes nothing, as the
-//! contract asks.
+//! "Lost": once the session's note is deleted or replaced by another writer (a condition
+//! fails), the writer stores nothing more: its `flush`, `save_note` and `commit` fail with
+//! `Conflict`, so the store never answers for bytes that are not the session's nor places
+//! bytes its hash did not see. A completion is checked against the parts this writer named:
+//! its ETag must be the multipart ETag they make (`multipart_etag`), since a part another
+//! writer sent under the same number completes silently on a server that does not check
+//! part ETags (s3s-fs); a completion that does not match is deleted before anything copies it.
+//! Not with SSE-KMS, whose ETags are no MD5s: S3 checks each part's ETag on completion.
 //!
 //! **Direct writer** (`DirectWriter`, `Driver::direct_writer`): an object whose content the
 //! caller verifies before it commits, written at its final key: parts go to a multipart upload
@@ -42,7 +48,7 @@
 use super::client::Body;
 use super::multipart::{Multipart, OpenUpload};
 use super::{DriverError, Inner, MIN_PART, io_error};
-use crate::storage::driver::{StoragePath, UploadStatus, UploadWriter};
+use crate::storage::driver::{StoragePath, UploadStatus, UploadWriter, Version};
 use std::sync::Arc;
 
 /// The metadata header of a session's note that holds its size: an object without it is a
@@ -225,11 +231,17 @@ impl Parts {
     /// object's ETag, or `None` (the upload left for the caller to abort) when a condition
     /// failed.
     fn complete(&mut self, headers: &[(&str, &str)]) -> Result<Option<String>, DriverError> {
+        self.send_rest()?;
+        self.open.complete("complete upload", headers)
+    }
+
+    /// The rest of `buf` as the last part.
+    fn send_rest(&mut self) -> Result<(), DriverError> {
         if !self.buf.is_empty() {
             self.put_part(self.buf.len())?;
             self.buf.clear();
         }
-        self.open.complete("complete upload", headers)
+        Ok(())
     }
 
     /// Aborts the multipart upload in progress, if any.
@@ -252,6 +264,36 @@ fn failed(key: &str) -> DriverError {
     )
 }
 
+/// The session is no longer this writer's: its note was deleted, or replaced by another
+/// writer's (the store answers as for an unknown upload, and removes nothing: the session, if
+/// any, is the other writer's).
+fn lost(key: &str) -> DriverError {
+    DriverError::Conflict {
+        driver: super::NAME,
+        path: key.to_string(),
+        found: "another writer's session, or none".to_string(),
+    }
+}
+
+/// The ETag S3 gives the completion of a multipart upload whose parts have `parts`: the MD5 of
+/// their binary MD5s, then `-` and their count. `None` if one of them is not an MD5 in hex.
+fn multipart_etag(parts: &[String]) -> Option<String> {
+    let mut md5s = Vec::with_capacity(parts.len() * 16);
+    for etag in parts {
+        let bytes = crate::digest::from_hex(etag.trim_matches('"'))?;
+        if bytes.len() != 16 {
+            return None;
+        }
+        md5s.extend_from_slice(&bytes);
+    }
+    let digest = md5::compute(&md5s);
+    Some(format!(
+        "{}-{}",
+        crate::digest::to_hex(&digest.0),
+        parts.len()
+    ))
+}
+
 pub(super) struct S3Writer {
     /// The session's multipart upload (as its note names it, and the parts sent since) and
     /// the bytes past its parts: the tail, then what was written since.
@@ -260,8 +302,11 @@ pub(super) struct S3Writer {
     /// The store's note, saved with the session's state.
     note: Vec<u8>,
     /// The ETag of the session's note as this writer last read or wrote it; `None` once the
-    /// session is gone (its note deleted, or replaced by another writer).
+    /// session is lost (its note deleted, or replaced by another writer).
     etag: Option<String>,
+    /// Whether the note as this writer last read or wrote it names its multipart upload: one
+    /// it does not name is this writer's alone, aborted if the session is lost.
+    upload_noted: bool,
     /// Written since the note was last saved.
     dirty: bool,
     failed: bool,
@@ -310,6 +355,7 @@ impl S3Writer {
 
     fn new(parts: Parts, size: u64, note: Vec<u8>, etag: String) -> S3Writer {
         S3Writer {
+            upload_noted: parts.open.upload.is_some(),
             parts,
             size,
             note,
@@ -327,15 +373,25 @@ impl S3Writer {
         self.parts.key()
     }
 
-    /// The session went: nothing of this writer is stored any more. Its multipart upload is
-    /// left alone: it may be the writer's that replaced the note.
-    fn gone(&mut self) {
+    /// The session is lost: nothing of this writer is stored any more, and every later call
+    /// fails with `lost`. A multipart upload its note named is left alone (the writer that
+    /// replaced the note continues it; a delete aborted it); one only this writer knew of
+    /// is aborted.
+    fn lose(&mut self) -> DriverError {
         self.etag = None;
         self.parts.buf = Vec::new();
-        self.parts.open.upload = None;
+        if self.upload_noted {
+            self.parts.open.upload = None;
+        } else {
+            self.parts.abort();
+        }
+        lost(self.key())
     }
 
     fn check(&self) -> Result<(), DriverError> {
+        if self.etag.is_none() {
+            return Err(lost(self.key()));
+        }
         if self.failed {
             return Err(failed(self.key()));
         }
@@ -348,18 +404,14 @@ impl S3Writer {
         }
         self.size += buf.len() as u64;
         self.dirty = true;
-        if self.etag.is_some() {
-            self.parts.extend(&buf)?;
-        }
+        self.parts.extend(&buf)?;
         Ok(buf)
     }
 
     /// Sends what is left as a part if S3 takes it as one, then saves the note, if anything
     /// changed.
     fn store(&mut self) -> Result<(), DriverError> {
-        let Some(etag) = self.etag.clone() else {
-            return Ok(());
-        };
+        let etag = self.etag.clone().ok_or_else(|| lost(self.key()))?;
         if !std::mem::take(&mut self.dirty) {
             return Ok(());
         }
@@ -386,10 +438,15 @@ impl S3Writer {
             &headers,
         )?;
         match saved {
-            Some(etag) => self.etag = Some(etag),
-            None => self.gone(),
+            Some(etag) => {
+                self.etag = Some(etag);
+                self.upload_noted = state.upload.is_some();
+                Ok(())
+            }
+            // Another writer saved the session first (or it was deleted): what this one holds
+            // is not the session's, and the caller must not answer for it.
+            None => Err(self.lose()),
         }
-        Ok(())
     }
 
     /// Whether the session's note is still the one this writer last read or wrote.
@@ -404,42 +461,43 @@ impl S3Writer {
     }
 
     /// Makes every byte written the object at the key: the upload completed, or the buffer
-    /// PUT when no part went out.
-    fn complete(&mut self) -> Result<(), DriverError> {
-        let Some(etag) = self.etag.clone() else {
-            return Ok(());
-        };
-        match self.inner().head(self.key())? {
-            Some(head) if head.etag == etag => {}
-            // Deleted: the session ended, and its upload goes with it.
-            None => {
-                self.parts.abort();
-                self.gone();
-                return Ok(());
-            }
-            // Replaced by another writer, whose upload this is too.
-            Some(_) => {
-                self.gone();
-                return Ok(());
-            }
+    /// PUT when no part went out; its ETag. `lost` if the session is not this writer's.
+    fn complete(&mut self) -> Result<String, DriverError> {
+        let etag = self.etag.clone().ok_or_else(|| lost(self.key()))?;
+        if !self.still_ours()? {
+            return Err(self.lose());
         }
         let key = self.key().to_string();
         // In place of the note, in one step (see the module's notes).
         let condition = [("if-match", etag.as_str())];
-        let stored = if self.parts.open.upload.is_some() {
-            self.parts.complete(&condition)?
-        } else {
-            self.inner()
-                .put_object("commit upload", &key, &self.parts.buf, &condition)?
-        };
-        if stored.is_none() {
-            return Err(io_error(
-                "commit upload",
-                &key,
-                std::io::Error::other("the multipart upload is gone (another writer ended it)"),
-            ));
+        if self.parts.open.upload.is_none() {
+            let stored =
+                self.inner()
+                    .put_object("commit upload", &key, &self.parts.buf, &condition)?;
+            return stored.ok_or_else(|| self.lose());
         }
-        Ok(())
+        self.parts.send_rest()?;
+        let upload = self.parts.open.upload.as_ref().expect("checked above");
+        let expected = self
+            .inner()
+            .client
+            .etags_are_md5()
+            .then(|| multipart_etag(&upload.parts))
+            .flatten();
+        let Some(completed) = self.parts.open.complete("complete upload", &condition)? else {
+            return Err(self.lose());
+        };
+        if expected.is_some_and(|expected| completed.trim_matches('"') != expected) {
+            // Another writer's part under one of this writer's numbers: the object is not the
+            // bytes written. It goes before anything copies it; the session goes with it.
+            tracing::warn!(
+                key,
+                "a completed upload holds a part another writer sent; removed"
+            );
+            self.inner().delete_key(&key)?;
+            return Err(lost(&key));
+        }
+        Ok(completed)
     }
 }
 
@@ -479,11 +537,11 @@ impl UploadWriter for S3Writer {
         self.flush()
     }
 
-    fn commit(mut self: Box<Self>) -> Result<(), DriverError> {
+    fn commit(mut self: Box<Self>) -> Result<Version, DriverError> {
         self.check()?;
         let result = self.complete();
         self.failed = result.is_err();
-        result
+        result.map(Version::new)
     }
 
     /// Aborts the session's upload and removes its note, while the session is still this
@@ -552,7 +610,7 @@ impl UploadWriter for DirectWriter {
     /// CompleteMultipartUpload, or under one part a PUT of the buffer: whatever was at the
     /// key is replaced in one step (not kept by `If-None-Match`: a blob pushed again must be
     /// as new as the push, for `gcDelay`, which keeping it would take a `touch` for).
-    fn commit(mut self: Box<Self>) -> Result<(), DriverError> {
+    fn commit(mut self: Box<Self>) -> Result<Version, DriverError> {
         self.flush()?;
         let key = self.parts.key().to_string();
         let stored = if self.parts.open.upload.is_some() {
@@ -563,7 +621,7 @@ impl UploadWriter for DirectWriter {
                 .inner
                 .put_object("put", &key, &self.parts.buf, &[])?
         };
-        stored.map(drop).ok_or_else(|| {
+        stored.map(Version::new).ok_or_else(|| {
             io_error(
                 "commit upload",
                 &key,
