@@ -1,11 +1,11 @@
 //! The conformance suites every cache backend runs, one per trait: `dedupe_index` (originals,
 //! their promotion and replacement, duplicates, idempotent records, batch records, concurrent
-//! writers of one digest), `usage_log` (later time wins, pushes and pulls apart, repositories
-//! apart) and `markers`. Each takes a function opening the backend's records of a namespace
+//! writers of one digest, `add`'s answer), `usage_log` (later time wins, pushes and pulls
+//! apart, repositories apart), `markers` and, for shared caches, `leases`. Each takes a function opening the backend's records of a namespace
 //! (all over ONE backend instance, which must start empty), and checks that two namespaces
 //! never see each other's records.
 
-use super::{DedupeIndex, MarkerKey, Markers, Namespace, UsageLog};
+use super::{DedupeIndex, LeaseKey, Leases, MarkerKey, Markers, Namespace, UsageLog};
 use crate::digest::Digest;
 use crate::oci::{RepoName, Tag};
 use crate::storage::driver::StoragePath;
@@ -36,6 +36,8 @@ pub(crate) fn dedupe_index<I: DedupeIndex>(open: impl Fn(&Namespace) -> I) {
     a_new_original_replaces_a_full_one(&c);
     batch_records(&c);
     concurrent_records_of_one_digest(&c);
+    add_answers_the_original_before(&c);
+    one_of_concurrent_adds_is_the_original(&c);
     namespaces_keep_their_own_paths(&c, &open(&ns("storage.subPaths./a")));
 }
 
@@ -152,6 +154,59 @@ fn concurrent_records_of_one_digest(c: &dyn DedupeIndex) {
     assert_eq!(recorded.len(), 200);
 }
 
+fn add_answers_the_original_before(c: &dyn DedupeIndex) {
+    let d = digest(600);
+    assert_eq!(
+        c.add(&d, &path("first")).unwrap(),
+        None,
+        "unknown: now the original"
+    );
+    assert_eq!(c.original(&d).unwrap(), Some(path("first")));
+    assert_eq!(c.add(&d, &path("second")).unwrap(), Some(path("first")));
+    assert_eq!(
+        c.add(&d, &path("second")).unwrap(),
+        Some(path("first")),
+        "idempotent"
+    );
+    assert_eq!(c.paths(&d).unwrap(), paths(&["first", "second"]));
+    // After the original goes, the promoted copy is what `add` answers.
+    c.remove(&d, &path("first")).unwrap();
+    assert_eq!(c.add(&d, &path("third")).unwrap(), Some(path("second")));
+    for p in ["second", "third"] {
+        c.remove(&d, &path(p)).unwrap();
+    }
+    assert_eq!(
+        c.add(&d, &path("fourth")).unwrap(),
+        None,
+        "forgotten: starts over"
+    );
+}
+
+fn one_of_concurrent_adds_is_the_original(c: &dyn DedupeIndex) {
+    for round in 0..20 {
+        let d = digest(700 + round);
+        let told_none = std::thread::scope(|s| {
+            let adds: Vec<_> = (0..4)
+                .map(|t| {
+                    let d = &d;
+                    s.spawn(move || c.add(d, &path(&format!("t{t}"))).unwrap())
+                })
+                .collect();
+            adds.into_iter()
+                .map(|a| a.join().unwrap())
+                .filter(Option::is_none)
+                .count()
+        });
+        assert_eq!(
+            told_none, 1,
+            "round {round}: exactly one adder is the original"
+        );
+        let original = c.original(&d).unwrap().unwrap();
+        assert_eq!(c.paths(&d).unwrap().len(), 4);
+        assert_eq!(c.paths(&d).unwrap()[0], original);
+    }
+}
+
 /// `a` holds the records above; `b`, another namespace of the same backend, starts empty.
 fn namespaces_keep_their_own_paths(a: &dyn DedupeIndex, b: &dyn DedupeIndex) {
     let d = digest(1);
@@ -261,4 +316,67 @@ pub(crate) fn markers<M: Markers>(open: impl Fn(&Namespace) -> M) {
     b.set_marker(pass, "b's").unwrap();
     assert_eq!(c.marker(pass).unwrap().as_deref(), Some("2"));
     assert_eq!(b.marker(pass).unwrap().as_deref(), Some("b's"));
+}
+
+/// Runs every `Leases` check over namespaces that `open` opens in one backend.
+#[expect(dead_code, reason = "run by the shared caches, which come next (issue 14)")]
+pub(crate) fn leases<L: Leases>(open: impl Fn(&Namespace) -> L) {
+    let (gc, scrub) = (LeaseKey::new("gc"), LeaseKey::new("scrub"));
+    let long = Duration::from_secs(60);
+    let c = open(&ns("storage"));
+    assert!(c.acquire(gc, "a", long).unwrap());
+    assert!(!c.acquire(gc, "b", long).unwrap(), "held by a");
+    assert!(c.acquire(gc, "a", long).unwrap(), "the holder renews");
+    assert!(
+        c.acquire(scrub, "b", long).unwrap(),
+        "another lease is free"
+    );
+    c.release(gc, "b").unwrap();
+    assert!(
+        !c.acquire(gc, "b", long).unwrap(),
+        "b cannot release a's hold"
+    );
+    c.release(gc, "a").unwrap();
+    assert!(c.acquire(gc, "b", long).unwrap(), "released");
+    c.release(gc, "b").unwrap();
+    c.release(scrub, "b").unwrap();
+    // A holder that stops renewing loses the lease when its time-to-live passes.
+    let short = Duration::from_millis(300);
+    assert!(c.acquire(gc, "a", short).unwrap());
+    assert!(!c.acquire(gc, "b", long).unwrap());
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(c.acquire(gc, "b", long).unwrap(), "a's hold expired");
+    assert!(!c.acquire(gc, "a", long).unwrap());
+    // A renewal extends the hold past the first time-to-live.
+    assert!(c.acquire(scrub, "a", short).unwrap());
+    std::thread::sleep(Duration::from_millis(150));
+    assert!(c.acquire(scrub, "a", Duration::from_secs(5)).unwrap());
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(!c.acquire(scrub, "b", long).unwrap(), "renewed by a");
+    // Of several instances asking at once, exactly one holds it.
+    let race = LeaseKey::new("race");
+    let winners = std::thread::scope(|s| {
+        let tries: Vec<_> = (0..4)
+            .map(|t| {
+                let c = &c;
+                s.spawn(move || c.acquire(race, &format!("h{t}"), long).unwrap())
+            })
+            .collect();
+        tries
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .filter(|won| *won)
+            .count()
+    });
+    assert_eq!(winners, 1);
+    // Another namespace holds its own leases.
+    let b = open(&ns("storage.subPaths./a"));
+    assert!(
+        b.acquire(gc, "a", long).unwrap(),
+        "gc of another store is free"
+    );
+    assert!(
+        !c.acquire(gc, "a", long).unwrap(),
+        "in the first namespace, b still holds it"
+    );
 }

@@ -417,6 +417,21 @@ impl DedupeIndex for LmdbCache {
         })
     }
 
+    fn add(&self, digest: &Digest, path: &StoragePath) -> Result<Option<StoragePath>, CacheError> {
+        let mut before = None;
+        self.write(|txn| {
+            before = self
+                .dbs
+                .originals
+                .get(txn, &self.original_key(digest))
+                .map_err(err("get"))?
+                .map(parse_path)
+                .transpose()?;
+            self.add(txn, digest, path, Role::Copy)
+        })?;
+        Ok(before)
+    }
+
     fn put_original(&self, digest: &Digest, path: &StoragePath) -> Result<(), CacheError> {
         self.write(|txn| self.add(txn, digest, path, Role::Original))
     }

@@ -2,7 +2,10 @@
 //! - `DedupeIndex`: which paths of a store hold the bytes of a digest, one of them the
 //!   "original" that new copies link to (dedupe);
 //! - `UsageLog`: when tags were pushed and manifests pulled (retention's `keepTags` rules);
-//! - `Markers`: a few named values (the start-up pass's stamps).
+//! - `Markers`: a few named values (the start-up pass's stamps);
+//! - `Leases`: time-limited holds that let one of several instances serving a store sweep it
+//!   at a time (gc, retention, scrub, the start-up pass; DESIGN decision 11). Only shared
+//!   caches have them: an embedded cache means one process per root (`RootLock`).
 //!
 //! Every record belongs to a `Namespace`, one per store: several stores may share one backend
 //! (one LMDB environment, later one Redis database or DynamoDB table) and never see each
@@ -27,7 +30,7 @@ use crate::digest::Digest;
 use crate::oci::{RepoName, Tag};
 use crate::storage::driver::StoragePath;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// Why a cache call failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +89,12 @@ pub trait DedupeIndex: Send + Sync {
     fn put_many(&self, records: &[(Digest, StoragePath)]) -> Result<(), CacheError> {
         records.iter().try_for_each(|(d, p)| self.put(d, p))
     }
+
+    /// `put`, atomically answering the original recorded before it: `None` when the digest
+    /// was unknown, so `path` is now its original. The one call a landing blob makes: one
+    /// round trip on a remote cache for a new blob and for a known one alike (issue 14), and
+    /// of several instances landing one new digest at once exactly one is told `None`.
+    fn add(&self, digest: &Digest, path: &StoragePath) -> Result<Option<StoragePath>, CacheError>;
 
     /// Every path recorded for `digest`, the original first; empty when none.
     fn paths(&self, digest: &Digest) -> Result<Vec<StoragePath>, CacheError>;
@@ -150,6 +159,36 @@ pub trait Markers: Send + Sync {
 
     /// Sets the marker, replacing any value it had.
     fn set_marker(&self, key: MarkerKey, value: &str) -> Result<(), CacheError>;
+}
+
+/// The name of a lease: a constant declared by the code that sweeps, as for `MarkerKey`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LeaseKey(&'static str);
+
+impl LeaseKey {
+    /// The lease called `name`.
+    pub const fn new(name: &'static str) -> LeaseKey {
+        LeaseKey(name)
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &'static str {
+        self.0
+    }
+}
+
+/// Time-limited exclusive holds of one namespace, shared by every instance serving the
+/// store. A holder names itself (a string unique to the process); a hold ends when released
+/// or when its time-to-live passes without a renewal, so a killed holder's lease is taken
+/// over. Blocking, safe to call concurrently.
+pub trait Leases: Send + Sync {
+    /// Takes the lease for `holder` until `ttl` from now when no other holder has it (or
+    /// their hold expired), or extends it when `holder` has it already; false when another
+    /// holder has it.
+    fn acquire(&self, key: LeaseKey, holder: &str, ttl: Duration) -> Result<bool, CacheError>;
+
+    /// Gives the lease up when `holder` has it; changes nothing otherwise.
+    fn release(&self, key: LeaseKey, holder: &str) -> Result<(), CacheError>;
 }
 
 /// What a deduplicating store keeps in caches: its index and the pass's marker.
