@@ -54,7 +54,8 @@ impl Store {
     ) -> Result<(Hasher, u64), StoreError> {
         let mut reader = self.driver.reader(path, 0)?.reader;
         let mut hasher = Hasher::new(algorithm);
-        let size = hash_into(&mut reader, &mut hasher)?;
+        let size = hash_into(&mut reader, &mut hasher)
+            .map_err(|e| DriverError::from_read_error(self.driver.name(), path, e))?;
         Ok((hasher, size))
     }
 }

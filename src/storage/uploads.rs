@@ -120,13 +120,13 @@ fn copy_hashed(
         let filled = if let Some(spare) = out.spare()? {
             // Read straight into the writer's buffer: no copy between socket and disk.
             let want = want.min(spare.len());
-            let filled = fill(body, &mut spare[..want])?;
+            let filled = fill(body, &mut spare[..want]).map_err(body_error)?;
             hasher.update(&spare[..filled]);
             out.commit_spare(filled)?;
             filled
         } else {
             buf.resize(want, 0);
-            let filled = fill(body, &mut buf[..want])?;
+            let filled = fill(body, &mut buf[..want]).map_err(body_error)?;
             hasher.update(&buf[..filled]);
             if filled > 0 {
                 buf.truncate(filled);
@@ -161,8 +161,10 @@ fn lost(session: &mut Session, id: UploadId) -> StoreError {
     StoreError::UploadUnknown(id.to_string())
 }
 
-/// Feeds everything `reader` holds to `hasher`; returns how many bytes that was.
-pub(super) fn hash_into(reader: &mut dyn Read, hasher: &mut Hasher) -> Result<u64, StoreError> {
+/// Feeds everything `reader` holds to `hasher`; returns how many bytes that was. Read errors
+/// are the caller's to classify: a request body's are the client's (`body_error`), a stored
+/// object's the driver's (`DriverError::from_read_error`).
+pub(super) fn hash_into(reader: &mut dyn Read, hasher: &mut Hasher) -> std::io::Result<u64> {
     let mut buf = vec![0u8; BODY_BUFFER];
     let mut size = 0u64;
     loop {
@@ -175,18 +177,23 @@ pub(super) fn hash_into(reader: &mut dyn Read, hasher: &mut Hasher) -> Result<u6
     }
 }
 
-/// Reads until `buf` is full or the body ends, so writes go out in large pieces.
-fn fill(body: &mut dyn Read, buf: &mut [u8]) -> Result<usize, StoreError> {
+/// Reads until `buf` is full or the reader ends, so writes go out in large pieces.
+fn fill(reader: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
-        match body.read(&mut buf[filled..]) {
+        match reader.read(&mut buf[filled..]) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => return Err(StoreError::BodyInvalid(format!("reading failed: {e}"))),
+            Err(e) => return Err(e),
         }
     }
     Ok(filled)
+}
+
+/// A request body that could not be read: the client's fault (cut short, badly framed).
+fn body_error(e: std::io::Error) -> StoreError {
+    StoreError::BodyInvalid(format!("reading failed: {e}"))
 }
 
 impl Store {
@@ -270,7 +277,8 @@ impl Store {
                 // (killed mid-append): the client may resume after them, so they count.
                 let reread = if saved < status.size {
                     let mut tail = self.driver.reader(&path, saved)?.reader;
-                    hash_into(&mut tail, &mut hasher)?
+                    hash_into(&mut tail, &mut hasher)
+                        .map_err(|e| DriverError::from_read_error(self.driver.name(), &path, e))?
                 } else {
                     0
                 };
