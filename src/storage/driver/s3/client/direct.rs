@@ -401,6 +401,13 @@ fn response(
             "both Content-Length and Transfer-Encoding",
         )));
     }
+    // HTTP/1.0 has no transfer codings: such a message's framing "is faulty" (RFC 9112 6.1),
+    // as a 1.0 peer would read the body to the close.
+    if chunked && answer.version != Some(1) {
+        return Err(ureq::Error::Io(invalid(
+            "Transfer-Encoding in an HTTP/1.0 answer",
+        )));
+    }
     let framing = if status == 204 || status == 304 {
         Framing::Length(0)
     } else if chunked {
@@ -656,6 +663,16 @@ mod tests {
     fn a_length_with_chunked_is_refused() {
         let got = get_answered(
             b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        );
+        assert!(got.is_err(), "{got:?}");
+    }
+
+    /// Transfer-Encoding in an HTTP/1.0 answer (RFC 9112 6.1: the framing is faulty): an
+    /// HTTP/1.0 peer reads its body to the close, chunk lines included.
+    #[test]
+    fn chunked_in_http_1_0_is_refused() {
+        let got = get_answered(
+            b"HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
         );
         assert!(got.is_err(), "{got:?}");
     }
