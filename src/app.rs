@@ -3,8 +3,12 @@
 
 use crate::cache::lmdb::{Lmdb, LmdbCache, LmdbOptions};
 use crate::cache::{CacheError, DedupeCache, Namespace};
-use crate::config::{CacheBackend, Config, StorageBackend, StoreConfig, UploadWriter};
+use crate::config::{
+    CacheBackend, Config, MetricsConfig, StorageBackend, StoreConfig, UploadWriter,
+};
+use crate::http::Service;
 use crate::http::server::{BindError, Server};
+use crate::metrics::Metrics;
 use crate::root_lock::{LockError, RootLock};
 use crate::storage::driver::local::{LocalDriver, WriterChoice};
 use crate::storage::driver::s3::{MultipartCopy, S3Config, S3Driver};
@@ -69,6 +73,8 @@ pub struct App {
     pub server: Server,
     /// The stores it serves.
     pub registry: Arc<Registry>,
+    /// `extensions.metrics`.
+    metrics: MetricsConfig,
     /// This process's hold on the stores' roots, for as long as it serves.
     _locks: Vec<RootLock>,
 }
@@ -166,13 +172,21 @@ impl App {
         Ok(App {
             server,
             registry,
+            metrics: config.extensions.metrics.clone(),
             _locks: locks,
         })
     }
 
     /// Serves until the process ends; fails only when the request workers cannot start.
     pub fn run(self) -> std::io::Result<()> {
-        self.server.run(self.registry)
+        let metrics = self
+            .metrics
+            .enable
+            .then(|| (Metrics::default(), self.metrics.path));
+        self.server.run(Arc::new(Service {
+            registry: self.registry,
+            metrics,
+        }))
     }
 }
 

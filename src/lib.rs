@@ -14,6 +14,8 @@
 //! - `cache`: the caches a store keeps, by concern (`DedupeIndex`: digest → paths;
 //!   `UsageLog`: push and pull times; `Markers`), namespaced per store, with the embedded LMDB
 //!   implementation and `Outage`, how a store degrades when a cache is unavailable.
+//! - `metrics`: request, repository and cache counters in the Prometheus text format
+//!   (`extensions.metrics`), with zot's metric names.
 //! - `background`: the one bounded rayon pool for background fan-out.
 //! - `app`: wires a config into stores, caches and a running registry.
 //! - `root_lock`: one berth process per storage root.
@@ -26,6 +28,7 @@ pub mod cache;
 pub mod config;
 pub mod digest;
 mod http;
+mod metrics;
 pub mod oci;
 mod root_lock;
 pub mod storage;

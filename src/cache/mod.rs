@@ -24,7 +24,7 @@ mod outage;
 #[cfg(test)]
 pub(crate) mod conformance;
 
-pub use outage::{Access, Outage};
+pub use outage::{Access, CacheHealth, Outage};
 
 use crate::digest::Digest;
 use crate::oci::{RepoName, Tag};

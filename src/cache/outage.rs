@@ -11,7 +11,8 @@
 use super::CacheError;
 use std::sync::Mutex;
 use std::sync::PoisonError;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 /// Whether a call reads or writes the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +28,19 @@ pub enum Access {
 pub struct Outage {
     concern: &'static str,
     since: Mutex<Option<Instant>>,
+    /// Outages begun since the process started.
+    begun: AtomicU64,
+}
+
+/// What health and metrics show of an `Outage`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheHealth {
+    /// The concern (`dedupe`, `usage`).
+    pub concern: &'static str,
+    /// How long the current outage has lasted; `None` while the cache answers.
+    pub down_for: Option<Duration>,
+    /// Outages begun since the process started.
+    pub outages: u64,
 }
 
 impl Outage {
@@ -35,6 +49,17 @@ impl Outage {
         Outage {
             concern,
             since: Mutex::new(None),
+            begun: AtomicU64::new(0),
+        }
+    }
+
+    /// The state now.
+    pub fn health(&self) -> CacheHealth {
+        let since = *self.since.lock().unwrap_or_else(PoisonError::into_inner);
+        CacheHealth {
+            concern: self.concern,
+            down_for: since.map(|s| s.elapsed()),
+            outages: self.begun.load(Ordering::Relaxed),
         }
     }
 
@@ -63,6 +88,7 @@ impl Outage {
                 let mut since = self.since.lock().unwrap_or_else(PoisonError::into_inner);
                 if since.is_none() {
                     *since = Some(Instant::now());
+                    self.begun.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(
                         "{concern}: the cache is unavailable, going on without it until it works again: cannot {what}: {e}"
                     );

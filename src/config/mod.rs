@@ -54,6 +54,31 @@ pub struct Config {
 pub struct Extensions {
     /// Background scrub.
     pub scrub: gc::ScrubConfig,
+    /// The Prometheus page.
+    pub metrics: MetricsConfig,
+}
+
+/// `extensions.metrics`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MetricsConfig {
+    /// Whether requests are counted and the page served.
+    pub enable: bool,
+    /// `prometheus.path`: where the page is served.
+    #[serde(rename = "prometheus", serialize_with = "serialize_prometheus_path")]
+    pub path: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> MetricsConfig {
+        MetricsConfig {
+            enable: false,
+            path: "/metrics".into(),
+        }
+    }
+}
+
+fn serialize_prometheus_path<S: serde::Serializer>(path: &str, s: S) -> Result<S::Ok, S::Error> {
+    serde_json::json!({ "path": path }).serialize(s)
 }
 
 /// Storage: the default store and the stores routed by repository prefix.
@@ -636,20 +661,40 @@ fn resolve_extensions(
     for (name, value) in extensions_raw.iter().flatten() {
         match name.as_str() {
             "scrub" => {
-                let raw: raw::RawScrub = serde_path_to_error::deserialize(value).map_err(|e| {
-                    match e.path().to_string() {
-                        path if path == "." => {
-                            suggest_key(format!("extensions.scrub: {}", e.inner()))
-                        }
-                        path => suggest_key(format!("extensions.scrub.{path}: {}", e.inner())),
-                    }
-                })?;
+                let raw: raw::RawScrub = extension(name, value)?;
                 extensions.scrub = gc::resolve_scrub(&raw)?;
+            }
+            "metrics" => {
+                let raw: raw::RawMetrics = extension(name, value)?;
+                let path = raw
+                    .prometheus
+                    .and_then(|p| p.path)
+                    .unwrap_or_else(|| MetricsConfig::default().path);
+                if !path.starts_with('/') || path.starts_with("/v2/") || path == "/v2" {
+                    return Err(format!(
+                        "extensions.metrics.prometheus.path: {path:?} must start with / and not be under /v2"
+                    ));
+                }
+                extensions.metrics = MetricsConfig {
+                    enable: raw.enable.unwrap_or(true),
+                    path,
+                };
             }
             other => return Err(not_built(&format!("extensions.{other}"), "this extension")),
         }
     }
     Ok(extensions)
+}
+
+/// An extension's section, read strictly: a problem names the key under `extensions.NAME`.
+fn extension<T: serde::de::DeserializeOwned>(
+    name: &str,
+    value: &serde_json::Value,
+) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| match e.path().to_string() {
+        path if path == "." => suggest_key(format!("extensions.{name}: {}", e.inner())),
+        path => suggest_key(format!("extensions.{name}.{path}: {}", e.inner())),
+    })
 }
 
 /// The resolved config as pretty JSON, for `berth verify`.
@@ -864,6 +909,36 @@ mod tests {
                 .unwrap();
         assert!(c.extensions.scrub.enabled);
         assert_eq!(c.extensions.scrub.interval, Duration::from_secs(3 * 3600));
+    }
+
+    #[test]
+    fn metrics_are_on_when_their_section_is_present_at_zots_default_path() {
+        let root = r#""storage":{"rootDirectory":"/x"}"#;
+        let c = parse(&format!("{{{root}}}")).unwrap();
+        assert!(!c.extensions.metrics.enable);
+        let c = parse(&format!(r#"{{{root},"extensions":{{"metrics":{{}}}}}}"#)).unwrap();
+        assert!(c.extensions.metrics.enable);
+        assert_eq!(c.extensions.metrics.path, "/metrics");
+        let c = parse(&format!(
+            r#"{{{root},"extensions":{{"metrics":{{"enable":false,"prometheus":{{"path":"/m"}}}}}}}}"#
+        ))
+        .unwrap();
+        assert!(!c.extensions.metrics.enable);
+        assert_eq!(c.extensions.metrics.path, "/m");
+        for (bad, key) in [
+            (r#"{"enable":"yes"}"#, "extensions.metrics.enable"),
+            (
+                r#"{"prometheus":{"paht":"/m"}}"#,
+                "extensions.metrics.prometheus.paht",
+            ),
+            (
+                r#"{"prometheus":{"path":"/v2/m"}}"#,
+                "extensions.metrics.prometheus.path",
+            ),
+        ] {
+            let e = parse(&format!(r#"{{{root},"extensions":{{"metrics":{bad}}}}}"#)).unwrap_err();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

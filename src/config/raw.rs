@@ -135,6 +135,24 @@ pub struct RawScrub {
     pub interval: Option<String>,
 }
 
+/// `extensions.metrics`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    /// On when the section is present, unless false (zot's default).
+    pub enable: Option<bool>,
+    /// Where the page is served.
+    pub prometheus: Option<RawPrometheus>,
+}
+
+/// `extensions.metrics.prometheus`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPrometheus {
+    /// The page's path, `/metrics` by default.
+    pub path: Option<String>,
+}
+
 /// zot's `http.port` is a string in its examples and a number in some configs.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]

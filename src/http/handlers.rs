@@ -1,10 +1,11 @@
 //! Handlers: one function per endpoint, each taking the parsed route and the request and
 //! returning a `Reply` or an `ApiError`. `handle` is the whole request-to-reply function.
 
+use super::Service;
 use super::error::{ApiError, ErrorKind};
 use super::request::HttpRequest;
 use super::response::{Body, Reply};
-use super::route::{Method, Page, Route, UploadStart, percent_encode};
+use super::route::{Method, Page, Probe, Route, UploadStart, percent_encode};
 use crate::digest::Digest;
 use crate::oci::{Reference, RepoName, Tag, media_type};
 use crate::storage::layout::UploadId;
@@ -17,8 +18,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// Answers one request. A panic in a handler is caught and answered with a 500 (the store's
 /// data is only ever replaced atomically, so an unwound handler leaves nothing half-written).
-pub(crate) fn handle(registry: &Registry, req: &mut dyn HttpRequest) -> Reply {
-    match catch_unwind(AssertUnwindSafe(|| dispatch(registry, req))) {
+pub(crate) fn handle(service: &Service, req: &mut dyn HttpRequest) -> Reply {
+    match catch_unwind(AssertUnwindSafe(|| dispatch(service, req))) {
         Ok(Ok(reply)) => reply,
         Ok(Err(e)) => {
             if let Some(cause) = &e.cause {
@@ -38,12 +39,28 @@ pub(crate) fn handle(registry: &Registry, req: &mut dyn HttpRequest) -> Reply {
     }
 }
 
-fn dispatch(registry: &Registry, req: &mut dyn HttpRequest) -> Result<Reply, ApiError> {
+fn dispatch(service: &Service, req: &mut dyn HttpRequest) -> Result<Reply, ApiError> {
+    let registry = &*service.registry;
     let method = req.method();
     let head = method == Method::Head;
+    if let Some((metrics, path)) = &service.metrics
+        && req.url().split('?').next() == Some(path.as_str())
+    {
+        return match method {
+            Method::Get => Ok(Reply::new(200).bytes(
+                "text/plain; version=0.0.4; charset=utf-8",
+                metrics.render(registry).into_bytes(),
+            )),
+            _ => Err(ApiError::new(
+                ErrorKind::MethodNotAllowed,
+                format!("{path} answers GET only"),
+            )),
+        };
+    }
     let route = Route::parse(method, req.url())?;
     let Some(repo) = route.repo() else {
         return match (route, method) {
+            (Route::Health(probe), Method::Get | Method::Head) => Ok(health(registry, probe)),
             (Route::Base, Method::Get | Method::Head) => Ok(Reply::new(200).json(b"{}".to_vec())),
             (Route::Catalog(page), Method::Get) => catalog(registry, &page),
             (Route::Scrub, Method::Get) => Ok(scrub_report(registry)),
@@ -55,10 +72,18 @@ fn dispatch(registry: &Registry, req: &mut dyn HttpRequest) -> Result<Reply, Api
     match (route, method) {
         (Route::Tags(repo, page), Method::Get) => tags(reads, &repo, &page),
         (Route::Manifest(repo, reference, _), Method::Get | Method::Head) => {
-            manifest_get(reads, req, &repo, &reference, head)
+            let reply = manifest_get(reads, req, &repo, &reference, head)?;
+            if let (Some(metrics), false, 200) = (service.metrics(), head, reply.status) {
+                metrics.download(repo.as_str());
+            }
+            Ok(reply)
         }
         (Route::Manifest(repo, reference, tags), Method::Put) => {
-            manifest_put(store, req, &repo, &reference, &tags)
+            let reply = manifest_put(store, req, &repo, &reference, &tags)?;
+            if let Some(metrics) = service.metrics() {
+                metrics.upload(repo.as_str());
+            }
+            Ok(reply)
         }
         (Route::Manifest(repo, reference, _), Method::Delete) => {
             store.manifest_delete(&repo, &reference)?;
@@ -155,6 +180,27 @@ fn catalog(registry: &Registry, page: &Page) -> Result<Reply, ApiError> {
         reply = reply.header("Link", next_link("/v2/_catalog", &repos, page.n));
     }
     Ok(reply.json(serde_json::to_vec(&json!({ "repositories": repos })).expect("json")))
+}
+
+/// A health probe's answer: `ok`, and for readiness a line per store whose cache is out
+/// (it serves on, storing without dedupe, so it stays ready).
+fn health(registry: &Registry, probe: Probe) -> Reply {
+    let mut body = String::from("ok\n");
+    if probe == Probe::Ready {
+        for (route, store) in registry.stores_by_route() {
+            for cache in store.cache_health() {
+                if let Some(down) = cache.down_for {
+                    body.push_str(&format!(
+                        "degraded: store /{}: {} cache unavailable for {} s; storing without it\n",
+                        route.join("/"),
+                        cache.concern,
+                        down.as_secs()
+                    ));
+                }
+            }
+        }
+    }
+    Reply::new(200).bytes("text/plain; charset=utf-8", body.into_bytes())
 }
 
 /// The last scrub of every store, or where it stands (`storage::scrub::summary`).

@@ -69,9 +69,22 @@ pub(crate) enum UploadStart {
     },
 }
 
-/// Every endpoint of the distribution API.
+/// The health endpoints, with zot's meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// `/livez`: the process answers.
+    Live,
+    /// `/readyz`: it serves; the body says what is degraded.
+    Ready,
+    /// `/startupz`: its stores are open (always, once it answers: they open before it listens).
+    Started,
+}
+
+/// Every endpoint of the distribution API, and berth's own beside it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Route {
+    /// `/livez`, `/readyz`, `/startupz`.
+    Health(Probe),
     /// `/v2/`
     Base,
     /// `/v2/_catalog`
@@ -96,7 +109,7 @@ impl Route {
     /// The repository the route addresses, if any.
     pub(crate) fn repo(&self) -> Option<&RepoName> {
         match self {
-            Route::Base | Route::Catalog(_) | Route::Scrub => None,
+            Route::Health(_) | Route::Base | Route::Catalog(_) | Route::Scrub => None,
             Route::Tags(repo, _)
             | Route::Manifest(repo, ..)
             | Route::Blob(repo, _)
@@ -203,6 +216,15 @@ impl Route {
     /// deleting one asks for a manifest that cannot exist (404, as the conformance suite expects).
     pub(crate) fn parse(method: Method, url: &str) -> Result<Route, ApiError> {
         let (path, query) = url.split_once('?').unwrap_or((url, ""));
+        let probe = match path {
+            "/livez" => Some(Probe::Live),
+            "/readyz" => Some(Probe::Ready),
+            "/startupz" => Some(Probe::Started),
+            _ => None,
+        };
+        if let Some(probe) = probe {
+            return Ok(Route::Health(probe));
+        }
         let query = Query::parse(query)?;
         let rest = path
             .strip_prefix("/v2/")

@@ -10,10 +10,11 @@
 //! of them only serve requests without one (`BodyGate`), so slow uploads cannot stall pings,
 //! pulls and manifest reads.
 
+use super::Service;
 use super::handlers;
 use super::response::{Body, Reply};
+use super::route::Method;
 use crate::config::HttpConfig;
-use crate::storage::Registry;
 use std::collections::VecDeque;
 use std::io::{self, Cursor, Read};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -114,21 +115,21 @@ impl Server {
     /// The workers start before tiny_http's accept thread: that thread spawns one more per
     /// connection, and under a thread limit (RLIMIT_NPROC) a burst of early connections
     /// would otherwise spend the budget the workers need and stop berth at start.
-    pub fn run(self, registry: Arc<Registry>) -> io::Result<()> {
+    pub(crate) fn run(self, service: Arc<Service>) -> io::Result<()> {
         let gate = Arc::new(BodyGate::new(self.workers - self.reserved_workers));
         let (hand_over, handed) =
             crossbeam_channel::bounded::<Arc<tiny_http::Server>>(self.workers);
         let threads = (0..self.workers)
             .map(|i| {
                 let handed = handed.clone();
-                let registry = Arc::clone(&registry);
+                let service = Arc::clone(&service);
                 let gate = Arc::clone(&gate);
                 std::thread::Builder::new()
                     .name(format!("berth-http-{i}"))
                     .spawn(move || {
                         // Dropped unsent only when starting failed, and then this ends.
                         if let Ok(http) = handed.recv() {
-                            worker(&http, &registry, &gate);
+                            worker(&http, &service, &gate);
                         }
                     })
             })
@@ -217,7 +218,7 @@ impl BodyGate {
     }
 }
 
-fn worker(http: &tiny_http::Server, registry: &Registry, gate: &BodyGate) {
+fn worker(http: &tiny_http::Server, service: &Service, gate: &BodyGate) {
     loop {
         let request = match http.recv() {
             Ok(r) => r,
@@ -227,7 +228,7 @@ fn worker(http: &tiny_http::Server, registry: &Registry, gate: &BodyGate) {
             }
         };
         if !request.body_streams() {
-            serve(registry, request);
+            serve(service, request);
             continue;
         }
         let mut next = gate.admit(request);
@@ -235,7 +236,7 @@ fn worker(http: &tiny_http::Server, registry: &Registry, gate: &BodyGate) {
             // The place in the gate passes on or is freed whatever serving did: a place lost
             // to a panic would never come back, and with all of them lost uploads would
             // queue for good.
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(registry, request)))
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(service, request)))
                 .is_err()
             {
                 tracing::error!("serving a request with a body panicked");
@@ -245,11 +246,11 @@ fn worker(http: &tiny_http::Server, registry: &Registry, gate: &BodyGate) {
     }
 }
 
-fn serve(registry: &Registry, mut request: tiny_http::Request) {
+fn serve(service: &Service, mut request: tiny_http::Request) {
     let started = Instant::now();
     let method = request.method().to_string();
     let url = request.url().to_string();
-    let reply = handlers::handle(registry, &mut request);
+    let reply = handlers::handle(service, &mut request);
     let status = reply.status;
     if status >= 500 {
         tracing::error!(%method, %url, status, "request failed");
@@ -258,6 +259,10 @@ fn serve(registry: &Registry, mut request: tiny_http::Request) {
     }
     if let Err(e) = respond(request, reply) {
         tracing::debug!(%method, %url, error = %e, "sending the response failed");
+    }
+    // After the body went out, so a pull's time includes sending it.
+    if let Some(metrics) = service.metrics() {
+        metrics.request(Method::parse(&method), status, started.elapsed());
     }
 }
 

@@ -1,11 +1,15 @@
 //! In-process API tests: `handlers::handle` driven by in-memory requests over a store on a
 //! temporary directory, no socket. The black-box tests against a real process live in tests/.
 
+use super::Service;
 use super::handlers::handle;
 use super::request::HttpRequest;
 use super::response::{Body, Reply};
 use super::route::Method;
+use crate::cache::lmdb::{Lmdb, LmdbOptions};
+use crate::cache::{DedupeCache, Namespace};
 use crate::digest::Digest;
+use crate::metrics::Metrics;
 use crate::oci::{Reference, RepoName};
 use crate::storage::driver::local::{LocalDriver, WriterChoice};
 use crate::storage::{
@@ -46,7 +50,7 @@ impl HttpRequest for FakeRequest {
 }
 
 struct Harness {
-    registry: Registry,
+    service: Service,
     root: PathBuf,
 }
 
@@ -91,7 +95,10 @@ impl Harness {
     fn serving(reads: impl FnOnce(&std::path::Path) -> Arc<dyn Reads>) -> Harness {
         let root = std::env::temp_dir().join(format!("berth-http-{}", uuid::Uuid::new_v4()));
         Harness {
-            registry: Registry::single(reads(&root)),
+            service: Service {
+                registry: Arc::new(Registry::single(reads(&root))),
+                metrics: Some((Metrics::default(), "/metrics".into())),
+            },
             root,
         }
     }
@@ -107,7 +114,7 @@ impl Harness {
             body: Cursor::new(body.to_vec()),
             content_length: Some(body.len() as u64),
         };
-        let mut reply = handle(&self.registry, &mut req);
+        let mut reply = handle(&self.service, &mut req);
         let body = match std::mem::replace(&mut reply.body, Body::Empty) {
             Body::Empty | Body::LengthOnly(_) => Vec::new(),
             Body::Bytes(b) => b,
@@ -445,7 +452,7 @@ fn a_panicking_handler_is_a_500_and_the_store_keeps_serving() {
             &mut self.1
         }
     }
-    let reply = handle(&h.registry, &mut Panicking(req, PanickingBody));
+    let reply = handle(&h.service, &mut Panicking(req, PanickingBody));
     assert_eq!(reply.status, 500);
     // The same session and everything stored before still work.
     assert_eq!(h.send(Method::Get, &location, &[], b"").status, 204);
@@ -563,4 +570,112 @@ fn a_wrapper_on_the_route_fills_misses_without_handler_changes() {
     assert_eq!(got.status, 404);
     let local = mirror.push_blob("lib/app", b"local only");
     assert_eq!(own.blob_size(&repo, &local).unwrap(), 10);
+}
+
+#[test]
+fn health_probes_answer_ok_and_readiness_names_a_cache_outage() {
+    let h = Harness::new();
+    for probe in ["/livez", "/readyz", "/startupz"] {
+        let got = h.send(Method::Get, probe, &[], b"");
+        assert_eq!(
+            (got.status, got.body.as_slice()),
+            (200, &b"ok\n"[..]),
+            "{probe}"
+        );
+    }
+    let got = h.send(Method::Get, "/healthz", &[], b"");
+    assert_eq!(got.status, 404);
+
+    // A store whose dedupe cache refuses writes (LMDB's map full) serves on, degraded.
+    let dir = tempfile::tempdir().unwrap();
+    let small = LmdbOptions {
+        durable: false,
+        map_size: 1 << 20,
+    };
+    let cache = Lmdb::open(&dir.path().join("cache"), small)
+        .and_then(|env| env.namespace(&Namespace::new("storage")))
+        .map(Arc::new)
+        .unwrap();
+    let h = Harness::serving(|root| {
+        let driver = LocalDriver::new(root, false, WriterChoice::Auto).unwrap();
+        Arc::new(Store::new(
+            Arc::new(driver),
+            Some(DedupeCache::of(cache.clone())),
+        ))
+    });
+    let full = cache.fill_map();
+    h.push_blob("app", b"a layer");
+    let got = h.send(Method::Get, "/readyz", &[], b"");
+    let body = String::from_utf8(got.body.clone()).unwrap();
+    assert_eq!(got.status, 200, "{body}");
+    assert!(
+        body.starts_with("ok\ndegraded: store /: dedupe cache unavailable for "),
+        "{body}"
+    );
+    let metrics = String::from_utf8(h.send(Method::Get, "/metrics", &[], b"").body).unwrap();
+    assert!(
+        metrics.contains("berth_cache_available{concern=\"dedupe\",store=\"/\"} 0\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("berth_cache_outages_total{concern=\"dedupe\",store=\"/\"} 1\n"),
+        "{metrics}"
+    );
+    // The first write that works again ends the outage.
+    drop(full);
+    h.push_blob("other", b"another layer");
+    let got = h.send(Method::Get, "/readyz", &[], b"");
+    assert_eq!(got.body, b"ok\n");
+}
+
+#[test]
+fn the_metrics_page_counts_manifests_by_repository_in_the_text_format() {
+    let h = Harness::new();
+    let config = h.push_blob("app", b"{}");
+    let layer = h.push_blob("app", b"layer");
+    let manifest = image(&config, &layer, None);
+    assert_eq!(h.push_manifest("app", "v1", &manifest).status, 201);
+    assert_eq!(h.push_manifest("app", "v2", &manifest).status, 201);
+    for _ in 0..3 {
+        assert_eq!(
+            h.send(Method::Get, "/v2/app/manifests/v1", &[], b"").status,
+            200
+        );
+    }
+    // Neither a HEAD nor a miss is a download.
+    assert_eq!(
+        h.send(Method::Head, "/v2/app/manifests/v1", &[], b"")
+            .status,
+        200
+    );
+    assert_eq!(
+        h.send(Method::Get, "/v2/app/manifests/v9", &[], b"").status,
+        404
+    );
+    let got = h.send(Method::Get, "/metrics", &[], b"");
+    assert_eq!(got.status, 200);
+    assert_eq!(
+        got.header("Content-Type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    let page = String::from_utf8(got.body).unwrap();
+    assert!(
+        page.contains("zot_repo_downloads_total{repo=\"app\"} 3\n"),
+        "{page}"
+    );
+    assert!(
+        page.contains("zot_repo_uploads_total{repo=\"app\"} 2\n"),
+        "{page}"
+    );
+    assert!(
+        page.contains("# TYPE zot_http_requests_total counter\n"),
+        "{page}"
+    );
+    assert!(page.contains("zot_info{binaryType=\"berth\""), "{page}");
+    // Every line is a comment or `name{labels} value` with a number for the value.
+    for line in page.lines().filter(|l| !l.starts_with('#')) {
+        let (_, value) = line.rsplit_once(' ').unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+    }
+    assert_eq!(h.send(Method::Put, "/metrics", &[], b"").status, 405);
 }

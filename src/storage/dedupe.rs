@@ -100,6 +100,11 @@ impl Dedupe {
             .store(true, std::sync::atomic::Ordering::Release);
     }
 
+    /// Whether the cache answers now (health and metrics).
+    pub(super) fn health(&self) -> crate::cache::CacheHealth {
+        self.outage.health()
+    }
+
     /// How copies share bytes.
     pub(super) fn strategy(&self) -> Strategy {
         self.strategy

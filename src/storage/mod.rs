@@ -36,6 +36,7 @@ mod store_suite;
 mod uploads;
 mod usage;
 
+pub use crate::cache::CacheHealth;
 pub use error::StoreError;
 pub use gc::{Collected, TagTimes};
 pub use manifests::{ManifestPut, StoredManifest};
@@ -211,6 +212,13 @@ impl Store {
     pub fn with_blob_cache(mut self, bytes: usize) -> Store {
         self.blob_bytes = digest_bytes::DigestBytes::new(bytes);
         self
+    }
+
+    /// The state of each cache the store uses (none without caches).
+    pub fn cache_health(&self) -> Vec<CacheHealth> {
+        let dedupe = self.dedupe.as_ref().map(dedupe::Dedupe::health);
+        let usage = self.usage.as_ref().map(usage::Usage::health);
+        dedupe.into_iter().chain(usage).collect()
     }
 
     /// Writes noted push and pull times to the cache.

@@ -45,9 +45,17 @@ impl Registry {
 
     /// Every store: the default first, then the routed ones.
     pub fn stores(&self) -> impl Iterator<Item = &Store> {
-        std::iter::once(&self.default)
-            .chain(self.routes.iter().map(|(_, s)| s))
-            .map(|reads| reads.store())
+        self.stores_by_route().map(|(_, store)| store)
+    }
+
+    /// Every store with its route's segments: none for the default store, then the routed
+    /// ones (`["a", "b"]` for the `subPaths` route `/a/b`).
+    pub fn stores_by_route(&self) -> impl Iterator<Item = (&[String], &Store)> {
+        std::iter::once((&[][..], self.default.store())).chain(
+            self.routes
+                .iter()
+                .map(|(segments, reads)| (segments.as_slice(), reads.store())),
+        )
     }
 
     /// Up to `limit` repositories after `after` (all when `None`), sorted, from every store,
