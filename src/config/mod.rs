@@ -227,6 +227,9 @@ pub struct HttpConfig {
     /// How long a body may stay under `body_min_rate` before the check applies.
     #[serde(serialize_with = "serialize_duration")]
     pub body_rate_grace: Duration,
+    /// How long a stop (SIGTERM, SIGINT) lets requests in flight finish before exiting.
+    #[serde(serialize_with = "serialize_duration")]
+    pub shutdown_timeout: Duration,
 }
 
 /// Logging settings.
@@ -260,6 +263,8 @@ fn default_reserved_workers(workers: usize) -> usize {
 /// does not for long.
 const DEFAULT_BODY_MIN_RATE: u64 = 500;
 const DEFAULT_BODY_RATE_GRACE: Duration = Duration::from_secs(20);
+/// Kubernetes' default termination grace period: a stop finishes within it.
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default request workers: request threads block on sockets and disks, not CPUs, so there
 /// are several per core; slow clients are bounded by `readTimeout` instead.
@@ -635,6 +640,11 @@ fn resolve_http(http: raw::RawHttp) -> Result<HttpConfig, String> {
             "http.bodyRateGrace",
             DEFAULT_BODY_RATE_GRACE,
         )?,
+        shutdown_timeout: positive(
+            http.shutdown_timeout,
+            "http.shutdownTimeout",
+            DEFAULT_SHUTDOWN_TIMEOUT,
+        )?,
     })
 }
 
@@ -792,6 +802,9 @@ mod tests {
         assert_eq!(h.max_connections, Some(9));
         assert_eq!(h.body_min_rate, 0);
         assert_eq!(h.body_rate_grace, Duration::from_secs(2));
+        assert_eq!(h.shutdown_timeout, Duration::from_secs(30));
+        let h = http(r#""shutdownTimeout":"5s""#);
+        assert_eq!(h.shutdown_timeout, Duration::from_secs(5));
     }
 
     #[test]

@@ -191,6 +191,9 @@ pub(super) struct RawHttp {
     /// berth only: how long a body may stay under `bodyMinRate` at its start.
     #[serde(alias = "bodyrategrace")]
     pub body_rate_grace: Option<String>,
+    /// berth only: how long SIGTERM / SIGINT let requests in flight finish.
+    #[serde(alias = "shutdowntimeout")]
+    pub shutdown_timeout: Option<String>,
     /// zot's compatibility list; `docker2s2` is what berth always does.
     pub compat: Option<Vec<String>>,
     /// zot keys for features berth does not build yet.

@@ -9,8 +9,14 @@
 //! enforced in vendor/tiny_http), and the workers that read bodies: `http.reservedWorkers`
 //! of them only serve requests without one (`BodyGate`), so slow uploads cannot stall pings,
 //! pulls and manifest reads.
+//!
+//! A stop (SIGTERM or SIGINT) refuses new connections at once, turns away requests that come
+//! after it on kept-alive connections (503), lets the requests in flight finish within
+//! `http.shutdownTimeout`, flushes what the stores buffer, and returns, so berth exits 0; a
+//! second signal ends the process at once.
 
 use super::Service;
+use super::error::{ApiError, ErrorKind};
 use super::handlers;
 use super::response::{Body, Reply};
 use super::route::Method;
@@ -18,8 +24,9 @@ use crate::config::HttpConfig;
 use std::collections::VecDeque;
 use std::io::{self, Cursor, Read};
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tiny_http::{Header, Response, StatusCode};
 
 /// Descriptors kept for the stores, caches and logs when the connection limit is derived
@@ -40,6 +47,7 @@ pub struct Server {
     workers: usize,
     reserved_workers: usize,
     max_connections: usize,
+    shutdown_timeout: Duration,
 }
 
 /// Why the listener could not start.
@@ -102,6 +110,7 @@ impl Server {
             workers: config.workers,
             reserved_workers: config.reserved_workers,
             max_connections,
+            shutdown_timeout: config.shutdown_timeout,
         })
     }
 
@@ -116,7 +125,9 @@ impl Server {
     /// connection, and under a thread limit (RLIMIT_NPROC) a burst of early connections
     /// would otherwise spend the budget the workers need and stop berth at start.
     pub(crate) fn run(self, service: Arc<Service>) -> io::Result<()> {
+        let stop = stop_signals()?;
         let gate = Arc::new(BodyGate::new(self.workers - self.reserved_workers));
+        let drain = Arc::new(Drain::default());
         let (hand_over, handed) =
             crossbeam_channel::bounded::<Arc<tiny_http::Server>>(self.workers);
         let threads = (0..self.workers)
@@ -124,12 +135,13 @@ impl Server {
                 let handed = handed.clone();
                 let service = Arc::clone(&service);
                 let gate = Arc::clone(&gate);
+                let drain = Arc::clone(&drain);
                 std::thread::Builder::new()
                     .name(format!("berth-http-{i}"))
                     .spawn(move || {
                         // Dropped unsent only when starting failed, and then this ends.
                         if let Ok(http) = handed.recv() {
-                            worker(&http, &service, &gate);
+                            worker(&http, &service, &gate, &drain);
                         }
                     })
             })
@@ -151,10 +163,91 @@ impl Server {
                 .send(Arc::clone(&http))
                 .expect("every worker waits for the server");
         }
-        for t in threads {
-            let _ = t.join();
+        let signal = stop
+            .recv()
+            .map_err(|_| io::Error::other("the signal thread ended"))?;
+        // New connections are refused from here; requests already being served finish, and
+        // requests that come after on kept-alive connections are turned away (`serve`).
+        http.stop_accepting();
+        drain.started.store(true, Ordering::SeqCst);
+        let in_flight = drain.in_flight.load(Ordering::SeqCst);
+        tracing::info!(
+            signal,
+            in_flight,
+            "stopping: no new connections; waiting up to {:?} for the requests in flight",
+            self.shutdown_timeout
+        );
+        let deadline = Instant::now() + self.shutdown_timeout;
+        while drain.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let left = drain.in_flight.load(Ordering::SeqCst);
+        for store in service.registry.stores() {
+            store.flush_usage();
+        }
+        if left > 0 {
+            // Their uploads keep what their last complete chunk stored: clients resume them.
+            tracing::warn!(
+                in_flight = left,
+                "stopped with requests still in flight after {:?}",
+                self.shutdown_timeout
+            );
+        } else {
+            tracing::info!("stopped: every request in flight finished");
         }
         Ok(())
+    }
+}
+
+/// The first SIGTERM or SIGINT, sent on the returned channel; a second one ends the process
+/// at once (exit status 1), as an operator who asks twice means.
+fn stop_signals() -> io::Result<crossbeam_channel::Receiver<&'static str>> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])?;
+    let (tell, told) = crossbeam_channel::bounded(1);
+    std::thread::Builder::new()
+        .name("berth-signals".into())
+        .spawn(move || {
+            let name = |signal| {
+                if signal == SIGINT {
+                    "SIGINT"
+                } else {
+                    "SIGTERM"
+                }
+            };
+            let mut received = signals.forever();
+            if let Some(first) = received.next() {
+                let _ = tell.send(name(first));
+            }
+            if let Some(second) = received.next() {
+                tracing::warn!("{}: stopping now, without waiting", name(second));
+                std::process::exit(1);
+            }
+        })?;
+    Ok(told)
+}
+
+/// The requests being served, and whether a stop has begun.
+#[derive(Default)]
+struct Drain {
+    in_flight: AtomicUsize,
+    started: AtomicBool,
+}
+
+impl Drain {
+    /// Counts a request in flight until the returned guard drops, however serving ends.
+    fn enter(&self) -> InFlight<'_> {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self)
+    }
+}
+
+/// One request in flight (`Drain::enter`).
+struct InFlight<'a>(&'a Drain);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -218,7 +311,7 @@ impl BodyGate {
     }
 }
 
-fn worker(http: &tiny_http::Server, service: &Service, gate: &BodyGate) {
+fn worker(http: &tiny_http::Server, service: &Service, gate: &BodyGate, drain: &Drain) {
     loop {
         let request = match http.recv() {
             Ok(r) => r,
@@ -228,7 +321,7 @@ fn worker(http: &tiny_http::Server, service: &Service, gate: &BodyGate) {
             }
         };
         if !request.body_streams() {
-            serve(service, request);
+            serve(service, drain, request);
             continue;
         }
         let mut next = gate.admit(request);
@@ -236,8 +329,10 @@ fn worker(http: &tiny_http::Server, service: &Service, gate: &BodyGate) {
             // The place in the gate passes on or is freed whatever serving did: a place lost
             // to a panic would never come back, and with all of them lost uploads would
             // queue for good.
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(service, request)))
-                .is_err()
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                serve(service, drain, request)
+            }))
+            .is_err()
             {
                 tracing::error!("serving a request with a body panicked");
             }
@@ -246,11 +341,21 @@ fn worker(http: &tiny_http::Server, service: &Service, gate: &BodyGate) {
     }
 }
 
-fn serve(service: &Service, mut request: tiny_http::Request) {
+fn serve(service: &Service, drain: &Drain, mut request: tiny_http::Request) {
     let started = Instant::now();
     let method = request.method().to_string();
     let url = request.url().to_string();
-    let reply = handlers::handle(service, &mut request);
+    // Counted before the check, so the stop waits for every request that passed it.
+    let _counted = drain.enter();
+    let reply = if drain.started.load(Ordering::SeqCst) {
+        ApiError::new(
+            ErrorKind::Unavailable,
+            "berth is stopping; retry on another instance or after the restart",
+        )
+        .into()
+    } else {
+        handlers::handle(service, &mut request)
+    };
     let status = reply.status;
     if status >= 500 {
         tracing::error!(%method, %url, status, "request failed");

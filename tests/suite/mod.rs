@@ -7,7 +7,7 @@
 //! `scripts/s3-services.sh`; `s3_credentials` against s3s-fs, which checks signatures;
 //! `s3_faults`, against an s3s-fs of its own that it stops, stalls and starts again, and the
 //! presigned redirect; the skopeo, oras, dedupe, gc and scrub flows also run on S3 in their
-//! own modules, through `util::store`).
+//! own modules, through `util::store`); issue 15's stop on SIGTERM (`lifecycle`).
 
 mod api;
 mod bad_input;
@@ -21,6 +21,7 @@ mod gc;
 mod hostile_http;
 mod hostile_store;
 mod leftovers;
+mod lifecycle;
 mod oras;
 mod s3;
 mod s3_credentials;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tempfile::TempDir;
@@ -358,6 +358,30 @@ impl Berth {
     /// Whether the process is still running (a crash would show here).
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Sends `signal` (SIGTERM, SIGINT) and waits up to `timeout` for the process to exit;
+    /// its exit status, or `None` when it was still running then (and is killed).
+    pub fn stop(
+        &mut self,
+        signal: libc::c_int,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) with the child's pid, which is not reaped until `wait` below.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) },
+            0
+        );
+        self.killed = true;
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("wait for berth") {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill9();
+        None
     }
 
     /// SIGKILL (std's `Child::kill` is SIGKILL on Unix): no destructor, no flush, no cleanup.

@@ -517,17 +517,12 @@ impl Server {
     pub fn unblock(&self) {
         self.messages.unblock();
     }
-}
 
-impl Iterator for IncomingRequests<'_> {
-    type Item = Request;
-    fn next(&mut self) -> Option<Request> {
-        self.server.recv().ok()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
+    /// berth patch: stops accepting connections, as dropping the server does, while the
+    /// server lives on: the accept thread ends and closes the listening socket, so new
+    /// connections are refused, and connections already accepted and requests already
+    /// queued are served as before. A graceful shutdown drains them this way.
+    pub fn stop_accepting(&self) {
         self.close.store(true, Relaxed);
         // Connect briefly to ourselves to unblock the accept thread
         let maybe_stream = match &self.listening_addr {
@@ -542,6 +537,19 @@ impl Drop for Server {
         if let Ok(stream) = maybe_stream {
             let _ = stream.shutdown(Shutdown::Both);
         }
+    }
+}
+
+impl Iterator for IncomingRequests<'_> {
+    type Item = Request;
+    fn next(&mut self) -> Option<Request> {
+        self.server.recv().ok()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop_accepting();
 
         #[cfg(unix)]
         if let ListenAddr::Unix(addr) = &self.listening_addr {
@@ -864,5 +872,31 @@ mod berth_tests {
         }
         let response = client.join().unwrap();
         assert!(response.starts_with("HTTP/1.1 400 "), "{:?}", response);
+    }
+
+    /// Patch 0020: after stop_accepting, a new connection is refused while one accepted
+    /// before is still served.
+    #[test]
+    fn stop_accepting_refuses_new_connections_and_serves_accepted_ones() {
+        let server = Server::http("127.0.0.1:0").unwrap();
+        let addr = server.server_addr().to_ip().unwrap();
+        let mut kept = std::net::TcpStream::connect(addr).unwrap();
+        kept.write_all(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let first = server.recv().unwrap();
+        first.respond(Response::from_string("one")).unwrap();
+        server.stop_accepting();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(addr).is_ok() {
+            assert!(std::time::Instant::now() < deadline, "still accepting");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        kept.write_all(b"GET /second HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let second = server.recv().unwrap();
+        assert_eq!(second.url(), "/second");
+        second.respond(Response::from_string("two")).unwrap();
+        let mut answers = String::new();
+        kept.read_to_string(&mut answers).unwrap();
+        assert!(answers.ends_with("two"), "{:?}", answers);
     }
 }
