@@ -136,8 +136,8 @@ impl Dedupe {
     /// lock serialises this process's decisions; several instances on one store are told
     /// apart by `add`, which answers `None` to exactly one of them. The others may find that
     /// one's copy not landed yet: each lands its own bytes (so the blob is never missing),
-    /// looks again and replaces them by a share of the holder once it is there, so the
-    /// bytes are stored once. A copy still missing then is a stale record, forgotten.
+    /// looks again (`lands`) and replaces them by a share of the holder once it is there, so
+    /// the bytes are stored once. A copy still missing then is a stale record, forgotten.
     pub(super) fn place(
         &self,
         driver: &dyn Driver,
@@ -191,7 +191,7 @@ impl Dedupe {
             self.next_original(digest, target);
             return Ok(());
         }
-        let holder = if holds(driver, &original, size)? {
+        let holder = if self.lands(driver, &original, size)? {
             Some(original)
         } else {
             if driver.stat(&original)?.is_none() {
@@ -208,6 +208,32 @@ impl Dedupe {
             }
         }
         Ok(())
+    }
+
+    /// Whether `holder`, which `add` named and which was missing, holds the blob now: it may
+    /// be the copy another instance was told is the original a moment ago and is landing
+    /// (a rename locally, a server-side copy on an object store), so a missing one is looked
+    /// at again for up to `HOLDER_GRACE`. One still missing then is a stale record. Only
+    /// that instance's copy becomes the holder, whatever the timing: were the others to
+    /// take over from it while it lands, two placeholders could name each other.
+    fn lands(
+        &self,
+        driver: &dyn Driver,
+        holder: &StoragePath,
+        size: u64,
+    ) -> Result<bool, StoreError> {
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(1);
+        loop {
+            match driver.stat(holder)? {
+                Some(m) => return Ok(!m.is_dir && m.size == size),
+                None if started.elapsed() >= HOLDER_GRACE => return Ok(false),
+                None => {
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                }
+            }
+        }
     }
 
     /// Whether `target` holds the blob already (with placeholders: names a copy that holds
@@ -458,6 +484,11 @@ impl Dedupe {
         self.outage.call(access, what, result)
     }
 }
+
+/// How long a push that found the original `add` named missing waits for it to land
+/// before taking it for a stale record: far longer than a rename, and the wait is paid once
+/// per stale record, which is then forgotten.
+const HOLDER_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What `Dedupe::share` came to.
 #[derive(Clone, Copy, PartialEq, Eq)]
