@@ -13,7 +13,7 @@ use crate::root_lock::{LockError, RootLock};
 use crate::storage::driver::local::{LocalDriver, WriterChoice};
 use crate::storage::driver::s3::{MultipartCopy, S3Config, S3Driver};
 use crate::storage::driver::{Driver, DriverError};
-use crate::storage::{Reads, Registry, Store, collector, dedupe_pass};
+use crate::storage::{Reads, Registry, Store, collector, dedupe_pass, scrub, sweep_lease};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -92,7 +92,8 @@ pub struct OpenedStore {
 /// Opens every store of `config` (the default one first), after refusing roots that are
 /// the same directory or nested, and, given a `holder` (what this process is, for a refused
 /// second one to read), after locking every root for this process (`RootLock`); starts no
-/// background work. Without a holder (a dry run, which changes nothing) no root is locked.
+/// background work. Without a holder (a dry run, which changes nothing) no root is locked,
+/// nor is one whose cache is shared: other processes may serve it (issue 14).
 pub fn open_stores(
     config: &Config,
     holder: Option<&str>,
@@ -105,7 +106,7 @@ pub fn open_stores(
     check_roots(&stores)?;
     let mut locks = Vec::new();
     if let Some(holder) = holder {
-        for (key, settings) in &stores {
+        for (key, settings) in stores.iter().filter(|(_, s)| !s.cache.is_shared()) {
             let root = &settings.root_directory;
             let lock = RootLock::take(root, &root.join(BERTH_DIR), holder).map_err(|source| {
                 StartError::Locked {
@@ -251,7 +252,8 @@ fn spawn_scrub(opened: &[OpenedStore], interval: std::time::Duration) -> std::io
         .spawn(move || {
             loop {
                 for (key, store, stale_after) in &stores {
-                    if let Err(e) = store.scrub(key, *stale_after) {
+                    let scrubbed = store.leased(scrub::LEASE, || store.scrub(key, *stale_after));
+                    if let Some(Err(e)) = scrubbed {
                         tracing::error!(store = %key, "scrub failed: {e}");
                     }
                 }
@@ -357,6 +359,9 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
         "storage ready: {described}"
     );
     if let Some(cache) = cache {
+        if settings.cache.is_shared() {
+            store = store.with_leases(cache.clone(), sweep_lease::DEFAULT_TTL);
+        }
         store = store.with_usage(cache, record_pushes, record_pulls);
     }
     let store = Arc::new(store);

@@ -4,7 +4,8 @@
 //! locks (issue 11: an offline gc deleted while a registry served the root on another
 //! port). The lock is an exclusive `flock(2)` on `<root>/.berth/lock`, held for the life of
 //! the process and released by the kernel when it ends, however it ends; the file names the
-//! holder, so a refusal can say who.
+//! holder, so a refusal can say who. With a shared cache (`remoteCache`, issue 14) several
+//! processes serve one root, their sweeps taking leases in the cache, and no lock is taken.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};

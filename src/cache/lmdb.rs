@@ -1,6 +1,6 @@
 //! The embedded cache: LMDB through `heed`. `Lmdb` is one environment (a directory); any
-//! number of namespaces share it, each through an `LmdbCache` that implements the three
-//! cache traits. berth opens one environment per store root, in the root, for that store.
+//! number of namespaces share it, each through an `LmdbCache` that implements the cache
+//! traits. berth opens one environment per store root, in the root, for that store.
 //!
 //! Every key starts with the first 32 hex digits (128 bits) of the SHA-256 of the namespace's
 //! name: fixed length, so a prefix scan of one namespace never reaches into another, and
@@ -11,7 +11,9 @@
 //!   so the key stays short);
 //! - `ns.markers`: `<name>` → value;
 //! - `ns.pushed`: `<repository> LF <tag>` and `ns.pulled`: `<repository> LF <digest>` →
-//!   decimal milliseconds since the Unix epoch (no name, tag or digest holds NUL or LF).
+//!   decimal milliseconds since the Unix epoch (no name, tag or digest holds NUL or LF);
+//! - `ns.leases`: `<name>` → `<expiry, decimal milliseconds since the epoch> LF <holder>`:
+//!   wall-clock expiry, since the processes sharing an environment share no other clock.
 //!
 //! Writes are short LMDB write transactions, which LMDB serialises.
 //!
@@ -26,7 +28,7 @@
 //! rebuild) are lost on upgrade; a cache of the very first layout (`blobs`) is emptied, with
 //! its markers, so the start-up pass records everything again.
 
-use super::{CacheError, DedupeIndex, MarkerKey, Markers, Namespace, UsageLog};
+use super::{CacheError, DedupeIndex, LeaseKey, Leases, MarkerKey, Markers, Namespace, UsageLog};
 use crate::digest::Digest;
 use crate::oci::{RepoName, Tag};
 use crate::storage::driver::StoragePath;
@@ -73,6 +75,7 @@ struct Databases {
     markers: Database<Bytes, Str>,
     pushed: Database<Bytes, Str>,
     pulled: Database<Bytes, Str>,
+    leases: Database<Bytes, Str>,
 }
 
 /// One LMDB environment, shared by the namespaces opened in it.
@@ -142,7 +145,7 @@ impl Lmdb {
         let mut env_options = EnvOpenOptions::new();
         env_options
             .map_size(options.map_size)
-            .max_dbs((LEGACY.len() + 6) as u32);
+            .max_dbs((LEGACY.len() + 7) as u32);
         if !options.durable {
             // SAFETY: NO_SYNC trades durability only; the cache is rebuildable by design.
             unsafe { env_options.flags(EnvFlags::NO_SYNC) };
@@ -158,6 +161,7 @@ impl Lmdb {
             markers: create("ns.markers").map_err(err("open markers"))?,
             pushed: create("ns.pushed").map_err(err("open pushed"))?,
             pulled: create("ns.pulled").map_err(err("open pulled"))?,
+            leases: create("ns.leases").map_err(err("open leases"))?,
         };
         // The very first layout (all paths of a digest in one value): emptied, with its
         // markers, so the start-up pass records everything again.
@@ -535,6 +539,58 @@ impl Markers for LmdbCache {
     }
 }
 
+impl Leases for LmdbCache {
+    fn acquire(&self, key: LeaseKey, holder: &str, ttl: Duration) -> Result<bool, CacheError> {
+        let mut taken = false;
+        // One write transaction: LMDB serialises them across the processes sharing the
+        // environment, so of several asking at once exactly one sees the lease free.
+        self.write(|txn| {
+            let key = self.key(&[key.as_str().as_bytes()]);
+            let now = millis(SystemTime::now());
+            let free = match self.dbs.leases.get(txn, &key).map_err(err("get lease"))? {
+                None => true,
+                Some(record) => match record.split_once('\n') {
+                    Some((expiry, by)) => {
+                        by == holder || expiry.parse::<u64>().is_ok_and(|e| e <= now)
+                    }
+                    // A damaged record holds nothing.
+                    None => true,
+                },
+            };
+            if free {
+                let expiry = now.saturating_add(ttl.as_millis() as u64);
+                self.dbs
+                    .leases
+                    .put(txn, &key, &format!("{expiry}\n{holder}"))
+                    .map_err(err("put lease"))?;
+                taken = true;
+            }
+            Ok(())
+        })?;
+        Ok(taken)
+    }
+
+    fn release(&self, key: LeaseKey, holder: &str) -> Result<(), CacheError> {
+        self.write(|txn| {
+            let key = self.key(&[key.as_str().as_bytes()]);
+            let held = self
+                .dbs
+                .leases
+                .get(txn, &key)
+                .map_err(err("get lease"))?
+                .and_then(|record| record.split_once('\n'))
+                .is_some_and(|(_, by)| by == holder);
+            if held {
+                self.dbs
+                    .leases
+                    .delete(txn, &key)
+                    .map_err(err("delete lease"))?;
+            }
+            Ok(())
+        })
+    }
+}
+
 /// An `LmdbCache` whose map is full, kept full until this is dropped. For tests of the
 /// degraded store.
 #[cfg(test)]
@@ -622,6 +678,11 @@ mod tests {
     #[test]
     fn lmdb_markers_conformance() {
         conformance(|open| conformance::markers(open));
+    }
+
+    #[test]
+    fn lmdb_leases_conformance() {
+        conformance(|open| conformance::leases(open));
     }
 
     #[test]

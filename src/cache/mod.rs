@@ -4,8 +4,10 @@
 //! - `UsageLog`: when tags were pushed and manifests pulled (retention's `keepTags` rules);
 //! - `Markers`: a few named values (the start-up pass's stamps);
 //! - `Leases`: time-limited holds that let one of several instances serving a store sweep it
-//!   at a time (gc, retention, scrub, the start-up pass; DESIGN decision 11). Only shared
-//!   caches have them: an embedded cache means one process per root (`RootLock`).
+//!   at a time (gc, retention, scrub, the start-up pass; DESIGN decision 11). berth asks for
+//!   them only with a shared cache: an embedded cache means one process per root
+//!   (`RootLock`). LMDB has them all the same (an environment is shared by the processes of
+//!   one host), which is how the tests run several instances on one store.
 //!
 //! Every record belongs to a `Namespace`, one per store: several stores may share one backend
 //! (one LMDB environment, later one Redis database or DynamoDB table) and never see each

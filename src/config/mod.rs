@@ -156,6 +156,16 @@ pub enum CacheBackend {
     Lmdb,
 }
 
+impl CacheBackend {
+    /// Whether several berth processes may share the cache, and so serve one root (issue
+    /// 14): then no root lock is taken, and the sweeps take leases instead.
+    pub fn is_shared(self) -> bool {
+        match self {
+            CacheBackend::Lmdb => false,
+        }
+    }
+}
+
 /// One `subPaths` entry: the leading repository-name segments it matches (`/a/b` → `a`, `b`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubPath {

@@ -2,15 +2,21 @@
 //! start-up, gc on or off; with gc on, sweeps every repository with `Store::collect` at
 //! start-up and then every `gcInterval` (or once), starting only inside `gcTimeWindow`, and
 //! logs what each repository lost. One repository's failure stops only that repository;
-//! a directory that cannot be read is skipped and reported.
+//! a directory that cannot be read is skipped and reported. Each sweep, and the start-up
+//! removal, holds the store's gc lease (`LEASE`), so of several instances serving one store
+//! one sweeps at a time.
 
 use super::gc::Collected;
 use super::leftovers::{Leftovers, Stale};
 use super::{Store, StoreError};
+use crate::cache::LeaseKey;
 use crate::config::gc::GcConfig;
 use crate::oci::RepoName;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The lease of gc and retention sweeps.
+pub const LEASE: LeaseKey = LeaseKey::new("gc");
 
 /// What one sweep of a store did.
 #[derive(Debug, Default)]
@@ -93,15 +99,25 @@ fn log_leftovers(key: &str, found: &Leftovers, dry_run: bool) {
 
 /// The start-up removal of leftovers: temporary files last written before this process opened
 /// the store, which no write of this process is using, and the remains of repositories.
-/// Runs while berth already serves.
-fn remove_leftovers_at_start(store: &Store, key: &str) {
+/// Runs while berth already serves. Where other instances serve the store (it has leases),
+/// their writes may be using files older than this process, so only files untouched for
+/// `delay` go.
+fn remove_leftovers_at_start(store: &Store, key: &str, delay: Duration) {
+    let stale = if store.has_leases() {
+        Stale::OlderThan(delay)
+    } else {
+        Stale::BeforeOpen
+    };
     let removed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let walk = store.walk()?;
-        Ok::<_, StoreError>(store.leftovers(&walk, Stale::BeforeOpen, false))
+        store.leased(LEASE, || {
+            let walk = store.walk()?;
+            Ok::<_, StoreError>(store.leftovers(&walk, stale, false))
+        })
     }));
     match removed {
-        Ok(Ok(found)) => log_leftovers(key, &found, false),
-        Ok(Err(e)) => tracing::error!(store = key, "gc: cannot look for leftovers: {e}"),
+        Ok(Some(Ok(found))) => log_leftovers(key, &found, false),
+        Ok(None) => {}
+        Ok(Some(Err(e))) => tracing::error!(store = key, "gc: cannot look for leftovers: {e}"),
         Err(_) => tracing::error!(store = key, "gc: the search for leftovers panicked"),
     }
 }
@@ -140,7 +156,7 @@ pub fn spawn(store: Arc<Store>, key: &str, settings: GcConfig) -> std::io::Resul
     std::thread::Builder::new()
         .name("berth-gc".into())
         .spawn(move || {
-            remove_leftovers_at_start(&store, &key);
+            remove_leftovers_at_start(&store, &key, settings.delay);
             if !settings.enabled {
                 return;
             }
@@ -150,14 +166,16 @@ pub fn spawn(store: Arc<Store>, key: &str, settings: GcConfig) -> std::io::Resul
                 }
                 let started = std::time::Instant::now();
                 let swept = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    sweep(&store, &key, &settings, false)
+                    store.leased(LEASE, || sweep(&store, &key, &settings, false))
                 }));
-                match swept {
+                match swept.map(|s| s.ok_or(())) {
+                    // Another instance sweeps (or the cache cannot say): logged by the lease.
+                    Ok(Err(())) => {}
                     Err(_) => tracing::error!(
                         store = %key,
                         "gc: sweep panicked; the next one runs as scheduled"
                     ),
-                    Ok(Ok(s)) => tracing::info!(
+                    Ok(Ok(Ok(s))) => tracing::info!(
                         store = %key,
                         repositories = s.collected.len(),
                         failed = s.failed.len(),
@@ -165,7 +183,7 @@ pub fn spawn(store: Arc<Store>, key: &str, settings: GcConfig) -> std::io::Resul
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "gc: sweep done"
                     ),
-                    Ok(Err(e)) => tracing::error!(store = %key, "gc: sweep failed: {e}"),
+                    Ok(Ok(Err(e))) => tracing::error!(store = %key, "gc: sweep failed: {e}"),
                 }
                 match settings.interval {
                     Some(interval) => std::thread::sleep(interval.max(Duration::from_millis(100))),

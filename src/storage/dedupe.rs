@@ -132,9 +132,17 @@ impl Dedupe {
         self.digest_locks.lock(digest)
     }
 
-    /// Puts the blob `digest` (`size` bytes) at `target`: linked from a copy the cache names
-    /// when one is still there, otherwise from `source`. Records `target` in the cache: as
-    /// the digest's next original when the copy it would have linked to takes no more names.
+    /// Puts the blob `digest` (`size` bytes) at `target`: sharing the bytes of a copy the
+    /// cache names when one is still there, otherwise from `source`, and records `target`.
+    ///
+    /// One cache call for a new blob and one for a known blob (`DedupeIndex::add`, issue 14):
+    /// it records `target` (before a placeholder is made there, since promotion finds a
+    /// holder's placeholders through the cache alone) and answers the original. The digest
+    /// lock serialises this process's decisions; several instances on one store are told
+    /// apart by `add`, which answers `None` to exactly one of them. The others may find that
+    /// one's copy not landed yet: each lands its own bytes (so the blob is never missing),
+    /// looks again (`lands`) and replaces them by a share of the holder once it is there, so
+    /// the bytes are stored once. A copy still missing then is a stale record, forgotten.
     pub(super) fn place(
         &self,
         driver: &dyn Driver,
@@ -144,133 +152,199 @@ impl Dedupe {
         target: &StoragePath,
     ) -> Result<(), StoreError> {
         let _guard = self.lock(digest);
-        if self.strategy == Strategy::Placeholder {
-            return self.place_by_placeholder(driver, digest, size, source, target);
-        }
-        // Content that arrives again is new to an age-based collector too.
-        let already_there = driver
-            .stat(target)?
-            .is_some_and(|m| !m.is_dir && m.size == size)
-            && match driver.touch(target) {
-                Ok(()) => true,
-                Err(DriverError::NotFound { .. }) => false,
-                Err(e) => return Err(e.into()),
-            };
-        let from_original = if already_there {
-            None
-        } else {
-            Some(self.link_from_original(driver, digest, size, target)?)
-        };
-        // Whether `target` now holds bytes of its own while the copy it would have shared
-        // takes no more names.
-        let past_the_limit = match (source, from_original) {
-            // There already, or linked from the original: the source is not needed.
-            (Source::Upload(upload), None | Some(FromOriginal::Linked)) => {
+        if self.already_there(driver, digest, size, target)? {
+            if let Source::Upload(upload) = source {
                 upload.discard(driver);
-                false
             }
-            (Source::Existing(_), None | Some(FromOriginal::Linked)) => false,
-            (Source::Upload(upload), Some(outcome)) => {
-                upload.land(driver, target)?;
-                outcome == FromOriginal::Full
-            }
-            (Source::Existing(path), Some(outcome)) => {
-                let copied = match driver.link(path, target) {
-                    // The source has as many names as the file system allows: a copy.
-                    Err(e) if too_many_links(&e) => {
-                        driver.copy(path, target)?;
-                        true
-                    }
-                    linked => linked.map(|()| false)?,
-                };
-                self.record(digest, path);
-                copied || outcome == FromOriginal::Full
-            }
-        };
-        if past_the_limit {
-            // The next original: later copies link to it rather than each keeping bytes of
-            // their own, so 130,000 repositories hold 2 inodes, not 65,001 (issue 11).
-            tracing::info!(%digest, path = %target, "dedupe: the file system allows no more links to the copy of {digest}; {target} is its next original");
-            self.record_original(digest, target);
-        } else {
             self.record(digest, target);
+            return Ok(());
+        }
+        let never_shared =
+            self.strategy == Strategy::Placeholder && placeholders::is_empty_blob(digest);
+        if never_shared {
+            self.land(driver, source, target)?;
+            self.record(digest, target);
+            return Ok(());
+        }
+        let Some(before) = self.logged(Access::Write, self.index().add(digest, target), "record")
+        else {
+            // Without the cache, a full copy (a mount still links its source).
+            self.land(driver, source, target)?;
+            return Ok(());
+        };
+        let Some(original) = before.filter(|p| p != target) else {
+            return self.place_first(driver, digest, source, target);
+        };
+        if holds(driver, &original, size)? {
+            match self.share(driver, &original, target)? {
+                Shared::Yes => {
+                    if let Source::Upload(upload) = source {
+                        upload.discard(driver);
+                    }
+                    return Ok(());
+                }
+                Shared::Full => {
+                    self.land(driver, source, target)?;
+                    self.next_original(digest, target);
+                    return Ok(());
+                }
+                Shared::Gone => {}
+            }
+        }
+        // Not there, or not yet: another instance may be landing it now.
+        if self.land(driver, source, target)? == Landed::PastTheLimit {
+            self.next_original(digest, target);
+            return Ok(());
+        }
+        let holder = if self.lands(driver, &original, size)? {
+            Some(original)
+        } else {
+            if driver.stat(&original)?.is_none() {
+                self.forget(digest, &original);
+            }
+            self.original(driver, digest, size, target)
+        };
+        match holder {
+            Some(holder) if self.share(driver, &holder, target)? == Shared::Yes => {}
+            Some(_) | None => {
+                // `target` holds the bytes: the holder later copies share (the cache may
+                // have promoted a copy that holds none when it forgot the stale original).
+                self.record_original(digest, target);
+            }
         }
         Ok(())
     }
 
-    /// `place` by placeholders, under the digest's lock: `target` becomes a placeholder
-    /// naming a recorded copy that holds the bytes, or holds the bytes itself when none does
-    /// (the first copy in the store, or the empty blob, which is never a placeholder), and is
-    /// then recorded as the digest's original, the holder later copies name.
-    fn place_by_placeholder(
+    /// Whether `holder`, which `add` named and which was missing, holds the blob now: it may
+    /// be the copy another instance was told is the original a moment ago and is landing
+    /// (a rename locally, a server-side copy on an object store), so a missing one is looked
+    /// at again for up to `HOLDER_GRACE`. One still missing then is a stale record. Only
+    /// that instance's copy becomes the holder, whatever the timing: were the others to
+    /// take over from it while it lands, two placeholders could name each other.
+    fn lands(
+        &self,
+        driver: &dyn Driver,
+        holder: &StoragePath,
+        size: u64,
+    ) -> Result<bool, StoreError> {
+        let started = std::time::Instant::now();
+        let mut pause = std::time::Duration::from_millis(1);
+        loop {
+            match driver.stat(holder)? {
+                Some(m) => return Ok(!m.is_dir && m.size == size),
+                None if started.elapsed() >= HOLDER_GRACE => return Ok(false),
+                None => {
+                    std::thread::sleep(pause);
+                    pause *= 2;
+                }
+            }
+        }
+    }
+
+    /// Whether `target` holds the blob already (with placeholders: names a copy that holds
+    /// it), marked new for an age-based collector since the content arrived again.
+    fn already_there(
         &self,
         driver: &dyn Driver,
         digest: &Digest,
         size: u64,
-        source: Source<'_>,
         target: &StoragePath,
-    ) -> Result<(), StoreError> {
-        // Content that arrives again is new to an age-based collector too.
-        let already_there = match placeholders::resolve(driver, target, digest)? {
-            Some(found) if found.meta.size == size => match driver.touch(target) {
+    ) -> Result<bool, StoreError> {
+        let there = match self.strategy {
+            Strategy::HardLink => driver
+                .stat(target)?
+                .is_some_and(|m| !m.is_dir && m.size == size),
+            Strategy::Placeholder => placeholders::resolve(driver, target, digest)?
+                .is_some_and(|found| found.meta.size == size),
+        };
+        Ok(there
+            && match driver.touch(target) {
                 Ok(()) => true,
                 Err(DriverError::NotFound { .. }) => false,
                 Err(e) => return Err(e.into()),
-            },
-            _ => false,
-        };
-        let mut holder = if already_there || placeholders::is_empty_blob(digest) {
-            None
-        } else {
-            self.original(driver, digest, size, target)
-        };
-        // A mount from a copy the cache did not know (`path` holds the bytes: the store
-        // resolved its placeholder): it becomes the original.
-        if let (None, Source::Existing(path)) = (&holder, &source)
-            && !already_there
-            && !placeholders::is_empty_blob(digest)
-            && self.record_original(digest, path)
-        {
-            holder = Some((*path).clone());
+            })
+    }
+
+    /// `place` when `add` made `target` the digest's original: it gets the bytes of
+    /// `source`. A mount from a copy the cache did not know (`path` holds the bytes: the
+    /// store resolved its placeholder) makes that copy the holder `target` names, rather
+    /// than a second copy of the bytes.
+    fn place_first(
+        &self,
+        driver: &dyn Driver,
+        digest: &Digest,
+        source: Source<'_>,
+        target: &StoragePath,
+    ) -> Result<(), StoreError> {
+        if let Source::Existing(path) = source {
+            match self.strategy {
+                Strategy::Placeholder if self.record_original(digest, path) => {
+                    driver.put_placeholder(target, path)?;
+                    return Ok(());
+                }
+                Strategy::Placeholder => {}
+                Strategy::HardLink => {
+                    self.record(digest, path);
+                }
+            }
         }
-        // Recorded before it is made: promotion finds a holder's placeholders through the
-        // cache alone, so one it never recorded would dangle once the holder goes. When the
-        // cache cannot record it, the copy keeps bytes of its own.
-        if holder.is_some() && !self.record(digest, target) {
-            holder = None;
-        }
-        let holds_bytes = match (&holder, source) {
-            (Some(holder), Source::Upload(upload)) => {
-                driver.put_placeholder(target, holder)?;
-                upload.discard(driver);
-                return Ok(());
-            }
-            (Some(holder), Source::Existing(_)) => {
-                driver.put_placeholder(target, holder)?;
-                return Ok(());
-            }
-            (None, Source::Upload(upload)) if already_there => {
-                upload.discard(driver);
-                false
-            }
-            (None, Source::Existing(_)) if already_there => false,
-            (None, Source::Upload(upload)) => {
-                upload.land(driver, target)?;
-                true
-            }
-            (None, Source::Existing(path)) => {
-                driver.copy(path, target)?;
-                true
-            }
-        };
-        if holds_bytes && !placeholders::is_empty_blob(digest) {
-            // Also over a recorded original that is a placeholder (the cache promotes any
-            // copy when its original is forgotten).
-            self.record_original(digest, target);
-        } else {
-            self.record(digest, target);
+        if self.land(driver, source, target)? == Landed::PastTheLimit {
+            self.next_original(digest, target);
         }
         Ok(())
+    }
+
+    /// Puts the bytes of `source` at `target` without the cache: an upload lands, a mount
+    /// links its source (a copy when that takes no more names, or without links).
+    fn land(
+        &self,
+        driver: &dyn Driver,
+        source: Source<'_>,
+        target: &StoragePath,
+    ) -> Result<Landed, StoreError> {
+        match source {
+            Source::Upload(upload) => upload.land(driver, target)?,
+            Source::Existing(path) if self.strategy == Strategy::HardLink => {
+                match driver.link(path, target) {
+                    Err(e) if too_many_links(&e) => {
+                        driver.copy(path, target)?;
+                        return Ok(Landed::PastTheLimit);
+                    }
+                    linked => linked?,
+                }
+            }
+            Source::Existing(path) => driver.copy(path, target)?,
+        }
+        Ok(Landed::Here)
+    }
+
+    /// Makes `target` share the bytes of `holder` (a link or a placeholder naming it),
+    /// replacing whatever `target` held in one step, so it is never missing.
+    fn share(
+        &self,
+        driver: &dyn Driver,
+        holder: &StoragePath,
+        target: &StoragePath,
+    ) -> Result<Shared, StoreError> {
+        let shared = match self.strategy {
+            Strategy::HardLink => driver.link(holder, target),
+            Strategy::Placeholder => driver.put_placeholder(target, holder),
+        };
+        match shared {
+            Ok(()) => Ok(Shared::Yes),
+            Err(DriverError::NotFound { .. }) => Ok(Shared::Gone),
+            Err(e) if too_many_links(&e) => Ok(Shared::Full),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Records `target`, which holds bytes of its own while the copy it would have shared
+    /// takes no more names, as the next original: later copies link to it rather than each
+    /// keeping bytes of their own, so 130,000 repositories hold 2 inodes, not 65,001
+    /// (issue 11).
+    fn next_original(&self, digest: &Digest, target: &StoragePath) {
+        tracing::info!(%digest, path = %target, "dedupe: the file system allows no more links to the copy of {digest}; {target} is its next original");
+        self.record_original(digest, target);
     }
 
     /// Before the copy of `digest` (`size` bytes) at `deleted` goes, under the digest's lock:
@@ -297,12 +371,16 @@ impl Dedupe {
         // Until the pass has recorded every placeholder (the cache was lost, or this is the
         // first start), placeholders naming this copy may be unknown to the cache, even when it
         // has records of the digest made since (a new push), so no copy holding bytes goes.
-        if !self.complete.load(std::sync::atomic::Ordering::Acquire) {
+        // Another instance's pass may have completed it (this one's skipped: `sweep_lease`).
+        if !self.complete.load(std::sync::atomic::Ordering::Acquire)
+            && self.marker(super::dedupe_pass::MARKER).is_none()
+        {
             return Err(StoreError::DedupeUnavailable(format!(
                 "cannot delete {deleted} yet: the start-up pass has not yet recorded the \
                  placeholders that may name it"
             )));
         }
+        self.set_complete();
         let mut named = Vec::new();
         let mut full = None;
         for path in paths.iter().filter(|p| *p != deleted) {
@@ -336,26 +414,6 @@ impl Dedupe {
             driver.put_placeholder(path, &holder)?;
         }
         Ok(())
-    }
-
-    /// Links `target` from a recorded copy of `digest`.
-    fn link_from_original(
-        &self,
-        driver: &dyn Driver,
-        digest: &Digest,
-        size: u64,
-        target: &StoragePath,
-    ) -> Result<FromOriginal, StoreError> {
-        while let Some(original) = self.original(driver, digest, size, target) {
-            match driver.link(&original, target) {
-                Ok(()) => return Ok(FromOriginal::Linked),
-                // Deleted since it was checked: forget it and look again.
-                Err(DriverError::NotFound { .. }) => self.forget(digest, &original),
-                Err(e) if too_many_links(&e) => return Ok(FromOriginal::Full),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(FromOriginal::NoCopy)
     }
 
     /// A recorded copy of `digest` other than `target` that still holds `size` bytes: the
@@ -432,15 +490,37 @@ impl Dedupe {
     }
 }
 
-/// What linking a new copy from the recorded original came to.
+/// How long a push that found the original `add` named missing waits for it to land
+/// before taking it for a stale record: far longer than a rename, and the wait is paid once
+/// per stale record, which is then forgotten.
+const HOLDER_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What `Dedupe::share` came to.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum FromOriginal {
-    /// The new copy is a link to it.
-    Linked,
-    /// No recorded copy is left to link from.
-    NoCopy,
-    /// It has as many names as the file system allows (ext4: 65,000).
+enum Shared {
+    /// The target shares the holder's bytes.
+    Yes,
+    /// The holder is gone.
+    Gone,
+    /// The holder has as many names as the file system allows (ext4: 65,000).
     Full,
+}
+
+/// What `Dedupe::land` came to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Landed {
+    /// The target holds the bytes (its own, or a link to the mounted source).
+    Here,
+    /// The target holds a copy of its own: the mounted source takes no more names.
+    PastTheLimit,
+}
+
+/// Whether `path` holds the `size` bytes of a blob (a placeholder holds none; a wrong size
+/// is corruption for scrub to report, never shared).
+fn holds(driver: &dyn Driver, path: &StoragePath, size: u64) -> Result<bool, StoreError> {
+    Ok(driver
+        .stat(path)?
+        .is_some_and(|m| !m.is_dir && m.size == size))
 }
 
 /// Whether a link failed because its source has as many names as the file system allows.

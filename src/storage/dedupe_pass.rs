@@ -28,7 +28,7 @@ use super::dedupe::Strategy;
 use super::driver::{ObjectMeta, StoragePath};
 use super::placeholders::{self, Lookup};
 use super::{Store, StoreError, layout};
-use crate::cache::{Access, MarkerKey};
+use crate::cache::{Access, LeaseKey, MarkerKey};
 use crate::digest::{Algorithm, Digest};
 use crate::oci::RepoName;
 use rayon::prelude::*;
@@ -37,6 +37,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// The lease of the pass: of several instances serving one store, one runs it.
+pub const LEASE: LeaseKey = LeaseKey::new("dedupe-pass");
+
+/// The lease of the restore with `dedupe: false`.
+pub const RESTORE_LEASE: LeaseKey = LeaseKey::new("dedupe-restore");
 
 /// The cache marker holding the repository stamps of the last complete pass.
 pub(super) const MARKER: MarkerKey = MarkerKey::new("dedupe-pass");
@@ -93,16 +99,18 @@ pub fn spawn(store: Arc<Store>, key: &str, rescrub: Option<Duration>) -> std::io
         .name("berth-dedupe-pass".into())
         .spawn(move || {
             let _entered = span.enter();
-            match run(&store) {
-                Ok(report) if report.repaired > 0 => {
+            match store.leased(LEASE, || run(&store)) {
+                Some(Ok(report)) if report.repaired > 0 => {
                     if let Some(stale_after) = rescrub
-                        && let Err(e) = store.scrub(&key, stale_after)
+                        && let Some(Err(e)) =
+                            store.leased(super::scrub::LEASE, || store.scrub(&key, stale_after))
                     {
                         tracing::error!("scrub after the dedupe pass's repairs failed: {e}");
                     }
                 }
-                Ok(_) => {}
-                Err(e) => {
+                // Done, or another instance runs it.
+                Some(Ok(_)) | None => {}
+                Some(Err(e)) => {
                     tracing::error!("dedupe pass failed, will be retried at the next start: {e}")
                 }
             }
@@ -125,7 +133,7 @@ fn spawn_restore(store: Arc<Store>, key: &str) -> std::io::Result<()> {
         .name("berth-dedupe-restore".into())
         .spawn(move || {
             let _entered = span.enter();
-            if let Err(e) = restore(&store) {
+            if let Some(Err(e)) = store.leased(RESTORE_LEASE, || restore(&store)) {
                 tracing::error!("dedupe restore failed, will be retried at the next start: {e}");
             }
         })?;

@@ -33,6 +33,7 @@ mod registry;
 pub(crate) mod scrub;
 #[cfg(test)]
 mod store_suite;
+pub mod sweep_lease;
 mod uploads;
 mod usage;
 
@@ -45,7 +46,7 @@ pub use referrers::ReferrersPage;
 pub use registry::Registry;
 pub use uploads::BodyLength;
 
-use crate::cache::{Access, DedupeCache, UsageLog};
+use crate::cache::{Access, DedupeCache, LeaseKey, Leases, UsageLog};
 use crate::digest::Digest;
 use crate::oci::RepoName;
 use digest_bytes::Held;
@@ -95,6 +96,8 @@ pub struct Store {
     /// Paths the walk has already logged as skipped, so a directory that stays unreadable
     /// is logged once per process, not at every catalog request and sweep.
     walk_noted: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The sweeps' leases, when several instances may serve the store (`with_leases`).
+    leases: Option<sweep_lease::SweepLeases>,
 }
 
 /// What a walk of a store's directories found (`Store::walk`).
@@ -195,6 +198,28 @@ impl Store {
             scrub: std::sync::Mutex::new((0, scrub::ScrubState::default())),
             scrub_starts: std::sync::atomic::AtomicU64::new(0),
             walk_noted: std::sync::Mutex::default(),
+            leases: None,
+        }
+    }
+
+    /// Makes this store's sweeps take `leases` (held `ttl` between renewals), for when
+    /// other instances serve the same store (see `sweep_lease`).
+    pub fn with_leases(mut self, leases: Arc<dyn Leases>, ttl: std::time::Duration) -> Store {
+        self.leases = Some(sweep_lease::SweepLeases::new(leases, ttl));
+        self
+    }
+
+    /// Whether other instances may serve this store (it was given leases).
+    pub(crate) fn has_leases(&self) -> bool {
+        self.leases.is_some()
+    }
+
+    /// Runs `sweep` under the lease `key` when the store has leases (else at once); `None`
+    /// when this round is skipped (see `sweep_lease`).
+    pub fn leased<T>(&self, key: LeaseKey, sweep: impl FnOnce() -> T) -> Option<T> {
+        match &self.leases {
+            Some(leases) => leases.run(key, sweep),
+            None => Some(sweep()),
         }
     }
 

@@ -8,11 +8,15 @@
 //! hashing fans out on the background pool, whose threads run at the lowest CPU priority so
 //! requests keep theirs. Manifests are read and checked first, in the walk, because their
 //! content names what else to check.
+//!
+//! Scheduled scrubs hold the store's scrub lease (`LEASE`): of several instances serving one
+//! store, one scrubs at a time, and its report is the one with results.
 
 use super::driver::StoragePath;
 use super::leftovers::{Leftover, Stale};
 use super::placeholders::Lookup;
 use super::{Registry, Store, StoreError, layout};
+use crate::cache::LeaseKey;
 use crate::digest::Digest;
 use crate::oci::{Descriptor, Manifest, ManifestKind, RepoName};
 use rayon::prelude::*;
@@ -202,6 +206,9 @@ struct HashedFiles {
     /// Files hashed.
     files: u64,
 }
+
+/// The lease of scheduled scrubs.
+pub(crate) const LEASE: LeaseKey = LeaseKey::new("scrub");
 
 fn now_secs() -> u64 {
     SystemTime::now()

@@ -30,8 +30,8 @@ use super::driver::memory::MemoryDriver;
 use super::driver::{Driver, StoragePath};
 use super::layout::{self, UploadId};
 use super::{BlobBody, BodyLength, ByteRange, Collected, Store, StoreError, TagTimes, dedupe_pass};
-use crate::cache::lmdb::{Lmdb, LmdbOptions};
-use crate::cache::{DedupeCache, Namespace};
+use crate::cache::lmdb::{Lmdb, LmdbCache, LmdbOptions};
+use crate::cache::{CacheError, DedupeCache, DedupeIndex, Leases, Namespace};
 use crate::config::Config;
 use crate::config::gc::GcConfig;
 use crate::digest::Digest;
@@ -54,6 +54,8 @@ pub(super) struct Stores<'a> {
     pub(super) with_new_cache: &'a dyn Fn() -> Store,
     /// A store over the same storage without dedupe: a restart with `dedupe: false`.
     pub(super) without_dedupe: &'a dyn Fn() -> Store,
+    /// The leases `open`'s stores take (held `LEASE_TTL`), when there is a cache.
+    pub(super) leases: Option<&'a dyn Leases>,
 }
 
 /// Runs every check on stores `stores` opens, which all see the same, initially empty,
@@ -89,6 +91,11 @@ pub(super) fn run(stores: &Stores<'_>) {
     two_stores_lose_no_tag(&open(), &open());
     another_store_sees_a_moved_tag(&open(), &open());
     another_store_sees_a_deleted_blob(&open(), &open());
+    instances_store_a_blob_once(&open(), &open());
+    collecting_while_another_instance_pushes(&open(), &open());
+    if let Some(leases) = stores.leases {
+        sweeps_hand_over_their_lease(&open(), &open(), leases);
+    }
 }
 
 fn repo(name: &str) -> RepoName {
@@ -1100,6 +1107,162 @@ fn another_store_sees_a_deleted_blob(first: &Store, second: &Store) {
     ));
 }
 
+/// Issue 14: instances (two stores sharing only the cache and the storage) pushing one new
+/// blob into their own repositories at once store its bytes once, in rounds of four pushes
+/// released together: `add` makes one copy the holder, and a push that finds it not landed
+/// yet lands its own bytes and then shares the holder's (a link, or a placeholder).
+fn instances_store_a_blob_once(first: &Store, second: &Store) {
+    for round in 0..12 {
+        let layer = pattern(16 * 1024 + round, 40 + round as u8);
+        let repos: Vec<RepoName> = (0..4)
+            .map(|i| repo(&format!("instances-{round}-{i}")))
+            .collect();
+        let start = std::sync::Barrier::new(repos.len());
+        std::thread::scope(|s| {
+            for (i, r) in repos.iter().enumerate() {
+                let (store, layer, start) = ([first, second][i % 2], &layer, &start);
+                s.spawn(move || {
+                    start.wait();
+                    push(store, r, layer)
+                });
+            }
+        });
+        let digest = Digest::sha256_of(&layer);
+        let mut keys: Vec<_> = repos
+            .iter()
+            .map(|r| held(first, r, &digest).meta.bytes_key())
+            .collect();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(
+            keys.len() == 1,
+            first.dedupes(),
+            "round {round}: the bytes are stored {} times",
+            keys.len()
+        );
+        for (r, store) in repos.iter().zip([first, second].iter().cycle()) {
+            assert!(pull(store, r, &digest, None) == layer, "round {round}: {r}");
+        }
+    }
+}
+
+/// Issue 14: one instance collects a repository while another pushes tagged images into it:
+/// every tag the pusher was answered for stays, with its manifest and layers, and what was
+/// garbage before goes. The collector sees the pusher's index changes only through the
+/// storage (index.json compare-and-swap), and a layer younger than `gcDelay` is never taken.
+fn collecting_while_another_instance_pushes(collector: &Store, pusher: &Store) {
+    let repo = repo("gc-while-pushing");
+    // Tagged, so the repository is never empty, and never removed under the pusher.
+    let kept = image(collector, &repo, &[b"a kept layer"], "kept");
+    put_manifest(collector, &repo, "kept", &kept);
+    let garbage = push(collector, &repo, b"an orphan layer");
+    let untagged = image(collector, &repo, &[b"an untagged image's layer"], "old");
+    put_manifest(
+        collector,
+        &repo,
+        &Digest::sha256_of(&untagged).to_string(),
+        &untagged,
+    );
+    let mut settings = gc_settings(serde_json::json!([]));
+    settings.delay = Duration::from_secs(2);
+    settings.retention.delay = settings.delay;
+    std::thread::sleep(settings.delay + Duration::from_millis(200));
+    let collect_aged = || {
+        let now = SystemTime::now();
+        collector
+            .collect(&repo, &settings, &TagTimes::default(), now, false)
+            .unwrap()
+    };
+    let pushing = std::sync::atomic::AtomicBool::new(true);
+    let pushed = std::thread::scope(|s| {
+        let pushes = s.spawn(|| {
+            let mut pushed = Vec::new();
+            for n in 0..30 {
+                let layer = format!("layer {n} pushed while collecting");
+                let manifest = image(pusher, &repo, &[layer.as_bytes()], &format!("n{n}"));
+                put_manifest(pusher, &repo, &format!("t{n}"), &manifest);
+                pushed.push((format!("t{n}"), manifest, layer));
+            }
+            pushing.store(false, std::sync::atomic::Ordering::Release);
+            pushed
+        });
+        while pushing.load(std::sync::atomic::Ordering::Acquire) {
+            collect_aged();
+        }
+        pushes.join().unwrap()
+    });
+    collector
+        .collect(
+            &repo,
+            &settings,
+            &TagTimes::default(),
+            SystemTime::now(),
+            false,
+        )
+        .unwrap();
+    for store in [collector, pusher] {
+        let mut tags = store.tags(&repo).unwrap();
+        tags.sort();
+        let mut expected: Vec<String> = pushed.iter().map(|(t, _, _)| t.clone()).collect();
+        expected.push("kept".into());
+        expected.sort();
+        assert_eq!(tags, expected, "no acknowledged tag is lost");
+        for (tag, manifest, layer) in &pushed {
+            assert!(
+                manifest_bytes(store, &repo, tag).unwrap() == *manifest,
+                "{tag}"
+            );
+            let layer_digest = Digest::sha256_of(layer.as_bytes());
+            assert_eq!(pull(store, &repo, &layer_digest, None), layer.as_bytes());
+        }
+        assert!(matches!(
+            store.blob_size(&repo, &garbage),
+            Err(StoreError::BlobUnknown(_))
+        ));
+        assert!(matches!(
+            manifest_bytes(store, &repo, &Digest::sha256_of(&untagged).to_string()),
+            Err(StoreError::ManifestUnknown(_))
+        ));
+    }
+}
+
+/// The time-to-live of the suite's leases: short, so a hand-over is seen within a second.
+const LEASE_TTL: Duration = Duration::from_millis(400);
+
+/// DESIGN decision 11: of two instances, one sweeps at a time. The holder's lease is renewed
+/// while its sweep runs past the time-to-live; the other's round is skipped meanwhile and
+/// runs once it is released. A holder that stops renewing (killed) loses it after the
+/// time-to-live, and the other's next round takes it.
+fn sweeps_hand_over_their_lease(first: &Store, second: &Store, leases: &dyn Leases) {
+    use super::collector::LEASE;
+    let ran = first.leased(LEASE, || {
+        assert!(second.leased(LEASE, || ()).is_none(), "first holds it");
+        std::thread::sleep(LEASE_TTL * 3);
+        assert!(
+            second.leased(LEASE, || ()).is_none(),
+            "renewed while the sweep runs"
+        );
+    });
+    assert!(ran.is_some());
+    assert_eq!(second.leased(LEASE, || "swept"), Some("swept"), "released");
+    assert!(
+        leases
+            .acquire(LEASE, "a killed instance", LEASE_TTL)
+            .unwrap()
+    );
+    assert!(second.leased(LEASE, || ()).is_none());
+    std::thread::sleep(LEASE_TTL * 2);
+    assert_eq!(
+        second.leased(LEASE, || "taken over"),
+        Some("taken over"),
+        "the killed holder's lease expired"
+    );
+    // Other sweeps' leases are apart.
+    first.leased(LEASE, || {
+        assert!(second.leased(super::scrub::LEASE, || ()).is_some());
+    });
+}
+
 /// A fresh local root: each driver opened is a separate `LocalDriver` over it, writing
 /// uploads as berth does by default.
 fn local(dir: &Path) -> Storage {
@@ -1120,14 +1283,15 @@ fn s3(_: &Path) -> Storage {
     Box::new(move || Arc::new(super::driver::s3::S3Driver::new(config.clone()).unwrap()))
 }
 
-fn no_cache(_: &Path) -> Option<DedupeCache> {
+fn no_cache(_: &Path) -> Option<Arc<LmdbCache>> {
     None
 }
 
-fn lmdb(dir: &Path) -> Option<DedupeCache> {
+fn lmdb(dir: &Path) -> Option<Arc<LmdbCache>> {
     let lmdb = Lmdb::open(dir, LmdbOptions::new(false)).unwrap();
-    let store = lmdb.namespace(&Namespace::new("storage")).unwrap();
-    Some(DedupeCache::of(Arc::new(store)))
+    Some(Arc::new(
+        lmdb.namespace(&Namespace::new("storage")).unwrap(),
+    ))
 }
 
 fn hard_link() -> Strategy {
@@ -1149,7 +1313,7 @@ const BLOB_CACHE: usize = 16 << 20;
 fn run_one(
     storage: fn(&Path) -> Storage,
     strategy: fn() -> Strategy,
-    cache: fn(&Path) -> Option<DedupeCache>,
+    cache: fn(&Path) -> Option<Arc<LmdbCache>>,
 ) {
     let dir = tempfile::tempdir().unwrap();
     let driver = storage(&dir.path().join("storage"));
@@ -1158,12 +1322,17 @@ fn run_one(
         strategy.supported_by(driver().capabilities()),
         "the driver can dedupe by {strategy:?} (placeholders need user xattrs locally)"
     );
-    let shared = cache(&dir.path().join("cache"));
+    let lmdb = cache(&dir.path().join("cache"));
+    let shared = lmdb.clone().map(DedupeCache::of);
     // As every start does: the start-up pass runs on the store before it serves (with
-    // placeholders, copies holding bytes are not deleted until a pass has completed).
+    // placeholders, copies holding bytes are not deleted until a pass has completed). Each
+    // store is an instance of its own, taking its sweeps' leases in the shared cache.
     let open = || {
-        let store = Store::with_dedupe_strategy(driver(), shared.clone(), Some(strategy))
+        let mut store = Store::with_dedupe_strategy(driver(), shared.clone(), Some(strategy))
             .with_blob_cache(BLOB_CACHE);
+        if let Some(lmdb) = &lmdb {
+            store = store.with_leases(lmdb.clone(), LEASE_TTL);
+        }
         if store.dedupes() {
             dedupe_pass::run(&store).unwrap();
         }
@@ -1172,7 +1341,7 @@ fn run_one(
     let caches = std::sync::atomic::AtomicUsize::new(0);
     let with_new_cache = || {
         let n = caches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let fresh = cache(&dir.path().join(format!("cache-{n}")));
+        let fresh = cache(&dir.path().join(format!("cache-{n}"))).map(DedupeCache::of);
         Store::with_dedupe_strategy(driver(), fresh, Some(strategy))
     };
     let without_dedupe =
@@ -1190,7 +1359,97 @@ fn run_one(
         open: &open,
         with_new_cache: &with_new_cache,
         without_dedupe: &without_dedupe,
+        leases: lmdb.as_ref().map(|l| &**l as &dyn Leases),
     });
+}
+
+/// The dedupe index of a real cache, counting the calls made to it.
+struct Counted {
+    index: Arc<LmdbCache>,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl Counted {
+    fn count(&self) {
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn take(&self) -> usize {
+        self.calls.swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl DedupeIndex for Counted {
+    fn put(&self, digest: &Digest, path: &StoragePath) -> Result<(), CacheError> {
+        self.count();
+        self.index.put(digest, path)
+    }
+
+    fn add(&self, digest: &Digest, path: &StoragePath) -> Result<Option<StoragePath>, CacheError> {
+        self.count();
+        self.index.add(digest, path)
+    }
+
+    fn paths(&self, digest: &Digest) -> Result<Vec<StoragePath>, CacheError> {
+        self.count();
+        self.index.paths(digest)
+    }
+
+    fn original(&self, digest: &Digest) -> Result<Option<StoragePath>, CacheError> {
+        self.count();
+        self.index.original(digest)
+    }
+
+    fn put_original(&self, digest: &Digest, path: &StoragePath) -> Result<(), CacheError> {
+        self.count();
+        self.index.put_original(digest, path)
+    }
+
+    fn remove(&self, digest: &Digest, path: &StoragePath) -> Result<(), CacheError> {
+        self.count();
+        self.index.remove(digest, path)
+    }
+}
+
+/// Issue 14: a push costs one call to the dedupe cache for a blob the store holds already
+/// (`add` records the copy and names the original to share) and at most two for a new one,
+/// by either strategy: on a remote cache each call is a round trip.
+#[test]
+fn a_push_makes_one_cache_call() {
+    let local: fn(&Path) -> Storage = local;
+    for (storage, strategy) in [
+        (local, Strategy::HardLink),
+        (local, Strategy::Placeholder),
+        (memory, Strategy::Placeholder),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let lmdb = lmdb(&dir.path().join("cache")).unwrap();
+        let counted = Arc::new(Counted {
+            index: lmdb.clone(),
+            calls: Default::default(),
+        });
+        let cache = DedupeCache {
+            index: counted.clone(),
+            markers: lmdb,
+        };
+        let driver = storage(&dir.path().join("storage"))();
+        let store = Store::with_dedupe_strategy(driver, Some(cache), Some(strategy));
+        let layer = pattern(8 * 1024, 3);
+        let (a, b) = (repo("counted-a"), repo("counted-b"));
+        push(&store, &a, &layer);
+        let new = counted.take();
+        assert!(
+            (1..=2).contains(&new),
+            "{strategy:?}: {new} calls for a new blob"
+        );
+        push(&store, &b, &layer);
+        assert_eq!(counted.take(), 1, "{strategy:?}: a blob held elsewhere");
+        push(&store, &b, &layer);
+        assert_eq!(counted.take(), 1, "{strategy:?}: a blob held there already");
+        let key = |r: &RepoName| held(&store, r, &Digest::sha256_of(&layer)).meta.bytes_key();
+        assert_eq!(key(&a), key(&b), "{strategy:?}: shared");
+    }
 }
 
 /// One test per driver x dedupe strategy x cache, named `<driver>::<strategy>::<cache>`.
