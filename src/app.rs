@@ -2,7 +2,8 @@
 //! `Registry`, the background start-up dedupe pass, and a bound server.
 
 use crate::cache::lmdb::{Lmdb, LmdbCache, LmdbOptions};
-use crate::cache::{CacheError, DedupeCache, Namespace};
+use crate::cache::redis::{Redis, RedisOptions};
+use crate::cache::{CacheError, DedupeCache, Namespace, UsageLog};
 use crate::config::{CacheBackend, Config, StorageBackend, StoreConfig, UploadWriter};
 use crate::http::server::{BindError, Server};
 use crate::root_lock::{LockError, RootLock};
@@ -44,6 +45,14 @@ pub enum StartError {
         key: String,
         /// The cache directory.
         dir: PathBuf,
+        /// The cause.
+        message: String,
+    },
+    /// The Redis cache's client refused its settings.
+    #[error("{key}: {message}")]
+    RemoteCache {
+        /// The config key of the store's `cacheDriver`.
+        key: String,
         /// The cause.
         message: String,
     },
@@ -110,11 +119,14 @@ pub fn open_stores(
             locks.push(lock);
         }
     }
+    // Stores configured with the same Redis share its client and connections, each in its
+    // own namespace.
+    let mut redis_clients = Vec::new();
     let opened = stores
         .into_iter()
         .map(|(key, settings)| {
             Ok(OpenedStore {
-                store: open_store(&key, settings)?,
+                store: open_store(&key, settings, &mut redis_clients)?,
                 settings: settings.clone(),
                 key,
             })
@@ -249,7 +261,11 @@ fn spawn_scrub(opened: &[OpenedStore], interval: std::time::Duration) -> std::io
 
 /// Opens one store: its driver, its cache when dedupe or retention's usage times need one,
 /// and a thread that flushes usage times.
-fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartError> {
+fn open_store(
+    key: &str,
+    settings: &StoreConfig,
+    redis_clients: &mut Vec<(RedisOptions, Arc<Redis>)>,
+) -> Result<Arc<Store>, StartError> {
     let root = &settings.root_directory;
     let (driver, described, blob_cache): (Arc<dyn Driver>, String, u64) = match &settings.backend {
         StorageBackend::Local { writer } => {
@@ -319,16 +335,32 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
         settings.gc.enabled && retention.policies.iter().any(|p| !p.keep_tags.is_empty());
     let record_pulls = settings.gc.enabled && retention.uses_pull_times();
     let cache = if settings.dedupe || record_pushes || record_pulls {
-        match settings.cache {
-            CacheBackend::Lmdb => Some(open_cache(key, root, settings.commit)?),
-        }
+        let (dedupe, usage): (DedupeCache, Arc<dyn UsageLog>) = match &settings.cache {
+            CacheBackend::Lmdb => {
+                let cache = open_cache(key, root, settings.commit)?;
+                (DedupeCache::of(cache.clone()), cache)
+            }
+            CacheBackend::Redis(redis) => {
+                let cache = Arc::new(
+                    shared_redis(key, &redis.options, redis_clients)?
+                        .namespace(&Namespace::new(key)),
+                );
+                tracing::debug!(
+                    store = key,
+                    "redis cache: accepted without effect (no such setting in the client): {}",
+                    redis.logged_only.join(", ")
+                );
+                (DedupeCache::of(cache.clone()), cache)
+            }
+        };
+        Some((dedupe, usage))
     } else {
         None
     };
     let dedupe_cache = cache
-        .clone()
+        .as_ref()
         .filter(|_| settings.dedupe)
-        .map(DedupeCache::of);
+        .map(|(dedupe, _)| dedupe.clone());
     let capabilities = driver.capabilities();
     let mut store = Store::new(driver, dedupe_cache)
         .with_blob_cache(usize::try_from(blob_cache).unwrap_or(usize::MAX));
@@ -342,8 +374,8 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
         gc = settings.gc.enabled,
         "storage ready: {described}"
     );
-    if let Some(cache) = cache {
-        store = store.with_usage(cache, record_pushes, record_pulls);
+    if let Some((_, usage)) = cache {
+        store = store.with_usage(usage, record_pushes, record_pulls);
     }
     let store = Arc::new(store);
     if record_pushes || record_pulls {
@@ -360,6 +392,27 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
             .map_err(|e| StartError::Thread("usage flusher", e))?;
     }
     Ok(store)
+}
+
+/// The client of the Redis `options` name: the one an earlier store opened with the same
+/// options, else a new one. Connects to nothing: a Redis not up yet is a cache unavailable
+/// until it answers (issue 14), not a failed start.
+fn shared_redis(
+    key: &str,
+    options: &RedisOptions,
+    clients: &mut Vec<(RedisOptions, Arc<Redis>)>,
+) -> Result<Arc<Redis>, StartError> {
+    if let Some((_, redis)) = clients.iter().find(|(o, _)| o == options) {
+        return Ok(Arc::clone(redis));
+    }
+    let redis = Arc::new(
+        Redis::new(options.clone()).map_err(|e| StartError::RemoteCache {
+            key: format!("{key}.cacheDriver"),
+            message: e.to_string(),
+        })?,
+    );
+    clients.push((options.clone(), Arc::clone(&redis)));
+    Ok(redis)
 }
 
 /// The local driver's writer for the configured one.

@@ -8,7 +8,7 @@
 //!   caches have them: an embedded cache means one process per root (`RootLock`).
 //!
 //! Every record belongs to a `Namespace`, one per store: several stores may share one backend
-//! (one LMDB environment, later one Redis database or DynamoDB table) and never see each
+//! (one LMDB environment, one Redis database, later a DynamoDB table) and never see each
 //! other's records. A backend that cannot be reached or refuses writes now says
 //! `CacheError::Unavailable`, and the store goes on without it (`Outage`: full copies instead
 //! of links, logged once per outage) rather than failing a push.
@@ -20,6 +20,7 @@
 
 pub mod lmdb;
 mod outage;
+pub mod redis;
 
 #[cfg(test)]
 pub(crate) mod conformance;

@@ -6,8 +6,8 @@
 //! with a fresh cache, or without dedupe); each check works in repositories of its own, so they
 //! share one store without seeing each other. The matrix at the end makes one test per
 //! driver x dedupe strategy x cache (`storage::store_suite::<driver>::<strategy>::<cache>`:
-//! local by hard links and by placeholders, memory by placeholders, each with LMDB and without
-//! a cache, which turns dedupe off): a new driver, strategy or cache joins with one line there.
+//! local by hard links and by placeholders, memory and S3 by placeholders, each with LMDB, with
+//! Redis and without a cache, which turns dedupe off): a new driver, strategy or cache joins with one line there.
 //!
 //! Covered: monolithic, chunked (in and out of order) and resumed uploads (also one finished
 //! with an empty body by a store that saw it empty while another filled it), digest mismatches,
@@ -1130,6 +1130,15 @@ fn lmdb(dir: &Path) -> Option<DedupeCache> {
     Some(DedupeCache::of(Arc::new(store)))
 }
 
+/// A fresh key prefix on the single test Redis (`scripts/redis-services.sh`), shared by every
+/// store of the test as instances share it; a lost cache is another prefix.
+fn redis(_: &Path) -> Option<DedupeCache> {
+    let redis = crate::cache::redis::tests::fresh_single();
+    Some(DedupeCache::of(Arc::new(
+        redis.namespace(&Namespace::new("storage")),
+    )))
+}
+
 fn hard_link() -> Strategy {
     Strategy::HardLink
 }
@@ -1220,5 +1229,5 @@ matrix! {
         memory { placeholder },
         s3 { placeholder }
     }
-    caches { no_cache, lmdb }
+    caches { no_cache, lmdb, redis }
 }
