@@ -565,4 +565,63 @@ mod tests {
                 .unwrap();
         assert_eq!(bucket.get(&key).unwrap(), bytes);
     }
+
+    fn push(store: &Store, repo: &str, bytes: &[u8]) -> Digest {
+        let digest = Digest::sha256_of(bytes);
+        let repo: crate::oci::RepoName = repo.parse().unwrap();
+        let length = BodyLength::Exact(bytes.len() as u64);
+        store
+            .blob_put(&repo, &digest, &mut &bytes[..], length)
+            .unwrap();
+        digest
+    }
+
+    /// `remoteCache` with a Redis `cacheDriver` builds the stores on Redis, each in its own
+    /// namespace of one client; a Redis that is down at start stops nothing (issue 14: the
+    /// store pushes without dedupe until it answers).
+    #[test]
+    fn stores_keep_their_records_in_redis() {
+        let url =
+            crate::test_services::ServiceEnv::load(".redis-services", "scripts/redis-services.sh")
+                .require("BERTH_REDIS_URL");
+        let down = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let prefix = format!("berth-test-{}", uuid::Uuid::new_v4().simple());
+        let dir = tempfile::tempdir().unwrap();
+        let store = |root: &str, url: &str| {
+            serde_json::json!({
+                "rootDirectory": dir.path().join(root),
+                "remoteCache": true,
+                "cacheDriver": {"name": "redis", "url": url, "keyprefix": &prefix}
+            })
+        };
+        let mut storage = store("main", &url);
+        storage["subPaths"] = serde_json::json!({
+            "/a": store("a", &url),
+            "/down": store("down", &format!("redis://127.0.0.1:{down}?max_retries=-1")),
+        });
+        let config =
+            Config::parse(&serde_json::json!({"storage": storage}).to_string(), "test").unwrap();
+        let (opened, _) = open_stores(&config, None).unwrap();
+        let bytes = b"a layer recorded in redis";
+        let digest = push(&opened[0].store, "one", bytes);
+        push(&opened[0].store, "two", bytes);
+        push(&opened[1].store, "a/one", bytes);
+        push(&opened[2].store, "down/one", bytes);
+        push(&opened[2].store, "down/two", bytes);
+        let CacheBackend::Redis(settings) = &config.storage.default.cache else {
+            panic!("a redis cache");
+        };
+        let redis = Arc::new(Redis::new(settings.options.clone()).unwrap());
+        let paths = |ns: &str| {
+            use crate::cache::DedupeIndex;
+            redis.namespace(&Namespace::new(ns)).paths(&digest).unwrap()
+        };
+        assert_eq!(paths("storage").len(), 2, "{:?}", paths("storage"));
+        assert_eq!(paths("storage.subPaths./a").len(), 1);
+        assert!(paths("storage.subPaths./down").is_empty());
+    }
 }
