@@ -345,11 +345,13 @@ fn open_store(
                     shared_redis(key, &redis.options, redis_clients)?
                         .namespace(&Namespace::new(key)),
                 );
-                tracing::debug!(
-                    store = key,
-                    "redis cache: accepted without effect (no such setting in the client): {}",
-                    redis.logged_only.join(", ")
-                );
+                if !redis.logged_only.is_empty() {
+                    tracing::debug!(
+                        store = key,
+                        "redis cache: accepted without effect (no such setting in the client): {}",
+                        redis.logged_only.join(", ")
+                    );
+                }
                 (DedupeCache::of(cache.clone()), cache)
             }
         };

@@ -215,6 +215,9 @@ impl Redis {
                 Opener::Single(Client::open(connection_info(addr, &options)).map_err(failed)?)
             }
             Topology::Cluster(nodes) => {
+                if let Some(name) = &options.client_name {
+                    tracing::debug!("redis cache: client_name {name:?} is not set on a cluster");
+                }
                 // Credentials, TLS, protocol and database come from the nodes' settings.
                 let mut builder =
                     ClusterClientBuilder::new(nodes.iter().map(|a| connection_info(a, &options)))
@@ -277,8 +280,9 @@ impl Redis {
         }
     }
 
-    /// Requests and pipelines sent so far (a pipeline over several cluster nodes counts one
-    /// per node): what a push costs in round trips.
+    /// Requests and pipelines the calls sent so far (a pipeline over a cluster counts one per
+    /// slot it reaches, at least one per node it reaches; opening a connection, done once per
+    /// pooled connection, is not counted): what a push costs in round trips.
     pub fn round_trips(&self) -> u64 {
         self.round_trips.load(Ordering::Relaxed)
     }
