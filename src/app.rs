@@ -2,7 +2,8 @@
 //! `Registry`, the background start-up dedupe pass, and a bound server.
 
 use crate::cache::lmdb::{Lmdb, LmdbCache, LmdbOptions};
-use crate::cache::{CacheError, DedupeCache, Namespace};
+use crate::cache::redis::{Redis, RedisOptions};
+use crate::cache::{CacheError, DedupeCache, Leases, Namespace, UsageLog};
 use crate::config::{
     CacheBackend, Config, MetricsConfig, StorageBackend, StoreConfig, UploadWriter,
 };
@@ -48,6 +49,14 @@ pub enum StartError {
         key: String,
         /// The cache directory.
         dir: PathBuf,
+        /// The cause.
+        message: String,
+    },
+    /// The Redis cache's client refused its settings.
+    #[error("{key}: {message}")]
+    RemoteCache {
+        /// The config key of the store's `cacheDriver`.
+        key: String,
         /// The cause.
         message: String,
     },
@@ -117,11 +126,14 @@ pub fn open_stores(
             locks.push(lock);
         }
     }
+    // Stores configured with the same Redis share its client and connections, each in its
+    // own namespace.
+    let mut redis_clients = Vec::new();
     let opened = stores
         .into_iter()
         .map(|(key, settings)| {
             Ok(OpenedStore {
-                store: open_store(&key, settings)?,
+                store: open_store(&key, settings, &mut redis_clients)?,
                 settings: settings.clone(),
                 key,
             })
@@ -265,7 +277,11 @@ fn spawn_scrub(opened: &[OpenedStore], interval: std::time::Duration) -> std::io
 
 /// Opens one store: its driver, its cache when dedupe or retention's usage times need one,
 /// and a thread that flushes usage times.
-fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartError> {
+fn open_store(
+    key: &str,
+    settings: &StoreConfig,
+    redis_clients: &mut Vec<(RedisOptions, Arc<Redis>)>,
+) -> Result<Arc<Store>, StartError> {
     let root = &settings.root_directory;
     let (driver, described, blob_cache): (Arc<dyn Driver>, String, u64) = match &settings.backend {
         StorageBackend::Local { writer } => {
@@ -334,17 +350,39 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
     let record_pushes =
         settings.gc.enabled && retention.policies.iter().any(|p| !p.keep_tags.is_empty());
     let record_pulls = settings.gc.enabled && retention.uses_pull_times();
-    let cache = if settings.dedupe || record_pushes || record_pulls {
-        match settings.cache {
-            CacheBackend::Lmdb => Some(open_cache(key, root, settings.commit)?),
-        }
+    // A shared cache is opened whatever uses it: its leases let one instance at a time sweep.
+    let shared = settings.cache.is_shared();
+    let cache = if settings.dedupe || record_pushes || record_pulls || shared {
+        type Opened = (DedupeCache, Arc<dyn UsageLog>, Option<Arc<dyn Leases>>);
+        let (dedupe, usage, leases): Opened = match &settings.cache {
+            // One process per root (`RootLock`): no leases needed.
+            CacheBackend::Lmdb => {
+                let cache = open_cache(key, root, settings.commit)?;
+                (DedupeCache::of(cache.clone()), cache, None)
+            }
+            CacheBackend::Redis(redis) => {
+                let cache = Arc::new(
+                    shared_redis(key, &redis.options, redis_clients)?
+                        .namespace(&Namespace::new(key)),
+                );
+                if !redis.logged_only.is_empty() {
+                    tracing::debug!(
+                        store = key,
+                        "redis cache: accepted without effect (no such setting in the client): {}",
+                        redis.logged_only.join(", ")
+                    );
+                }
+                (DedupeCache::of(cache.clone()), cache.clone(), Some(cache))
+            }
+        };
+        Some((dedupe, usage, leases))
     } else {
         None
     };
     let dedupe_cache = cache
-        .clone()
+        .as_ref()
         .filter(|_| settings.dedupe)
-        .map(DedupeCache::of);
+        .map(|(dedupe, ..)| dedupe.clone());
     let capabilities = driver.capabilities();
     let mut store = Store::new(driver, dedupe_cache)
         .with_blob_cache(usize::try_from(blob_cache).unwrap_or(usize::MAX));
@@ -358,11 +396,11 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
         gc = settings.gc.enabled,
         "storage ready: {described}"
     );
-    if let Some(cache) = cache {
-        if settings.cache.is_shared() {
-            store = store.with_leases(cache.clone(), sweep_lease::DEFAULT_TTL);
+    if let Some((_, usage, leases)) = cache {
+        if let Some(leases) = leases {
+            store = store.with_leases(leases, sweep_lease::DEFAULT_TTL);
         }
-        store = store.with_usage(cache, record_pushes, record_pulls);
+        store = store.with_usage(usage, record_pushes, record_pulls);
     }
     let store = Arc::new(store);
     if record_pushes || record_pulls {
@@ -379,6 +417,27 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
             .map_err(|e| StartError::Thread("usage flusher", e))?;
     }
     Ok(store)
+}
+
+/// The client of the Redis `options` name: the one an earlier store opened with the same
+/// options, else a new one. Connects to nothing: a Redis not up yet is a cache unavailable
+/// until it answers (issue 14), not a failed start.
+fn shared_redis(
+    key: &str,
+    options: &RedisOptions,
+    clients: &mut Vec<(RedisOptions, Arc<Redis>)>,
+) -> Result<Arc<Redis>, StartError> {
+    if let Some((_, redis)) = clients.iter().find(|(o, _)| o == options) {
+        return Ok(Arc::clone(redis));
+    }
+    let redis = Arc::new(
+        Redis::new(options.clone()).map_err(|e| StartError::RemoteCache {
+            key: format!("{key}.cacheDriver"),
+            message: e.to_string(),
+        })?,
+    );
+    clients.push((options.clone(), Arc::clone(&redis)));
+    Ok(redis)
 }
 
 /// The local driver's writer for the configured one.
@@ -530,5 +589,64 @@ mod tests {
             StoragePath::from_components(["zot", "app", "s3", "blobs", "sha256", digest.hex()])
                 .unwrap();
         assert_eq!(bucket.get(&key).unwrap(), bytes);
+    }
+
+    fn push(store: &Store, repo: &str, bytes: &[u8]) -> Digest {
+        let digest = Digest::sha256_of(bytes);
+        let repo: crate::oci::RepoName = repo.parse().unwrap();
+        let length = BodyLength::Exact(bytes.len() as u64);
+        store
+            .blob_put(&repo, &digest, &mut &bytes[..], length)
+            .unwrap();
+        digest
+    }
+
+    /// `remoteCache` with a Redis `cacheDriver` builds the stores on Redis, each in its own
+    /// namespace of one client; a Redis that is down at start stops nothing (issue 14: the
+    /// store pushes without dedupe until it answers).
+    #[test]
+    fn stores_keep_their_records_in_redis() {
+        let url =
+            crate::test_services::ServiceEnv::load(".redis-services", "scripts/redis-services.sh")
+                .require("BERTH_REDIS_URL");
+        let down = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let prefix = format!("berth-test-{}", uuid::Uuid::new_v4().simple());
+        let dir = tempfile::tempdir().unwrap();
+        let store = |root: &str, url: &str| {
+            serde_json::json!({
+                "rootDirectory": dir.path().join(root),
+                "remoteCache": true,
+                "cacheDriver": {"name": "redis", "url": url, "keyprefix": &prefix}
+            })
+        };
+        let mut storage = store("main", &url);
+        storage["subPaths"] = serde_json::json!({
+            "/a": store("a", &url),
+            "/down": store("down", &format!("redis://127.0.0.1:{down}?max_retries=-1")),
+        });
+        let config =
+            Config::parse(&serde_json::json!({"storage": storage}).to_string(), "test").unwrap();
+        let (opened, _) = open_stores(&config, None).unwrap();
+        let bytes = b"a layer recorded in redis";
+        let digest = push(&opened[0].store, "one", bytes);
+        push(&opened[0].store, "two", bytes);
+        push(&opened[1].store, "a/one", bytes);
+        push(&opened[2].store, "down/one", bytes);
+        push(&opened[2].store, "down/two", bytes);
+        let CacheBackend::Redis(settings) = &config.storage.default.cache else {
+            panic!("a redis cache");
+        };
+        let redis = Arc::new(Redis::new(settings.options.clone()).unwrap());
+        let paths = |ns: &str| {
+            use crate::cache::DedupeIndex;
+            redis.namespace(&Namespace::new(ns)).paths(&digest).unwrap()
+        };
+        assert_eq!(paths("storage").len(), 2, "{:?}", paths("storage"));
+        assert_eq!(paths("storage.subPaths./a").len(), 1);
+        assert!(paths("storage.subPaths./down").is_empty());
     }
 }

@@ -13,12 +13,14 @@
 //!   tiny_http front end with its request workers.
 //! - `cache`: the caches a store keeps, by concern (`DedupeIndex`: digest → paths;
 //!   `UsageLog`: push and pull times; `Markers`), namespaced per store, with the embedded LMDB
-//!   implementation and `Outage`, how a store degrades when a cache is unavailable.
+//!   implementation, the shared Redis one, and `Outage`, how a store degrades when a cache
+//!   is unavailable.
 //! - `metrics`: request, repository and cache counters in the Prometheus text format
 //!   (`extensions.metrics`), with zot's metric names.
 //! - `background`: the one bounded rayon pool for background fan-out.
 //! - `app`: wires a config into stores, caches and a running registry.
 //! - `root_lock`: one berth process per storage root.
+//! - `test_services` (tests only): the variables of the test servers the scripts start.
 
 #![warn(missing_docs, unreachable_pub)]
 
@@ -32,3 +34,5 @@ mod metrics;
 pub mod oci;
 mod root_lock;
 pub mod storage;
+#[cfg(test)]
+mod test_services;

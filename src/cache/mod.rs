@@ -10,7 +10,7 @@
 //!   one host), which is how the tests run several instances on one store.
 //!
 //! Every record belongs to a `Namespace`, one per store: several stores may share one backend
-//! (one LMDB environment, later one Redis database or DynamoDB table) and never see each
+//! (one LMDB environment, one Redis database, later a DynamoDB table) and never see each
 //! other's records. A backend that cannot be reached or refuses writes now says
 //! `CacheError::Unavailable`, and the store goes on without it (`Outage`: full copies instead
 //! of links, logged once per outage) rather than failing a push.
@@ -22,6 +22,7 @@
 
 pub mod lmdb;
 mod outage;
+pub mod redis;
 
 #[cfg(test)]
 pub(crate) mod conformance;

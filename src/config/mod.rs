@@ -4,11 +4,14 @@
 //! Errors name the file and the full key path. zot keys whose feature berth does not build
 //! yet are refused by name rather than ignored, so a zot config never silently means less.
 
+pub mod cache;
 mod duration;
 pub mod gc;
 mod raw;
+pub mod redis;
 pub mod s3;
 
+pub use cache::CacheBackend;
 use raw::{RawConfig, RawPort};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
@@ -146,24 +149,6 @@ pub enum UploadWriter {
     Buffered,
     /// O_DIRECT writes from registered buffers, several in flight, through an io_uring ring.
     IoUring,
-}
-
-/// A store's cache backend, as the composition root builds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum CacheBackend {
-    /// The embedded LMDB cache in `<rootDirectory>/.berth/cache` (zot's `boltdb` place).
-    #[default]
-    Lmdb,
-}
-
-impl CacheBackend {
-    /// Whether several berth processes may share the cache, and so serve one root (issue
-    /// 14): then no root lock is taken, and the sweeps take leases instead.
-    pub fn is_shared(self) -> bool {
-        match self {
-            CacheBackend::Lmdb => false,
-        }
-    }
 }
 
 /// One `subPaths` entry: the leading repository-name segments it matches (`/a/b` → `a`, `b`).
@@ -453,9 +438,6 @@ fn resolve_store(
         .as_ref()
         .filter(|r| !r.is_empty())
         .ok_or_else(|| format!("{}: required", key("rootDirectory")))?;
-    if storage.remote_cache == Some(true) {
-        return Err(not_built(&key("remoteCache"), "a remote cache"));
-    }
     let backend = match &storage.storage_driver {
         Some(driver) => {
             if storage.writer.is_some() {
@@ -472,23 +454,19 @@ fn resolve_store(
             writer: storage.writer.unwrap_or(UploadWriter::Auto),
         },
     };
-    match &storage.cache_driver {
-        // zot's local cache: berth's embedded cache plays its part.
-        Some(driver) if driver.get("name").and_then(|n| n.as_str()) == Some("boltdb") => {
-            warnings.push(format!(
-                "{}: boltdb is zot's embedded cache; berth uses its own (LMDB, in {}/.berth)",
-                key("cacheDriver"),
-                root_directory
-            ));
-        }
-        driver => refuse_present(driver, &key("cacheDriver"), "a remote dedupe cache")?,
-    }
+    let cache = cache::resolve(
+        storage.remote_cache,
+        storage.cache_driver.as_ref(),
+        &key,
+        root_directory,
+        warnings,
+    )?;
     Ok(StoreConfig {
         root_directory: PathBuf::from(root_directory),
         commit: storage.commit.unwrap_or(false),
         dedupe: storage.dedupe.unwrap_or(true),
         backend,
-        cache: CacheBackend::Lmdb,
+        cache,
         gc: gc::resolve(storage, prefix, top, warnings)?,
     })
 }

@@ -6,8 +6,8 @@
 //! with a fresh cache, or without dedupe); each check works in repositories of its own, so they
 //! share one store without seeing each other. The matrix at the end makes one test per
 //! driver x dedupe strategy x cache (`storage::store_suite::<driver>::<strategy>::<cache>`:
-//! local by hard links and by placeholders, memory by placeholders, each with LMDB and without
-//! a cache, which turns dedupe off): a new driver, strategy or cache joins with one line there.
+//! local by hard links and by placeholders, memory and S3 by placeholders, each with LMDB, with
+//! Redis and without a cache, which turns dedupe off): a new driver, strategy or cache joins with one line there.
 //!
 //! Covered: monolithic, chunked (in and out of order) and resumed uploads (also one finished
 //! with an empty body by a store that saw it empty while another filled it), digest mismatches,
@@ -30,7 +30,7 @@ use super::driver::memory::MemoryDriver;
 use super::driver::{Driver, StoragePath};
 use super::layout::{self, UploadId};
 use super::{BlobBody, BodyLength, ByteRange, Collected, Store, StoreError, TagTimes, dedupe_pass};
-use crate::cache::lmdb::{Lmdb, LmdbCache, LmdbOptions};
+use crate::cache::lmdb::{Lmdb, LmdbOptions};
 use crate::cache::{CacheError, DedupeCache, DedupeIndex, Leases, Namespace};
 use crate::config::Config;
 use crate::config::gc::GcConfig;
@@ -1283,15 +1283,26 @@ fn s3(_: &Path) -> Storage {
     Box::new(move || Arc::new(super::driver::s3::S3Driver::new(config.clone()).unwrap()))
 }
 
-fn no_cache(_: &Path) -> Option<Arc<LmdbCache>> {
+/// A cache the suite's stores share, as instances do: its dedupe records and its leases.
+type SharedCache = (DedupeCache, Arc<dyn Leases>);
+
+fn no_cache(_: &Path) -> Option<SharedCache> {
     None
 }
 
-fn lmdb(dir: &Path) -> Option<Arc<LmdbCache>> {
+/// Shared by the one process's stores; a lost cache is a new directory.
+fn lmdb(dir: &Path) -> Option<SharedCache> {
     let lmdb = Lmdb::open(dir, LmdbOptions::new(false)).unwrap();
-    Some(Arc::new(
-        lmdb.namespace(&Namespace::new("storage")).unwrap(),
-    ))
+    let cache = Arc::new(lmdb.namespace(&Namespace::new("storage")).unwrap());
+    Some((DedupeCache::of(cache.clone()), cache))
+}
+
+/// A fresh key prefix on the single test Redis (`scripts/redis-services.sh`), shared by every
+/// store of the test as instances share it; a lost cache is another prefix.
+fn redis(_: &Path) -> Option<SharedCache> {
+    let redis = crate::cache::redis::tests::fresh_single();
+    let cache = Arc::new(redis.namespace(&Namespace::new("storage")));
+    Some((DedupeCache::of(cache.clone()), cache))
 }
 
 fn hard_link() -> Strategy {
@@ -1313,7 +1324,7 @@ const BLOB_CACHE: usize = 16 << 20;
 fn run_one(
     storage: fn(&Path) -> Storage,
     strategy: fn() -> Strategy,
-    cache: fn(&Path) -> Option<Arc<LmdbCache>>,
+    cache: fn(&Path) -> Option<SharedCache>,
 ) {
     let dir = tempfile::tempdir().unwrap();
     let driver = storage(&dir.path().join("storage"));
@@ -1322,16 +1333,16 @@ fn run_one(
         strategy.supported_by(driver().capabilities()),
         "the driver can dedupe by {strategy:?} (placeholders need user xattrs locally)"
     );
-    let lmdb = cache(&dir.path().join("cache"));
-    let shared = lmdb.clone().map(DedupeCache::of);
+    let opened = cache(&dir.path().join("cache"));
+    let shared = opened.as_ref().map(|(dedupe, _)| dedupe.clone());
     // As every start does: the start-up pass runs on the store before it serves (with
     // placeholders, copies holding bytes are not deleted until a pass has completed). Each
     // store is an instance of its own, taking its sweeps' leases in the shared cache.
     let open = || {
         let mut store = Store::with_dedupe_strategy(driver(), shared.clone(), Some(strategy))
             .with_blob_cache(BLOB_CACHE);
-        if let Some(lmdb) = &lmdb {
-            store = store.with_leases(lmdb.clone(), LEASE_TTL);
+        if let Some((_, leases)) = &opened {
+            store = store.with_leases(leases.clone(), LEASE_TTL);
         }
         if store.dedupes() {
             dedupe_pass::run(&store).unwrap();
@@ -1341,7 +1352,7 @@ fn run_one(
     let caches = std::sync::atomic::AtomicUsize::new(0);
     let with_new_cache = || {
         let n = caches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let fresh = cache(&dir.path().join(format!("cache-{n}"))).map(DedupeCache::of);
+        let fresh = cache(&dir.path().join(format!("cache-{n}"))).map(|(dedupe, _)| dedupe);
         Store::with_dedupe_strategy(driver(), fresh, Some(strategy))
     };
     let without_dedupe =
@@ -1359,13 +1370,13 @@ fn run_one(
         open: &open,
         with_new_cache: &with_new_cache,
         without_dedupe: &without_dedupe,
-        leases: lmdb.as_ref().map(|l| &**l as &dyn Leases),
+        leases: opened.as_ref().map(|(_, leases)| &**leases),
     });
 }
 
 /// The dedupe index of a real cache, counting the calls made to it.
 struct Counted {
-    index: Arc<LmdbCache>,
+    index: Arc<dyn DedupeIndex>,
     calls: std::sync::atomic::AtomicUsize,
 }
 
@@ -1424,14 +1435,14 @@ fn a_push_makes_one_cache_call() {
         (memory, Strategy::Placeholder),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let lmdb = lmdb(&dir.path().join("cache")).unwrap();
+        let (lmdb, _) = lmdb(&dir.path().join("cache")).unwrap();
         let counted = Arc::new(Counted {
-            index: lmdb.clone(),
+            index: lmdb.index,
             calls: Default::default(),
         });
         let cache = DedupeCache {
             index: counted.clone(),
-            markers: lmdb,
+            markers: lmdb.markers,
         };
         let driver = storage(&dir.path().join("storage"))();
         let store = Store::with_dedupe_strategy(driver, Some(cache), Some(strategy));
@@ -1479,5 +1490,5 @@ matrix! {
         memory { placeholder },
         s3 { placeholder }
     }
-    caches { no_cache, lmdb }
+    caches { no_cache, lmdb, redis }
 }

@@ -7,5 +7,8 @@ pub mod layout;
 pub mod oci;
 pub mod s3;
 pub mod server;
+// The lib's own reader of the test servers' variables, shared rather than copied.
+#[path = "../../src/test_services.rs"]
+pub mod services;
 pub mod store;
 pub mod tools;

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::http::{Client, Response};
 use super::server::Settings;
+use super::services::ServiceEnv;
 
 /// moto takes any signature but wants one there.
 const ANY_SIGNATURE: &str = "AWS4-HMAC-SHA256 Credential=testing/20260101/eu-west-1/s3/aws4_request, SignedHeaders=host, Signature=00";
@@ -24,24 +25,7 @@ const HOLDER: &str = "x-amz-meta-berth-holder";
 /// A variable `scripts/s3-services.sh start` writes to `.s3-services/env`, from the
 /// environment (`scripts/test.sh` exports them) or from that file.
 fn service_var(var: &str) -> String {
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(".s3-services/env");
-    let prefix = format!("{var}=");
-    std::env::var(var)
-        .ok()
-        .filter(|v| !v.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string(&file)
-                .ok()?
-                .lines()
-                .find_map(|l| l.strip_prefix(&prefix).map(str::to_string))
-        })
-        .unwrap_or_else(|| {
-            panic!(
-                "{var} is not set and {} does not name it: start the S3 test servers with \
-                 `scripts/s3-services.sh start` (scripts/test.sh starts and stops them)",
-                file.display()
-            )
-        })
+    ServiceEnv::load(".s3-services", "scripts/s3-services.sh").require(var)
 }
 
 /// moto's endpoint.

@@ -10,7 +10,6 @@
 //! signed and checked.
 
 use super::*;
-use std::collections::HashMap;
 use std::io::Read;
 
 /// Region of the test buckets: moto refuses a location constraint of `us-east-1`.
@@ -27,30 +26,15 @@ pub(super) struct Service {
 /// The endpoint and keys of a test server (`MOTO` or `S3S`), from the environment
 /// (`scripts/test.sh` exports them) or from `.s3-services/env`, which the script writes.
 pub(super) fn service(name: &str) -> Service {
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".s3-services/env");
-    let saved: HashMap<String, String> = std::fs::read_to_string(&file)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    let get = |key: String| {
-        std::env::var(&key)
-            .ok()
-            .or_else(|| saved.get(&key).cloned())
-    };
-    let var = format!("BERTH_S3_{name}_ENDPOINT");
-    let endpoint = get(var.clone()).unwrap_or_else(|| {
-        panic!(
-            "{var} is not set and {} does not name it: start the S3 test servers with \
-             `scripts/s3-services.sh start` (scripts/test.sh starts and stops them)",
-            file.display()
-        )
-    });
+    let env = crate::test_services::ServiceEnv::load(".s3-services", "scripts/s3-services.sh");
     Service {
-        endpoint,
-        access_key: get(format!("BERTH_S3_{name}_ACCESS_KEY")).unwrap_or("testing".into()),
-        secret_key: get(format!("BERTH_S3_{name}_SECRET_KEY")).unwrap_or("testing".into()),
+        endpoint: env.require(&format!("BERTH_S3_{name}_ENDPOINT")),
+        access_key: env
+            .get(&format!("BERTH_S3_{name}_ACCESS_KEY"))
+            .unwrap_or("testing".into()),
+        secret_key: env
+            .get(&format!("BERTH_S3_{name}_SECRET_KEY"))
+            .unwrap_or("testing".into()),
         wire: Wire::default(),
     }
 }
