@@ -1,13 +1,15 @@
 //! The composition root: turns a resolved `Config` into drivers, caches and stores routed by a
 //! `Registry`, the background start-up dedupe pass, and a bound server.
 
+use crate::cache::dynamodb::{DynamoDb, DynamoDbCache, DynamoDbOptions};
 use crate::cache::lmdb::{Lmdb, LmdbCache, LmdbOptions};
-use crate::cache::{CacheError, DedupeCache, Namespace};
+use crate::cache::{CacheError, DedupeCache, DedupeIndex, Markers, Namespace, UsageLog};
+use crate::config::dynamodb::DynamoDbSettings;
 use crate::config::{CacheBackend, Config, StorageBackend, StoreConfig, UploadWriter};
 use crate::http::server::{BindError, Server};
 use crate::root_lock::{LockError, RootLock};
 use crate::storage::driver::local::{LocalDriver, WriterChoice};
-use crate::storage::driver::s3::{MultipartCopy, S3Config, S3Driver};
+use crate::storage::driver::s3::{MultipartCopy, Provider, S3Config, S3Driver};
 use crate::storage::driver::{Driver, DriverError};
 use crate::storage::{Reads, Registry, Store, collector, dedupe_pass};
 use std::path::{Path, PathBuf};
@@ -47,6 +49,9 @@ pub enum StartError {
         /// The cause.
         message: String,
     },
+    /// A remote cache refused berth (the message names the key).
+    #[error("{0}")]
+    RemoteCache(String),
     /// Another process uses a root.
     #[error("{key}: {source}")]
     Locked {
@@ -319,16 +324,17 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
         settings.gc.enabled && retention.policies.iter().any(|p| !p.keep_tags.is_empty());
     let record_pulls = settings.gc.enabled && retention.uses_pull_times();
     let cache = if settings.dedupe || record_pushes || record_pulls {
-        match settings.cache {
-            CacheBackend::Lmdb => Some(open_cache(key, root, settings.commit)?),
-        }
+        Some(match &settings.cache {
+            CacheBackend::Lmdb => with_usage(open_cache(key, root, settings.commit)?),
+            CacheBackend::DynamoDb(dynamo) => with_usage(open_dynamodb(key, dynamo)?),
+        })
     } else {
         None
     };
     let dedupe_cache = cache
         .clone()
         .filter(|_| settings.dedupe)
-        .map(DedupeCache::of);
+        .map(|(dedupe, _)| dedupe);
     let capabilities = driver.capabilities();
     let mut store = Store::new(driver, dedupe_cache)
         .with_blob_cache(usize::try_from(blob_cache).unwrap_or(usize::MAX));
@@ -342,8 +348,8 @@ fn open_store(key: &str, settings: &StoreConfig) -> Result<Arc<Store>, StartErro
         gc = settings.gc.enabled,
         "storage ready: {described}"
     );
-    if let Some(cache) = cache {
-        store = store.with_usage(cache, record_pushes, record_pulls);
+    if let Some((_, usage)) = cache {
+        store = store.with_usage(usage, record_pushes, record_pulls);
     }
     let store = Arc::new(store);
     if record_pushes || record_pulls {
@@ -402,6 +408,36 @@ fn open_cache(key: &str, root: &Path, durable: bool) -> Result<Arc<LmdbCache>, S
         .map_err(|e| e.to_string())
         .and_then(|()| open().map_err(|e| e.to_string()));
     reopened.map(Arc::new).map_err(failed)
+}
+
+/// A cache's dedupe part and its usage log.
+fn with_usage<C: DedupeIndex + Markers + UsageLog + 'static>(
+    cache: Arc<C>,
+) -> (DedupeCache, Arc<dyn UsageLog>) {
+    (DedupeCache::of(cache.clone()), cache)
+}
+
+/// Opens a store's namespace (its config key) in the DynamoDB table of its `cacheDriver`,
+/// signing with the credentials the S3 driver would find. A DynamoDB that does not answer
+/// does not stop the start (the store goes on without it until it answers); refused keys do.
+fn open_dynamodb(key: &str, settings: &DynamoDbSettings) -> Result<Arc<DynamoDbCache>, StartError> {
+    let at = format!("{key}.cacheDriver");
+    let keys = settings
+        .accesskey
+        .as_deref()
+        .zip(settings.secretkey.as_deref());
+    let credentials =
+        crate::config::s3::credentials_from(keys, &at, &|name| std::env::var(name).ok())
+            .map_err(StartError::Credentials)?;
+    let options = DynamoDbOptions {
+        endpoint: settings.endpoint.clone(),
+        region: settings.region.clone(),
+        table: settings.table.clone(),
+        timeout: settings.timeout,
+    };
+    let table = DynamoDb::open(options, Provider::new(credentials))
+        .map_err(|e| StartError::RemoteCache(format!("{at}: {e}")))?;
+    Ok(Arc::new(table.namespace(&Namespace::new(key))))
 }
 
 /// Whether this process may read, write and enter `dir` and its parent (an absent `dir`

@@ -319,7 +319,6 @@ pub(crate) fn markers<M: Markers>(open: impl Fn(&Namespace) -> M) {
 }
 
 /// Runs every `Leases` check over namespaces that `open` opens in one backend.
-#[expect(dead_code, reason = "run by the shared caches, which come next (issue 14)")]
 pub(crate) fn leases<L: Leases>(open: impl Fn(&Namespace) -> L) {
     let (gc, scrub) = (LeaseKey::new("gc"), LeaseKey::new("scrub"));
     let long = Duration::from_secs(60);

@@ -5,6 +5,7 @@
 //! yet are refused by name rather than ignored, so a zot config never silently means less.
 
 mod duration;
+pub mod dynamodb;
 pub mod gc;
 mod raw;
 pub mod s3;
@@ -124,11 +125,13 @@ pub enum UploadWriter {
 }
 
 /// A store's cache backend, as the composition root builds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum CacheBackend {
     /// The embedded LMDB cache in `<rootDirectory>/.berth/cache` (zot's `boltdb` place).
     #[default]
     Lmdb,
+    /// A DynamoDB table (`remoteCache: true`, `cacheDriver.name: dynamodb`).
+    DynamoDb(Box<dynamodb::DynamoDbSettings>),
 }
 
 /// One `subPaths` entry: the leading repository-name segments it matches (`/a/b` → `a`, `b`).
@@ -413,9 +416,6 @@ fn resolve_store(
         .as_ref()
         .filter(|r| !r.is_empty())
         .ok_or_else(|| format!("{}: required", key("rootDirectory")))?;
-    if storage.remote_cache == Some(true) {
-        return Err(not_built(&key("remoteCache"), "a remote cache"));
-    }
     let backend = match &storage.storage_driver {
         Some(driver) => {
             if storage.writer.is_some() {
@@ -432,7 +432,8 @@ fn resolve_store(
             writer: storage.writer.unwrap_or(UploadWriter::Auto),
         },
     };
-    match &storage.cache_driver {
+    let remote = storage.remote_cache == Some(true);
+    let cache = match &storage.cache_driver {
         // zot's local cache: berth's embedded cache plays its part.
         Some(driver) if driver.get("name").and_then(|n| n.as_str()) == Some("boltdb") => {
             warnings.push(format!(
@@ -440,15 +441,35 @@ fn resolve_store(
                 key("cacheDriver"),
                 root_directory
             ));
+            CacheBackend::Lmdb
         }
-        driver => refuse_present(driver, &key("cacheDriver"), "a remote dedupe cache")?,
-    }
+        Some(driver) if driver.get("name").and_then(|n| n.as_str()) == Some("dynamodb") => {
+            if !remote {
+                return Err(format!(
+                    "{}: must be true for a dynamodb cacheDriver",
+                    key("remoteCache")
+                ));
+            }
+            let settings = dynamodb::resolve(driver, &key("cacheDriver"), warnings)?;
+            CacheBackend::DynamoDb(Box::new(settings))
+        }
+        driver => {
+            refuse_present(driver, &key("cacheDriver"), "a remote dedupe cache")?;
+            if remote {
+                return Err(format!(
+                    "{}: a remote cache needs a cacheDriver",
+                    key("remoteCache")
+                ));
+            }
+            CacheBackend::Lmdb
+        }
+    };
     Ok(StoreConfig {
         root_directory: PathBuf::from(root_directory),
         commit: storage.commit.unwrap_or(false),
         dedupe: storage.dedupe.unwrap_or(true),
         backend,
-        cache: CacheBackend::Lmdb,
+        cache,
         gc: gc::resolve(storage, prefix, top, warnings)?,
     })
 }

@@ -7,7 +7,7 @@
 //! share one store without seeing each other. The matrix at the end makes one test per
 //! driver x dedupe strategy x cache (`storage::store_suite::<driver>::<strategy>::<cache>`:
 //! local by hard links and by placeholders, memory by placeholders, each with LMDB and without
-//! a cache, which turns dedupe off): a new driver, strategy or cache joins with one line there.
+//! a cache, which turns dedupe off; DynamoDB on moto with each): a new driver, strategy or cache joins with one line there.
 //!
 //! Covered: monolithic, chunked (in and out of order) and resumed uploads (also one finished
 //! with an empty body by a store that saw it empty while another filled it), digest mismatches,
@@ -1130,6 +1130,15 @@ fn lmdb(dir: &Path) -> Option<DedupeCache> {
     Some(DedupeCache::of(Arc::new(store)))
 }
 
+/// A table of its own on moto; stores opened over it share it, as instances would, and a
+/// lost cache is another fresh table.
+fn dynamodb(_: &Path) -> Option<DedupeCache> {
+    let table = crate::cache::dynamodb::tests::fresh_on_moto();
+    Some(DedupeCache::of(Arc::new(
+        table.namespace(&Namespace::new("storage")),
+    )))
+}
+
 fn hard_link() -> Strategy {
     Strategy::HardLink
 }
@@ -1220,5 +1229,5 @@ matrix! {
         memory { placeholder },
         s3 { placeholder }
     }
-    caches { no_cache, lmdb }
+    caches { no_cache, lmdb, dynamodb }
 }

@@ -24,33 +24,40 @@ pub(super) struct Service {
     pub(super) wire: Wire,
 }
 
-/// The endpoint and keys of a test server (`MOTO` or `S3S`), from the environment
-/// (`scripts/test.sh` exports them) or from `.s3-services/env`, which the script writes.
-pub(super) fn service(name: &str) -> Service {
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".s3-services/env");
-    let saved: HashMap<String, String> = std::fs::read_to_string(&file)
+/// A variable `scripts/s3-services.sh start` writes, from the environment (`scripts/test.sh`
+/// exports them) or from `.s3-services/env`; without it the test fails, naming the script.
+pub(crate) fn service_var(var: &str) -> String {
+    service_var_or(var).unwrap_or_else(|| {
+        panic!(
+            "{var} is not set and {} does not name it: start the S3 test servers with \
+             `scripts/s3-services.sh start` (scripts/test.sh starts and stops them)",
+            services_file().display()
+        )
+    })
+}
+
+fn services_file() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".s3-services/env")
+}
+
+fn service_var_or(var: &str) -> Option<String> {
+    let saved: HashMap<String, String> = std::fs::read_to_string(services_file())
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-    let get = |key: String| {
-        std::env::var(&key)
-            .ok()
-            .or_else(|| saved.get(&key).cloned())
-    };
-    let var = format!("BERTH_S3_{name}_ENDPOINT");
-    let endpoint = get(var.clone()).unwrap_or_else(|| {
-        panic!(
-            "{var} is not set and {} does not name it: start the S3 test servers with \
-             `scripts/s3-services.sh start` (scripts/test.sh starts and stops them)",
-            file.display()
-        )
-    });
+    std::env::var(var).ok().or_else(|| saved.get(var).cloned())
+}
+
+/// The endpoint and keys of a test server (`MOTO` or `S3S`).
+pub(super) fn service(name: &str) -> Service {
     Service {
-        endpoint,
-        access_key: get(format!("BERTH_S3_{name}_ACCESS_KEY")).unwrap_or("testing".into()),
-        secret_key: get(format!("BERTH_S3_{name}_SECRET_KEY")).unwrap_or("testing".into()),
+        endpoint: service_var(&format!("BERTH_S3_{name}_ENDPOINT")),
+        access_key: service_var_or(&format!("BERTH_S3_{name}_ACCESS_KEY"))
+            .unwrap_or("testing".into()),
+        secret_key: service_var_or(&format!("BERTH_S3_{name}_SECRET_KEY"))
+            .unwrap_or("testing".into()),
         wire: Wire::default(),
     }
 }
