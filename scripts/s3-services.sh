@@ -17,6 +17,10 @@
 #                credentials (moto serves EC2's instance metadata): they give up after about a
 #                second, as berth does, and behind the suites' uploads on the first one, served
 #                one at a time, an answer could take longer (CI saw it).
+#   moto (DynamoDB) a fourth moto_server for the DynamoDB cache's tests (its endpoint is
+#                BERTH_DYNAMODB_ENDPOINT), one request at a time as well: moto checks a
+#                condition expression and then writes, and the cache's atomic steps
+#                (originals, promotions, leases) are conditional writes.
 #
 #   scripts/s3-services.sh start   installs what is missing (idempotent), stops what an earlier
 #                                  start left running, starts them on free 127.0.0.1 ports and
@@ -119,7 +123,7 @@ start() {
     install_missing
     stop
     mkdir -p "$STATE/s3s-root"
-    local moto_port s3s_port moto_pid s3s_pid tls_port tls_pid metadata_port metadata_pid
+    local moto_port s3s_port moto_pid s3s_pid tls_port tls_pid metadata_port metadata_pid dynamodb_port dynamodb_pid
     # `moto_server -H 127.0.0.1 -p PORT [-c CERT -k KEY]`, but one request at a time (see the
     # top). The word moto_server in its arguments is what `stop` recognises it by.
     local moto_app='
@@ -135,6 +139,9 @@ run_simple(sys.argv[2], int(sys.argv[3]), DomainDispatcherApplication(create_bac
     metadata_port=$(free_port)
     "$PYTHON" -c "$moto_app" moto_server 127.0.0.1 "$metadata_port" >"$STATE/moto-metadata.log" 2>&1 &
     metadata_pid=$!
+    dynamodb_port=$(free_port)
+    "$PYTHON" -c "$moto_app" moto_server 127.0.0.1 "$dynamodb_port" >"$STATE/moto-dynamodb.log" 2>&1 &
+    dynamodb_pid=$!
     mkdir -p "$STATE/tls"
     openssl req -x509 -newkey rsa:2048 -nodes -days 7 -subj /CN=localhost \
         -addext "basicConstraints=critical,CA:FALSE" \
@@ -158,6 +165,8 @@ BERTH_S3_MOTO_TLS_ENDPOINT=https://127.0.0.1:$tls_port
 BERTH_S3_MOTO_TLS_PID=$tls_pid
 BERTH_S3_MOTO_METADATA_ENDPOINT=http://127.0.0.1:$metadata_port
 BERTH_S3_MOTO_METADATA_PID=$metadata_pid
+BERTH_DYNAMODB_ENDPOINT=http://127.0.0.1:$dynamodb_port
+BERTH_S3_MOTO_DYNAMODB_PID=$dynamodb_pid
 BERTH_S3_S3S_ENDPOINT=http://127.0.0.1:$s3s_port
 BERTH_S3_S3S_ACCESS_KEY=$S3S_ACCESS_KEY
 BERTH_S3_S3S_SECRET_KEY=$S3S_SECRET_KEY
@@ -167,8 +176,9 @@ EOF
     wait_for moto "$moto_port" "$moto_pid"
     wait_for moto-tls "$tls_port" "$tls_pid"
     wait_for moto-metadata "$metadata_port" "$metadata_pid"
+    wait_for moto-dynamodb "$dynamodb_port" "$dynamodb_pid"
     wait_for s3s-fs "$s3s_port" "$s3s_pid"
-    echo "s3-services: moto on 127.0.0.1:$moto_port (pid $moto_pid), moto on https://127.0.0.1:$tls_port (pid $tls_pid), moto for instance metadata on 127.0.0.1:$metadata_port (pid $metadata_pid), s3s-fs on 127.0.0.1:$s3s_port (pid $s3s_pid); $ENV_FILE"
+    echo "s3-services: moto on 127.0.0.1:$moto_port (pid $moto_pid), moto on https://127.0.0.1:$tls_port (pid $tls_pid), moto for instance metadata on 127.0.0.1:$metadata_port (pid $metadata_pid), moto for DynamoDB on 127.0.0.1:$dynamodb_port (pid $dynamodb_pid), s3s-fs on 127.0.0.1:$s3s_port (pid $s3s_pid); $ENV_FILE"
 }
 
 case "${1:-}" in

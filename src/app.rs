@@ -1,9 +1,11 @@
 //! The composition root: turns a resolved `Config` into drivers, caches and stores routed by a
 //! `Registry`, the background start-up dedupe pass, and a bound server.
 
+use crate::cache::dynamodb::{DynamoDb, DynamoDbCache, DynamoDbOptions};
 use crate::cache::lmdb::{Lmdb, LmdbCache, LmdbOptions};
 use crate::cache::redis::{Redis, RedisOptions};
-use crate::cache::{CacheError, DedupeCache, Leases, Namespace, UsageLog};
+use crate::cache::{CacheError, DedupeCache, DedupeIndex, Leases, Markers, Namespace, UsageLog};
+use crate::config::dynamodb::DynamoDbSettings;
 use crate::config::{
     CacheBackend, Config, MetricsConfig, StorageBackend, StoreConfig, UploadWriter,
 };
@@ -12,7 +14,7 @@ use crate::http::server::{BindError, Server};
 use crate::metrics::Metrics;
 use crate::root_lock::{LockError, RootLock};
 use crate::storage::driver::local::{LocalDriver, WriterChoice};
-use crate::storage::driver::s3::{MultipartCopy, S3Config, S3Driver};
+use crate::storage::driver::s3::{MultipartCopy, Provider, S3Config, S3Driver};
 use crate::storage::driver::{Driver, DriverError};
 use crate::storage::{Reads, Registry, Store, collector, dedupe_pass, scrub, sweep_lease};
 use std::path::{Path, PathBuf};
@@ -353,18 +355,12 @@ fn open_store(
     // A shared cache is opened whatever uses it: its leases let one instance at a time sweep.
     let shared = settings.cache.is_shared();
     let cache = if settings.dedupe || record_pushes || record_pulls || shared {
-        type Opened = (DedupeCache, Arc<dyn UsageLog>, Option<Arc<dyn Leases>>);
-        let (dedupe, usage, leases): Opened = match &settings.cache {
+        Some(match &settings.cache {
             // One process per root (`RootLock`): no leases needed.
-            CacheBackend::Lmdb => {
-                let cache = open_cache(key, root, settings.commit)?;
-                (DedupeCache::of(cache.clone()), cache, None)
-            }
+            CacheBackend::Lmdb => opened(open_cache(key, root, settings.commit)?, false),
             CacheBackend::Redis(redis) => {
-                let cache = Arc::new(
-                    shared_redis(key, &redis.options, redis_clients)?
-                        .namespace(&Namespace::new(key)),
-                );
+                let cache = shared_redis(key, &redis.options, redis_clients)?
+                    .namespace(&Namespace::new(key));
                 if !redis.logged_only.is_empty() {
                     tracing::debug!(
                         store = key,
@@ -372,10 +368,10 @@ fn open_store(
                         redis.logged_only.join(", ")
                     );
                 }
-                (DedupeCache::of(cache.clone()), cache.clone(), Some(cache))
+                opened(Arc::new(cache), true)
             }
-        };
-        Some((dedupe, usage, leases))
+            CacheBackend::DynamoDb(dynamo) => opened(open_dynamodb(key, dynamo)?, true),
+        })
     } else {
         None
     };
@@ -480,6 +476,46 @@ fn open_cache(key: &str, root: &Path, durable: bool) -> Result<Arc<LmdbCache>, S
         .map_err(|e| e.to_string())
         .and_then(|()| open().map_err(|e| e.to_string()));
     reopened.map(Arc::new).map_err(failed)
+}
+
+/// A cache's dedupe part and its usage log.
+/// What a store takes of its cache: dedupe records, usage times, and its leases when several
+/// instances may share it.
+type Opened = (DedupeCache, Arc<dyn UsageLog>, Option<Arc<dyn Leases>>);
+
+fn opened<C: DedupeIndex + Markers + UsageLog + Leases + 'static>(
+    cache: Arc<C>,
+    shared: bool,
+) -> Opened {
+    let leases = shared.then(|| cache.clone() as Arc<dyn Leases>);
+    (DedupeCache::of(cache.clone()), cache, leases)
+}
+
+/// Opens a store's namespace (its config key) in the DynamoDB table of its `cacheDriver`,
+/// signing with the credentials the S3 driver would find. A DynamoDB that does not answer
+/// does not stop the start (the store goes on without it until it answers); refused keys do.
+fn open_dynamodb(key: &str, settings: &DynamoDbSettings) -> Result<Arc<DynamoDbCache>, StartError> {
+    let at = format!("{key}.cacheDriver");
+    let keys = settings
+        .accesskey
+        .as_deref()
+        .zip(settings.secretkey.as_deref());
+    let credentials =
+        crate::config::s3::credentials_from(keys, &at, &|name| std::env::var(name).ok())
+            .map_err(StartError::Credentials)?;
+    let options = DynamoDbOptions {
+        endpoint: settings.endpoint.clone(),
+        region: settings.region.clone(),
+        table: settings.table.clone(),
+        timeout: settings.timeout,
+    };
+    let table = DynamoDb::open(options, Provider::new(credentials)).map_err(|e| {
+        StartError::RemoteCache {
+            key: at,
+            message: e.to_string(),
+        }
+    })?;
+    Ok(Arc::new(table.namespace(&Namespace::new(key))))
 }
 
 /// Whether this process may read, write and enter `dir` and its parent (an absent `dir`

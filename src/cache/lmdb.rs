@@ -193,9 +193,8 @@ impl Lmdb {
     /// The records of `namespace`. The first namespace opened also takes the records of the
     /// layout without namespaces, if any (see the module doc).
     pub fn namespace(&self, namespace: &Namespace) -> Result<LmdbCache, CacheError> {
-        let digest = Digest::sha256_of(namespace.as_str().as_bytes());
         let mut prefix = [0; PREFIX_LEN];
-        prefix.copy_from_slice(&digest.hex().as_bytes()[..PREFIX_LEN]);
+        prefix.copy_from_slice(namespace.hashed().as_bytes());
         let cache = LmdbCache {
             env: self.env.clone(),
             dbs: self.dbs,

@@ -20,6 +20,7 @@
 //! rebuilt by the start-up pass. Each trait has its suite in `conformance`, which every
 //! implementation runs.
 
+pub mod dynamodb;
 pub mod lmdb;
 mod outage;
 pub mod redis;
@@ -77,6 +78,13 @@ impl Namespace {
     /// The name.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The first 32 hex digits (128 bits) of the SHA-256 of the name: what backends start
+    /// keys with, of fixed length whatever the name, so one namespace's keys are never a
+    /// prefix of another's.
+    pub fn hashed(&self) -> String {
+        Digest::sha256_of(self.0.as_bytes()).hex()[..32].to_string()
     }
 }
 

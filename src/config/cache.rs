@@ -14,6 +14,8 @@ pub enum CacheBackend {
     Lmdb,
     /// A Redis shared by every instance serving the store (`name: "redis"`).
     Redis(Box<RedisSettings>),
+    /// A DynamoDB table shared by every instance serving the store (`name: "dynamodb"`).
+    DynamoDb(Box<super::dynamodb::DynamoDbSettings>),
 }
 
 impl CacheBackend {
@@ -22,7 +24,7 @@ impl CacheBackend {
     pub fn is_shared(&self) -> bool {
         match self {
             CacheBackend::Lmdb => false,
-            CacheBackend::Redis(_) => true,
+            CacheBackend::Redis(_) | CacheBackend::DynamoDb(_) => true,
         }
     }
 }
@@ -47,7 +49,11 @@ pub(super) fn resolve(
     };
     let name = match driver.get("name") {
         Some(Value::String(name)) => name.as_str(),
-        _ => return Err(format!("{at}.name: required (\"redis\", or \"boltdb\")")),
+        _ => {
+            return Err(format!(
+                "{at}.name: required (\"redis\", \"dynamodb\", or \"boltdb\")"
+            ));
+        }
     };
     match (name, remote_cache == Some(true)) {
         // zot's local cache: berth's embedded cache plays its part.
@@ -68,8 +74,11 @@ pub(super) fn resolve(
         ("redis", true) => Ok(CacheBackend::Redis(Box::new(redis::resolve(
             driver, &at, warnings,
         )?))),
+        ("dynamodb", true) => Ok(CacheBackend::DynamoDb(Box::new(super::dynamodb::resolve(
+            driver, &at, warnings,
+        )?))),
         (other, true) => Err(format!(
-            "{at}.name: {other:?}: not a cache driver of this berth version (\"redis\")"
+            "{at}.name: {other:?}: not a cache driver of this berth version (\"redis\", \"dynamodb\")"
         )),
     }
 }

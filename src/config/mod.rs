@@ -6,6 +6,7 @@
 
 pub mod cache;
 mod duration;
+pub mod dynamodb;
 pub mod gc;
 mod raw;
 pub mod redis;

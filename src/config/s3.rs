@@ -186,12 +186,8 @@ impl S3Settings {
         ignored
     }
 
-    /// Credentials in zot's order: the config's `accesskey`/`secretkey`, then
-    /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (with `AWS_SESSION_TOKEN`), then the shared
-    /// credentials file (`AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`), profile
-    /// `AWS_PROFILE` or `default`, then instance credentials (ECS container endpoint, EC2
-    /// instance metadata), each given about a second. The error names the sources tried,
-    /// never a secret.
+    /// Credentials in zot's order (`credentials`), starting with the config's
+    /// `accesskey`/`secretkey`.
     pub fn credentials(&self, key: &str) -> Result<Credentials, String> {
         self.credentials_from(key, &|name| std::env::var(name).ok())
     }
@@ -203,77 +199,94 @@ impl S3Settings {
         key: &str,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Credentials, String> {
-        if let (Some(access_key), Some(secret_key)) = (&self.accesskey, &self.secretkey) {
-            return Ok(Credentials {
-                access_key: access_key.clone(),
-                secret_key: secret_key.clone(),
-                session_token: None,
-                source: "config",
-                refresh: None,
-            });
-        }
-        let var = |name: &str| env(name).filter(|v| !v.is_empty());
+        credentials_from(
+            self.accesskey.as_deref().zip(self.secretkey.as_deref()),
+            key,
+            env,
+        )
+    }
+}
+
+/// Credentials in zot's order: `keys` given in the config, then
+/// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` (with `AWS_SESSION_TOKEN`), then the shared
+/// credentials file (`AWS_SHARED_CREDENTIALS_FILE`, else `~/.aws/credentials`), profile
+/// `AWS_PROFILE` or `default`, then instance credentials (ECS container endpoint, EC2
+/// instance metadata), each given about a second; with the environment read through `env`.
+/// The S3 driver's and the DynamoDB cache's one chain. The error, which starts with `key`,
+/// names the sources tried, never a secret.
+pub fn credentials_from(
+    keys: Option<(&str, &str)>,
+    key: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Credentials, String> {
+    if let Some((access_key, secret_key)) = keys {
+        return Ok(Credentials {
+            access_key: access_key.to_string(),
+            secret_key: secret_key.to_string(),
+            session_token: None,
+            source: "config",
+            refresh: None,
+        });
+    }
+    let var = |name: &str| env(name).filter(|v| !v.is_empty());
+    if let (Some(access_key), Some(secret_key)) =
+        (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"))
+    {
+        return Ok(Credentials {
+            access_key,
+            secret_key,
+            session_token: var("AWS_SESSION_TOKEN"),
+            source: "environment",
+            refresh: None,
+        });
+    }
+    let file = var("AWS_SHARED_CREDENTIALS_FILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| var("HOME").map(|home| std::path::Path::new(&home).join(".aws/credentials")));
+    let profile = var("AWS_PROFILE").unwrap_or_else(|| "default".to_string());
+    if let Some(file) = &file
+        && let Ok(text) = std::fs::read_to_string(file)
+    {
+        let entries = profile_entries(&text, &profile);
+        let get = |name: &str| {
+            entries
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .filter(|v| !v.is_empty())
+        };
         if let (Some(access_key), Some(secret_key)) =
-            (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY"))
+            (get("aws_access_key_id"), get("aws_secret_access_key"))
         {
             return Ok(Credentials {
                 access_key,
                 secret_key,
-                session_token: var("AWS_SESSION_TOKEN"),
-                source: "environment",
+                session_token: get("aws_session_token"),
+                source: "shared credentials file",
                 refresh: None,
             });
         }
-        let file = var("AWS_SHARED_CREDENTIALS_FILE")
-            .map(std::path::PathBuf::from)
-            .or_else(|| {
-                var("HOME").map(|home| std::path::Path::new(&home).join(".aws/credentials"))
-            });
-        let profile = var("AWS_PROFILE").unwrap_or_else(|| "default".to_string());
-        if let Some(file) = &file
-            && let Ok(text) = std::fs::read_to_string(file)
-        {
-            let entries = profile_entries(&text, &profile);
-            let get = |name: &str| {
-                entries
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.clone())
-                    .filter(|v| !v.is_empty())
-            };
-            if let (Some(access_key), Some(secret_key)) =
-                (get("aws_access_key_id"), get("aws_secret_access_key"))
-            {
-                return Ok(Credentials {
-                    access_key,
-                    secret_key,
-                    session_token: get("aws_session_token"),
-                    source: "shared credentials file",
-                    refresh: None,
-                });
-            }
-        }
-        let tried_file = file.map_or_else(
-            || "no shared credentials file (HOME is not set)".to_string(),
-            |f| format!("no profile [{profile}] with both keys in {}", f.display()),
-        );
-        let mut tried_instance = Vec::new();
-        for source in Instance::sources(env).map_err(|e| format!("{key}: {e}"))? {
-            match source.fetch() {
-                Ok(found) => return Ok(found),
-                Err(e) => tried_instance.push(e),
-            }
-        }
-        if tried_instance.is_empty() {
-            tried_instance.push("no instance credentials (AWS_EC2_METADATA_DISABLED)".to_string());
-        }
-        Err(format!(
-            "{key}: no S3 credentials: set accesskey and secretkey, or AWS_ACCESS_KEY_ID and \
-             AWS_SECRET_ACCESS_KEY, or a profile in the shared credentials file ({tried_file}), \
-             or run where instance credentials answer ({})",
-            tried_instance.join("; ")
-        ))
     }
+    let tried_file = file.map_or_else(
+        || "no shared credentials file (HOME is not set)".to_string(),
+        |f| format!("no profile [{profile}] with both keys in {}", f.display()),
+    );
+    let mut tried_instance = Vec::new();
+    for source in Instance::sources(env).map_err(|e| format!("{key}: {e}"))? {
+        match source.fetch() {
+            Ok(found) => return Ok(found),
+            Err(e) => tried_instance.push(e),
+        }
+    }
+    if tried_instance.is_empty() {
+        tried_instance.push("no instance credentials (AWS_EC2_METADATA_DISABLED)".to_string());
+    }
+    Err(format!(
+        "{key}: no AWS credentials: set accesskey and secretkey, or AWS_ACCESS_KEY_ID and \
+         AWS_SECRET_ACCESS_KEY, or a profile in the shared credentials file ({tried_file}), \
+         or run where instance credentials answer ({})",
+        tried_instance.join("; ")
+    ))
 }
 
 /// The `key = value` lines of section `[profile]` of an INI credentials file (keys lower
@@ -762,7 +775,7 @@ mod tests {
             .expect_err("no credentials are found");
         assert!(started.elapsed() < std::time::Duration::from_millis(1500));
         assert!(
-            missing.starts_with("storage.storageDriver: no S3 credentials"),
+            missing.starts_with("storage.storageDriver: no AWS credentials"),
             "{missing}"
         );
         assert!(

@@ -7,7 +7,8 @@
 //! share one store without seeing each other. The matrix at the end makes one test per
 //! driver x dedupe strategy x cache (`storage::store_suite::<driver>::<strategy>::<cache>`:
 //! local by hard links and by placeholders, memory and S3 by placeholders, each with LMDB, with
-//! Redis and without a cache, which turns dedupe off): a new driver, strategy or cache joins with one line there.
+//! Redis, with DynamoDB (on moto) and without a cache, which turns dedupe off): a new driver,
+//! strategy or cache joins with one line there.
 //!
 //! Covered: monolithic, chunked (in and out of order) and resumed uploads (also one finished
 //! with an empty body by a store that saw it empty while another filled it), digest mismatches,
@@ -1305,6 +1306,16 @@ fn redis(_: &Path) -> Option<SharedCache> {
     Some((DedupeCache::of(cache.clone()), cache))
 }
 
+/// A table of its own on moto; stores opened over it share it, as instances would, and a
+/// lost cache is another fresh table.
+/// A fresh table on the DynamoDB moto (`scripts/s3-services.sh`), shared by every store of
+/// the test as instances share it; a lost cache is another table.
+fn dynamodb(_: &Path) -> Option<SharedCache> {
+    let table = crate::cache::dynamodb::tests::fresh_on_moto();
+    let cache = Arc::new(table.namespace(&Namespace::new("storage")));
+    Some((DedupeCache::of(cache.clone()), cache))
+}
+
 fn hard_link() -> Strategy {
     Strategy::HardLink
 }
@@ -1490,5 +1501,5 @@ matrix! {
         memory { placeholder },
         s3 { placeholder }
     }
-    caches { no_cache, lmdb, redis }
+    caches { no_cache, lmdb, redis, dynamodb }
 }

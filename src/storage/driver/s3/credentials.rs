@@ -239,7 +239,7 @@ impl Instance {
 }
 
 /// The credentials requests are signed with, fetched again before temporary ones expire.
-pub(super) struct Provider {
+pub struct Provider {
     current: RwLock<Arc<Credentials>>,
     /// One refresh at a time (the other requests keep signing with the current keys), and
     /// when the last one failed: a failing source is asked again only after `RETRY_AFTER`,
@@ -248,7 +248,8 @@ pub(super) struct Provider {
 }
 
 impl Provider {
-    pub(super) fn new(credentials: Credentials) -> Provider {
+    /// Signs with `credentials`, refreshed from their source before they expire.
+    pub fn new(credentials: Credentials) -> Provider {
         Provider {
             current: RwLock::new(Arc::new(credentials)),
             refreshing: Mutex::new(None),
@@ -256,7 +257,7 @@ impl Provider {
     }
 
     /// The credentials to sign with now.
-    pub(super) fn get(&self) -> std::io::Result<Arc<Credentials>> {
+    pub fn get(&self) -> std::io::Result<Arc<Credentials>> {
         let current = self.current();
         let Some(refresh) = &current.refresh else {
             return Ok(current);

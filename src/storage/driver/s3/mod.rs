@@ -56,7 +56,7 @@ mod multipart;
 mod writer;
 
 pub use client::{CannedAcl, Encryption, LogLevel, StorageClass, Wire};
-pub use credentials::{Credentials, Instance, Refresh};
+pub use credentials::{Credentials, Instance, Provider, Refresh};
 
 use super::{
     Capabilities, Driver, DriverError, Entry, EntryKind, ObjectMeta, ObjectReader, StoragePath,
