@@ -23,6 +23,8 @@ const CONVERGE: Duration = Duration::from_secs(20);
 /// A store served by `n` berth processes sharing one Redis under a prefix of their own.
 struct Instances {
     store: Store,
+    /// The `keyprefix` of their shared cache.
+    prefix: String,
     berths: Vec<Berth>,
 }
 
@@ -43,13 +45,17 @@ impl Instances {
         settings.storage.insert("remoteCache".into(), json!(true));
         settings.storage.insert(
             "cacheDriver".into(),
-            json!({ "name": "redis", "url": redis, "keyprefix": prefix }),
+            json!({ "name": "redis", "url": redis, "keyprefix": &prefix }),
         );
         let store = Store::new(backend);
         let berths = (0..Instances::count(backend))
             .map(|_| store.start(settings.clone()))
             .collect();
-        Instances { store, berths }
+        Instances {
+            store,
+            prefix,
+            berths,
+        }
     }
 
     fn clients(&self) -> Vec<Client> {
@@ -264,4 +270,141 @@ fn gc_on_one_instance_loses_nothing_pushed_through_another_on_s3() {
 #[test]
 fn gc_on_one_instance_loses_nothing_pushed_through_another_on_local() {
     gc_loses_nothing_acknowledged(Backend::Local);
+}
+
+/// Asks the test Redis through `redis-cli` (which `scripts/redis-services.sh` installs).
+fn redis_cli(url: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new("redis-cli")
+        .args(["-u", url, "--raw"])
+        .args(args)
+        .output()
+        .expect("run redis-cli (scripts/redis-services.sh installs it)");
+    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// When each sweep in `log` ran: (start, end) in seconds since the epoch, from the line's
+/// timestamp (its end) and its `elapsed_ms`.
+fn sweeps_in(log: &str) -> Vec<(f64, f64)> {
+    log.lines()
+        .filter(|l| l.contains(SWEEP_DONE))
+        .map(|l| {
+            let end = timestamp(l.split_whitespace().next().expect("a timestamp"));
+            let elapsed: f64 = l
+                .split("elapsed_ms=")
+                .nth(1)
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .expect("elapsed_ms in the sweep's line");
+            (end - elapsed / 1000.0, end)
+        })
+        .collect()
+}
+
+/// `2026-11-27T22:35:52.908430Z` in seconds since the epoch.
+fn timestamp(s: &str) -> f64 {
+    let (date, time) = s.trim_end_matches('Z').split_once('T').expect("ISO 8601");
+    let d: Vec<i64> = date.split('-').map(|v| v.parse().unwrap()).collect();
+    let t: Vec<f64> = time.split(':').map(|v| v.parse().unwrap()).collect();
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (y, m) = if d[1] <= 2 {
+        (d[0] - 1, d[1] + 9)
+    } else {
+        (d[0], d[1] - 3)
+    };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + d[2] - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    days as f64 * 86_400.0 + t[0] * 3600.0 + t[1] * 60.0 + t[2]
+}
+
+#[test]
+fn sweeps_take_turns_and_a_killed_holders_lease_is_taken_over_after_its_ttl() {
+    const TTL: Duration = Duration::from_secs(3);
+    let mut settings = gc_settings();
+    settings.storage.insert("leaseTtl".into(), json!("3s"));
+    let mut instances = Instances::start(Backend::S3, settings);
+    let url =
+        ServiceEnv::load(".redis-services", "scripts/redis-services.sh").require("BERTH_REDIS_URL");
+    let prefix = instances.prefix.clone();
+    for n in 0..6u64 {
+        push_image(
+            &instances.berths[0].client(),
+            &format!("r{n}"),
+            "v",
+            &Image::oci(0x14_04 + n, &[100]),
+        );
+    }
+    let lease_key = || -> Option<String> {
+        let keys = redis_cli(&url, &["KEYS", &format!("{prefix}:*lease:{{gc}}")]);
+        keys.lines().next().map(str::to_string)
+    };
+    let holder = |key: &str| redis_cli(&url, &["GET", key]);
+    let holds =
+        |holder: &str, berth: &Berth| holder.split('/').nth(1) == Some(&berth.pid().to_string());
+
+    // Killed while it holds the lease, as the key in Redis shows before and after the kill.
+    let deadline = Instant::now() + CONVERGE;
+    let (killed, killed_at) = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no instance was seen holding the gc lease"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+        let Some(key) = lease_key() else { continue };
+        let now = holder(&key);
+        let Some(i) = instances.berths.iter().position(|b| holds(&now, b)) else {
+            continue;
+        };
+        instances.berths[i].kill9();
+        let killed_at = Instant::now();
+        if holder(&key) == now {
+            break (i, killed_at);
+        }
+        // It released the lease between the look and the kill: try another holder.
+        instances.berths.remove(i);
+        assert!(
+            !instances.berths.is_empty(),
+            "every instance released before it was killed"
+        );
+    };
+    let survivors: Vec<&Berth> = instances
+        .berths
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != killed)
+        .map(|(_, b)| b)
+        .collect();
+    let count = |b: &Berth| b.logs().matches(SWEEP_DONE).count();
+    let before: usize = survivors.iter().map(|b| count(b)).sum();
+    assert!(
+        wait_until(CONVERGE, || survivors
+            .iter()
+            .map(|b| count(b))
+            .sum::<usize>()
+            > before),
+        "no other instance swept after the holder was killed"
+    );
+    assert!(
+        // Renewed every third of it, the lease outlives its holder by two thirds at least.
+        killed_at.elapsed() >= TTL / 2,
+        "another instance swept {:?} after the holder was killed, within its lease's time-to-live",
+        killed_at.elapsed()
+    );
+
+    // Never two sweeps at once: the instances' sweeps, laid end to end, do not overlap.
+    let mut sweeps: Vec<(f64, f64)> = instances
+        .berths
+        .iter()
+        .flat_map(|b| sweeps_in(&b.logs()))
+        .collect();
+    sweeps.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert!(sweeps.len() >= 2, "too few sweeps to compare: {sweeps:?}");
+    for pair in sweeps.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1 - 0.001,
+            "two sweeps overlapped: {pair:?}"
+        );
+    }
 }
