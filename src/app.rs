@@ -394,7 +394,10 @@ fn open_store(
     );
     if let Some((_, usage, leases)) = cache {
         if let Some(leases) = leases {
-            store = store.with_leases(leases, sweep_lease::DEFAULT_TTL);
+            store = store.with_leases(
+                leases,
+                settings.lease_ttl.unwrap_or(sweep_lease::DEFAULT_TTL),
+            );
         }
         store = store.with_usage(usage, record_pushes, record_pulls);
     }

@@ -114,6 +114,11 @@ pub struct StoreConfig {
     /// cache is what a config without `cacheDriver` (or with zot's `boltdb`) means.
     #[serde(skip)]
     pub cache: CacheBackend,
+    /// berth only, `leaseTtl`: how long a sweep's lease holds without a renewal, where a
+    /// shared cache gives the store leases; `None` is the storage default. Short in tests,
+    /// so a killed holder's sweeps are taken over soon.
+    #[serde(skip)]
+    pub lease_ttl: Option<std::time::Duration>,
     /// Garbage collection and retention (zot's `gc*` keys and `retention`).
     #[serde(flatten)]
     pub gc: gc::GcConfig,
@@ -462,12 +467,28 @@ fn resolve_store(
         root_directory,
         warnings,
     )?;
+    let lease_ttl = match storage.lease_ttl.as_deref().map(duration::parse) {
+        None => None,
+        Some(Ok(ttl)) if !ttl.is_zero() && cache.is_shared() => Some(ttl),
+        Some(Ok(_)) if cache.is_shared() => {
+            return Err(format!("{}: must be more than 0", key("leaseTtl")));
+        }
+        Some(Ok(_)) => {
+            return Err(format!(
+                "{}: only with a shared cache ({}: true)",
+                key("leaseTtl"),
+                key("remoteCache")
+            ));
+        }
+        Some(Err(e)) => return Err(format!("{}: {e}", key("leaseTtl"))),
+    };
     Ok(StoreConfig {
         root_directory: PathBuf::from(root_directory),
         commit: storage.commit.unwrap_or(false),
         dedupe: storage.dedupe.unwrap_or(true),
         backend,
         cache,
+        lease_ttl,
         gc: gc::resolve(storage, prefix, top, warnings)?,
     })
 }

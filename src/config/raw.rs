@@ -68,6 +68,9 @@ pub struct RawStorage {
     /// zot's metaDB restart shortcut.
     #[serde(alias = "fastrestart")]
     pub fast_restart: Option<Value>,
+    /// berth only: how long a sweep's lease holds without a renewal (with a shared cache).
+    #[serde(alias = "leasettl")]
+    pub lease_ttl: Option<String>,
     /// berth only: how upload bytes are written (`auto`, `direct`, `buffered`, `io_uring`).
     pub writer: Option<super::UploadWriter>,
     /// zot's repository count limit.

@@ -448,6 +448,11 @@ impl Store {
         session: &mut Session,
     ) -> Result<Box<dyn UploadWriter>, StoreError> {
         let path = layout::upload(repo, &id)?;
+        // A writer opens or creates: a still empty session another instance cancelled would
+        // come back as a new empty upload, so its presence is asked first.
+        if session.size == 0 && self.driver.upload_status(&path)?.is_none() {
+            return Err(lost(session, id));
+        }
         let out = self.driver.writer(&path)?;
         if out.size() > session.size
             && let Some(rebuilt) = self.rebuild_session(repo, id)?
@@ -498,13 +503,11 @@ impl Store {
         }
     }
 
-    /// The number of bytes an upload holds. With `sealed_uploads` that is what its session's
-    /// note says (one HEAD): another instance may have appended since this one last saw it.
+    /// The number of bytes an upload holds, as its driver says (local: one `stat`; with
+    /// `sealed_uploads`, its session's note, one HEAD): another instance may have appended
+    /// since this one last saw it.
     pub fn upload_size(&self, repo: &RepoName, id: UploadId) -> Result<u64, StoreError> {
         self.with_session(repo, id, |session| {
-            if !self.driver.capabilities().sealed_uploads {
-                return Ok(session.size);
-            }
             match self.driver.upload_status(&layout::upload(repo, &id)?)? {
                 Some(status) => Ok(status.size),
                 None => Err(lost(session, id)),

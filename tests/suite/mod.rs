@@ -28,5 +28,6 @@ mod s3_credentials;
 mod s3_faults;
 mod s3_uploads;
 mod scrub;
+mod several_instances;
 mod skopeo;
 mod subpaths;
