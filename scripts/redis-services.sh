@@ -104,6 +104,11 @@ stop() {
     rm -rf "$STATE"
 }
 
+# The value of `$1` in the env file `start` wrote.
+var() {
+    grep -oP "^$1=\K.*" "$ENV_FILE"
+}
+
 start_single() {
     local port pid
     port=$(var BERTH_REDIS_SINGLE_PORT)

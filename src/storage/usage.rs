@@ -69,13 +69,13 @@ impl Usage {
         note(&self.pulls, (repo.clone(), digest.clone()));
     }
 
-    /// Writes the noted times to the log. A failed write is logged and the times are lost:
-    /// they only steer retention, which then falls back to modification times.
     /// Whether the cache answers now (health and metrics).
     pub(super) fn health(&self) -> crate::cache::CacheHealth {
         self.outage.health()
     }
 
+    /// Writes the noted times to the log. A failed write is logged and the times are lost:
+    /// they only steer retention, which then falls back to modification times.
     pub(super) fn flush(&self) {
         if let Some(pending) = &self.pushes {
             let batch: Vec<_> = drain(pending)
