@@ -250,7 +250,7 @@ fn wrong_or_missing_credentials_are_refused_at_start() {
         started.elapsed()
     );
     assert!(
-        stderr.contains("storage.storageDriver: no S3 credentials")
+        stderr.contains("storage.storageDriver: no AWS credentials")
             && stderr.contains(&format!(
                 "EC2 instance metadata at http://127.0.0.1:{closed}"
             )),
